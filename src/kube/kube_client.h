@@ -1,0 +1,82 @@
+/* Asynchronous Kubernetes REST requests on libcurl multi, driven by libuv.
+ * Each request has an id; its callback runs exactly once unless the request
+ * is cancelled first. Nothing here blocks the loop. */
+#ifndef NRBC_KUBE_CLIENT_H
+#define NRBC_KUBE_CLIENT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "kube_config.h"
+
+struct kube_client;
+
+/* Which resource a request is about. */
+struct kube_resource {
+	const char *group;   /* "" for the core group */
+	const char *version; /* "v1", "v1alpha1" */
+	const char *plural;  /* "pods", "nixbuildrequests" */
+	const char *kind;    /* "Pod" */
+	bool namespaced;
+};
+
+extern const struct kube_resource kube_resource_pods;
+extern const struct kube_resource kube_resource_secrets;
+extern const struct kube_resource kube_resource_configmaps;
+extern const struct kube_resource kube_resource_events;
+extern const struct kube_resource kube_resource_leases;
+extern const struct kube_resource kube_resource_nixbuildrequests;
+
+struct kube_response {
+	long status;         /* HTTP status; 0 when the request never got one */
+	json_t *body;        /* parsed JSON body or NULL; borrowed for the callback */
+	const char *reason;  /* Status.reason ("NotFound", "Conflict"...) or "" */
+	const char *message; /* Status.message, a transport error, or "" */
+};
+
+typedef void (*kube_response_cb)(const struct kube_response *resp, void *data);
+
+struct kube_client *kube_client_create(uv_loop_t *loop, struct kube_config *cfg);
+/* Cancels every request without calling its callback. Accepts NULL. */
+void kube_client_destroy(struct kube_client *c);
+struct kube_config *kube_client_config(struct kube_client *c);
+
+/* The URL path of a resource: /api/v1/namespaces/NS/pods/NAME/SUB?QUERY.
+ * ns NULL or "" on a namespaced resource means all namespaces. Heap string. */
+char *kube_path(const struct kube_resource *r, const char *ns, const char *name,
+    const char *subresource, const char *query);
+
+/* A raw request. body may be NULL; content_type NULL means JSON. The
+ * timeout is per request (0: the client default, 30 s). Returns the
+ * request id (> 0), or 0 when it could not be started (cb is not called). */
+uint64_t kube_client_request(struct kube_client *c, const char *method, const char *path,
+    const json_t *body, const char *content_type, uint64_t timeout_ms, kube_response_cb cb,
+    void *data);
+/* The callback of a cancelled request is never called. Unknown ids are ignored. */
+void kube_client_cancel(struct kube_client *c, uint64_t id);
+
+/* Typed helpers; all return a request id as above. */
+uint64_t kube_get(struct kube_client *c, const struct kube_resource *r, const char *ns,
+    const char *name, kube_response_cb cb, void *data);
+uint64_t kube_list(struct kube_client *c, const struct kube_resource *r, const char *ns,
+    const char *label_selector, const char *continue_token, long limit, kube_response_cb cb,
+    void *data);
+uint64_t kube_create(struct kube_client *c, const struct kube_resource *r, const char *ns,
+    const json_t *obj, kube_response_cb cb, void *data);
+/* PUT of obj (its metadata.resourceVersion gives optimistic concurrency). */
+uint64_t kube_update(struct kube_client *c, const struct kube_resource *r, const char *ns,
+    const char *name, const json_t *obj, kube_response_cb cb, void *data);
+uint64_t kube_update_status(struct kube_client *c, const struct kube_resource *r,
+    const char *ns, const char *name, const json_t *obj, kube_response_cb cb, void *data);
+/* JSON merge patch; status_subresource patches /status. */
+uint64_t kube_patch_merge(struct kube_client *c, const struct kube_resource *r,
+    const char *ns, const char *name, const json_t *patch, bool status_subresource,
+    kube_response_cb cb, void *data);
+/* precondition_uid may be NULL; propagation NULL, "Background" or "Foreground". */
+uint64_t kube_delete(struct kube_client *c, const struct kube_resource *r, const char *ns,
+    const char *name, const char *precondition_uid, const char *propagation,
+    kube_response_cb cb, void *data);
+
+#endif

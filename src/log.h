@@ -1,0 +1,34 @@
+/* Leveled logging to stderr, as text or as JSON lines. */
+#ifndef NRBC_LOG_H
+#define NRBC_LOG_H
+
+#include <stdbool.h>
+
+enum log_level {
+	LOG_LEVEL_ERROR,
+	LOG_LEVEL_WARN,
+	LOG_LEVEL_INFO,
+	LOG_LEVEL_DEBUG,
+};
+
+enum log_format {
+	LOG_FORMAT_TEXT,
+	LOG_FORMAT_JSON,
+};
+
+void log_init(const char *component, enum log_level level, enum log_format format);
+/* Parses "error|warn|info|debug" and "text|json"; returns -1 on unknown. */
+int log_level_parse(const char *s, enum log_level *out);
+int log_format_parse(const char *s, enum log_format *out);
+bool log_enabled(enum log_level level);
+
+#define LOG_PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+void log_error(const char *fmt, ...) LOG_PRINTF(1, 2);
+/* Like log_error at warn level, with strerror(errno) appended. */
+void log_warn(const char *fmt, ...) LOG_PRINTF(1, 2);
+void log_warnx(const char *fmt, ...) LOG_PRINTF(1, 2);
+void log_info(const char *fmt, ...) LOG_PRINTF(1, 2);
+void log_debug(const char *fmt, ...) LOG_PRINTF(1, 2);
+
+#endif

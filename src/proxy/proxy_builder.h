@@ -1,0 +1,55 @@
+/* Where a session's builder comes from. The proxy asks for a builder per
+ * session id and is told, asynchronously and by id, that it is ready (an
+ * address to connect to), failed, or still on its way (progress text the
+ * Nix user sees on stderr). Backends: a fixed address (tests, benchmarks,
+ * one static builder) and Kubernetes (a NixBuildRequest per session). */
+#ifndef NRBC_PROXY_BUILDER_H
+#define NRBC_PROXY_BUILDER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct kube_client;
+
+/* Never called from inside proxy_builder_acquire/release: always later,
+ * from the loop, so the session may be gone; look it up by id. */
+struct proxy_builder_events {
+	void (*progress)(uint64_t session_id, const char *message, void *data);
+	void (*ready)(uint64_t session_id, const char *host, int port, void *data);
+	void (*failed)(uint64_t session_id, const char *message, void *data);
+};
+
+struct proxy_builder;
+
+/* Every session gets host:port at once (on the next loop turn). */
+struct proxy_builder *proxy_builder_static_create(uv_loop_t *loop, const char *host, int port,
+    const struct proxy_builder_events *events, void *data);
+
+struct proxy_builder_kube_options {
+	const char *namespace;
+	const char *proxy_id;      /* label value that marks this proxy's requests */
+	const char *owner_pod;     /* POD_NAME for the ownerReference, or NULL */
+	const char *owner_uid;     /* POD_UID, or NULL */
+	const char *image;         /* spec.image, or NULL for the controller default */
+	long timeout_seconds;      /* spec.timeoutSeconds, 0 for none */
+	int remote_port;           /* port on the pod's IP */
+	uint64_t wait_timeout_ms;  /* give up waiting for Running after this */
+};
+struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_client *client,
+    const struct proxy_builder_kube_options *opts, const struct proxy_builder_events *events,
+    void *data);
+
+/* Starts getting a builder for session_id; 0, or -1 when it cannot start
+ * (no event follows then). */
+int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id);
+/* The session is over (or gave up waiting): ok tells Completed from Failed,
+ * message says why. No event for session_id follows. */
+void proxy_builder_release(struct proxy_builder *b, uint64_t session_id, bool ok,
+    const char *message);
+/* False until the backend can serve (e.g. its informer has synced). */
+bool proxy_builder_is_ready(const struct proxy_builder *b);
+/* Closes everything; pending sessions get no events. Accepts NULL. */
+void proxy_builder_destroy(struct proxy_builder *b);
+
+#endif

@@ -1,0 +1,23 @@
+#include "proxy_builder_backend.h"
+
+int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id)
+{
+	return b->ops->acquire(b, session_id);
+}
+
+void proxy_builder_release(struct proxy_builder *b, uint64_t session_id, bool ok,
+    const char *message)
+{
+	b->ops->release(b, session_id, ok, message);
+}
+
+bool proxy_builder_is_ready(const struct proxy_builder *b)
+{
+	return b->ops->is_ready(b);
+}
+
+void proxy_builder_destroy(struct proxy_builder *b)
+{
+	if (b)
+		b->ops->destroy(b);
+}

@@ -1,0 +1,608 @@
+/* Builders from Kubernetes: one NixBuildRequest per session, created here,
+ * watched through an informer (never polled) until the controller reports
+ * Running with a pod IP, then marked Completed or Failed and deleted when
+ * the session ends. Requests carry this proxy's id as a label, so the
+ * requests an earlier run of this proxy left behind (kill -9) are found and
+ * deleted once the informer has synced. */
+#include <jansson.h>
+#include <openssl/rand.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "buf.h"
+#include "kube/kube_client.h"
+#include "kube/kube_informer.h"
+#include "log.h"
+#include "proxy_builder_backend.h"
+
+#define KUBE_TICK_MS 250
+
+enum kube_wait_state {
+	KUBE_WAIT_CREATING, /* create request in flight */
+	KUBE_WAIT_WAITING,  /* created; waiting for phase Running */
+	KUBE_WAIT_READY,    /* ready event delivered; bridging */
+	KUBE_WAIT_DONE,     /* failed event delivered; no more events */
+};
+
+static const char *const kube_wait_state_names[] = {
+	[KUBE_WAIT_CREATING] = "creating",
+	[KUBE_WAIT_WAITING] = "waiting",
+	[KUBE_WAIT_READY] = "ready",
+	[KUBE_WAIT_DONE] = "done",
+};
+
+struct kube_wait {
+	uint64_t session_id;
+	char name[64];
+	enum kube_wait_state state;
+	uint64_t started_ms;
+	char *last_progress;
+	/* Set when the session ended before its create request answered. */
+	bool released;
+	bool release_ok;
+	char *release_message;
+	struct kube_wait *next;
+};
+
+enum kube_op_kind {
+	KUBE_OP_CREATE,
+	KUBE_OP_FINISH,
+	KUBE_OP_DELETE,
+};
+
+/* One request in flight; the reply finds its session by name, since the
+ * session may be gone by then. */
+struct kube_op {
+	struct proxy_builder_kube *owner;
+	enum kube_op_kind kind;
+	uint64_t id;
+	char name[64];
+	struct kube_op *next;
+};
+
+struct proxy_builder_kube {
+	struct proxy_builder base;
+	uv_loop_t *loop;
+	struct kube_client *client;
+	struct kube_informer *informer;
+	uv_timer_t tick;
+	char *namespace;
+	char *proxy_id;
+	char *owner_pod;
+	char *owner_uid;
+	char *image;
+	long timeout_seconds;
+	int remote_port;
+	uint64_t wait_timeout_ms;
+	struct kube_wait *waits;
+	struct kube_op *ops;
+	bool synced;
+};
+
+static void kube_wait_set_state(struct kube_wait *w, enum kube_wait_state state)
+{
+	log_debug("session=%llu nbr=%s builder %s => %s", (unsigned long long)w->session_id,
+	    w->name, kube_wait_state_names[w->state], kube_wait_state_names[state]);
+	w->state = state;
+}
+
+static struct kube_wait *kube_wait_by_session(struct proxy_builder_kube *k, uint64_t id)
+{
+	for (struct kube_wait *w = k->waits; w; w = w->next)
+		if (w->session_id == id)
+			return w;
+	return NULL;
+}
+
+static struct kube_wait *kube_wait_by_name(struct proxy_builder_kube *k, const char *name)
+{
+	for (struct kube_wait *w = k->waits; w; w = w->next)
+		if (strcmp(w->name, name) == 0)
+			return w;
+	return NULL;
+}
+
+static void kube_wait_remove(struct proxy_builder_kube *k, struct kube_wait *w)
+{
+	for (struct kube_wait **pp = &k->waits; *pp; pp = &(*pp)->next) {
+		if (*pp == w) {
+			*pp = w->next;
+			break;
+		}
+	}
+	free(w->last_progress);
+	free(w->release_message);
+	free(w);
+}
+
+static uint64_t kube_now_ms(struct proxy_builder_kube *k)
+{
+	return uv_now(k->loop);
+}
+
+static void kube_op_remove(struct proxy_builder_kube *k, struct kube_op *op)
+{
+	for (struct kube_op **pp = &k->ops; *pp; pp = &(*pp)->next) {
+		if (*pp == op) {
+			*pp = op->next;
+			break;
+		}
+	}
+	free(op);
+}
+
+static void kube_on_op_response(const struct kube_response *resp, void *data);
+
+static struct kube_op *kube_op_new(struct proxy_builder_kube *k, enum kube_op_kind kind,
+    const char *name)
+{
+	struct kube_op *op = calloc(1, sizeof(*op));
+
+	if (!op)
+		return NULL;
+	op->owner = k;
+	op->kind = kind;
+	snprintf(op->name, sizeof(op->name), "%s", name);
+	op->next = k->ops;
+	k->ops = op;
+	return op;
+}
+
+static void kube_delete_request(struct proxy_builder_kube *k, const char *name)
+{
+	struct kube_op *op = kube_op_new(k, KUBE_OP_DELETE, name);
+
+	if (!op)
+		return;
+	op->id = kube_delete(k->client, &kube_resource_nixbuildrequests, k->namespace, name, NULL,
+	    "Background", kube_on_op_response, op);
+	if (!op->id) {
+		log_error("nbr=%s/%s: cannot start delete request", k->namespace, name);
+		kube_op_remove(k, op);
+	}
+}
+
+static char *kube_timestamp(void)
+{
+	char ts[32];
+	time_t now = time(NULL);
+	struct tm tm;
+
+	gmtime_r(&now, &tm);
+	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	return strdup(ts);
+}
+
+/* Records the outcome on the request (for `kubectl get nbr` and the
+ * controller, which then removes the pod), then deletes it. */
+static void kube_finish_request(struct proxy_builder_kube *k, const char *name, bool ok,
+    const char *message)
+{
+	struct kube_op *op = kube_op_new(k, KUBE_OP_FINISH, name);
+	char *ts = kube_timestamp();
+	json_t *patch;
+
+	if (!op || !ts)
+		goto fail;
+	patch = json_pack("{s:{s:s, s:s, s:s}}", "status", "phase", ok ? "Completed" : "Failed",
+	    "message", message ? message : "", "completionTime", ts);
+	if (!patch)
+		goto fail;
+	op->id = kube_patch_merge(k->client, &kube_resource_nixbuildrequests, k->namespace, name,
+	    patch, true, kube_on_op_response, op);
+	json_decref(patch);
+	free(ts);
+	if (!op->id) {
+		kube_op_remove(k, op);
+		kube_delete_request(k, name);
+	}
+	return;
+fail:
+	free(ts);
+	if (op)
+		kube_op_remove(k, op);
+	kube_delete_request(k, name);
+}
+
+static void kube_deliver_failed(struct proxy_builder_kube *k, struct kube_wait *w,
+    const char *message)
+{
+	uint64_t id = w->session_id;
+
+	kube_wait_set_state(w, KUBE_WAIT_DONE);
+	k->base.events->failed(id, message, k->base.data);
+}
+
+static void kube_on_create(struct proxy_builder_kube *k, struct kube_op *op,
+    const struct kube_response *resp)
+{
+	struct kube_wait *w = kube_wait_by_name(k, op->name);
+	char *msg;
+
+	if (!w || w->state != KUBE_WAIT_CREATING)
+		return;
+	if (resp->status != 201 && resp->status != 200) {
+		log_error("session=%llu nbr=%s/%s: create failed: HTTP %ld %s: %s",
+		    (unsigned long long)w->session_id, k->namespace, op->name, resp->status,
+		    resp->reason, resp->message);
+		if (w->released) {
+			kube_wait_remove(k, w);
+			return;
+		}
+		msg = str_printf("cannot create NixBuildRequest %s/%s: %s%s%s", k->namespace,
+		    op->name, resp->reason[0] ? resp->reason : "error",
+		    resp->message[0] ? ": " : "", resp->message);
+		kube_deliver_failed(k, w, msg ? msg : "cannot create NixBuildRequest");
+		free(msg);
+		return;
+	}
+	if (w->released) {
+		kube_finish_request(k, w->name, w->release_ok, w->release_message);
+		kube_wait_remove(k, w);
+		return;
+	}
+	kube_wait_set_state(w, KUBE_WAIT_WAITING);
+	msg = str_printf("nrbc: requested a builder (NixBuildRequest %s/%s)", k->namespace,
+	    w->name);
+	if (msg)
+		k->base.events->progress(w->session_id, msg, k->base.data);
+	free(msg);
+	/* The informer may have seen it already; nothing more to do until it does. */
+}
+
+static void kube_on_op_response(const struct kube_response *resp, void *data)
+{
+	struct kube_op *op = data;
+	struct proxy_builder_kube *k = op->owner;
+
+	switch (op->kind) {
+	case KUBE_OP_CREATE:
+		kube_on_create(k, op, resp);
+		break;
+	case KUBE_OP_FINISH:
+		if (resp->status != 200 && resp->status != 404)
+			log_warnx("nbr=%s/%s: cannot record the outcome: HTTP %ld %s",
+			    k->namespace, op->name, resp->status, resp->message);
+		if (resp->status != 404)
+			kube_delete_request(k, op->name);
+		break;
+	case KUBE_OP_DELETE:
+		if (resp->status != 200 && resp->status != 202 && resp->status != 404)
+			log_warnx("nbr=%s/%s: delete failed: HTTP %ld %s", k->namespace, op->name,
+			    resp->status, resp->message);
+		else
+			log_debug("nbr=%s/%s deleted", k->namespace, op->name);
+		break;
+	}
+	kube_op_remove(k, op);
+}
+
+static const char *json_str_at(const json_t *obj, const char *a, const char *b)
+{
+	const char *s = json_string_value(json_object_get(json_object_get(obj, a), b));
+	return s ? s : "";
+}
+
+/* "nrbc: builder pod P: Phase - Reason: message", what the Nix user sees. */
+static char *kube_progress_text(const char *pod, const char *phase, const char *reason,
+    const char *message)
+{
+	struct buf t;
+
+	buf_init(&t, 1024);
+	if (buf_printf(&t, "nrbc: builder pod %s: %s", pod[0] ? pod : "(not created yet)",
+	    phase[0] ? phase : "Pending") < 0)
+		goto fail;
+	if ((reason[0] || message[0]) && buf_printf(&t, " - %s%s%s", reason,
+	    reason[0] && message[0] ? ": " : "", message) < 0)
+		goto fail;
+	return buf_steal(&t);
+fail:
+	buf_finish(&t);
+	return NULL;
+}
+
+/* Turns what the controller wrote into the session's next event. */
+static void kube_observe(struct proxy_builder_kube *k, json_t *obj)
+{
+	struct kube_wait *w = kube_wait_by_name(k, kube_object_name(obj));
+	const char *phase = json_str_at(obj, "status", "phase");
+	const char *pod = json_str_at(obj, "status", "podName");
+	const char *ip = json_str_at(obj, "status", "podIP");
+	const char *reason = json_str_at(obj, "status", "reason");
+	const char *message = json_str_at(obj, "status", "message");
+	char *text;
+
+	if (!w || (w->state != KUBE_WAIT_WAITING && w->state != KUBE_WAIT_READY))
+		return;
+	if (strcmp(phase, "Failed") == 0) {
+		text = str_printf("nrbc: builder %s failed: %s%s%s", pod[0] ? pod : w->name,
+		    reason[0] ? reason : "Failed", message[0] ? ": " : "", message);
+		kube_deliver_failed(k, w, text ? text : "nrbc: builder failed");
+		free(text);
+		return;
+	}
+	if (w->state != KUBE_WAIT_WAITING)
+		return;
+	if (strcmp(phase, "Running") == 0 && ip[0]) {
+		kube_wait_set_state(w, KUBE_WAIT_READY);
+		log_info("session=%llu nbr=%s/%s pod=%s ip=%s ready after %llu ms",
+		    (unsigned long long)w->session_id, k->namespace, w->name, pod, ip,
+		    (unsigned long long)(kube_now_ms(k) - w->started_ms));
+		k->base.events->ready(w->session_id, ip, k->remote_port, k->base.data);
+		return;
+	}
+	text = kube_progress_text(pod, phase, reason, message);
+	if (text && (!w->last_progress || strcmp(text, w->last_progress) != 0)) {
+		free(w->last_progress);
+		w->last_progress = text;
+		k->base.events->progress(w->session_id, text, k->base.data);
+		return;
+	}
+	free(text);
+}
+
+static void kube_on_add(json_t *obj, void *data)
+{
+	kube_observe(data, obj);
+}
+
+static void kube_on_update(json_t *old_obj, json_t *new_obj, void *data)
+{
+	kube_observe(data, new_obj);
+}
+
+static void kube_on_delete(json_t *obj, void *data)
+{
+	struct proxy_builder_kube *k = data;
+	struct kube_wait *w = kube_wait_by_name(k, kube_object_name(obj));
+	char *msg;
+
+	if (!w || (w->state != KUBE_WAIT_WAITING && w->state != KUBE_WAIT_READY))
+		return;
+	msg = str_printf("nrbc: NixBuildRequest %s/%s was deleted", k->namespace, w->name);
+	kube_deliver_failed(k, w, msg ? msg : "nrbc: NixBuildRequest was deleted");
+	free(msg);
+}
+
+static void kube_delete_leftover(json_t *obj, void *data)
+{
+	struct proxy_builder_kube *k = data;
+	const char *name = kube_object_name(obj);
+
+	if (kube_wait_by_name(k, name))
+		return;
+	log_info("nbr=%s/%s: deleting a request left behind by an earlier run of proxy %s",
+	    k->namespace, name, k->proxy_id);
+	kube_delete_request(k, name);
+}
+
+static void kube_on_synced(void *data)
+{
+	struct proxy_builder_kube *k = data;
+
+	k->synced = true;
+	kube_informer_foreach(k->informer, kube_delete_leftover, k);
+}
+
+static void kube_on_tick(uv_timer_t *t)
+{
+	struct proxy_builder_kube *k = t->data;
+	uint64_t now = kube_now_ms(k);
+	struct kube_wait *w = k->waits;
+
+	while (w) {
+		struct kube_wait *next = w->next;
+		if ((w->state == KUBE_WAIT_WAITING || w->state == KUBE_WAIT_CREATING) &&
+		    !w->released && k->wait_timeout_ms && now - w->started_ms >= k->wait_timeout_ms) {
+			char *msg = str_printf("nrbc: gave up after %llu s waiting for a builder "
+			    "(NixBuildRequest %s/%s%s%s)", (unsigned long long)(k->wait_timeout_ms / 1000),
+			    k->namespace, w->name, w->last_progress ? "; last: " : "",
+			    w->last_progress ? w->last_progress : "");
+			kube_deliver_failed(k, w, msg ? msg : "nrbc: timed out waiting for a builder");
+			free(msg);
+		}
+		w = next;
+	}
+}
+
+static json_t *kube_request_object(struct proxy_builder_kube *k, const char *name,
+    const char *session)
+{
+	json_t *obj = json_pack("{s:s, s:s, s:{s:s, s:s, s:{s:s, s:s, s:s}}, s:{s:s}}",
+	    "apiVersion", "nix.io/v1alpha1", "kind", "NixBuildRequest",
+	    "metadata", "name", name, "namespace", k->namespace,
+	    "labels", "app.kubernetes.io/managed-by", "nrbc-proxy", "nix.io/proxy", k->proxy_id,
+	    "nix.io/session", session,
+	    "spec", "sessionId", session);
+	json_t *spec = json_object_get(obj, "spec");
+
+	if (!obj)
+		return NULL;
+	if (k->image)
+		json_object_set_new(spec, "image", json_string(k->image));
+	if (k->timeout_seconds > 0)
+		json_object_set_new(spec, "timeoutSeconds", json_integer(k->timeout_seconds));
+	/* Owned by the proxy's Pod: if the proxy goes for good, the garbage
+	 * collector removes its requests and so their builder pods. */
+	if (k->owner_pod && k->owner_uid) {
+		json_t *ref = json_pack("[{s:s, s:s, s:s, s:s, s:b}]", "apiVersion", "v1",
+		    "kind", "Pod", "name", k->owner_pod, "uid", k->owner_uid,
+		    "blockOwnerDeletion", 0);
+		if (ref)
+			json_object_set_new(json_object_get(obj, "metadata"), "ownerReferences", ref);
+	}
+	return obj;
+}
+
+static int kube_acquire(struct proxy_builder *b, uint64_t session_id)
+{
+	struct proxy_builder_kube *k = (struct proxy_builder_kube *)b;
+	unsigned char rnd[6];
+	char session[16];
+	struct kube_wait *w;
+	struct kube_op *op;
+	json_t *obj;
+
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+		return -1;
+	snprintf(session, sizeof(session), "%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
+	    rnd[3], rnd[4], rnd[5]);
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return -1;
+	w->session_id = session_id;
+	w->started_ms = kube_now_ms(k);
+	w->state = KUBE_WAIT_CREATING;
+	snprintf(w->name, sizeof(w->name), "build-%s", session);
+	obj = kube_request_object(k, w->name, session);
+	op = obj ? kube_op_new(k, KUBE_OP_CREATE, w->name) : NULL;
+	if (!op)
+		goto fail;
+	op->id = kube_create(k->client, &kube_resource_nixbuildrequests, k->namespace, obj,
+	    kube_on_op_response, op);
+	if (!op->id) {
+		kube_op_remove(k, op);
+		goto fail;
+	}
+	json_decref(obj);
+	w->next = k->waits;
+	k->waits = w;
+	log_info("session=%llu nbr=%s/%s: requesting a builder", (unsigned long long)session_id,
+	    k->namespace, w->name);
+	return 0;
+fail:
+	json_decref(obj);
+	free(w);
+	return -1;
+}
+
+static void kube_release(struct proxy_builder *b, uint64_t session_id, bool ok,
+    const char *message)
+{
+	struct proxy_builder_kube *k = (struct proxy_builder_kube *)b;
+	struct kube_wait *w = kube_wait_by_session(k, session_id);
+
+	if (!w)
+		return;
+	if (w->state == KUBE_WAIT_CREATING) {
+		/* Finished when the create answers (see kube_on_create). */
+		w->released = true;
+		w->release_ok = ok;
+		w->release_message = message ? strdup(message) : NULL;
+		return;
+	}
+	kube_finish_request(k, w->name, ok, message);
+	kube_wait_remove(k, w);
+}
+
+static bool kube_is_ready(const struct proxy_builder *b)
+{
+	return ((const struct proxy_builder_kube *)b)->synced;
+}
+
+static void kube_on_tick_close(uv_handle_t *h)
+{
+	struct proxy_builder_kube *k = h->data;
+
+	free(k->namespace);
+	free(k->proxy_id);
+	free(k->owner_pod);
+	free(k->owner_uid);
+	free(k->image);
+	free(k);
+}
+
+static void kube_destroy(struct proxy_builder *b)
+{
+	struct proxy_builder_kube *k = (struct proxy_builder_kube *)b;
+
+	kube_informer_destroy(k->informer);
+	k->informer = NULL;
+	while (k->ops) {
+		kube_client_cancel(k->client, k->ops->id);
+		kube_op_remove(k, k->ops);
+	}
+	while (k->waits)
+		kube_wait_remove(k, k->waits);
+	uv_close((uv_handle_t *)&k->tick, kube_on_tick_close);
+}
+
+static const struct proxy_builder_ops kube_ops = {
+	.name = "kubernetes",
+	.acquire = kube_acquire,
+	.release = kube_release,
+	.is_ready = kube_is_ready,
+	.destroy = kube_destroy,
+};
+
+static const struct kube_informer_handlers kube_handlers = {
+	.on_add = kube_on_add,
+	.on_update = kube_on_update,
+	.on_delete = kube_on_delete,
+	.on_synced = kube_on_synced,
+};
+
+/* Label values: at most 63 of [A-Za-z0-9._-], alphanumeric at both ends. */
+static char *kube_label_value(const char *s)
+{
+	char out[64];
+	size_t n = 0;
+
+	for (; *s && n < sizeof(out) - 1; s++) {
+		char c = *s;
+		int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		    (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+		out[n++] = ok ? c : '-';
+	}
+	while (n && !((out[n - 1] >= 'a' && out[n - 1] <= 'z') ||
+	    (out[n - 1] >= 'A' && out[n - 1] <= 'Z') || (out[n - 1] >= '0' && out[n - 1] <= '9')))
+		n--;
+	out[n] = '\0';
+	return strdup(n && out[0] != '-' && out[0] != '.' && out[0] != '_' ? out : "nrbc-proxy");
+}
+
+struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_client *client,
+    const struct proxy_builder_kube_options *opts, const struct proxy_builder_events *events,
+    void *data)
+{
+	struct proxy_builder_kube *k = calloc(1, sizeof(*k));
+	char *selector = NULL;
+
+	if (!k)
+		return NULL;
+	k->base.ops = &kube_ops;
+	k->base.events = events;
+	k->base.data = data;
+	k->loop = loop;
+	k->client = client;
+	k->namespace = strdup(opts->namespace);
+	k->proxy_id = kube_label_value(opts->proxy_id);
+	k->owner_pod = opts->owner_pod && *opts->owner_pod ? strdup(opts->owner_pod) : NULL;
+	k->owner_uid = opts->owner_uid && *opts->owner_uid ? strdup(opts->owner_uid) : NULL;
+	k->image = opts->image && *opts->image ? strdup(opts->image) : NULL;
+	k->timeout_seconds = opts->timeout_seconds;
+	k->remote_port = opts->remote_port;
+	k->wait_timeout_ms = opts->wait_timeout_ms;
+	uv_timer_init(loop, &k->tick);
+	k->tick.data = k;
+	if (!k->namespace || !k->proxy_id)
+		goto fail;
+	selector = str_printf("nix.io/proxy=%s", k->proxy_id);
+	if (!selector)
+		goto fail;
+	k->informer = kube_informer_create(client, &kube_resource_nixbuildrequests, k->namespace,
+	    selector, &kube_handlers, k);
+	free(selector);
+	if (!k->informer || kube_informer_start(k->informer) < 0)
+		goto fail;
+	uv_timer_start(&k->tick, kube_on_tick, KUBE_TICK_MS, KUBE_TICK_MS);
+	uv_unref((uv_handle_t *)&k->tick);
+	log_info("builder backend: NixBuildRequests in namespace %s, proxy id %s", k->namespace,
+	    k->proxy_id);
+	return &k->base;
+fail:
+	kube_destroy(&k->base);
+	return NULL;
+}

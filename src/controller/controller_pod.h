@@ -1,0 +1,61 @@
+/* The builder pod of a NixBuildRequest, as a pure function of the request
+ * and the controller's options. Only "make a builder pod" lives here;
+ * binding a pod to a request is the reconciler's business, so a pool of
+ * pods made ahead of any request can reuse this template later. */
+#ifndef NRBC_CONTROLLER_POD_H
+#define NRBC_CONTROLLER_POD_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#define CONTROLLER_POD_PREFIX "nix-builder-"
+#define CONTROLLER_POD_APP_LABEL "app.kubernetes.io/name"
+#define CONTROLLER_POD_APP "nrbc-builder"
+#define CONTROLLER_POD_MANAGED_BY_LABEL "app.kubernetes.io/managed-by"
+#define CONTROLLER_POD_MANAGED_BY "nrbc-controller"
+#define CONTROLLER_POD_REQUEST_LABEL "nix.io/build-request"
+#define CONTROLLER_POD_SESSION_ANNOTATION "nix.io/session-id"
+/* The pod informer's selector: every pod this controller makes carries it. */
+#define CONTROLLER_POD_SELECTOR CONTROLLER_POD_APP_LABEL "=" CONTROLLER_POD_APP
+#define CONTROLLER_POD_CONTAINER "builder"
+#define CONTROLLER_POD_SSH_DIR "/etc/nrbc/ssh"
+#define CONTROLLER_POD_NIX_DIR "/etc/nix"
+
+struct controller_pod_options {
+	const char *builder_image;  /* when spec.image is empty */
+	long remote_port;           /* sshd's port in the pod */
+	const char *nix_config;     /* ConfigMap with nix.conf */
+	const char *ssh_key_secret; /* Secret with "public" and "host-key" */
+	/* Used for cpu / memory when the spec names neither a request nor a
+	 * limit for that resource; NULL or "" leaves it unset. */
+	const char *default_cpu_request;
+	const char *default_memory_request;
+	const char *default_cpu_limit;
+	const char *default_memory_limit;
+	long termination_grace_seconds;
+};
+
+/* The pod name for a request: "nix-builder-<name>" when that is a valid
+ * DNS label (at most 63 characters, no dots), else a shortened prefix plus
+ * a hash of the full name, so distinct requests never share a pod name and
+ * the same request always gets the same one (which is what makes a create
+ * after a crash answer 409 instead of making a second pod). Heap string. */
+char *controller_pod_name(const char *request_name);
+
+/* The value of the nix.io/build-request label: the request name when it is
+ * a valid label value, else a shortened name plus hash. Heap string. */
+char *controller_pod_request_label(const char *request_name);
+
+/* Builds the builder Pod for a NixBuildRequest. Returns a new reference,
+ * or NULL with *err (heap string) when the request lacks a name, namespace
+ * or uid, or the options are incomplete. */
+json_t *controller_pod_build(const json_t *request, const struct controller_pod_options *opts,
+    char **err);
+
+/* The name of the NixBuildRequest named as the pod's controller owner, or
+ * NULL when there is none. Borrowed from pod. */
+const char *controller_pod_owner_name(const json_t *pod);
+/* True when the pod's controller ownerReference is the request with uid. */
+bool controller_pod_owned_by(const json_t *pod, const char *uid);
+
+#endif

@@ -6,6 +6,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -42,11 +43,16 @@ struct kube_client *kube_client_create(uv_loop_t *loop, struct kube_config *cfg)
 /* Cancels every request without calling its callback. Accepts NULL. */
 void kube_client_destroy(struct kube_client *c);
 struct kube_config *kube_client_config(struct kube_client *c);
+uv_loop_t *kube_client_loop(struct kube_client *c);
 
 /* The URL path of a resource: /api/v1/namespaces/NS/pods/NAME/SUB?QUERY.
  * ns NULL or "" on a namespaced resource means all namespaces. Heap string. */
 char *kube_path(const struct kube_resource *r, const char *ns, const char *name,
     const char *subresource, const char *query);
+
+/* Percent-encodes everything but RFC 3986 unreserved characters; for
+ * query values such as label selectors. Heap string, NULL on failure. */
+char *kube_url_escape(const char *s);
 
 /* A raw request. body may be NULL; content_type NULL means JSON. The
  * timeout is per request (0: the client default, 30 s). Returns the
@@ -54,7 +60,17 @@ char *kube_path(const struct kube_resource *r, const char *ns, const char *name,
 uint64_t kube_client_request(struct kube_client *c, const char *method, const char *path,
     const json_t *body, const char *content_type, uint64_t timeout_ms, kube_response_cb cb,
     void *data);
-/* The callback of a cancelled request is never called. Unknown ids are ignored. */
+/* A streaming GET (watches): the body of a 2xx response goes to on_data as
+ * it arrives instead of being buffered (return -1 to abort the transfer);
+ * any other response is buffered and decoded as usual. cb then runs once
+ * (body NULL after a 2xx stream) unless cancelled. timeout_ms 0: none.
+ * on_data may cancel its own request or start others. */
+typedef int (*kube_data_cb)(const char *bytes, size_t len, void *data);
+uint64_t kube_client_stream(struct kube_client *c, const char *path, uint64_t timeout_ms,
+    kube_data_cb on_data, kube_response_cb cb, void *data);
+
+/* The callback of a cancelled request is never called. Unknown ids are ignored.
+ * Callbacks may start new requests, cancel others, or destroy the client. */
 void kube_client_cancel(struct kube_client *c, uint64_t id);
 
 /* Typed helpers; all return a request id as above. */

@@ -1,0 +1,163 @@
+#include "proxy_command.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+
+static const char *const default_commands[] = {
+	"nix-store --serve",
+	"nix-store --serve --write",
+	"nix-daemon --stdio",
+};
+
+struct proxy_command_policy {
+	bool allow_any;
+	size_t n_extra;
+	char *extra[PROXY_COMMAND_MAX_EXTRA];
+};
+
+static int is_blank(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+int proxy_command_split(const char *cmd, size_t len, char *out, size_t out_size,
+    const char **words, int max)
+{
+	size_t i = 0, o = 0;
+	int n = 0;
+
+	while (i < len) {
+		while (i < len && is_blank(cmd[i]))
+			i++;
+		if (i == len)
+			break;
+		if (n == max)
+			return -1;
+		words[n++] = out + o;
+		while (i < len && !is_blank(cmd[i])) {
+			if (o + 1 >= out_size)
+				return -1;
+			out[o++] = cmd[i++];
+		}
+		if (o >= out_size)
+			return -1;
+		out[o++] = '\0';
+	}
+	return n;
+}
+
+/* Same words in the same order. */
+static bool words_equal(const char *a, size_t alen, const char *b, size_t blen)
+{
+	char abuf[PROXY_COMMAND_MAX_LEN + 1], bbuf[PROXY_COMMAND_MAX_LEN + 1];
+	const char *aw[PROXY_COMMAND_MAX_WORDS], *bw[PROXY_COMMAND_MAX_WORDS];
+	int an, bn;
+
+	an = proxy_command_split(a, alen, abuf, sizeof(abuf), aw, PROXY_COMMAND_MAX_WORDS);
+	bn = proxy_command_split(b, blen, bbuf, sizeof(bbuf), bw, PROXY_COMMAND_MAX_WORDS);
+	if (an <= 0 || an != bn)
+		return false;
+	for (int i = 0; i < an; i++) {
+		if (strcmp(aw[i], bw[i]) != 0)
+			return false;
+	}
+	return true;
+}
+
+static bool is_malformed(const char *cmd, size_t len)
+{
+	bool any = false;
+
+	if (len == 0 || len > PROXY_COMMAND_MAX_LEN)
+		return true;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)cmd[i];
+		if ((c < 0x20 && c != '\t') || c == 0x7f)
+			return true;
+		if (!is_blank((char)c))
+			any = true;
+	}
+	return !any;
+}
+
+struct proxy_command_policy *proxy_command_policy_create(const char *extra, bool allow_any,
+    char **err)
+{
+	struct proxy_command_policy *p = calloc(1, sizeof(*p));
+	const char *s = extra;
+
+	*err = NULL;
+	if (!p) {
+		*err = str_printf("out of memory");
+		return NULL;
+	}
+	p->allow_any = allow_any;
+	while (s && *s) {
+		const char *comma = strchr(s, ',');
+		size_t len = comma ? (size_t)(comma - s) : strlen(s);
+
+		if (is_malformed(s, len)) {
+			*err = str_printf("allowed command #%zu is empty or has control characters",
+			    p->n_extra + 1);
+			goto bad;
+		}
+		if (p->n_extra == PROXY_COMMAND_MAX_EXTRA) {
+			*err = str_printf("more than %d allowed commands", PROXY_COMMAND_MAX_EXTRA);
+			goto bad;
+		}
+		p->extra[p->n_extra] = strndup(s, len);
+		if (!p->extra[p->n_extra]) {
+			*err = str_printf("out of memory");
+			goto bad;
+		}
+		p->n_extra++;
+		s = comma ? comma + 1 : s + len;
+	}
+	return p;
+bad:
+	proxy_command_policy_destroy(p);
+	return NULL;
+}
+
+void proxy_command_policy_destroy(struct proxy_command_policy *p)
+{
+	if (!p)
+		return;
+	for (size_t i = 0; i < p->n_extra; i++)
+		free(p->extra[i]);
+	free(p);
+}
+
+enum proxy_command_verdict proxy_command_check(const struct proxy_command_policy *p,
+    const char *cmd, size_t len)
+{
+	if (is_malformed(cmd, len))
+		return PROXY_COMMAND_MALFORMED;
+	if (p->allow_any)
+		return PROXY_COMMAND_ALLOWED;
+	for (size_t i = 0; i < sizeof(default_commands) / sizeof(default_commands[0]); i++) {
+		if (words_equal(cmd, len, default_commands[i], strlen(default_commands[i])))
+			return PROXY_COMMAND_ALLOWED;
+	}
+	for (size_t i = 0; i < p->n_extra; i++) {
+		if (words_equal(cmd, len, p->extra[i], strlen(p->extra[i])))
+			return PROXY_COMMAND_ALLOWED;
+	}
+	return PROXY_COMMAND_DENIED;
+}
+
+const char *proxy_command_refusal(enum proxy_command_verdict v)
+{
+	switch (v) {
+	case PROXY_COMMAND_ALLOWED:
+		return "allowed";
+	case PROXY_COMMAND_DENIED:
+		return "this proxy only runs the commands Nix uses for remote builds "
+		       "(nix-store --serve [--write], nix-daemon --stdio)";
+	case PROXY_COMMAND_MALFORMED:
+		return "the command is empty, too long or contains control characters";
+	}
+	return "refused";
+}

@@ -67,6 +67,7 @@ static void log_json_escape(FILE *f, const char *s)
 	}
 }
 
+__attribute__((format(printf, 3, 0)))
 static void log_emit(enum log_level level, const char *suffix, const char *fmt, va_list ap)
 {
 	char msg[2048];

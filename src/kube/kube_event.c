@@ -200,8 +200,10 @@ int kube_event_record(struct kube_event_recorder *r, const json_t *obj,
 	s->recorder = r;
 	s->what = str_printf("%s %s/%s", reason, ns,
 	    json_string_value(json_object_get(json_object_get(obj, "metadata"), "name")));
+	if (!s->what)
+		goto drop;
 	s->id = kube_create(r->client, &kube_resource_events, ns, ev, on_event_sent, s);
-	if (!s->what || !s->id)
+	if (!s->id)
 		goto drop;
 	s->next = r->sends;
 	r->sends = s;
@@ -209,10 +211,6 @@ int kube_event_record(struct kube_event_recorder *r, const json_t *obj,
 	json_decref(ev);
 	return 0;
 drop:
-	/* A started request owns s until its callback: never free it here. */
-	if (s && s->id) {
-		kube_client_cancel(r->client, s->id);
-	}
 	if (s)
 		free(s->what);
 	free(s);

@@ -486,8 +486,14 @@ static void request_finish(struct kube_client *c, struct kube_request *r, CURLco
 	if (message)
 		resp.message = message;
 	ms = (double)(uv_hrtime() - r->started) / 1e6;
-	log_debug("kube: %s %s => %ld %s (%.1f ms)", r->method, r->path, resp.status,
-	    resp.message, ms);
+	if (log_enabled(LOG_LEVEL_DEBUG)) {
+		long version = 0;
+
+		curl_easy_getinfo(r->easy, CURLINFO_HTTP_VERSION, &version);
+		log_debug("kube: %s %s => %ld %s (%s, %.1f ms)", r->method, r->path,
+		    resp.status, resp.message, version == CURL_HTTP_VERSION_2_0 ? "h2" :
+		    version == CURL_HTTP_VERSION_1_1 ? "http/1.1" : "-", ms);
+	}
 	if (!r->cancelled && r->cb)
 		r->cb(&resp, r->data);
 	json_decref(body);

@@ -115,7 +115,8 @@ static void update_gauges(struct controller *c)
 {
 	metric_set(c->m_queue_depth, c->queue ? (double)kube_queue_depth(c->queue) : 0);
 	metric_set(c->m_in_flight, c->rec ? (double)controller_reconciler_in_flight(c->rec) : 0);
-	metric_set(c->m_leader, c->leading ? 1 : 0);
+	metric_set(c->m_leader, c->leading || (!c->f.leader_elect &&
+	    c->state == CONTROLLER_ACTIVE) ? 1 : 0);
 	metric_set(c->m_requests_cached, c->requests ?
 	    (double)kube_informer_size(c->requests) : 0);
 	metric_set(c->m_pods_cached, c->pods ? (double)kube_informer_size(c->pods) : 0);
@@ -250,6 +251,7 @@ static void maybe_activate(struct controller *c)
 		return;
 	}
 	set_state(c, CONTROLLER_ACTIVE);
+	update_gauges(c);
 	log_info("controller: active: %zu NixBuildRequests, %zu builder pods cached",
 	    kube_informer_size(c->requests), kube_informer_size(c->pods));
 	kube_informer_foreach(c->requests, add_request_key, c);

@@ -417,11 +417,26 @@ class NixClient:
                 "-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -o ConnectTimeout=20"
                 % (port, key, known_hosts))
 
+    @staticmethod
+    def local_sandbox_paths():
+        """A store in a directory builds in a sandbox (chroot) even with
+        sandbox = false: give it the host's /bin/sh and its libraries."""
+        paths = ["/bin/sh=" + os.path.realpath("/bin/sh")]
+        paths += [d for d in ("/lib", "/lib64", "/usr/lib", "/usr/lib64") if os.path.exists(d)]
+        return " ".join(paths)
+
+    def build_local(self, expr, args=None, store=None, **kw):
+        """The same build done locally, on a separate store (default
+        <dir>/local-store), to compare a remote build with."""
+        return self.build(expr, args=args, store=store or os.path.join(self.dir, "local-store"),
+                          max_jobs=1, extra=["--option", "sandbox-paths",
+                                             self.local_sandbox_paths()], **kw)
+
     def build(self, expr, builders=None, sshopts=None, args=None, store=None, max_jobs=0,
               check=True, timeout=600, extra=()):
         """nix-build `expr` (a file under test/integration/nix/ or a path)
-        on the client store. builders=None with max_jobs>0 builds locally.
-        args: {name: string} passed with --argstr (salt, ...) or ints."""
+        on the client store; with max_jobs=0 every build must go to
+        `builders`. args: {name: str or int} (--argstr / --arg)."""
         path = expr if os.path.isabs(expr) else os.path.join(NIX_DIR, expr)
         argv = ["nix-build", path, "--no-out-link", "--store", store or self.store,
                 "--max-jobs", str(max_jobs), "--option", "substituters", "",

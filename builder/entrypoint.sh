@@ -1,0 +1,247 @@
+#!/bin/sh
+# nrbc builder entrypoint: lay out the SSH user, authorized_keys, host key and
+# nix.conf from the mounted Secret and ConfigMap, start nix-daemon, then run
+# sshd in the foreground.
+#
+# The same script runs in the builder image and, in tests, as a local process
+# for a simulated pod (test/kubelet/). Everything it writes lives under
+# $NRBC_BUILDER_ROOT (empty in a container), except the SSH user itself and
+# sshd's privilege-separation directory, which are system-wide by nature.
+#
+# Environment (all optional):
+#   NRBC_BUILDER_ROOT            prefix of every path read or written ("")
+#   NRBC_BUILDER_USER            SSH user for Nix clients (nixbld)
+#   NRBC_BUILDER_GROUP           its primary group (nix-users)
+#   NRBC_BUILDER_LISTEN_ADDRESS  sshd ListenAddress (0.0.0.0)
+#   NRBC_BUILDER_PORT            sshd Port (22)
+#   NRBC_BUILDER_NIX_DAEMON      "external": do not start nix-daemon (start)
+#   NRBC_BUILDER_SSHD            sshd binary (/usr/sbin/sshd, else from PATH)
+#   NRBC_BUILDER_LOG_LEVEL       sshd LogLevel (INFO)
+#
+# Inputs: $ROOT/etc/nrbc/ssh/public (Secret key `public`: the key allowed to
+# log in), $ROOT/etc/nrbc/ssh/host-key (Secret key `host-key`, optional),
+# $ROOT/etc/nix/nix.conf (ConfigMap).
+set -eu
+
+ROOT=${NRBC_BUILDER_ROOT:-}
+BUILDER_USER=${NRBC_BUILDER_USER:-nixbld}
+BUILDER_GROUP=${NRBC_BUILDER_GROUP:-nix-users}
+LISTEN=${NRBC_BUILDER_LISTEN_ADDRESS:-0.0.0.0}
+PORT=${NRBC_BUILDER_PORT:-22}
+NIX_DAEMON=${NRBC_BUILDER_NIX_DAEMON:-start}
+LOG_LEVEL=${NRBC_BUILDER_LOG_LEVEL:-INFO}
+
+SSH_DIR=$ROOT/etc/nrbc/ssh
+NIX_DIR=$ROOT/etc/nix
+RUN=$ROOT/run/nrbc
+CONFIG=$RUN/sshd_config
+
+log() { printf 'nrbc-builder: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+case $PORT in
+'' | *[!0-9]*) die "NRBC_BUILDER_PORT '$PORT' is not a port number" ;;
+esac
+case $BUILDER_USER in
+'' | *[!a-z0-9_-]*) die "NRBC_BUILDER_USER '$BUILDER_USER' is not a plain user name" ;;
+esac
+
+# --- the SSH user ----------------------------------------------------------
+
+# Field 1 of the line of $2 (passwd/group format file) whose name is $1.
+entry_field() {
+	[ -r "$2" ] || return 1
+	while IFS=: read -r name f1 f2 rest; do
+		if [ "$name" = "$1" ]; then
+			printf '%s:%s\n' "$f1" "$f2"
+			return 0
+		fi
+	done <"$2"
+	return 1
+}
+
+has_group() { entry_field "$1" /etc/group >/dev/null; }
+has_user() { id "$1" >/dev/null 2>&1 || entry_field "$1" /etc/passwd >/dev/null; }
+
+# Smallest id >= 1000 unused in column 3 of file $1.
+free_id() {
+	id=1000
+	while cut -d: -f3 "$1" | grep -qx "$id"; do
+		id=$((id + 1))
+	done
+	echo "$id"
+}
+
+ensure_group() {
+	has_group "$BUILDER_GROUP" && return 0
+	if command -v groupadd >/dev/null 2>&1; then
+		groupadd "$BUILDER_GROUP"
+	else
+		echo "$BUILDER_GROUP:x:$(free_id /etc/group):" >>/etc/group
+	fi
+	log "created group $BUILDER_GROUP"
+}
+
+ensure_user() {
+	ensure_group
+	if ! has_user "$BUILDER_USER"; then
+		if command -v useradd >/dev/null 2>&1; then
+			# -g: on hosts with Nix a *group* named nixbld (the build users)
+			# already exists and useradd would refuse to reuse it implicitly.
+			useradd -m -g "$BUILDER_GROUP" -s /bin/sh "$BUILDER_USER"
+		else
+			gid=$(entry_field "$BUILDER_GROUP" /etc/group | cut -d: -f2)
+			uid=$(free_id /etc/passwd)
+			echo "$BUILDER_USER:x:$uid:$gid:nrbc builder:/home/$BUILDER_USER:/bin/sh" >>/etc/passwd
+			if [ -f /etc/shadow ]; then
+				echo "$BUILDER_USER:*:1::::::" >>/etc/shadow
+			fi
+			mkdir -p "/home/$BUILDER_USER"
+			chown "$uid:$gid" "/home/$BUILDER_USER"
+		fi
+		log "created user $BUILDER_USER"
+	fi
+	# sshd refuses locked accounts ("!" password), which useradd creates.
+	if [ -r /etc/shadow ]; then
+		pw=$(entry_field "$BUILDER_USER" /etc/shadow | cut -d: -f1) || pw=
+		case $pw in
+		'!'*)
+			if command -v usermod >/dev/null 2>&1; then
+				usermod -p '*' "$BUILDER_USER"
+				log "unlocked user $BUILDER_USER"
+			else
+				log "warning: $BUILDER_USER is locked and usermod is missing"
+			fi
+			;;
+		esac
+	fi
+}
+
+# Several builders may start at once on one host: serialise edits of
+# /etc/passwd. flock when present; otherwise an mkdir lock.
+with_user_lock() {
+	lockdir=/run/lock
+	[ -d "$lockdir" ] || lockdir=/tmp
+	lock=$lockdir/nrbc-builder-user.lock
+	if command -v flock >/dev/null 2>&1; then
+		(
+			flock -w 60 9 || die "could not lock $lock"
+			"$@"
+		) 9>"$lock"
+		return
+	fi
+	n=0
+	until mkdir "$lock.d" 2>/dev/null; do
+		n=$((n + 1))
+		[ "$n" -lt 600 ] || die "could not lock $lock.d"
+		sleep 0.1
+	done
+	rc=0
+	("$@") || rc=$?
+	rmdir "$lock.d"
+	return "$rc"
+}
+
+with_user_lock ensure_user
+
+# sshd's own privilege-separation user and directory.
+if [ -z "$ROOT" ] && ! has_user sshd; then
+	echo "sshd:x:$(free_id /etc/passwd):65534:sshd privsep:/var/empty:/bin/false" >>/etc/passwd
+fi
+mkdir -p /run/sshd
+chmod 0755 /run/sshd
+if [ -z "$ROOT" ]; then
+	# OpenSSH built by Nix uses /var/empty instead of Debian's /run/sshd.
+	mkdir -p /var/empty
+fi
+
+# --- keys and config -------------------------------------------------------
+
+mkdir -p "$RUN"
+# sshd reads authorized_keys as the user: it must be able to get there.
+chmod 0755 "$RUN"
+
+[ -s "$SSH_DIR/public" ] || die "no public key at $SSH_DIR/public (Secret key 'public'): nobody could log in"
+cp "$SSH_DIR/public" "$RUN/authorized_keys"
+chmod 0644 "$RUN/authorized_keys"
+
+HOST_KEY=$RUN/ssh_host_key
+rm -f "$HOST_KEY" "$HOST_KEY.pub"
+if [ -s "$SSH_DIR/host-key" ]; then
+	(umask 077 && cp "$SSH_DIR/host-key" "$HOST_KEY")
+	chmod 0600 "$HOST_KEY"
+else
+	ssh-keygen -q -t ed25519 -N '' -C "nrbc-builder-ephemeral" -f "$HOST_KEY"
+	log "WARNING: no host key at $SSH_DIR/host-key (Secret key 'host-key')"
+	log "WARNING: generated an EPHEMERAL host key; clients cannot verify this builder:"
+	log "WARNING: $(ssh-keygen -l -f "$HOST_KEY.pub")"
+fi
+
+if [ -n "$ROOT" ]; then
+	[ -r "$NIX_DIR/nix.conf" ] || log "warning: no $NIX_DIR/nix.conf (ConfigMap); Nix uses its defaults"
+	# Outside a container /etc/nix is the host's: point sessions at ours.
+	# Only the first SetEnv line counts, so everything goes on one.
+	setenv="SetEnv NIX_CONF_DIR=$NIX_DIR PATH=$PATH"
+else
+	setenv="SetEnv PATH=$PATH"
+fi
+case $NIX_DIR$PATH in
+*[[:space:]\"]*) die "PATH or NRBC_BUILDER_ROOT contains white space or quotes" ;;
+esac
+
+umask 022
+cat >"$CONFIG.tmp" <<EOF
+# Generated by nrbc builder/entrypoint.sh
+ListenAddress $LISTEN
+Port $PORT
+HostKey $HOST_KEY
+PidFile $RUN/sshd.pid
+AuthorizedKeysFile $RUN/authorized_keys
+AuthenticationMethods publickey
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin no
+AllowUsers $BUILDER_USER
+StrictModes no
+AllowTcpForwarding no
+AllowAgentForwarding no
+AllowStreamLocalForwarding no
+PermitTunnel no
+X11Forwarding no
+PermitTTY no
+PermitUserEnvironment no
+PrintMotd no
+UseDNS no
+LogLevel $LOG_LEVEL
+$setenv
+EOF
+mv "$CONFIG.tmp" "$CONFIG"
+
+SSHD=${NRBC_BUILDER_SSHD:-}
+if [ -z "$SSHD" ]; then
+	if [ -x /usr/sbin/sshd ]; then
+		SSHD=/usr/sbin/sshd
+	else
+		SSHD=$(command -v sshd) || die "sshd not found"
+	fi
+fi
+case $SSHD in
+/*) ;;
+*) die "sshd must be an absolute path (it re-executes itself): $SSHD" ;;
+esac
+"$SSHD" -t -f "$CONFIG" || die "sshd rejects $CONFIG"
+
+# --- nix-daemon --------------------------------------------------------------
+
+if [ "$NIX_DAEMON" = external ]; then
+	log "using the external nix-daemon"
+else
+	command -v nix-daemon >/dev/null 2>&1 || die "nix-daemon not found"
+	log "starting nix-daemon"
+	nix-daemon &
+fi
+
+log "sshd on $LISTEN:$PORT for user $BUILDER_USER"
+exec "$SSHD" -D -e -f "$CONFIG"

@@ -1,0 +1,337 @@
+"""The builder (builder/entrypoint.sh) run as pods by the test kubelet:
+real sshd, real Nix remote builds over ssh:// and ssh-ng://, pod lifecycle
+and the kubelet's failure simulations."""
+
+import ipaddress
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import (REPO, SSHKeys, builder_pod, get_pod, nix_conf_configmap, pod_ready,
+                      salt, wait_for, wait_pod)
+
+
+def create_pod(cluster, namespace, keys, name="builder", **kw):
+    keys.create_secret(cluster, namespace)
+    cluster.apply(json.dumps(nix_conf_configmap("nix-conf", namespace)))
+    cluster.apply(json.dumps(builder_pod(name, namespace, **kw)))
+
+
+def refused(ip, port):
+    try:
+        with socket.create_connection((ip, port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def ssh(keys, ip, *cmd, timeout=30):
+    return subprocess.run(keys.ssh_argv(ip) + list(cmd), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def builder(cluster, kubelet, tmp_path_factory):
+    """One running builder pod shared by this module's build tests."""
+    ns = "builder-" + uuid.uuid4().hex[:6]
+    st, body = cluster.api("POST", "/api/v1/namespaces", {
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    assert st == 201, body
+    keys = SSHKeys(tmp_path_factory.mktemp("builder-ssh"))
+    try:
+        t0 = time.monotonic()
+        create_pod(cluster, ns, keys)
+        pod = wait_pod(cluster, ns, "builder", pod_ready, 30, "builder pod Ready")
+        print("builder pod Ready %.2f s after creation" % (time.monotonic() - t0))
+        yield {"namespace": ns, "pod": pod, "ip": pod["status"]["podIP"], "keys": keys}
+    finally:
+        cluster.api("DELETE", "/api/v1/namespaces/" + ns)
+
+
+def test_pod_runs_and_becomes_ready(cluster, kubelet, builder):
+    pod = builder["pod"]
+    st = pod["status"]
+    assert pod["spec"]["nodeName"] == kubelet.node
+    assert st["phase"] == "Running"
+    ip = ipaddress.ip_address(st["podIP"])
+    assert ip in ipaddress.ip_network("127.0.0.0/8") and ip.packed[2] >= 1, ip
+    assert st["podIPs"] == [{"ip": st["podIP"]}]
+    assert st["hostIP"] == "127.0.0.1"
+    assert st["startTime"]
+    cs = st["containerStatuses"][0]
+    assert cs["ready"] is True and "running" in cs["state"], cs
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conds["PodScheduled"] == conds["Ready"] == conds["ContainersReady"] == "True"
+    # The Secret and the ConfigMap were materialised where the entrypoint reads them.
+    root = os.path.join(kubelet.pod_dir(pod["metadata"]["uid"]), "root")
+    assert open(os.path.join(root, "etc/nrbc/ssh/public")).read() == \
+        builder["keys"].public_text
+    assert oct(os.stat(os.path.join(root, "etc/nrbc/ssh/host-key")).st_mode & 0o777) == "0o400"
+    assert "trusted-users" in open(os.path.join(root, "etc/nix/nix.conf")).read()
+    assert not os.path.exists(os.path.join(root, "etc/nrbc/ssh/private"))  # not in items
+
+
+def test_ssh_login_with_verified_host_key(builder):
+    keys, ip = builder["keys"], builder["ip"]
+    r = ssh(keys, ip, "echo", "hello-from-builder")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "hello-from-builder"
+    r = ssh(keys, ip, "id -un; id -Gn; echo $NIX_CONF_DIR")
+    user, groups, conf = r.stdout.splitlines()
+    assert user == "nixbld" and "nix-users" in groups.split()
+    assert conf.endswith("/root/etc/nix"), conf
+    # A client expecting another host key refuses the builder.
+    bad_kh = os.path.join(keys.dir, "bad_known_hosts")
+    with open(bad_kh, "w") as f:
+        f.write("%s %s" % (ip, open(keys.public).read()))  # a key that is not the host's
+    r = subprocess.run(keys.ssh_argv(ip, known_hosts=bad_kh) + ["true"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert r.returncode != 0 and "HOST IDENTIFICATION HAS CHANGED" in r.stderr, r.stderr
+
+
+def test_ssh_refuses_unknown_client_key(builder, tmp_path):
+    ip = builder["ip"]
+    stranger = SSHKeys(tmp_path)
+    # stranger.private is not authorized; the host key check still uses ours.
+    kh = builder["keys"].known_hosts(ip)
+    r = subprocess.run(stranger.ssh_argv(ip, known_hosts=kh) + ["true"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert r.returncode == 255 and "Permission denied" in r.stderr, r.stderr
+    r = subprocess.run(builder["keys"].ssh_argv(ip, user="root") + ["true"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert r.returncode == 255 and "Permission denied" in r.stderr, r.stderr
+    argv = builder["keys"].ssh_argv(ip)
+    r = subprocess.run(argv[:1] + ["-tt"] + argv[1:] + ["true"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert "PTY allocation request failed" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
+def test_remote_build_matches_local_build(builder, nix_client, scheme):
+    keys, ip = builder["keys"], builder["ip"]
+    s = salt()
+    remote = nix_client.build("simple.nix", builders=nix_client.builders(ip, scheme),
+                              sshopts=nix_client.sshopts(22, keys.private,
+                                                         keys.known_hosts(ip)),
+                              args={"salt": s})
+    print("%s:// remote build of one derivation: %.2f s" % (scheme, remote.seconds))
+    out = remote.out
+    assert nix_client.has(out)
+    assert nix_client.read(out) == ("hello from a remote builder %s\n" % s).encode()
+    # It was built on the builder: the host store (the builders') has it too.
+    assert subprocess.run(["nix-store", "--check-validity", out]).returncode == 0
+
+    local = nix_client.build_local("simple.nix", args={"salt": s})
+    assert local.out == out
+    assert nix_client.nar_hash(local.out, store=local.store) == nix_client.nar_hash(out)
+
+
+def test_remote_build_fails_without_builder(nix_client):
+    r = nix_client.build("simple.nix", args={"salt": salt()}, check=False)
+    assert r.returncode != 0
+    assert "max-jobs" in r.stderr or "remote builds" in r.stderr, r.stderr
+
+
+def test_remote_build_of_a_graph(builder, nix_client):
+    keys, ip = builder["keys"], builder["ip"]
+    s = salt()
+    r = nix_client.build("graph.nix", builders=nix_client.builders(ip, "ssh-ng"),
+                         sshopts=nix_client.sshopts(22, keys.private, keys.known_hosts(ip)),
+                         args={"salt": s, "n": 10}, timeout=300)
+    print("ssh-ng:// remote build of 11 derivations: %.2f s" % r.seconds)
+    lines = nix_client.read(r.out).decode().splitlines()
+    assert lines[0] == "10 nodes %s" % s and len(lines) == 11, lines
+    refs = subprocess.run(["nix-store", "--store", nix_client.store, "-qR", r.out],
+                          stdout=subprocess.PIPE, text=True, check=True).stdout.split()
+    assert len([p for p in refs if re.search(r"-nrbc-graph-\d+$", p)]) == 10, refs
+    local = nix_client.build_local("graph.nix", args={"salt": s, "n": 10})
+    assert local.out == r.out
+    for p in refs:
+        assert nix_client.nar_hash(p) == nix_client.nar_hash(p, store=local.store), p
+
+
+def test_remote_build_of_a_large_output(builder, nix_client):
+    keys, ip = builder["keys"], builder["ip"]
+    size = 8 * 1024 * 1024
+    r = nix_client.build("size.nix", builders=nix_client.builders(ip, "ssh"),
+                         sshopts=nix_client.sshopts(22, keys.private, keys.known_hosts(ip)),
+                         args={"salt": salt(), "size": size})
+    print("ssh:// remote build with an 8 MiB output: %.2f s" % r.seconds)
+    assert len(nix_client.read(r.out)) == size
+
+
+def test_delete_pod_stops_every_process(cluster, kubelet, namespace, ssh_keys):
+    create_pod(cluster, namespace, ssh_keys, name="doomed")
+    pod = wait_pod(cluster, namespace, "doomed", pod_ready, 30, "pod Ready")
+    ip, uid = pod["status"]["podIP"], pod["metadata"]["uid"]
+    pid = kubelet.pod_pid(uid)
+    assert kubelet.alive(pid), pid
+    # A live SSH session: sshd forks it into its own session (setsid), out
+    # of the pod's process group -- it must die with the pod all the same.
+    session = subprocess.Popen(ssh_keys.ssh_argv(ip) + ["echo started; sleep 300"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert session.stdout.readline().strip() == "started"
+        sleepers = subprocess.run(["pgrep", "-u", "nixbld", "-f", "sleep 300"],
+                                  stdout=subprocess.PIPE, text=True).stdout.split()
+        assert sleepers
+
+        t0 = time.monotonic()
+        cluster.kubectl("delete", "pod", "doomed", "-n", namespace, "--wait=false")
+        wait_for(lambda: get_pod(cluster, namespace, "doomed") is None, 30,
+                 what="the kubelet to confirm the deletion")
+        print("pod gone %.2f s after delete" % (time.monotonic() - t0))
+        assert not kubelet.alive(pid)
+        assert refused(ip, 22)
+        assert session.wait(10) != 0
+        for p in sleepers:
+            assert not os.path.exists("/proc/%s" % p) or \
+                open("/proc/%s/stat" % p).read().split(") ")[1][0] == "Z"
+        assert not os.path.exists(kubelet.pod_dir(uid))
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+
+
+def test_many_pods_start_at_once(cluster, kubelet, namespace, ssh_keys):
+    """Concurrent entrypoints (user creation under a lock) all come up, each
+    on its own address."""
+    ssh_keys.create_secret(cluster, namespace)
+    cluster.apply(json.dumps(nix_conf_configmap("nix-conf", namespace)))
+    names = ["b%d" % i for i in range(5)]
+    cluster.apply(json.dumps({"apiVersion": "v1", "kind": "List",
+                              "items": [builder_pod(n, namespace) for n in names]}))
+    ips = set()
+    for n in names:
+        pod = wait_pod(cluster, namespace, n, pod_ready, 60, "pod %s Ready" % n)
+        ips.add(pod["status"]["podIP"])
+    assert len(ips) == len(names)
+    for ip in ips:
+        r = ssh(ssh_keys, ip, "echo", "ok")
+        assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+# ---- failure simulations ---------------------------------------------------------
+
+def waiting_reason(pod):
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        w = cs.get("state", {}).get("waiting")
+        if w:
+            return w.get("reason")
+    return None
+
+
+def test_unmatched_node_selector_is_unschedulable(cluster, kubelet, namespace, ssh_keys):
+    create_pod(cluster, namespace, ssh_keys, name="nowhere",
+               node_selector={"nrbc.test/pool": "gpu"})
+
+    def unschedulable(pod):
+        return any(c["type"] == "PodScheduled" and c["status"] == "False"
+                   and c.get("reason") == "Unschedulable"
+                   for c in pod["status"].get("conditions") or [])
+    pod = wait_pod(cluster, namespace, "nowhere", unschedulable, 20)
+    cond = [c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled"][0]
+    assert "didn't match Pod's node affinity/selector" in cond["message"]
+    assert pod["status"]["phase"] == "Pending"
+    assert not pod["spec"].get("nodeName")
+    # An unbound pod goes away at once on delete.
+    cluster.kubectl("delete", "pod", "nowhere", "-n", namespace, "--wait=true", "--timeout=20s")
+
+
+def test_insufficient_resources_is_unschedulable(cluster, kubelet, namespace, ssh_keys):
+    pod = builder_pod("huge", namespace)
+    pod["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1000"}}
+    cluster.apply(json.dumps(pod))
+    pod = wait_pod(cluster, namespace, "huge", lambda p: any(
+        c.get("reason") == "Unschedulable" for c in p["status"].get("conditions") or []), 20)
+    assert "Insufficient cpu" in json.dumps(pod["status"]["conditions"])
+
+
+def test_missing_image_shows_errimagepull(cluster, kubelet, namespace, ssh_keys):
+    create_pod(cluster, namespace, ssh_keys, name="noimage",
+               image="registry.invalid/nrbc/does-not-exist:1")
+    seen = set()
+
+    def pull_error(pod):
+        r = waiting_reason(pod)
+        if r:
+            seen.add(r)
+        return {"ErrImagePull", "ImagePullBackOff"} <= seen
+    pod = wait_pod(cluster, namespace, "noimage", pull_error, 20)
+    assert pod["status"]["phase"] == "Pending"
+    assert pod["spec"]["nodeName"] == kubelet.node
+    assert kubelet.pod_pid(pod["metadata"]["uid"]) is None   # never started
+    cluster.kubectl("delete", "pod", "noimage", "-n", namespace, "--wait=true", "--timeout=20s")
+
+
+def test_missing_secret_is_a_config_error(cluster, kubelet, namespace):
+    cluster.apply(json.dumps(nix_conf_configmap("nix-conf", namespace)))
+    cluster.apply(json.dumps(builder_pod("nosecret", namespace, secret="absent")))
+    pod = wait_pod(cluster, namespace, "nosecret",
+                   lambda p: waiting_reason(p) == "CreateContainerConfigError", 20)
+    msg = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+    assert 'secret "absent" not found' in msg
+    assert pod["status"]["phase"] == "Pending"
+
+
+def test_entrypoint_failure_fails_the_pod(cluster, kubelet, namespace, ssh_keys):
+    """A Secret without the `public` key: the entrypoint refuses to start
+    sshd (nobody could log in) and the pod fails with its exit code."""
+    cluster.apply(json.dumps({"apiVersion": "v1", "kind": "Secret",
+                              "metadata": {"name": "nrbc-ssh", "namespace": namespace},
+                              "stringData": {"host-key": ssh_keys.host_private_text}}))
+    cluster.apply(json.dumps(nix_conf_configmap("nix-conf", namespace)))
+    pod = builder_pod("nokey", namespace)
+    pod["spec"]["volumes"][0]["secret"].pop("items")
+    cluster.apply(json.dumps(pod))
+    pod = wait_pod(cluster, namespace, "nokey", lambda p: p["status"].get("phase") == "Failed", 20)
+    term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["exitCode"] == 1 and term["reason"] == "Error", term
+    assert "no public key" in kubelet.pod_log(pod["metadata"]["uid"])
+
+
+def test_active_deadline_exceeded(cluster, kubelet, namespace, ssh_keys):
+    create_pod(cluster, namespace, ssh_keys, name="shortlived", deadline=3)
+    pod = wait_pod(cluster, namespace, "shortlived", pod_ready, 20)
+    ip, pid = pod["status"]["podIP"], kubelet.pod_pid(pod["metadata"]["uid"])
+    pod = wait_pod(cluster, namespace, "shortlived",
+                   lambda p: p["status"].get("reason") == "DeadlineExceeded", 20)
+    assert pod["status"]["phase"] == "Failed"
+    assert not kubelet.alive(pid)
+    assert refused(ip, 22)
+
+
+def test_containerfile_structure():
+    path = os.path.join(REPO, "builder", "Containerfile")
+    lines = [line.strip() for line in open(path) if line.strip() and not line.startswith("#")]
+    from_ = [line for line in lines if line.upper().startswith("FROM ")]
+    assert len(from_) == 1
+    assert re.fullmatch(r"FROM\s+\S*nixos/nix:\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", from_[0]), \
+        from_[0]
+    assert any(re.fullmatch(r"COPY\s+(--chmod=\d+\s+)?entrypoint\.sh\s+\S+", ln) for ln in lines)
+    assert "EXPOSE 22" in lines
+    entry = [ln for ln in lines if ln.startswith("ENTRYPOINT")]
+    assert len(entry) == 1 and json.loads(entry[0][len("ENTRYPOINT"):].strip())
+    known = {"FROM", "RUN", "COPY", "EXPOSE", "ENTRYPOINT", "ENV", "LABEL", "WORKDIR",
+             "ARG", "USER", "CMD"}
+    joined = re.sub(r"\\\n\s*", " ", open(path).read())
+    for ln in joined.splitlines():
+        ln = ln.strip()
+        if ln and not ln.startswith("#"):
+            assert ln.split()[0] in known, ln
+
+
+def test_entrypoint_is_posix_sh():
+    path = os.path.join(REPO, "builder", "entrypoint.sh")
+    assert open(path).readline().strip() == "#!/bin/sh"
+    for sh in ("dash", "sh"):
+        r = subprocess.run([sh, "-n", path], stderr=subprocess.PIPE, text=True)
+        assert r.returncode == 0, r.stderr
+    assert os.access(path, os.X_OK)

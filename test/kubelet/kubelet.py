@@ -1,0 +1,1170 @@
+#!/usr/bin/python3
+"""TEST CODE ONLY -- a minimal stand-in for kube-scheduler + kubelet.
+
+Not part of nrbc. The local test cluster (test/cluster/) has no scheduler and
+no kubelet; this program plays both for builder pods so that nrbc can be
+tested against a real kube-apiserver:
+
+- registers Node `nrbc-test-node` (Ready, linux/amd64) and keeps it Ready;
+- list+watches pods matching --selector (all namespaces);
+- "schedules": nodeSelector and resource requests against the node, else
+  PodScheduled=False/Unschedulable; binds with the pods/binding subresource;
+- "pulls": an image containing `does-not-exist` gives ErrImagePull /
+  ImagePullBackOff and never starts;
+- gives each pod its own loopback address 127.0.X.Y (X >= 1) as podIP;
+- materialises Secret/ConfigMap/emptyDir volumes as files under
+  <dir>/pods/<uid>/root<mountPath> (missing ones: CreateContainerConfigError);
+- runs builder/entrypoint.sh (not the image!) as a local process group with
+  the container's env plus NRBC_BUILDER_ROOT/LISTEN_ADDRESS/PORT/NIX_DAEMON;
+- reports status (Pending -> Running, Ready after the tcpSocket readiness
+  probe, Succeeded/Failed on exit, DeadlineExceeded) via pods/status;
+- on deletion kills every process of the pod (the whole process tree, also
+  sshd sessions that left the process group), removes its directory and
+  confirms with DELETE gracePeriodSeconds=0, as a real kubelet does.
+
+Run as root:  kubelet.py --kubeconfig admin.kubeconfig --dir DIR
+State: DIR/pods/<uid>/{root/,log,pid}; pid holds "PID STARTTIME".
+"""
+
+import argparse
+import base64
+import ctypes
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.parse
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+ENTRYPOINT = os.path.join(REPO, "builder", "entrypoint.sh")
+
+NODE_NAME = "nrbc-test-node"
+DEFAULT_SELECTOR = "app.kubernetes.io/name=nrbc-builder"
+HOST_IP = "127.0.0.1"
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_log_lock = threading.Lock()
+
+
+def log(msg):
+    with _log_lock:
+        sys.stderr.write("%s kubelet: %s\n" % (time.strftime("%H:%M:%S"), msg))
+        sys.stderr.flush()
+
+
+def now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def parse_time(s):
+    return time.mktime(time.strptime(s, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+
+
+# ---- minimal API client ------------------------------------------------------
+
+def read_kubeconfig(path):
+    """Just what cluster.py writes: server, CA, client cert/key (paths)."""
+    text = open(path).read()
+    out = {}
+    for key in ("server", "certificate-authority", "client-certificate", "client-key"):
+        m = re.search(r"^\s*%s:\s*(\S+)\s*$" % re.escape(key), text, re.M)
+        if not m:
+            raise SystemExit("kubelet: %s: no %s (only file paths are supported)" % (path, key))
+        out[key] = m.group(1).strip("\"'")
+    return out
+
+
+class ApiError(Exception):
+    def __init__(self, status, body):
+        super().__init__("HTTP %s: %s" % (status, body))
+        self.status = status
+        self.body = body
+
+
+class Api:
+    def __init__(self, kubeconfig):
+        kc = read_kubeconfig(kubeconfig)
+        self.server = kc["server"]
+        ctx = ssl.create_default_context(cafile=kc["certificate-authority"])
+        ctx.load_cert_chain(kc["client-certificate"], kc["client-key"])
+        self.ctx = ctx
+
+    def request(self, method, path, body=None, content_type="application/json",
+                timeout=30, ok=(200, 201)):
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = content_type
+        req = urllib.request.Request(self.server + path, data=data, method=method,
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=timeout) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw.decode(errors="replace")
+        if status not in ok:
+            raise ApiError(status, parsed)
+        return parsed
+
+    def stream(self, path, timeout):
+        req = urllib.request.Request(self.server + path,
+                                     headers={"Accept": "application/json"})
+        return urllib.request.urlopen(req, context=self.ctx, timeout=timeout)
+
+
+# ---- quantities ------------------------------------------------------------------
+
+_SUFFIX = {
+    "n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0,
+    "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2.0 ** 10, "Mi": 2.0 ** 20, "Gi": 2.0 ** 30, "Ti": 2.0 ** 40,
+    "Pi": 2.0 ** 50, "Ei": 2.0 ** 60,
+}
+
+
+def parse_quantity(q):
+    m = re.fullmatch(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)", str(q).strip())
+    if not m or m.group(2) not in _SUFFIX:
+        raise ValueError("bad quantity %r" % (q,))
+    return float(m.group(1)) * _SUFFIX[m.group(2)]
+
+
+# ---- process trees ----------------------------------------------------------------
+
+def proc_stat(pid):
+    """(ppid, state, starttime, session) of pid, or None if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            s = f.read()
+    except OSError:
+        return None
+    rest = s[s.rindex(")") + 2:].split()
+    return int(rest[1]), rest[0], int(rest[19]), int(rest[3])
+
+
+def alive(pid, starttime=None):
+    st = proc_stat(pid)
+    if st is None or st[1] in ("Z", "X"):
+        return False
+    return starttime is None or st[2] == starttime
+
+
+def descendants(roots, sessions=()):
+    """Live processes among roots, their descendants and the members of
+    the given sessions, as {pid: starttime}."""
+    children = {}
+    starts = {}
+    todo = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        st = proc_stat(int(d))
+        if st is None or st[1] in ("Z", "X"):
+            continue
+        children.setdefault(st[0], []).append(int(d))
+        starts[int(d)] = st[2]
+        if st[3] in sessions:
+            todo.append(int(d))
+    out = {}
+    todo += [p for p, t in roots.items() if starts.get(p) == t]
+    while todo:
+        p = todo.pop()
+        if p in out:
+            continue
+        out[p] = starts[p]
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _signal_all(pids, sig):
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def kill_tree(roots, grace):
+    """SIGTERM roots and all their descendants, then after `grace` seconds
+    freeze and SIGKILL whatever is left (including what was forked in the
+    meantime). roots: {pid: starttime}; each root is also the leader of
+    its own session (setsid), whose members -- even orphaned ones -- die too.
+    Returns once all are gone."""
+    sessions = tuple(roots)
+    known = descendants(roots, sessions)
+    _signal_all(known, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        known = {p: t for p, t in known.items() if alive(p, t)}
+        if not known:
+            return
+        time.sleep(0.05)
+    for _ in range(50):
+        known = descendants(known, sessions)
+        if not known:
+            return
+        # Stopped processes cannot fork: the second walk then is complete.
+        _signal_all(known, signal.SIGSTOP)
+        known = descendants(known, sessions)
+        _signal_all(known, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def read_pidfile(path):
+    try:
+        pid, start = open(path).read().split()
+        return int(pid), int(start)
+    except (OSError, ValueError):
+        return None
+
+
+# ---- the kubelet ------------------------------------------------------------------
+
+class IPAllocator:
+    """127.0.X.Y with X in 1..254, Y in 1..254, handed out round robin so a
+    freed address is not reused at once."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.used = set()
+        self.next = 0
+
+    def _addr(self, n):
+        return "127.0.%d.%d" % (1 + n // 254, 1 + n % 254)
+
+    def allocate(self):
+        with self.lock:
+            for i in range(254 * 254):
+                n = (self.next + i) % (254 * 254)
+                a = self._addr(n)
+                if a not in self.used:
+                    self.used.add(a)
+                    self.next = n + 1
+                    return a
+        raise RuntimeError("out of pod addresses")
+
+    def reserve(self, a):
+        with self.lock:
+            self.used.add(a)
+
+    def release(self, a):
+        with self.lock:
+            self.used.discard(a)
+
+
+class Stop(Exception):
+    """The worker must stop: pod deleted or kubelet shutting down."""
+
+
+class ConfigError(Exception):
+    pass
+
+
+class PodWorker(threading.Thread):
+    def __init__(self, kubelet, pod):
+        super().__init__(daemon=True, name="pod-" + pod["metadata"]["name"])
+        self.k = kubelet
+        self.pod = pod
+        self.uid = pod["metadata"]["uid"]
+        self.ns = pod["metadata"]["namespace"]
+        self.name = pod["metadata"]["name"]
+        self.changed = threading.Event()
+        self.gone = False
+        self.lock = threading.Lock()
+        self.dir = os.path.join(kubelet.dir, "pods", self.uid)
+        self.pid = None
+        self.pid_start = None
+        self.ip = None
+        self.bound = False
+        self.counted = False     # holds resources on the node
+        self.requests = {}
+        self.status = {}
+        self.pushed = None
+        self.conditions = {}
+        self.start_time = None
+        self.container_started = None
+
+    # -- events from the watch
+    def update(self, pod):
+        with self.lock:
+            self.pod = pod
+        self.changed.set()
+
+    def deleted(self):
+        self.gone = True
+        self.changed.set()
+
+    def latest(self):
+        with self.lock:
+            return self.pod
+
+    def terminating(self):
+        return self.gone or self.k.stopping.is_set() or \
+            self.latest()["metadata"].get("deletionTimestamp") is not None
+
+    def wait(self, seconds):
+        """Sleep up to `seconds`, waking on pod changes; raises Stop when
+        the pod is being deleted."""
+        if self.terminating():
+            raise Stop()
+        self.changed.wait(seconds)
+        self.changed.clear()
+        if self.terminating():
+            raise Stop()
+        self.check_deadline()
+
+    def path(self, sub):
+        return "/api/v1/namespaces/%s/pods/%s%s" % (self.ns, self.name, sub)
+
+    # -- status
+    def set_condition(self, ctype, status, reason=None, message=None):
+        c = self.conditions.get(ctype)
+        if c is None or c["status"] != status:
+            c = {"type": ctype, "status": status, "lastProbeTime": None,
+                 "lastTransitionTime": now()}
+        else:
+            c = dict(c)
+        for k, v in (("reason", reason), ("message", message)):
+            if v is None:
+                c.pop(k, None)
+            else:
+                c[k] = v
+        self.conditions[ctype] = c
+
+    def container_status(self, state, ready=False, started=False):
+        c = self.container()
+        cs = {"name": c.get("name", "builder"), "image": c.get("image", ""),
+              "imageID": "", "ready": ready, "restartCount": 0, "started": started,
+              "state": state}
+        if self.pid is not None:
+            cs["containerID"] = "nrbc-test://%s-%d" % (self.uid, self.pid)
+        return cs
+
+    def push(self, phase, cstate=None, ready=False, started=False, reason=None,
+             message=None):
+        st = {"phase": phase, "reason": reason, "message": message}
+        if self.bound:
+            st["hostIP"] = HOST_IP
+            st["hostIPs"] = [{"ip": HOST_IP}]
+        if self.start_time:
+            st["startTime"] = self.start_time
+        if self.ip:
+            st["podIP"] = self.ip
+            st["podIPs"] = [{"ip": self.ip}]
+        if cstate is not None:
+            st["containerStatuses"] = [self.container_status(cstate, ready, started)]
+        order = ["PodReadyToStartContainers", "Initialized", "Ready",
+                 "ContainersReady", "PodScheduled"]
+        st["conditions"] = [self.conditions[t] for t in order if t in self.conditions]
+        if st == self.pushed:
+            return
+        try:
+            self.k.api.request("PATCH", self.path("/status"), {"status": st},
+                               content_type="application/merge-patch+json")
+            self.pushed = st
+        except ApiError as e:
+            if e.status == 404:
+                raise Stop()
+            log("%s/%s: status update failed: %s" % (self.ns, self.name, e))
+        except OSError as e:
+            log("%s/%s: status update failed: %s" % (self.ns, self.name, e))
+
+    def container(self):
+        cs = self.latest()["spec"].get("containers") or [{}]
+        return cs[0]
+
+    def check_deadline(self):
+        ads = self.latest()["spec"].get("activeDeadlineSeconds")
+        if ads is None or self.start_time is None:
+            return
+        if time.time() >= parse_time(self.start_time) + int(ads):
+            raise DeadlineExceeded()
+
+    # -- main
+    def run(self):
+        try:
+            self.lifecycle()
+        except Stop:
+            pass
+        except Exception:
+            tb = traceback.format_exc()
+            log("%s/%s: worker crashed:\n%s" % (self.ns, self.name, tb))
+            try:
+                self.kill()
+                self.push("Failed", reason="TestKubeletError",
+                          message="test kubelet: " + tb.strip().splitlines()[-1])
+                self.idle_until_deleted()
+            except Exception:
+                pass
+        finally:
+            try:
+                self.teardown()
+            except Exception:
+                log("%s/%s: teardown failed:\n%s" % (self.ns, self.name,
+                                                      traceback.format_exc()))
+            self.k.worker_done(self)
+
+    def lifecycle(self):
+        pod = self.latest()
+        if self.terminating():
+            self.bound = bool(pod["spec"].get("nodeName"))
+            raise Stop()
+        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            self.bound = bool(pod["spec"].get("nodeName"))
+            self.idle_until_deleted()
+            return
+        for c in pod.get("status", {}).get("conditions") or []:
+            self.conditions[c["type"]] = c
+        if not pod["spec"].get("nodeName"):
+            self.schedule()
+        else:
+            self.bound = True
+            self.requests = self.k.pod_requests(pod)
+            self.k.hold(self)
+        self.start_time = pod.get("status", {}).get("startTime") or now()
+        self.set_condition("PodScheduled", "True")
+        try:
+            self.run_pod()
+        except DeadlineExceeded:
+            self.kill()
+            self.set_condition("Ready", "False", "PodFailed")
+            self.set_condition("ContainersReady", "False", "PodFailed")
+            self.push("Failed", self.terminated_state(137, "DeadlineExceeded"),
+                      reason="DeadlineExceeded",
+                      message="Pod was active on the node longer than the specified deadline")
+            log("%s/%s: deadline exceeded" % (self.ns, self.name))
+            self.release_resources()
+            self.idle_until_deleted()
+
+    def idle_until_deleted(self):
+        while True:
+            self.changed.wait(5)
+            self.changed.clear()
+            if self.terminating():
+                raise Stop()
+
+    def schedule(self):
+        while True:
+            pod = self.latest()
+            why = self.k.unschedulable_reason(pod)
+            if why is None:
+                self.requests = self.k.pod_requests(pod)
+                if self.k.hold(self):
+                    break
+                why = self.k.unschedulable_reason(pod, ignore_self=False) or \
+                    "1 Insufficient resources"
+            msg = ("0/1 nodes are available: %s. preemption: 0/1 nodes are available: "
+                   "1 Preemption is not helpful for scheduling." % why)
+            self.set_condition("PodScheduled", "False", "Unschedulable", msg)
+            self.push("Pending")
+            log("%s/%s: unschedulable: %s" % (self.ns, self.name, why))
+            # Node labels never change here; resources may free up.
+            self.wait(5)
+        try:
+            self.k.api.request("POST", self.path("/binding"), {
+                "apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": self.name, "uid": self.uid},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": self.k.node}})
+        except ApiError as e:
+            if e.status in (404, 409):
+                log("%s/%s: binding refused: %s" % (self.ns, self.name, e))
+                raise Stop()
+            raise
+        self.bound = True
+        log("%s/%s: bound to %s" % (self.ns, self.name, self.k.node))
+
+    def run_pod(self):
+        self.ip = self.latest().get("status", {}).get("podIP")
+        if self.ip and self.ip.startswith("127.0.") and not self.ip.startswith("127.0.0."):
+            self.k.ips.reserve(self.ip)
+        else:
+            self.ip = self.k.ips.allocate()
+        self.set_condition("PodReadyToStartContainers", "True")
+        self.set_condition("Initialized", "True")
+        self.set_condition("Ready", "False", "ContainersNotReady",
+                           "containers with unready status: [%s]" % self.container().get("name"))
+        self.set_condition("ContainersReady", "False", "ContainersNotReady",
+                           "containers with unready status: [%s]" % self.container().get("name"))
+        self.push("Pending", {"waiting": {"reason": "ContainerCreating"}})
+
+        image = self.container().get("image", "")
+        if "does-not-exist" in image:
+            self.pull_fails(image)
+
+        while True:
+            try:
+                env = self.materialise()
+                break
+            except ConfigError as e:
+                self.push("Pending", {"waiting": {"reason": "CreateContainerConfigError",
+                                                  "message": str(e)}})
+                log("%s/%s: CreateContainerConfigError: %s" % (self.ns, self.name, e))
+                self.wait(2)
+
+        self.spawn(env)
+        self.container_started = now()
+        running = {"running": {"startedAt": self.container_started}}
+        self.push("Running", running, started=True)
+        log("%s/%s: running pid %d on %s" % (self.ns, self.name, self.pid, self.ip))
+        self.monitor(running)
+
+    def pull_fails(self, image):
+        msg = ('rpc error: code = NotFound desc = failed to pull and unpack image "%s": '
+               'failed to resolve reference "%s": %s: not found' % (image, image, image))
+        backoff = 5
+        while True:
+            self.push("Pending", {"waiting": {"reason": "ErrImagePull", "message": msg}})
+            self.wait(1)
+            self.push("Pending", {"waiting": {"reason": "ImagePullBackOff",
+                                              "message": 'Back-off pulling image "%s"' % image}})
+            end = time.monotonic() + backoff
+            while time.monotonic() < end:
+                self.wait(end - time.monotonic())
+            backoff = min(backoff * 2, 60)
+
+    # -- volumes and env
+    def fetch(self, kind, name):
+        path = "/api/v1/namespaces/%s/%s/%s" % (self.ns, kind, name)
+        try:
+            return self.k.api.request("GET", path)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def source_items(self, kind, src, optional):
+        """{key: bytes} of a Secret or ConfigMap volume/projection source."""
+        name = src.get("secretName") if kind == "secrets" else src.get("name")
+        obj = self.fetch(kind, name)
+        label = "secret" if kind == "secrets" else "configmap"
+        if obj is None:
+            if optional:
+                return {}
+            raise ConfigError('%s "%s" not found' % (label, name))
+        data = {}
+        if kind == "secrets":
+            for k, v in (obj.get("data") or {}).items():
+                data[k] = base64.b64decode(v)
+        else:
+            for k, v in (obj.get("data") or {}).items():
+                data[k] = v.encode()
+            for k, v in (obj.get("binaryData") or {}).items():
+                data[k] = base64.b64decode(v)
+        items = src.get("items")
+        if not items:
+            return {k: (v, None) for k, v in data.items()}
+        out = {}
+        for it in items:
+            if it["key"] not in data:
+                if optional:
+                    continue
+                raise ConfigError("couldn't find key %s in %s %s/%s" % (
+                    it["key"], "Secret" if kind == "secrets" else "ConfigMap",
+                    self.ns, name))
+            out[it.get("path", it["key"])] = (data[it["key"]], it.get("mode"))
+        return out
+
+    def volume_files(self, vol):
+        """{relative path: (bytes, mode)} for a volume, or None for a dir."""
+        if "secret" in vol:
+            s = vol["secret"]
+            files = self.source_items("secrets", s, s.get("optional", False))
+            return files, s.get("defaultMode", 0o644)
+        if "configMap" in vol:
+            s = vol["configMap"]
+            files = self.source_items("configmaps", s, s.get("optional", False))
+            return files, s.get("defaultMode", 0o644)
+        if "projected" in vol:
+            files = {}
+            for src in vol["projected"].get("sources") or []:
+                if "secret" in src:
+                    files.update(self.source_items("secrets", {**src["secret"], "secretName": src["secret"].get("name")},
+                                                   src["secret"].get("optional", False)))
+                elif "configMap" in src:
+                    files.update(self.source_items("configmaps", src["configMap"],
+                                                   src["configMap"].get("optional", False)))
+            return files, vol["projected"].get("defaultMode", 0o644)
+        if "emptyDir" in vol:
+            return None, None
+        raise ConfigError("volume %s: unsupported type (test kubelet)" % vol.get("name"))
+
+    def materialise(self):
+        root = os.path.join(self.dir, "root")
+        if os.path.exists(root):
+            shutil.rmtree(root)
+        os.makedirs(root, mode=0o755)
+        os.chmod(self.dir, 0o755)
+        os.chmod(root, 0o755)
+        c = self.container()
+        vols = {v["name"]: v for v in self.latest()["spec"].get("volumes") or []}
+        for m in c.get("volumeMounts") or []:
+            vol = vols.get(m["name"])
+            if vol is None:
+                raise ConfigError("volume %s not found in pod spec" % m["name"])
+            files, default_mode = self.volume_files(vol)
+            target = os.path.join(root, m["mountPath"].lstrip("/"))
+            if files is None:
+                os.makedirs(target, mode=0o755, exist_ok=True)
+                continue
+            if m.get("subPath"):
+                files = {os.path.basename(target): files[m["subPath"]]} \
+                    if m["subPath"] in files else {}
+                target = os.path.dirname(target)
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            for rel, (data, mode) in files.items():
+                p = os.path.join(target, rel)
+                os.makedirs(os.path.dirname(p), mode=0o755, exist_ok=True)
+                with open(p, "wb") as f:
+                    f.write(data)
+                os.chmod(p, mode if mode is not None else default_mode)
+        return self.environment(c)
+
+    def environment(self, c):
+        pod = self.latest()
+        env = {"PATH": BASE_PATH, "HOME": "/root", "HOSTNAME": self.name}
+        fields = {
+            "metadata.name": self.name, "metadata.namespace": self.ns,
+            "metadata.uid": self.uid, "spec.nodeName": self.k.node,
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+            "status.podIP": self.ip, "status.hostIP": HOST_IP,
+        }
+        for ef in c.get("envFrom") or []:
+            prefix = ef.get("prefix", "")
+            for kind, key in (("secrets", "secretRef"), ("configmaps", "configMapRef")):
+                if key in ef:
+                    src = ef[key]
+                    obj = self.fetch(kind, src["name"])
+                    if obj is None:
+                        if src.get("optional"):
+                            continue
+                        raise ConfigError('%s "%s" not found' % (
+                            "secret" if kind == "secrets" else "configmap", src["name"]))
+                    for k, v in (obj.get("data") or {}).items():
+                        env[prefix + k] = base64.b64decode(v).decode() \
+                            if kind == "secrets" else v
+        for e in c.get("env") or []:
+            if "value" in e:
+                env[e["name"]] = e["value"]
+                continue
+            vf = e.get("valueFrom") or {}
+            if "fieldRef" in vf:
+                env[e["name"]] = fields.get(vf["fieldRef"]["fieldPath"], "")
+            elif "secretKeyRef" in vf or "configMapKeyRef" in vf:
+                kind, ref = ("secrets", vf["secretKeyRef"]) if "secretKeyRef" in vf \
+                    else ("configmaps", vf["configMapKeyRef"])
+                obj = self.fetch(kind, ref["name"])
+                label = "secret" if kind == "secrets" else "configmap"
+                if obj is None or ref["key"] not in (obj.get("data") or {}):
+                    if ref.get("optional"):
+                        continue
+                    if obj is None:
+                        raise ConfigError('%s "%s" not found' % (label, ref["name"]))
+                    raise ConfigError("couldn't find key %s in %s %s/%s" % (
+                        ref["key"], label, self.ns, ref["name"]))
+                v = obj["data"][ref["key"]]
+                env[e["name"]] = base64.b64decode(v).decode() if kind == "secrets" else v
+        port = self.container_port()
+        env.update({
+            "NRBC_BUILDER_ROOT": os.path.join(self.dir, "root"),
+            "NRBC_BUILDER_LISTEN_ADDRESS": self.ip,
+            "NRBC_BUILDER_PORT": str(port),
+            "NRBC_BUILDER_NIX_DAEMON": "external",
+        })
+        return env
+
+    def container_port(self, ref=None):
+        ports = self.container().get("ports") or []
+        if ref is not None:
+            if isinstance(ref, int) or str(ref).isdigit():
+                return int(ref)
+            for p in ports:
+                if p.get("name") == ref:
+                    return int(p["containerPort"])
+            return None
+        return int(ports[0]["containerPort"]) if ports else 22
+
+    # -- process
+    def spawn(self, env):
+        log_path = os.path.join(self.dir, "log")
+        pid = self.k.spawn([self.k.entrypoint], env, self.dir, log_path)
+        st = proc_stat(pid)
+        self.pid, self.pid_start = pid, (st[2] if st else 0)
+        with open(os.path.join(self.dir, "pid.tmp"), "w") as f:
+            f.write("%d %d\n" % (self.pid, self.pid_start))
+        os.rename(os.path.join(self.dir, "pid.tmp"), os.path.join(self.dir, "pid"))
+
+    def exit_status(self):
+        return self.k.exit_status(self.pid)
+
+    def terminated_state(self, code, reason):
+        return {"terminated": {"exitCode": code, "reason": reason,
+                               "startedAt": self.container_started or now(),
+                               "finishedAt": now(),
+                               "containerID": "nrbc-test://%s-%d" % (self.uid, self.pid or 0)}}
+
+    def probe_ok(self, probe):
+        tcp = probe.get("tcpSocket")
+        if tcp is None:
+            return True     # only tcpSocket probes are simulated
+        port = self.container_port(tcp.get("port"))
+        host = tcp.get("host") or self.ip
+        try:
+            with socket.create_connection((host, port), timeout=probe.get("timeoutSeconds", 1)):
+                return True
+        except OSError:
+            return False
+
+    def monitor(self, running):
+        probe = self.container().get("readinessProbe")
+        ready = probe is None
+        next_probe = time.monotonic() + (probe or {}).get("initialDelaySeconds", 0)
+        period = (probe or {}).get("periodSeconds", 10)
+        succ_needed = (probe or {}).get("successThreshold", 1)
+        fail_needed = (probe or {}).get("failureThreshold", 3)
+        succ = fail = 0
+        if ready:
+            self.set_ready(True)
+        while True:
+            code = self.exit_status()
+            if code is not None:
+                self.pid_exited(code)
+                return
+            if probe is not None and time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + period
+                if self.probe_ok(probe):
+                    succ, fail = succ + 1, 0
+                    if not ready and succ >= succ_needed:
+                        ready = True
+                        log("%s/%s: ready" % (self.ns, self.name))
+                else:
+                    succ, fail = 0, fail + 1
+                    if ready and fail >= fail_needed:
+                        ready = False
+                        log("%s/%s: not ready" % (self.ns, self.name))
+            self.set_ready(ready)
+            self.push("Running", running, ready=ready, started=True)
+            self.wait(0.1 if not ready else 0.5)
+
+    def set_ready(self, ready):
+        name = self.container().get("name")
+        if ready:
+            self.set_condition("Ready", "True")
+            self.set_condition("ContainersReady", "True")
+        else:
+            msg = "containers with unready status: [%s]" % name
+            self.set_condition("Ready", "False", "ContainersNotReady", msg)
+            self.set_condition("ContainersReady", "False", "ContainersNotReady", msg)
+
+    def pid_exited(self, code):
+        # Whatever the entrypoint left behind dies with the "container".
+        self.kill()
+        self.set_condition("Ready", "False", "PodCompleted")
+        self.set_condition("ContainersReady", "False", "PodCompleted")
+        if code == 0:
+            self.push("Succeeded", self.terminated_state(0, "Completed"))
+        else:
+            self.push("Failed", self.terminated_state(code, "Error"))
+        log("%s/%s: exited with %d" % (self.ns, self.name, code))
+        self.release_resources()
+        self.idle_until_deleted()
+
+    def kill(self):
+        if self.pid is None:
+            return
+        pod = self.latest()
+        grace = pod["metadata"].get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+        grace = max(0.0, min(float(grace), self.k.grace_cap))
+        kill_tree({self.pid: self.pid_start}, grace)
+        self.k.wait_reaped(self.pid)
+
+    def release_resources(self):
+        self.k.release(self)
+
+    def teardown(self):
+        self.kill()
+        self.release_resources()
+        if self.k.stopping.is_set() and not self.gone:
+            return     # the kubelet stops; the pod object stays as it is
+        if self.ip:
+            self.k.ips.release(self.ip)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.gone or not self.bound or not self.terminating():
+            return
+        # Confirm the deletion, as a real kubelet does once the pod's
+        # containers are gone: without it a bound pod stays forever.
+        try:
+            self.k.api.request("DELETE", self.path(""), {
+                "apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                "preconditions": {"uid": self.uid}})
+            log("%s/%s: deleted" % (self.ns, self.name))
+        except ApiError as e:
+            if e.status not in (404, 409):
+                log("%s/%s: final delete failed: %s" % (self.ns, self.name, e))
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class Kubelet:
+    def __init__(self, args):
+        self.api = Api(args.kubeconfig)
+        self.dir = os.path.abspath(args.dir)
+        self.node = args.node_name
+        self.selector = args.selector
+        self.entrypoint = os.path.abspath(args.entrypoint)
+        self.grace_cap = args.grace_cap
+        self.capacity = {"cpu": args.cpu, "memory": args.memory, "pods": str(args.max_pods)}
+        self.labels = {"kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux",
+                       "kubernetes.io/arch": "amd64"}
+        for kv in args.label or []:
+            k, _, v = kv.partition("=")
+            self.labels[k] = v
+        self.stopping = threading.Event()
+        self.workers = {}
+        self.finished = {}  # uid -> when its worker ended
+        self.wlock = threading.Lock()
+        self.ips = IPAllocator()
+        self.held = {}      # uid -> requests
+        self.spawn_q = queue.Queue()
+        self.exits = {}     # pid -> exit code, filled by the reaper
+        self.exits_cv = threading.Condition()
+        self.children = set()
+        os.makedirs(os.path.join(self.dir, "pods"), exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        os.chmod(os.path.join(self.dir, "pods"), 0o755)
+
+    # -- scheduling arithmetic
+    def pod_requests(self, pod):
+        total = {"cpu": 0.0, "memory": 0.0}
+        for c in pod["spec"].get("containers") or []:
+            res = c.get("resources") or {}
+            req = dict(res.get("limits") or {})
+            req.update(res.get("requests") or {})
+            for k in total:
+                if k in req:
+                    total[k] += parse_quantity(req[k])
+        return total
+
+    def unschedulable_reason(self, pod, ignore_self=True):
+        sel = pod["spec"].get("nodeSelector") or {}
+        if any(self.labels.get(k) != v for k, v in sel.items()):
+            return "1 node(s) didn't match Pod's node affinity/selector"
+        req = self.pod_requests(pod)
+        with self.wlock:
+            used = {"cpu": 0.0, "memory": 0.0}
+            for uid, r in self.held.items():
+                if ignore_self and uid == pod["metadata"]["uid"]:
+                    continue
+                for k in used:
+                    used[k] += r[k]
+            npods = len(self.held)
+        short = [k for k in ("cpu", "memory")
+                 if used[k] + req[k] > parse_quantity(self.capacity[k])]
+        if npods >= int(self.capacity["pods"]):
+            short.insert(0, "pods")
+        if short:
+            return ", ".join("1 Insufficient %s" % k if k != "pods" else "1 Too many pods"
+                             for k in short)
+        return None
+
+    def hold(self, w):
+        with self.wlock:
+            self.held[w.uid] = w.requests
+        w.counted = True
+        return True
+
+    def release(self, w):
+        with self.wlock:
+            self.held.pop(w.uid, None)
+        w.counted = False
+
+    # -- processes: spawned and reaped on the main thread (parent-death
+    # signals fire when the *thread* that forked a child ends)
+    def spawn(self, argv, env, cwd, log_path):
+        done = threading.Event()
+        box = {}
+        self.spawn_q.put((argv, env, cwd, log_path, done, box))
+        while not done.wait(0.5):
+            if self.stopping.is_set():
+                raise Stop()
+        if "error" in box:
+            raise box["error"]
+        return box["pid"]
+
+    def _do_spawn(self, argv, env, cwd, log_path):
+        pre = ["/usr/bin/setpriv", "--pdeathsig", "KILL"] \
+            if os.path.exists("/usr/bin/setpriv") else []
+        fa = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+              (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+              (os.POSIX_SPAWN_DUP2, 1, 2)]
+        old = os.getcwd()
+        os.chdir(cwd)
+        try:
+            argv = pre + argv
+            pid = os.posix_spawn(argv[0], argv, env, file_actions=fa, setsid=True)
+        finally:
+            os.chdir(old)
+        with self.exits_cv:
+            self.children.add(pid)
+        return pid
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            with self.exits_cv:
+                if pid in self.children:
+                    self.children.discard(pid)
+                    self.exits[pid] = os.waitstatus_to_exitcode(status)
+                    if self.exits[pid] < 0:     # killed by a signal: like a shell
+                        self.exits[pid] = 128 - self.exits[pid]
+                    self.exits_cv.notify_all()
+
+    def exit_status(self, pid):
+        with self.exits_cv:
+            return self.exits.get(pid)
+
+    def wait_reaped(self, pid, timeout=5):
+        with self.exits_cv:
+            self.exits_cv.wait_for(lambda: pid not in self.children, timeout)
+
+    # -- node
+    def node_status(self):
+        t = now()
+        return {
+            "capacity": dict(self.capacity),
+            "allocatable": dict(self.capacity),
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                 "message": "kubelet is posting ready status (nrbc test kubelet)",
+                 "lastHeartbeatTime": t, "lastTransitionTime": self.ready_since},
+            ],
+            "addresses": [{"type": "InternalIP", "address": HOST_IP},
+                          {"type": "Hostname", "address": self.node}],
+            "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "",
+                         "kernelVersion": os.uname().release,
+                         "osImage": "nrbc test kubelet", "containerRuntimeVersion":
+                         "nrbc-test://1", "kubeletVersion": "v1.32.13",
+                         "kubeProxyVersion": "", "operatingSystem": "linux",
+                         "architecture": "amd64"},
+        }
+
+    def register_node(self):
+        self.ready_since = now()
+        body = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": self.node, "labels": self.labels}}
+        try:
+            self.api.request("POST", "/api/v1/nodes", body)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            self.api.request("PATCH", "/api/v1/nodes/" + self.node,
+                             {"metadata": {"labels": self.labels},
+                              "spec": {"unschedulable": False}},
+                             content_type="application/merge-patch+json")
+        self.heartbeat()
+        log("node %s registered, Ready" % self.node)
+
+    def heartbeat(self):
+        self.api.request("PATCH", "/api/v1/nodes/%s/status" % self.node,
+                         {"status": self.node_status()},
+                         content_type="application/strategic-merge-patch+json")
+
+    # -- pods
+    def worker_done(self, w):
+        with self.wlock:
+            if self.workers.get(w.uid) is w:
+                del self.workers[w.uid]
+            # Late events about a pod already torn down must not revive it.
+            if not self.stopping.is_set():
+                self.finished[w.uid] = time.monotonic()
+                old = [u for u, t in self.finished.items() if t < time.monotonic() - 600]
+                for u in old:
+                    del self.finished[u]
+
+    def observe(self, etype, pod):
+        if pod["spec"].get("nodeName") not in (None, "", self.node):
+            return
+        uid = pod["metadata"]["uid"]
+        with self.wlock:
+            w = self.workers.get(uid)
+            if w is None and etype != "DELETED" and not self.stopping.is_set():
+                if uid in self.finished:
+                    return
+                w = PodWorker(self, pod)
+                self.workers[uid] = w
+                w.start()
+                return
+        if w is None:
+            return
+        if etype == "DELETED":
+            w.deleted()
+        else:
+            w.update(pod)
+
+    def watch_loop(self):
+        sel = urllib.parse.quote(self.selector)
+        rv = None
+        while not self.stopping.is_set():
+            try:
+                if rv is None:
+                    lst = self.api.request("GET", "/api/v1/pods?labelSelector=" + sel)
+                    rv = lst["metadata"]["resourceVersion"]
+                    seen = set()
+                    for pod in lst.get("items") or []:
+                        seen.add(pod["metadata"]["uid"])
+                        self.observe("ADDED", pod)
+                    with self.wlock:
+                        vanished = [w for u, w in self.workers.items() if u not in seen]
+                    for w in vanished:
+                        w.deleted()
+                path = ("/api/v1/pods?watch=true&allowWatchBookmarks=true&timeoutSeconds=240"
+                        "&labelSelector=%s&resourceVersion=%s" % (sel, rv))
+                with self.api.stream(path, timeout=300) as r:
+                    for line in r:
+                        if self.stopping.is_set():
+                            return
+                        if not line.strip():
+                            continue
+                        ev = json.loads(line)
+                        obj = ev.get("object") or {}
+                        if ev["type"] == "ERROR":
+                            if obj.get("code") == 410:
+                                log("watch expired (410): relisting")
+                                rv = None
+                            else:
+                                log("watch error: %s" % obj)
+                                time.sleep(0.5)
+                            break
+                        rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                        if ev["type"] == "BOOKMARK":
+                            continue
+                        self.observe(ev["type"], obj)
+            except ApiError as e:
+                log("list/watch failed: %s" % e)
+                if e.status == 410:
+                    rv = None
+                time.sleep(0.5)
+            except (OSError, ValueError, urllib.error.URLError) as e:
+                if self.stopping.is_set():
+                    return
+                log("watch disconnected: %s; resuming" % e)
+                time.sleep(0.5)
+
+    def run(self):
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_CHILD_SUBREAPER = 36
+        # Orphaned sshd sessions come back to us, to be reaped here.
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self.register_node()
+        threading.Thread(target=self.watch_loop, daemon=True, name="watch").start()
+        next_beat = time.monotonic() + 10
+        while not self.stopping.is_set():
+            try:
+                req = self.spawn_q.get(timeout=0.1)
+            except queue.Empty:
+                req = None
+            if req is not None:
+                argv, env, cwd, log_path, done, box = req
+                try:
+                    box["pid"] = self._do_spawn(argv, env, cwd, log_path)
+                except Exception as e:
+                    box["error"] = e
+                done.set()
+            self.reap()
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + 10
+                try:
+                    self.heartbeat()
+                except (ApiError, OSError) as e:
+                    log("heartbeat failed: %s" % e)
+        self.shutdown()
+
+    def shutdown(self):
+        log("stopping: killing all pod processes")
+        with self.wlock:
+            workers = list(self.workers.values())
+        for w in workers:
+            w.changed.set()
+        deadline = time.monotonic() + self.grace_cap + 5
+        for w in workers:
+            while w.is_alive() and time.monotonic() < deadline:
+                self.reap()
+                w.join(0.05)
+        # Anything a crashed worker left behind.
+        pods = os.path.join(self.dir, "pods")
+        for uid in os.listdir(pods):
+            p = read_pidfile(os.path.join(pods, uid, "pid"))
+            if p and alive(*p):
+                kill_tree({p[0]: p[1]}, 0)
+        self.reap()
+        log("stopped")
+
+
+def kill_leftovers(state_dir):
+    """For test fixtures: kill every pod process tree recorded under
+    state_dir (after the kubelet itself is gone)."""
+    pods = os.path.join(state_dir, "pods")
+    killed = 0
+    if not os.path.isdir(pods):
+        return 0
+    for uid in os.listdir(pods):
+        p = read_pidfile(os.path.join(pods, uid, "pid"))
+        if p and alive(*p):
+            kill_tree({p[0]: p[1]}, 0)
+            killed += 1
+    return killed
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kubeconfig", required=True)
+    ap.add_argument("--dir", required=True, help="state directory (pods live here)")
+    ap.add_argument("--node-name", default=NODE_NAME)
+    ap.add_argument("--selector", default=DEFAULT_SELECTOR)
+    ap.add_argument("--entrypoint", default=ENTRYPOINT)
+    ap.add_argument("--grace-cap", type=float, default=3.0,
+                    help="cap on the termination grace period, seconds")
+    ap.add_argument("--cpu", default="64")
+    ap.add_argument("--memory", default="256Gi")
+    ap.add_argument("--max-pods", type=int, default=250)
+    ap.add_argument("--label", action="append", help="extra node label k=v")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("kubelet: must run as root (sshd, users)", file=sys.stderr)
+        return 1
+    k = Kubelet(args)
+
+    def on_signal(signum, frame):
+        k.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    k.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,9 +1,416 @@
+/* nrbc proxy: flags, key material, the health server, the builder backend
+ * and the SSH server on one libuv loop; SIGTERM drains. */
+#include <libssh/libssh.h>
+#include <libssh2.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
+#include "buf.h"
+#include "flags.h"
+#include "health.h"
+#include "kube/kube_client.h"
+#include "kube/kube_config.h"
+#include "log.h"
+#include "metrics.h"
 #include "proxy.h"
+#include "proxy_builder.h"
+#include "proxy_command.h"
+#include "proxy_keys.h"
+#include "proxy_secret.h"
+#include "proxy_server.h"
+#include "signals.h"
+
+struct proxy_flags {
+	long port;
+	char *listen_address;
+	long health_port;
+	char *namespace;
+	char *remote_user;
+	long remote_port;
+	char *ssh_key_secret;
+	char *host_key;
+	char *authorized_keys;
+	char *private_key;
+	char *builder_host_key;
+	char *builder_address;
+	char *builder_image;
+	char *kubeconfig;
+	long max_sessions;
+	uint64_t builder_timeout_ms;
+	uint64_t idle_timeout_ms;
+	uint64_t login_grace_ms;
+	uint64_t shutdown_timeout_ms;
+	long max_auth_tries;
+	char *allow_command;
+	bool allow_any_command;
+	char *log_format;
+	char *log_level;
+};
+
+struct proxy_app {
+	uv_loop_t loop;
+	struct proxy_flags f;
+	struct kube_config *kube_cfg;
+	struct kube_client *kube;
+	struct proxy_keys *keys;
+	struct proxy_command_policy *policy;
+	struct metrics *metrics;
+	struct health_server *health;
+	struct proxy_server *server;
+	struct proxy_builder *builder;
+	struct signals *signals;
+	uv_timer_t shutdown_timer;
+	bool shutdown_timer_init;
+	bool stopping;
+	int exit_code;
+};
+
+static const char proxy_summary[] =
+    "The SSH front door for Nix clients: each connection gets its own builder.\n"
+    "Clients authenticate with a key from the authorized keys; only the commands\n"
+    "Nix uses run (nix-store --serve [--write], nix-daemon --stdio).";
+
+static bool proxy_ready(void *data, const char **why)
+{
+	struct proxy_app *a = data;
+
+	if (a->stopping || (a->server && proxy_server_is_draining(a->server))) {
+		*why = "shutting down";
+		return false;
+	}
+	if (a->builder && !proxy_builder_is_ready(a->builder)) {
+		*why = "builder backend not ready (informer not synced)";
+		return false;
+	}
+	return true;
+}
+
+static void proxy_on_handle_closed(uv_handle_t *h)
+{
+}
+
+/* Everything goes; the loop ends once the close callbacks have run. */
+static void proxy_stop(struct proxy_app *a)
+{
+	if (a->stopping)
+		return;
+	a->stopping = true;
+	if (a->shutdown_timer_init)
+		uv_close((uv_handle_t *)&a->shutdown_timer, proxy_on_handle_closed);
+	proxy_server_destroy(a->server);
+	a->server = NULL;
+	proxy_builder_destroy(a->builder);
+	a->builder = NULL;
+	health_server_destroy(a->health);
+	a->health = NULL;
+	signals_destroy(a->signals);
+	a->signals = NULL;
+	kube_client_destroy(a->kube);
+	a->kube = NULL;
+}
+
+static void proxy_on_drained(void *data)
+{
+	struct proxy_app *a = data;
+
+	log_info("all sessions ended");
+	proxy_stop(a);
+}
+
+static void proxy_on_shutdown_timeout(uv_timer_t *t)
+{
+	struct proxy_app *a = t->data;
+
+	log_warnx("shutdown timeout: closing %zu remaining session(s)",
+	    proxy_server_session_count(a->server));
+	/* The drained callback follows once their close callbacks ran. */
+	proxy_server_close_all(a->server, "proxy shutdown timeout");
+}
+
+static void proxy_on_signal(void *data, int signum)
+{
+	struct proxy_app *a = data;
+
+	if (!a->server) {
+		proxy_stop(a);
+		return;
+	}
+	uv_timer_init(&a->loop, &a->shutdown_timer);
+	a->shutdown_timer.data = a;
+	a->shutdown_timer_init = true;
+	uv_timer_start(&a->shutdown_timer, proxy_on_shutdown_timeout, a->f.shutdown_timeout_ms, 0);
+	proxy_server_on_drained(a->server, proxy_on_drained, a);
+	/* Sessions not running a command (e.g. an idle ControlMaster) end now;
+	 * the others get --shutdown-timeout. */
+	proxy_server_drain(a->server, true);
+}
+
+static int proxy_load_key_texts(struct proxy_app *a, struct proxy_key_texts *t, char **err)
+{
+	struct proxy_key_texts files;
+
+	memset(t, 0, sizeof(*t));
+	if (a->f.ssh_key_secret) {
+		if (proxy_secret_load(&a->loop, a->kube, a->f.namespace, a->f.ssh_key_secret, t,
+		    err) < 0)
+			return -1;
+	}
+	/* Files override single entries of the Secret. */
+	if (proxy_keys_load_files(a->f.host_key, a->f.authorized_keys, a->f.private_key, &files,
+	    err) < 0) {
+		proxy_key_texts_finish(t);
+		return -1;
+	}
+#define TAKE(field) \
+	do { \
+		if (files.field) { \
+			free(t->field); \
+			t->field = files.field; \
+			files.field = NULL; \
+		} \
+	} while (0)
+	TAKE(host_key);
+	TAKE(authorized_keys);
+	TAKE(private_key);
+	TAKE(public_key);
+#undef TAKE
+	proxy_key_texts_finish(&files);
+	return 0;
+}
+
+static int proxy_parse_address(const char *s, char **host, int *port)
+{
+	const char *colon = strrchr(s, ':');
+	long p;
+
+	if (!colon || colon == s || flags_parse_long(colon + 1, &p) < 0 || p < 1 || p > 65535)
+		return -1;
+	if (s[0] == '[' && colon[-1] == ']')
+		*host = strndup(s + 1, (size_t)(colon - s - 2));
+	else
+		*host = strndup(s, (size_t)(colon - s));
+	*port = (int)p;
+	return *host ? 0 : -1;
+}
+
+static int proxy_setup(struct proxy_app *a)
+{
+	struct proxy_server_options so;
+	struct proxy_key_texts texts;
+	char *err = NULL;
+	bool need_kube = a->f.ssh_key_secret || !a->f.builder_address;
+
+	if (a->f.port < 0 || a->f.port > 65535 || a->f.remote_port < 1 ||
+	    a->f.remote_port > 65535 || a->f.max_sessions < 1 || a->f.health_port > 65535) {
+		log_error("a port or --max-sessions is out of range");
+		return -1;
+	}
+	if (need_kube) {
+		a->kube_cfg = kube_config_load(a->f.kubeconfig, NULL, &err);
+		if (!a->kube_cfg)
+			goto fail;
+		a->kube = kube_client_create(&a->loop, a->kube_cfg);
+		if (!a->kube) {
+			err = str_printf("cannot create the Kubernetes client");
+			goto fail;
+		}
+		if (!a->f.namespace) {
+			const char *ns = getenv("POD_NAMESPACE");
+			a->f.namespace = strdup(ns && *ns ? ns : kube_config_namespace(a->kube_cfg));
+		}
+	}
+	if (proxy_load_key_texts(a, &texts, &err) < 0)
+		goto fail;
+	a->keys = proxy_keys_create(&texts, &err);
+	proxy_key_texts_finish(&texts);
+	if (!a->keys)
+		goto fail;
+	if (a->f.builder_host_key) {
+		char *text = NULL;
+		int rc = proxy_keys_read_file(a->f.builder_host_key, PROXY_KEYS_MAX_FILE, &text, &err);
+		if (rc == 0)
+			rc = proxy_keys_set_builder_host_key(a->keys, text, &err);
+		free(text);
+		if (rc < 0)
+			goto fail;
+	}
+	a->policy = proxy_command_policy_create(a->f.allow_command, a->f.allow_any_command, &err);
+	if (!a->policy)
+		goto fail;
+	if (a->f.allow_any_command)
+		log_warnx("!!! --allow-any-command: clients may run ANY command on builders, "
+		    "shells included. For tests and benchmarks only. !!!");
+	a->metrics = metrics_create();
+	if (a->f.health_port >= 0) {
+		a->health = health_server_create(&a->loop, a->f.listen_address, (int)a->f.health_port,
+		    a->metrics, &err);
+		if (!a->health)
+			goto fail;
+		health_server_set_ready(a->health, proxy_ready, a);
+		log_info("health server on %s port %d", a->f.listen_address,
+		    health_server_port(a->health));
+	}
+	memset(&so, 0, sizeof(so));
+	so.listen_address = a->f.listen_address;
+	so.port = (int)a->f.port;
+	so.max_sessions = a->f.max_sessions;
+	so.login_grace_ms = a->f.login_grace_ms;
+	so.builder_timeout_ms = a->f.builder_timeout_ms;
+	so.idle_timeout_ms = a->f.idle_timeout_ms;
+	so.max_auth_tries = (int)a->f.max_auth_tries;
+	so.remote_user = a->f.remote_user;
+	a->server = proxy_server_create(&a->loop, &so, a->keys, a->policy, a->metrics, &err);
+	if (!a->server)
+		goto fail;
+	if (a->f.builder_address) {
+		char *host = NULL;
+		int port;
+
+		if (proxy_parse_address(a->f.builder_address, &host, &port) < 0) {
+			err = str_printf("--builder-address \"%s\" is not HOST:PORT",
+			    a->f.builder_address);
+			goto fail;
+		}
+		a->builder = proxy_builder_static_create(&a->loop, host, port,
+		    proxy_server_builder_events(), a->server);
+		free(host);
+	} else {
+		struct proxy_builder_kube_options ko;
+		const char *pod = getenv("POD_NAME");
+		char hostname[256] = "nrbc-proxy";
+
+		gethostname(hostname, sizeof(hostname) - 1);
+		memset(&ko, 0, sizeof(ko));
+		ko.namespace = a->f.namespace;
+		ko.proxy_id = pod && *pod ? pod : hostname;
+		ko.owner_pod = pod && *pod ? pod : NULL;
+		ko.owner_uid = getenv("POD_UID");
+		ko.image = a->f.builder_image;
+		ko.remote_port = (int)a->f.remote_port;
+		ko.wait_timeout_ms = a->f.builder_timeout_ms;
+		a->builder = proxy_builder_kube_create(&a->loop, a->kube, &ko,
+		    proxy_server_builder_events(), a->server);
+	}
+	if (!a->builder) {
+		err = str_printf("cannot create the builder backend");
+		goto fail;
+	}
+	proxy_server_set_builder(a->server, a->builder);
+	a->signals = signals_create(&a->loop, proxy_on_signal, a);
+	if (!a->signals) {
+		err = str_printf("cannot install signal handlers");
+		goto fail;
+	}
+	return 0;
+fail:
+	log_error("%s", err ? err : "start-up failed");
+	free(err);
+	return -1;
+}
 
 int proxy_main(int argc, char **argv)
 {
-	fprintf(stderr, "nrbc proxy: not implemented yet\n");
-	return 1;
+	struct proxy_app *a = calloc(1, sizeof(*a));
+	const struct flag flags[] = {
+		{ "port", "NRBC_PROXY_PORT", FLAG_INT, &a->f.port, "2222",
+		  "SSH listen port (0: any free port)", false },
+		{ "listen-address", "NRBC_PROXY_LISTEN_ADDRESS", FLAG_STRING, &a->f.listen_address,
+		  "0.0.0.0", "address for the SSH and health listeners", false },
+		{ "health-port", "NRBC_PROXY_HEALTH_PORT", FLAG_INT, &a->f.health_port, "8080",
+		  "health/metrics port (0: any free port, -1: off)", false },
+		{ "namespace", "NRBC_PROXY_NAMESPACE", FLAG_STRING, &a->f.namespace, NULL,
+		  "namespace for NixBuildRequests (default: $POD_NAMESPACE, the kubeconfig's)", false },
+		{ "remote-user", "NRBC_PROXY_REMOTE_USER", FLAG_STRING, &a->f.remote_user, "nixbld",
+		  "SSH user on builders", false },
+		{ "remote-port", "NRBC_PROXY_REMOTE_PORT", FLAG_INT, &a->f.remote_port, "22",
+		  "SSH port on builder pods", false },
+		{ "ssh-key-secret", "NRBC_PROXY_SSH_KEY_SECRET", FLAG_STRING, &a->f.ssh_key_secret,
+		  NULL, "Secret with host-key, authorized-keys, private, public", false },
+		{ "host-key", "NRBC_PROXY_HOST_KEY", FLAG_STRING, &a->f.host_key, NULL,
+		  "host key file (overrides the Secret's host-key)", false },
+		{ "authorized-keys", "NRBC_PROXY_AUTHORIZED_KEYS", FLAG_STRING,
+		  &a->f.authorized_keys, NULL, "client public keys allowed in (authorized_keys file)", false },
+		{ "private-key", "NRBC_PROXY_PRIVATE_KEY", FLAG_STRING, &a->f.private_key, NULL,
+		  "private key for builders (FILE.pub is checked against it if present)", false },
+		{ "builder-host-key", "NRBC_PROXY_BUILDER_HOST_KEY", FLAG_STRING,
+		  &a->f.builder_host_key, NULL,
+		  "public host key builders must present (default: the host key's public half)", false },
+		{ "builder-address", "NRBC_PROXY_BUILDER_ADDRESS", FLAG_STRING,
+		  &a->f.builder_address, NULL,
+		  "connect every session to this HOST:PORT instead of creating builder pods "
+		  "(tests, one static builder)", false },
+		{ "builder-image", "NRBC_PROXY_BUILDER_IMAGE", FLAG_STRING, &a->f.builder_image, NULL,
+		  "spec.image of NixBuildRequests (default: the controller's)", false },
+		{ "kubeconfig", "KUBECONFIG", FLAG_STRING, &a->f.kubeconfig, NULL,
+		  "kubeconfig file (default: in-cluster)", false },
+		{ "max-sessions", "NRBC_PROXY_MAX_SESSIONS", FLAG_INT, &a->f.max_sessions, "1000",
+		  "client connections at once; more are refused", false },
+		{ "builder-timeout", "NRBC_PROXY_BUILDER_TIMEOUT", FLAG_DURATION,
+		  &a->f.builder_timeout_ms, "5m", "give up waiting for a builder after this", false },
+		{ "idle-timeout", "NRBC_PROXY_IDLE_TIMEOUT", FLAG_DURATION, &a->f.idle_timeout_ms,
+		  "30m", "close a session with no data either way for this long (0: never)", false },
+		{ "login-grace-time", "NRBC_PROXY_LOGIN_GRACE_TIME", FLAG_DURATION,
+		  &a->f.login_grace_ms, "30s", "time a client has to authenticate", false },
+		{ "max-auth-tries", "NRBC_PROXY_MAX_AUTH_TRIES", FLAG_INT, &a->f.max_auth_tries, "6",
+		  "refused keys before the connection is dropped", false },
+		{ "shutdown-timeout", "NRBC_PROXY_SHUTDOWN_TIMEOUT", FLAG_DURATION,
+		  &a->f.shutdown_timeout_ms, "30s", "time live sessions get after SIGTERM", false },
+		{ "allow-command", "NRBC_PROXY_ALLOW_COMMAND", FLAG_STRING, &a->f.allow_command, NULL,
+		  "comma-separated extra command lines to allow exactly", false },
+		{ "allow-any-command", "NRBC_PROXY_ALLOW_ANY_COMMAND", FLAG_BOOL,
+		  &a->f.allow_any_command, "false",
+		  "UNSAFE: run any command, shells included (tests and benchmarks only)", false },
+		{ "log-format", "NRBC_LOG_FORMAT", FLAG_STRING, &a->f.log_format, "text",
+		  "text or json", false },
+		{ "log-level", "NRBC_LOG_LEVEL", FLAG_STRING, &a->f.log_level, "info",
+		  "error, warn, info or debug", false },
+	};
+	const size_t n = sizeof(flags) / sizeof(flags[0]);
+	enum log_level level;
+	enum log_format format;
+	enum flags_result fr;
+	int rc = 1;
+
+	if (!a) {
+		fprintf(stderr, "nrbc proxy: out of memory\n");
+		return 1;
+	}
+	fr = flags_parse(flags, n, argc, argv, "proxy", proxy_summary);
+	if (fr != FLAGS_OK) {
+		flags_free(flags, n);
+		free(a);
+		return fr == FLAGS_HELP ? 0 : 2;
+	}
+	if (log_level_parse(a->f.log_level, &level) < 0 ||
+	    log_format_parse(a->f.log_format, &format) < 0) {
+		fprintf(stderr, "nrbc proxy: bad --log-level or --log-format\n");
+		flags_free(flags, n);
+		free(a);
+		return 2;
+	}
+	log_init("proxy", level, format);
+	ssh_init();
+	libssh2_init(0);
+	uv_loop_init(&a->loop);
+	if (proxy_setup(a) == 0) {
+		uv_run(&a->loop, UV_RUN_DEFAULT);
+		rc = a->exit_code;
+	}
+	proxy_stop(a);
+	/* Let every close callback run, then the loop is empty. */
+	uv_run(&a->loop, UV_RUN_DEFAULT);
+	if (uv_loop_close(&a->loop) != 0)
+		log_debug("loop still had handles at exit");
+	proxy_command_policy_destroy(a->policy);
+	proxy_keys_destroy(a->keys);
+	metrics_destroy(a->metrics);
+	kube_config_destroy(a->kube_cfg);
+	flags_free(flags, n);
+	free(a);
+	libssh2_exit();
+	ssh_finalize();
+	log_info("stopped");
+	return rc;
 }

@@ -1,0 +1,645 @@
+#include "proxy_session.h"
+
+#include <libssh/callbacks.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "log.h"
+#include "proxy_bridge.h"
+#include "proxy_builder.h"
+#include "proxy_keys.h"
+#include "proxy_upstream.h"
+
+#define SESSION_MAX_CHANNELS 32
+/* libssh reads 4 KiB per poll; this many polls per wakeup before the
+ * channels are pumped, so reading the client never outruns the bridge. */
+#define SESSION_POLLS_PER_RUN 16
+#define SESSION_MAX_ROUNDS 32
+
+enum session_state {
+	SESSION_KEX,
+	SESSION_AUTH,
+	SESSION_READY,
+	SESSION_WAIT_BUILDER,
+	SESSION_CONNECTING,
+	SESSION_BRIDGING,
+	SESSION_FAILED,
+	SESSION_CLOSING,
+};
+
+static const char *const session_state_names[] = {
+	[SESSION_KEX] = "KEX",
+	[SESSION_AUTH] = "AUTH",
+	[SESSION_READY] = "READY",
+	[SESSION_WAIT_BUILDER] = "WAIT_BUILDER",
+	[SESSION_CONNECTING] = "CONNECTING",
+	[SESSION_BRIDGING] = "BRIDGING",
+	[SESSION_FAILED] = "FAILED",
+	[SESSION_CLOSING] = "CLOSING",
+};
+
+struct proxy_session {
+	const struct proxy_session_env *env;
+	uint64_t id;
+	char peer[64];
+	enum session_state state;
+	ssh_session ssh;
+	ssh_event event;
+	struct ssh_server_callbacks_struct server_cb;
+	uv_poll_t poll;
+	uv_timer_t timer;
+	uv_idle_t kick;
+	int pending_closes;
+	int poll_events;
+	bool running, again;
+	/* authentication */
+	bool authenticated;
+	int auth_failures;
+	char *user;
+	char *key_comment;
+	/* channels */
+	struct proxy_bridge *bridges[SESSION_MAX_CHANNELS];
+	int n_bridges;
+	unsigned channel_seq;
+	/* builder */
+	bool builder_acquired, builder_released;
+	char *builder_status;
+	struct proxy_upstream *upstream;
+	char *upstream_failure;
+	char *failure;
+	bool bridged;
+	/* time */
+	uint64_t created_at, state_since, last_activity;
+};
+
+static void session_run(struct proxy_session *s);
+static void session_on_client_poll(uv_poll_t *h, int status, int events);
+
+static void session_set_state(struct proxy_session *s, enum session_state state)
+{
+	if (s->state == state)
+		return;
+	log_debug("session=%llu %s => %s", (unsigned long long)s->id,
+	    session_state_names[s->state], session_state_names[state]);
+	s->state = state;
+	s->state_since = uv_now(s->env->loop);
+}
+
+uint64_t proxy_session_id(const struct proxy_session *s)
+{
+	return s->id;
+}
+
+bool proxy_session_is_closing(const struct proxy_session *s)
+{
+	return s->state == SESSION_CLOSING;
+}
+
+bool proxy_session_is_idle(const struct proxy_session *s)
+{
+	for (int i = 0; i < s->n_bridges; i++) {
+		if (proxy_bridge_wants_builder(s->bridges[i]) || proxy_bridge_ran(s->bridges[i]))
+			return false;
+	}
+	return true;
+}
+
+static void session_wake(void *data)
+{
+	struct proxy_session *s = data;
+
+	s->again = true;
+}
+
+/* ---- teardown ---- */
+
+static void session_on_handle_closed(uv_handle_t *h)
+{
+	struct proxy_session *s = h->data;
+	struct proxy_session_stats stats;
+
+	if (--s->pending_closes > 0)
+		return;
+	stats.authenticated = s->authenticated;
+	stats.bridged = s->bridged;
+	stats.failed = s->failure != NULL;
+	if (s->event) {
+		ssh_event_remove_session(s->event, s->ssh);
+		ssh_event_free(s->event);
+	}
+	/* Sends SSH_MSG_DISCONNECT if it can, and closes the socket. */
+	ssh_disconnect(s->ssh);
+	ssh_free(s->ssh);
+	s->env->on_closed(s->env->data, s->id, &stats);
+	free(s->user);
+	free(s->key_comment);
+	free(s->builder_status);
+	free(s->upstream_failure);
+	free(s->failure);
+	free(s);
+}
+
+static void session_release_builder(struct proxy_session *s, bool ok, const char *message)
+{
+	if (!s->builder_acquired || s->builder_released)
+		return;
+	s->builder_released = true;
+	proxy_builder_release(s->env->builder, s->id, ok, message);
+}
+
+void proxy_session_close(struct proxy_session *s, const char *reason)
+{
+	uint64_t secs;
+
+	if (s->state == SESSION_CLOSING)
+		return;
+	secs = (uv_now(s->env->loop) - s->created_at) / 1000;
+	log_info("session=%llu closed after %llus (%s): %s", (unsigned long long)s->id,
+	    (unsigned long long)secs, session_state_names[s->state], reason);
+	session_release_builder(s, !s->failure && s->bridged, reason);
+	session_set_state(s, SESSION_CLOSING);
+	for (int i = 0; i < s->n_bridges; i++)
+		proxy_bridge_destroy(s->bridges[i], false);
+	s->n_bridges = 0;
+	proxy_upstream_destroy(s->upstream);
+	s->upstream = NULL;
+	uv_poll_stop(&s->poll);
+	uv_timer_stop(&s->timer);
+	uv_idle_stop(&s->kick);
+	s->pending_closes = 3;
+	uv_close((uv_handle_t *)&s->poll, session_on_handle_closed);
+	uv_close((uv_handle_t *)&s->timer, session_on_handle_closed);
+	uv_close((uv_handle_t *)&s->kick, session_on_handle_closed);
+}
+
+static void session_closef(struct proxy_session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void session_closef(struct proxy_session *s, const char *fmt, ...)
+{
+	struct buf b;
+	va_list ap;
+
+	buf_init(&b, 2048);
+	va_start(ap, fmt);
+	if (buf_vprintf(&b, fmt, ap) < 0)
+		buf_append_str(&b, "closed");
+	va_end(ap);
+	proxy_session_close(s, b.data ? b.data : "closed");
+	buf_finish(&b);
+}
+
+/* ---- failure of the builder: every waiting or running channel is told ---- */
+
+static void session_fail(struct proxy_session *s, const char *message)
+{
+	if (s->state == SESSION_CLOSING || s->state == SESSION_FAILED)
+		return;
+	free(s->failure);
+	s->failure = strdup(message);
+	for (int i = 0; i < s->n_bridges; i++) {
+		if (proxy_bridge_wants_builder(s->bridges[i]) || proxy_bridge_ran(s->bridges[i]))
+			proxy_bridge_fail(s->bridges[i], message, 1);
+	}
+	if (s->upstream) {
+		proxy_upstream_destroy(s->upstream);
+		s->upstream = NULL;
+	}
+	session_release_builder(s, false, message);
+	session_set_state(s, SESSION_FAILED);
+	s->again = true;
+}
+
+/* ---- timers ---- */
+
+static uint64_t session_deadline(const struct proxy_session *s)
+{
+	const struct proxy_session_env *e = s->env;
+
+	switch (s->state) {
+	case SESSION_KEX:
+	case SESSION_AUTH:
+		return s->created_at + e->login_grace_ms;
+	case SESSION_WAIT_BUILDER:
+	case SESSION_CONNECTING:
+		return e->builder_timeout_ms ? s->state_since + e->builder_timeout_ms : 0;
+	case SESSION_READY:
+	case SESSION_BRIDGING:
+	case SESSION_FAILED:
+		return e->idle_timeout_ms ? s->last_activity + e->idle_timeout_ms : 0;
+	case SESSION_CLOSING:
+		break;
+	}
+	return 0;
+}
+
+static void session_on_timer(uv_timer_t *t);
+
+static void session_arm_timer(struct proxy_session *s)
+{
+	uint64_t deadline = session_deadline(s), now = uv_now(s->env->loop);
+
+	if (!deadline) {
+		uv_timer_stop(&s->timer);
+		return;
+	}
+	uv_timer_start(&s->timer, session_on_timer, deadline > now ? deadline - now : 0, 0);
+}
+
+static void session_on_timer(uv_timer_t *t)
+{
+	struct proxy_session *s = t->data;
+	uint64_t deadline = session_deadline(s);
+	char *msg;
+
+	if (!deadline || uv_now(s->env->loop) < deadline) {
+		session_arm_timer(s);
+		return;
+	}
+	switch (s->state) {
+	case SESSION_KEX:
+	case SESSION_AUTH:
+		session_closef(s, "not authenticated within %llus",
+		    (unsigned long long)s->env->login_grace_ms / 1000);
+		return;
+	case SESSION_WAIT_BUILDER:
+	case SESSION_CONNECTING:
+		msg = str_printf("gave up waiting for a builder after %llus%s%s%s",
+		    (unsigned long long)s->env->builder_timeout_ms / 1000,
+		    s->builder_status ? " (last status: " : "",
+		    s->builder_status ? s->builder_status : "", s->builder_status ? ")" : "");
+		session_fail(s, msg ? msg : "gave up waiting for a builder");
+		free(msg);
+		session_run(s);
+		return;
+	default:
+		session_closef(s, "idle for %llus", (unsigned long long)s->env->idle_timeout_ms / 1000);
+		return;
+	}
+}
+
+/* ---- libssh server callbacks ---- */
+
+static int session_on_auth_pubkey(ssh_session ssh, const char *user, struct ssh_key_struct *pubkey,
+    char signature_state, void *userdata)
+{
+	struct proxy_session *s = userdata;
+	const char *comment = NULL;
+	int idx = proxy_keys_find_client(s->env->keys, pubkey, &comment);
+
+	if (s->authenticated)
+		return SSH_AUTH_DENIED;
+	if (idx < 0 || (signature_state != SSH_PUBLICKEY_STATE_NONE &&
+	    signature_state != SSH_PUBLICKEY_STATE_VALID)) {
+		s->auth_failures++;
+		log_info("session=%llu user \"%.64s\" offered a key that is not allowed%s "
+		    "(%d/%d)", (unsigned long long)s->id, user,
+		    idx >= 0 ? " (bad signature)" : "", s->auth_failures, s->env->max_auth_tries);
+		s->again = true;
+		return SSH_AUTH_DENIED;
+	}
+	if (signature_state == SSH_PUBLICKEY_STATE_NONE)
+		return SSH_AUTH_SUCCESS; /* "would this key do?": yes */
+	s->authenticated = true;
+	s->user = strdup(user);
+	s->key_comment = strdup(comment ? comment : "");
+	log_info("session=%llu authenticated user \"%.64s\" with key \"%.64s\"",
+	    (unsigned long long)s->id, user, comment ? comment : "");
+	s->again = true;
+	return SSH_AUTH_SUCCESS;
+}
+
+static int session_on_service_request(ssh_session ssh, const char *service, void *userdata)
+{
+	return strcmp(service, "ssh-userauth") == 0 ? 0 : -1;
+}
+
+static ssh_channel session_on_channel_open(ssh_session ssh, void *userdata)
+{
+	struct proxy_session *s = userdata;
+	struct proxy_bridge_env env;
+	struct proxy_bridge *b;
+
+	if (!s->authenticated || s->state == SESSION_CLOSING ||
+	    s->n_bridges == SESSION_MAX_CHANNELS) {
+		log_info("session=%llu refused a channel (%d open)", (unsigned long long)s->id,
+		    s->n_bridges);
+		return NULL;
+	}
+	env.policy = s->env->policy;
+	env.session_id = s->id;
+	env.channel_no = s->channel_seq++;
+	env.wake = session_wake;
+	env.data = s;
+	b = proxy_bridge_create(ssh, &env);
+	if (!b)
+		return NULL;
+	s->bridges[s->n_bridges++] = b;
+	s->again = true;
+	return proxy_bridge_channel(b);
+}
+
+/* ---- builder connection events ---- */
+
+static void session_upstream_ready(void *data)
+{
+	struct proxy_session *s = data;
+
+	if (s->state == SESSION_CONNECTING) {
+		log_info("session=%llu connected to the builder", (unsigned long long)s->id);
+		session_set_state(s, SESSION_BRIDGING);
+		s->last_activity = uv_now(s->env->loop);
+	}
+	session_run(s);
+}
+
+static void session_upstream_failed(void *data, const char *message)
+{
+	struct proxy_session *s = data;
+
+	/* Handled by the run loop: this may come from inside a bridge's call. */
+	if (!s->upstream_failure)
+		s->upstream_failure = strdup(message);
+	session_run(s);
+}
+
+static void session_upstream_io(void *data)
+{
+	session_run(data);
+}
+
+static const struct proxy_upstream_events session_upstream_events = {
+	.ready = session_upstream_ready,
+	.failed = session_upstream_failed,
+	.io = session_upstream_io,
+};
+
+void proxy_session_builder_progress(struct proxy_session *s, const char *message)
+{
+	if (s->state != SESSION_WAIT_BUILDER)
+		return;
+	if (!s->builder_status || strcmp(s->builder_status, message) != 0) {
+		free(s->builder_status);
+		s->builder_status = strdup(message);
+		log_info("session=%llu builder: %s", (unsigned long long)s->id, message);
+	}
+	for (int i = 0; i < s->n_bridges; i++)
+		proxy_bridge_notify(s->bridges[i], message);
+	session_run(s);
+}
+
+void proxy_session_builder_ready(struct proxy_session *s, const char *host, int port)
+{
+	if (s->state != SESSION_WAIT_BUILDER) {
+		log_debug("session=%llu builder ready in state %s: ignored",
+		    (unsigned long long)s->id, session_state_names[s->state]);
+		return;
+	}
+	log_info("session=%llu builder ready at %s:%d", (unsigned long long)s->id, host, port);
+	s->upstream = proxy_upstream_create(s->env->loop, s->id, host, port, s->env->remote_user,
+	    s->env->keys, &session_upstream_events, s);
+	if (!s->upstream) {
+		session_fail(s, "cannot connect to the builder (see the proxy's log)");
+		session_run(s);
+		return;
+	}
+	session_set_state(s, SESSION_CONNECTING);
+	session_arm_timer(s);
+}
+
+void proxy_session_builder_failed(struct proxy_session *s, const char *message)
+{
+	if (s->state != SESSION_WAIT_BUILDER && s->state != SESSION_CONNECTING)
+		return;
+	session_fail(s, message);
+	session_run(s);
+}
+
+/* ---- the run loop ---- */
+
+static void session_step_channels(struct proxy_session *s)
+{
+	struct proxy_upstream *u = proxy_upstream_is_ready(s->upstream) ? s->upstream : NULL;
+	bool wants_builder = false;
+	size_t moved = 0;
+	int kept = 0;
+
+	if (s->upstream_failure) {
+		char *msg = s->upstream_failure;
+		s->upstream_failure = NULL;
+		session_fail(s, msg);
+		free(msg);
+		u = NULL;
+	}
+	for (int i = 0; i < s->n_bridges; i++) {
+		if (s->state == SESSION_FAILED && proxy_bridge_wants_builder(s->bridges[i]))
+			proxy_bridge_fail(s->bridges[i], s->failure, 1);
+		moved += proxy_bridge_run(s->bridges[i], u);
+		if (proxy_bridge_wants_builder(s->bridges[i]))
+			wants_builder = true;
+		if (proxy_bridge_ran(s->bridges[i]))
+			s->bridged = true;
+	}
+	/* Done channels go; none was freed while the loop above ran. */
+	for (int i = 0; i < s->n_bridges; i++) {
+		if (proxy_bridge_is_done(s->bridges[i]))
+			proxy_bridge_destroy(s->bridges[i], u != NULL);
+		else
+			s->bridges[kept++] = s->bridges[i];
+	}
+	s->n_bridges = kept;
+	if (moved)
+		s->last_activity = uv_now(s->env->loop);
+	if (s->state == SESSION_READY && wants_builder) {
+		s->builder_acquired = true;
+		session_set_state(s, SESSION_WAIT_BUILDER);
+		session_arm_timer(s);
+		if (proxy_builder_acquire(s->env->builder, s->id) < 0) {
+			s->builder_released = true; /* no event will follow */
+			session_fail(s, "cannot request a builder (see the proxy's log)");
+		}
+	}
+}
+
+static void session_step(struct proxy_session *s)
+{
+	int rc;
+
+	if (s->auth_failures >= s->env->max_auth_tries) {
+		session_closef(s, "too many authentication failures (%d)", s->auth_failures);
+		return;
+	}
+	switch (s->state) {
+	case SESSION_KEX:
+		rc = ssh_handle_key_exchange(s->ssh);
+		if (rc == SSH_AGAIN)
+			return;
+		if (rc != SSH_OK) {
+			session_closef(s, "key exchange failed: %s", ssh_get_error(s->ssh));
+			return;
+		}
+		session_set_state(s, SESSION_AUTH);
+		/* fall through */
+	case SESSION_AUTH:
+		if (!s->authenticated)
+			return;
+		session_set_state(s, SESSION_READY);
+		s->last_activity = uv_now(s->env->loop);
+		session_arm_timer(s);
+		/* fall through */
+	case SESSION_READY:
+	case SESSION_WAIT_BUILDER:
+	case SESSION_CONNECTING:
+	case SESSION_BRIDGING:
+	case SESSION_FAILED:
+		session_step_channels(s);
+		return;
+	case SESSION_CLOSING:
+		return;
+	}
+}
+
+static void session_update_polls(struct proxy_session *s)
+{
+	int events = UV_READABLE;
+	bool want_read = false;
+
+	if (ssh_get_poll_flags(s->ssh) & SSH_WRITE_PENDING)
+		events |= UV_WRITABLE;
+	if (events != s->poll_events) {
+		s->poll_events = events;
+		uv_poll_start(&s->poll, events, session_on_client_poll);
+	}
+	if (s->upstream) {
+		for (int i = 0; i < s->n_bridges && !want_read; i++)
+			want_read = proxy_bridge_wants_upstream_read(s->bridges[i]);
+		proxy_upstream_update_poll(s->upstream, want_read);
+	}
+}
+
+static void session_on_kick(uv_idle_t *h)
+{
+	struct proxy_session *s = h->data;
+
+	uv_idle_stop(&s->kick);
+	session_run(s);
+}
+
+static void session_run(struct proxy_session *s)
+{
+	int rounds = 0;
+
+	if (s->state == SESSION_CLOSING)
+		return;
+	if (s->running) {
+		s->again = true;
+		return;
+	}
+	s->running = true;
+	do {
+		s->again = false;
+		session_step(s);
+	} while (s->again && s->state != SESSION_CLOSING && ++rounds < SESSION_MAX_ROUNDS);
+	s->running = false;
+	if (s->state == SESSION_CLOSING)
+		return;
+	/* Work left over (a long burst): continue on the next loop turn
+	 * rather than starve other sessions. */
+	if (s->again)
+		uv_idle_start(&s->kick, session_on_kick);
+	session_update_polls(s);
+}
+
+static void session_client_io(struct proxy_session *s)
+{
+	int rc = SSH_OK;
+
+	for (int i = 0; i < SESSION_POLLS_PER_RUN && rc == SSH_OK; i++)
+		rc = ssh_event_dopoll(s->event, 0);
+	if (rc == SSH_ERROR || (ssh_get_status(s->ssh) & (SSH_CLOSED | SSH_CLOSED_ERROR))) {
+		const char *why = ssh_get_error(s->ssh);
+		session_closef(s, "client disconnected%s%s", why && *why ? ": " : "",
+		    why ? why : "");
+	}
+}
+
+static void session_on_client_poll(uv_poll_t *h, int status, int events)
+{
+	struct proxy_session *s = h->data;
+
+	if (s->state == SESSION_CLOSING)
+		return;
+	if (status < 0 && status != UV_EBADF) {
+		/* Let libssh read the error or EOF itself, for its message. */
+		log_debug("session=%llu client socket: %s", (unsigned long long)s->id,
+		    uv_strerror(status));
+	}
+	session_client_io(s);
+	if (s->state == SESSION_CLOSING)
+		return;
+	session_run(s);
+}
+
+struct proxy_session *proxy_session_create(const struct proxy_session_env *env, uint64_t id,
+    int fd, const char *peer)
+{
+	struct proxy_session *s = calloc(1, sizeof(*s));
+	int rc;
+
+	if (!s) {
+		close(fd);
+		return NULL;
+	}
+	s->env = env;
+	s->id = id;
+	snprintf(s->peer, sizeof(s->peer), "%s", peer);
+	s->created_at = s->state_since = s->last_activity = uv_now(env->loop);
+	s->ssh = ssh_new();
+	if (!s->ssh) {
+		close(fd);
+		free(s);
+		return NULL;
+	}
+	if (ssh_bind_accept_fd(env->bind, s->ssh, fd) != SSH_OK) {
+		log_error("session=%llu cannot set up the SSH session: %s", (unsigned long long)id,
+		    ssh_get_error(env->bind));
+		close(fd);
+		ssh_free(s->ssh);
+		free(s);
+		return NULL;
+	}
+	/* From here libssh owns fd. */
+	s->server_cb.userdata = s;
+	s->server_cb.auth_pubkey_function = session_on_auth_pubkey;
+	s->server_cb.service_request_function = session_on_service_request;
+	s->server_cb.channel_open_request_session_function = session_on_channel_open;
+	ssh_callbacks_init(&s->server_cb);
+	ssh_set_server_callbacks(s->ssh, &s->server_cb);
+	ssh_set_auth_methods(s->ssh, SSH_AUTH_METHOD_PUBLICKEY);
+	ssh_set_blocking(s->ssh, 0);
+	/* The first call sends our banner and sets up libssh's poll handle;
+	 * the session then moves into its own event. */
+	rc = ssh_handle_key_exchange(s->ssh);
+	if (rc == SSH_ERROR || !(s->event = ssh_event_new()) ||
+	    ssh_event_add_session(s->event, s->ssh) != SSH_OK) {
+		log_info("session=%llu from %s: cannot start: %s", (unsigned long long)id, peer,
+		    ssh_get_error(s->ssh));
+		if (s->event)
+			ssh_event_free(s->event);
+		ssh_disconnect(s->ssh);
+		ssh_free(s->ssh);
+		free(s);
+		return NULL;
+	}
+	uv_poll_init_socket(env->loop, &s->poll, fd);
+	uv_timer_init(env->loop, &s->timer);
+	uv_idle_init(env->loop, &s->kick);
+	s->poll.data = s->timer.data = s->kick.data = s;
+	s->state = SESSION_KEX;
+	log_debug("session=%llu from %s: KEX", (unsigned long long)id, peer);
+	session_arm_timer(s);
+	session_run(s);
+	return s;
+}

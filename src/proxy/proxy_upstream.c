@@ -1,0 +1,442 @@
+#include "proxy_upstream.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "base64.h"
+#include "buf.h"
+#include "log.h"
+#include "proxy_keys.h"
+
+enum upstream_state {
+	UPSTREAM_CONNECTING,
+	UPSTREAM_HANDSHAKE,
+	UPSTREAM_AUTH,
+	UPSTREAM_READY,
+	UPSTREAM_FAILED,
+	UPSTREAM_CLOSED,
+};
+
+static const char *const upstream_state_names[] = {
+	[UPSTREAM_CONNECTING] = "CONNECTING",
+	[UPSTREAM_HANDSHAKE] = "HANDSHAKE",
+	[UPSTREAM_AUTH] = "AUTH",
+	[UPSTREAM_READY] = "READY",
+	[UPSTREAM_FAILED] = "FAILED",
+	[UPSTREAM_CLOSED] = "CLOSED",
+};
+
+struct proxy_upstream {
+	uv_loop_t *loop;
+	uint64_t session_id;
+	enum upstream_state state;
+	int fd;
+	uv_poll_t poll;
+	bool poll_init;
+	int poll_events;
+	LIBSSH2_SESSION *ssh;
+	char *host;
+	int port;
+	char *user;
+	const struct proxy_keys *keys;
+	struct proxy_upstream_events events;
+	void *data;
+	const void *blocked_op;
+	const void *open_owner;
+};
+
+static void upstream_set_state(struct proxy_upstream *u, enum upstream_state state)
+{
+	if (u->state == state)
+		return;
+	log_debug("session=%llu upstream %s:%d: %s => %s", (unsigned long long)u->session_id,
+	    u->host, u->port, upstream_state_names[u->state], upstream_state_names[state]);
+	u->state = state;
+}
+
+static void upstream_on_poll(uv_poll_t *h, int status, int events);
+
+static void upstream_set_events(struct proxy_upstream *u, int events)
+{
+	if (!u->poll_init || events == u->poll_events)
+		return;
+	u->poll_events = events;
+	if (events)
+		uv_poll_start(&u->poll, events, upstream_on_poll);
+	else
+		uv_poll_stop(&u->poll);
+}
+
+/* One way out for every failure: stop watching, tell the owner once. */
+static void upstream_fail(struct proxy_upstream *u, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void upstream_fail(struct proxy_upstream *u, const char *fmt, ...)
+{
+	struct buf msg;
+	va_list ap;
+
+	if (u->state == UPSTREAM_FAILED || u->state == UPSTREAM_CLOSED)
+		return;
+	buf_init(&msg, 4096);
+	va_start(ap, fmt);
+	if (buf_vprintf(&msg, fmt, ap) < 0)
+		buf_append_str(&msg, "builder connection failed");
+	va_end(ap);
+	upstream_set_state(u, UPSTREAM_FAILED);
+	upstream_set_events(u, 0);
+	log_info("session=%llu builder %s:%d: %s", (unsigned long long)u->session_id, u->host,
+	    u->port, msg.data ? msg.data : "failed");
+	u->events.failed(u->data, msg.data ? msg.data : "builder connection failed");
+	buf_finish(&msg);
+}
+
+const char *proxy_upstream_error(const struct proxy_upstream *u)
+{
+	char *msg = NULL;
+
+	if (!u->ssh)
+		return "no session";
+	libssh2_session_last_error(u->ssh, &msg, NULL, 0);
+	return msg && *msg ? msg : "unknown error";
+}
+
+/* "SHA256:..." like ssh-keygen -l, for host key messages. */
+static char *blob_fingerprint(const unsigned char *blob, size_t len)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int md_len = 0;
+	char *b64, *fp;
+	size_t n;
+
+	if (!EVP_Digest(blob, len, md, &md_len, EVP_sha256(), NULL))
+		return NULL;
+	b64 = base64_encode(md, md_len);
+	if (!b64)
+		return NULL;
+	n = strlen(b64);
+	while (n && b64[n - 1] == '=')
+		b64[--n] = '\0';
+	fp = str_printf("SHA256:%s", b64);
+	free(b64);
+	return fp;
+}
+
+static bool upstream_check_host_key(struct proxy_upstream *u)
+{
+	size_t got_len = 0, want_len = 0;
+	int got_type = 0;
+	const char *want_type = NULL;
+	const unsigned char *got = (const unsigned char *)libssh2_session_hostkey(u->ssh,
+	    &got_len, &got_type);
+	const unsigned char *want = proxy_keys_builder_host_key(u->keys, &want_len, &want_type);
+	char *got_fp, *want_fp;
+
+	if (!want) {
+		upstream_fail(u, "cannot verify the builder's host key: the proxy has no host "
+		    "key configured (it generated an ephemeral one); configure the Secret's "
+		    "host-key or --builder-host-key");
+		return false;
+	}
+	if (got && got_len == want_len && memcmp(got, want, want_len) == 0)
+		return true;
+	got_fp = got ? blob_fingerprint(got, got_len) : NULL;
+	want_fp = blob_fingerprint(want, want_len);
+	upstream_fail(u, "builder %s:%d presented host key %s, expected %s %s: refusing to "
+	    "connect (the builder must use the SSH key Secret's host-key)", u->host, u->port,
+	    got_fp ? got_fp : "(none)", want_type, want_fp ? want_fp : "?");
+	free(got_fp);
+	free(want_fp);
+	return false;
+}
+
+/* Re-arm for the direction libssh2 is blocked on. */
+static void upstream_wait(struct proxy_upstream *u)
+{
+	int dirs = libssh2_session_block_directions(u->ssh);
+	int events = 0;
+
+	if (dirs & LIBSSH2_SESSION_BLOCK_INBOUND)
+		events |= UV_READABLE;
+	if (dirs & LIBSSH2_SESSION_BLOCK_OUTBOUND)
+		events |= UV_WRITABLE;
+	upstream_set_events(u, events ? events : UV_READABLE);
+}
+
+static void upstream_step(struct proxy_upstream *u);
+
+static void upstream_step_connecting(struct proxy_upstream *u)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err == EINPROGRESS || err == EALREADY) {
+		upstream_set_events(u, UV_WRITABLE);
+		return;
+	}
+	if (err) {
+		upstream_fail(u, "cannot connect to builder %s:%d: %s", u->host, u->port,
+		    strerror(err));
+		return;
+	}
+	u->ssh = libssh2_session_init_ex(NULL, NULL, NULL, u);
+	if (!u->ssh) {
+		upstream_fail(u, "cannot create an SSH session for builder %s:%d", u->host, u->port);
+		return;
+	}
+	libssh2_session_set_blocking(u->ssh, 0);
+	libssh2_session_flag(u->ssh, LIBSSH2_FLAG_COMPRESS, 0);
+	/* The builder is known: ask for the host key type it must have, and for
+	 * the cheapest strong cipher libssh2 1.10 has (no AES-GCM there). */
+	{
+		size_t want_len;
+		const char *want_type = NULL;
+
+		if (proxy_keys_builder_host_key(u->keys, &want_len, &want_type) && want_type &&
+		    strcmp(want_type, "ssh-rsa") != 0)
+			libssh2_session_method_pref(u->ssh, LIBSSH2_METHOD_HOSTKEY, want_type);
+	}
+	libssh2_session_method_pref(u->ssh, LIBSSH2_METHOD_CRYPT_CS,
+	    "aes128-ctr,aes256-ctr,aes192-ctr");
+	libssh2_session_method_pref(u->ssh, LIBSSH2_METHOD_CRYPT_SC,
+	    "aes128-ctr,aes256-ctr,aes192-ctr");
+	upstream_set_state(u, UPSTREAM_HANDSHAKE);
+	upstream_step(u);
+}
+
+static void upstream_step_handshake(struct proxy_upstream *u)
+{
+	int rc = libssh2_session_handshake(u->ssh, u->fd);
+
+	if (rc == LIBSSH2_ERROR_EAGAIN) {
+		upstream_wait(u);
+		return;
+	}
+	if (rc) {
+		upstream_fail(u, "SSH handshake with builder %s:%d failed: %s", u->host, u->port,
+		    proxy_upstream_error(u));
+		return;
+	}
+	if (!upstream_check_host_key(u))
+		return;
+	upstream_set_state(u, UPSTREAM_AUTH);
+	upstream_step(u);
+}
+
+static void upstream_step_auth(struct proxy_upstream *u)
+{
+	size_t priv_len, pub_len;
+	const char *priv = proxy_keys_upstream_private(u->keys, &priv_len);
+	const char *pub = proxy_keys_upstream_public(u->keys, &pub_len);
+	int rc = libssh2_userauth_publickey_frommemory(u->ssh, u->user, strlen(u->user), pub,
+	    pub_len, priv, priv_len, NULL);
+
+	if (rc == LIBSSH2_ERROR_EAGAIN) {
+		upstream_wait(u);
+		return;
+	}
+	if (rc) {
+		upstream_fail(u, "builder %s:%d refused the proxy's key for user %s: %s", u->host,
+		    u->port, u->user, proxy_upstream_error(u));
+		return;
+	}
+	upstream_set_state(u, UPSTREAM_READY);
+	upstream_set_events(u, UV_READABLE);
+	u->events.ready(u->data);
+}
+
+static void upstream_step(struct proxy_upstream *u)
+{
+	switch (u->state) {
+	case UPSTREAM_CONNECTING:
+		upstream_step_connecting(u);
+		break;
+	case UPSTREAM_HANDSHAKE:
+		upstream_step_handshake(u);
+		break;
+	case UPSTREAM_AUTH:
+		upstream_step_auth(u);
+		break;
+	case UPSTREAM_READY:
+		u->events.io(u->data);
+		break;
+	case UPSTREAM_FAILED:
+	case UPSTREAM_CLOSED:
+		break;
+	}
+}
+
+static void upstream_on_poll(uv_poll_t *h, int status, int events)
+{
+	struct proxy_upstream *u = h->data;
+
+	if (status < 0 && u->state != UPSTREAM_CONNECTING) {
+		upstream_fail(u, "connection to builder %s:%d lost: %s", u->host, u->port,
+		    uv_strerror(status));
+		return;
+	}
+	upstream_step(u);
+}
+
+struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_id,
+    const char *host, int port, const char *user, const struct proxy_keys *keys,
+    const struct proxy_upstream_events *events, void *data)
+{
+	struct proxy_upstream *u = calloc(1, sizeof(*u));
+	struct sockaddr_storage ss;
+	socklen_t ss_len;
+	int one = 1;
+
+	if (!u)
+		return NULL;
+	u->loop = loop;
+	u->session_id = session_id;
+	u->fd = -1;
+	u->port = port;
+	u->keys = keys;
+	u->events = *events;
+	u->data = data;
+	u->host = strdup(host);
+	u->user = strdup(user);
+	if (!u->host || !u->user)
+		goto bad;
+	memset(&ss, 0, sizeof(ss));
+	if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) == 0) {
+		ss_len = sizeof(struct sockaddr_in);
+	} else if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) == 0) {
+		ss_len = sizeof(struct sockaddr_in6);
+	} else {
+		log_error("session=%llu builder address \"%s\" is not a numeric IP address",
+		    (unsigned long long)session_id, host);
+		goto bad;
+	}
+	u->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (u->fd < 0) {
+		log_warn("session=%llu socket", (unsigned long long)session_id);
+		goto bad;
+	}
+	setsockopt(u->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (uv_poll_init_socket(loop, &u->poll, u->fd) < 0)
+		goto bad;
+	u->poll_init = true;
+	u->poll.data = u;
+	/* Connection errors (refused, unreachable) surface through SO_ERROR once
+	 * the socket turns writable, on the one failure path. */
+	if (connect(u->fd, (struct sockaddr *)&ss, ss_len) < 0 && errno != EINPROGRESS) {
+		int err = errno;
+		setsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, sizeof(err));
+	}
+	upstream_set_events(u, UV_WRITABLE);
+	upstream_set_state(u, UPSTREAM_CONNECTING);
+	return u;
+bad:
+	if (u->poll_init) {
+		/* Not started yet; closing here is safe, the close cb frees. */
+		proxy_upstream_destroy(u);
+		return NULL;
+	}
+	if (u->fd >= 0)
+		close(u->fd);
+	free(u->host);
+	free(u->user);
+	free(u);
+	return NULL;
+}
+
+static void upstream_on_close(uv_handle_t *h)
+{
+	struct proxy_upstream *u = h->data;
+
+	if (u->ssh)
+		libssh2_session_free(u->ssh);
+	if (u->fd >= 0)
+		close(u->fd);
+	free(u->host);
+	free(u->user);
+	free(u);
+}
+
+void proxy_upstream_destroy(struct proxy_upstream *u)
+{
+	if (!u)
+		return;
+	if (u->ssh && (u->state == UPSTREAM_READY || u->state == UPSTREAM_AUTH))
+		/* One non-blocking try; the builder notices the TCP close anyway. */
+		libssh2_session_disconnect(u->ssh, "nrbc proxy session closed");
+	upstream_set_state(u, UPSTREAM_CLOSED);
+	if (u->poll_init) {
+		uv_poll_stop(&u->poll);
+		uv_close((uv_handle_t *)&u->poll, upstream_on_close);
+	} else {
+		upstream_on_close((uv_handle_t *)&u->poll);
+	}
+}
+
+bool proxy_upstream_is_ready(const struct proxy_upstream *u)
+{
+	return u && u->state == UPSTREAM_READY;
+}
+
+LIBSSH2_SESSION *proxy_upstream_session(const struct proxy_upstream *u)
+{
+	return u->ssh;
+}
+
+bool proxy_upstream_may_call(const struct proxy_upstream *u, const void *op)
+{
+	return u->state == UPSTREAM_READY && (!u->blocked_op || u->blocked_op == op);
+}
+
+int proxy_upstream_after(struct proxy_upstream *u, const void *op, int rc)
+{
+	if (rc == LIBSSH2_ERROR_EAGAIN &&
+	    (libssh2_session_block_directions(u->ssh) & LIBSSH2_SESSION_BLOCK_OUTBOUND))
+		u->blocked_op = op;
+	else if (u->blocked_op == op)
+		u->blocked_op = NULL;
+	if (rc < 0 && rc != LIBSSH2_ERROR_EAGAIN && u->state == UPSTREAM_READY &&
+	    (rc == LIBSSH2_ERROR_SOCKET_SEND || rc == LIBSSH2_ERROR_SOCKET_RECV ||
+	        rc == LIBSSH2_ERROR_SOCKET_DISCONNECT || rc == LIBSSH2_ERROR_DECRYPT ||
+	        rc == LIBSSH2_ERROR_KEX_FAILURE || rc == LIBSSH2_ERROR_TIMEOUT)) {
+		/* The transport is gone for every channel, not just this one. */
+		upstream_fail(u, "connection to builder %s:%d lost: %s", u->host, u->port,
+		    proxy_upstream_error(u));
+	}
+	return rc;
+}
+
+bool proxy_upstream_claim_open(struct proxy_upstream *u, const void *owner)
+{
+	if (u->open_owner && u->open_owner != owner)
+		return false;
+	u->open_owner = owner;
+	return true;
+}
+
+void proxy_upstream_release_open(struct proxy_upstream *u, const void *owner)
+{
+	if (u->open_owner == owner)
+		u->open_owner = NULL;
+}
+
+void proxy_upstream_update_poll(struct proxy_upstream *u, bool want_read)
+{
+	int events = 0;
+
+	if (u->state != UPSTREAM_READY)
+		return;
+	if (want_read)
+		events |= UV_READABLE;
+	if (u->blocked_op &&
+	    (libssh2_session_block_directions(u->ssh) & LIBSSH2_SESSION_BLOCK_OUTBOUND))
+		events |= UV_WRITABLE;
+	upstream_set_events(u, events);
+}

@@ -106,7 +106,7 @@ static void set_state(struct controller *c, enum controller_state next)
 {
 	if (c->state == next)
 		return;
-	log_debug("controller: %s => %s", controller_state_names[c->state],
+	log_debug("%s => %s", controller_state_names[c->state],
 	    controller_state_names[next]);
 	c->state = next;
 }
@@ -252,7 +252,7 @@ static void maybe_activate(struct controller *c)
 	}
 	set_state(c, CONTROLLER_ACTIVE);
 	update_gauges(c);
-	log_info("controller: active: %zu NixBuildRequests, %zu builder pods cached",
+	log_info("active: %zu NixBuildRequests, %zu builder pods cached",
 	    kube_informer_size(c->requests), kube_informer_size(c->pods));
 	kube_informer_foreach(c->requests, add_request_key, c);
 	kube_informer_foreach(c->pods, add_pod_owner_key, c);
@@ -338,12 +338,12 @@ static void on_drain_check(uv_timer_t *t)
 	size_t left = c->rec ? controller_reconciler_in_flight(c->rec) : 0;
 
 	if (left == 0) {
-		log_info("controller: no reconcile in flight");
+		log_info("no reconcile in flight");
 		release(c);
 		return;
 	}
 	if (uv_now(&c->loop) >= c->drain_deadline) {
-		log_warnx("controller: shutdown timeout: giving up %zu reconcile(s) in flight", left);
+		log_warnx("shutdown timeout: giving up %zu reconcile(s) in flight", left);
 		release(c);
 	}
 }
@@ -352,7 +352,7 @@ static void controller_shutdown(struct controller *c, const char *why, int exit_
 {
 	if (c->state >= CONTROLLER_DRAINING)
 		return;
-	log_info("controller: shutting down: %s", why);
+	log_info("shutting down: %s", why);
 	c->exit_code = exit_code;
 	set_state(c, CONTROLLER_DRAINING);
 	if (c->queue)
@@ -388,13 +388,13 @@ static int start_health(struct controller *c)
 	c->health = health_server_create(&c->loop, c->f.health_address, (int)c->f.health_port,
 	    c->metrics, &err);
 	if (!c->health) {
-		log_error("controller: health server on %s:%ld: %s", c->f.health_address,
+		log_error("health server on %s:%ld: %s", c->f.health_address,
 		    c->f.health_port, err ? err : "failed");
 		free(err);
 		return -1;
 	}
 	health_server_set_ready(c->health, check_ready, c);
-	log_info("controller: health and metrics on %s:%d", c->f.health_address,
+	log_info("health and metrics on %s:%d", c->f.health_address,
 	    health_server_port(c->health));
 	return 0;
 }
@@ -432,7 +432,7 @@ static int start_kube(struct controller *c)
 
 	c->cfg = kube_config_load(c->f.kubeconfig, NULL, &err);
 	if (!c->cfg) {
-		log_error("controller: %s", err ? err : "no Kubernetes configuration");
+		log_error("%s", err ? err : "no Kubernetes configuration");
 		free(err);
 		return -1;
 	}
@@ -467,7 +467,7 @@ static int start_kube(struct controller *c)
 			.stopped_leading = on_stopped_leading,
 		};
 
-		log_info("controller: leader election on lease %s/%s as %s", lo.namespace,
+		log_info("leader election on lease %s/%s as %s", lo.namespace,
 		    lo.name, c->identity);
 		c->lease = kube_lease_create(c->client, &lo, &lease_cb, c);
 		if (!c->lease || kube_lease_start(c->lease) < 0)
@@ -475,7 +475,7 @@ static int start_kube(struct controller *c)
 	}
 	if (kube_informer_start(c->requests) < 0 || kube_informer_start(c->pods) < 0)
 		return -1;
-	log_info("controller: watching NixBuildRequests and builder pods in %s",
+	log_info("watching NixBuildRequests and builder pods in %s",
 	    ns ? ns : "all namespaces");
 	return 0;
 }
@@ -593,7 +593,7 @@ int controller_main(int argc, char **argv)
 	c->drain_timer.data = c->teardown_timer.data = c;
 	c->signals = signals_create(&c->loop, on_signal, c);
 	if (!c->signals || start_health(c) < 0 || start_kube(c) < 0) {
-		log_error("controller: start-up failed");
+		log_error("start-up failed");
 		c->exit_code = 1;
 		uv_timer_start(&c->teardown_timer, teardown, 0, 0);
 		set_state(c, CONTROLLER_STOPPED);
@@ -602,11 +602,11 @@ int controller_main(int argc, char **argv)
 	/* Close callbacks of everything torn down run here. */
 	uv_run(&c->loop, UV_RUN_DEFAULT);
 	if (uv_loop_close(&c->loop) != 0)
-		log_warnx("controller: handles left open at exit");
+		log_warnx("handles left open at exit");
 	kube_config_destroy(c->cfg);
 	metrics_destroy(c->metrics);
 	rc = c->exit_code;
-	log_info("controller: exit %d", rc);
+	log_info("exit %d", rc);
 out_flags:
 	flags_free(table, n);
 	free(c->identity);

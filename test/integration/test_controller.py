@@ -122,3 +122,317 @@ def test_request_gets_one_running_pod(setup, controller):
     assert m["nrbc_controller_pods_created_total"] == 1
     assert m['nrbc_controller_phase_transitions_total{phase="Running"}'] == 1
     assert m["nrbc_controller_leader"] == 1
+
+
+def test_health_endpoints_and_idempotence(setup, controller):
+    """/healthz and /readyz answer; once Running, nothing more is written
+    (the reconcile of an unchanged request is a no-op)."""
+    cluster, ns = setup["cluster"], setup["ns"]
+    controller.start()
+    assert controller.get("/healthz")[0] == 200
+    assert controller.get("/readyz")[0] == 200
+    create_nbr(cluster, ns, "steady")
+    wait_nbr(cluster, ns, "steady", phase_is("Running"), 30)
+    time.sleep(1.0)
+    before = controller.metrics()
+    rv = get_nbr(cluster, ns, "steady")["metadata"]["resourceVersion"]
+    time.sleep(3.0)
+    after = controller.metrics()
+    assert get_nbr(cluster, ns, "steady")["metadata"]["resourceVersion"] == rv
+    assert after["nrbc_controller_status_writes_total"] == \
+        before["nrbc_controller_status_writes_total"]
+    assert after["nrbc_controller_pods_created_total"] == 1
+    assert len(builder_pods(cluster, ns)) == 1
+
+
+# ---- failures -----------------------------------------------------------------------
+
+def assert_failed(cluster, ns, name, reason, timeout=30, pod_gone=True):
+    obj = wait_nbr(cluster, ns, name, phase_is("Failed", "Completed"), timeout)
+    st = obj["status"]
+    assert st["phase"] == "Failed", st
+    assert st["reason"] == reason, st
+    assert st["message"], st
+    assert st["completionTime"], st
+    assert cond(obj, "Ready")["status"] == "False"
+    assert cond(obj, "Ready")["reason"] == reason
+    ev = wait_event(cluster, ns, name, reason, "Warning")
+    assert ev["involvedObject"]["kind"] == "NixBuildRequest"
+    assert ev["involvedObject"]["uid"] == obj["metadata"]["uid"]
+    if pod_gone:
+        # Failed is terminal: the controller deletes the builder pod.
+        wait_for(lambda: not builder_pods(cluster, ns, name), 20,
+                 what="pod of failed %s deleted" % name)
+    return obj
+
+
+def test_unschedulable_fails_after_timeout(setup, controller):
+    cluster, ns = setup["cluster"], setup["ns"]
+    controller.start("--unschedulable-timeout", "4s")
+    create_nbr(cluster, ns, "nowhere", nodeSelector={"pool": "does-not-exist"})
+    # Before the timeout: still Creating, and the user is told why.
+    obj = wait_nbr(cluster, ns, "nowhere",
+                   lambda o: (o.get("status") or {}).get("reason") == "Unschedulable", 20)
+    assert obj["status"]["phase"] == "Creating"
+    assert obj["status"]["message"].startswith("Unschedulable: "), obj["status"]
+    assert cond(obj, "BuilderScheduled")["status"] == "False"
+    t0 = time.monotonic()
+    obj = assert_failed(cluster, ns, "nowhere", "Unschedulable")
+    assert "selector" in obj["status"]["message"]
+    assert time.monotonic() - t0 < 10
+
+
+def test_image_pull_failure(setup, controller):
+    cluster, ns = setup["cluster"], setup["ns"]
+    controller.start()
+    create_nbr(cluster, ns, "badimage", image="registry.invalid/does-not-exist:1")
+    obj = assert_failed(cluster, ns, "badimage", "ImagePullFailed")
+    assert "ErrImagePull" in obj["status"]["message"] or \
+        "ImagePullBackOff" in obj["status"]["message"]
+
+
+def test_missing_secret_is_config_error(setup, controller):
+    cluster, ns = setup["cluster"], setup["ns"]
+    st, body = cluster.api("DELETE", "/api/v1/namespaces/%s/secrets/%s" % (ns, SECRET))
+    assert st == 200, body
+    controller.start()
+    create_nbr(cluster, ns, "nosecret")
+    obj = assert_failed(cluster, ns, "nosecret", "ConfigError")
+    assert "CreateContainerConfigError" in obj["status"]["message"]
+
+
+def wait_running(cluster, ns, name, timeout=30):
+    obj = wait_nbr(cluster, ns, name, phase_is("Running", "Failed"), timeout)
+    assert obj["status"]["phase"] == "Running", obj["status"]
+    return obj
+
+
+def test_pod_failure(setup, controller):
+    cluster, ns, kubelet = setup["cluster"], setup["ns"], setup["kubelet"]
+    controller.start()
+    create_nbr(cluster, ns, "crash")
+    wait_running(cluster, ns, "crash")
+    (pod,) = builder_pods(cluster, ns, "crash")
+    pid = kubelet.pod_pid(pod["metadata"]["uid"])
+    assert pid is not None
+    os.kill(pid[0], signal.SIGKILL)
+    obj = assert_failed(cluster, ns, "crash", "PodFailed")
+    assert "137" in obj["status"]["message"] or "failed" in obj["status"]["message"]
+
+
+def test_pod_deleted_while_running(setup, controller):
+    cluster, ns = setup["cluster"], setup["ns"]
+    controller.start()
+    create_nbr(cluster, ns, "victim")
+    wait_running(cluster, ns, "victim")
+    st, body = cluster.api("DELETE", "/api/v1/namespaces/%s/pods/nix-builder-victim" % ns)
+    assert st == 200, body
+    assert_failed(cluster, ns, "victim", "PodDeleted")
+    # Never replaced: a deleted builder ends its request.
+    time.sleep(1)
+    assert builder_pods(cluster, ns, "victim") == []
+
+
+def test_deadline_exceeded(setup, controller):
+    cluster, ns = setup["cluster"], setup["ns"]
+    controller.start()
+    create_nbr(cluster, ns, "slow", timeoutSeconds=3)
+    wait_running(cluster, ns, "slow")
+    obj = assert_failed(cluster, ns, "slow", "DeadlineExceeded", timeout=20)
+    assert "timeoutSeconds" in obj["status"]["message"]
+
+
+def test_invalid_spec_fails(setup, controller):
+    """A quantity the pod API refuses: Failed InvalidSpec, no retry storm."""
+    cluster, ns = setup["cluster"], setup["ns"]
+    controller.start()
+    create_nbr(cluster, ns, "badres", resources={"requests": {"cpu": "lots"}})
+    obj = wait_nbr(cluster, ns, "badres", phase_is("Failed"), 20)
+    assert obj["status"]["reason"] == "InvalidSpec", obj["status"]
+    assert builder_pods(cluster, ns) == []
+
+
+# ---- lifecycle ------------------------------------------------------------------------
+
+def test_deleting_request_deletes_pod(setup, controller):
+    cluster, ns = setup["cluster"], setup["ns"]
+    controller.start()
+    create_nbr(cluster, ns, "gone")
+    wait_running(cluster, ns, "gone")
+    st, body = cluster.api("DELETE", "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests/gone"
+                           % ns)
+    assert st == 200, body
+    t0 = time.monotonic()
+    wait_for(lambda: not builder_pods(cluster, ns), 15, what="builder pod deleted")
+    print("pod gone %.2f s after its request" % (time.monotonic() - t0))
+
+
+def test_completed_request_pod_deleted(setup, controller):
+    cluster, ns = setup["cluster"], setup["ns"]
+    controller.start()
+    create_nbr(cluster, ns, "done")
+    wait_running(cluster, ns, "done")
+    set_nbr_status(cluster, ns, "done", phase="Completed", message="session ended")
+    wait_for(lambda: not builder_pods(cluster, ns), 15, what="builder pod deleted")
+    wait_event(cluster, ns, "done", "BuilderDeleted", "Normal")
+    # Completed is final: the controller leaves the status alone.
+    time.sleep(1)
+    st = get_nbr(cluster, ns, "done")["status"]
+    assert st["phase"] == "Completed" and st["message"] == "session ended", st
+
+
+def test_kill_9_and_restart_no_duplicates(setup, controllers):
+    """kill -9 in the middle of a stream of requests, restart: every request
+    ends up with exactly one pod and Running; none is stuck."""
+    import threading
+    cluster, ns = setup["cluster"], setup["ns"]
+    first = controllers("first").start()
+    names = ["burst-%02d" % i for i in range(30)]
+
+    def feed():
+        for n in names:
+            create_nbr(cluster, ns, n)
+            time.sleep(0.02)
+    t = threading.Thread(target=feed)
+    t.start()
+    wait_for(lambda: len(builder_pods(cluster, ns)) >= 6, 20, interval=0.005,
+             what="first pods")
+    first.kill(signal.SIGKILL)
+    first.proc.wait(5)
+    made_before = len(builder_pods(cluster, ns))
+    t.join()
+    second = controllers("second").start()
+    for n in names:
+        wait_running(cluster, ns, n, 60)
+    pods = builder_pods(cluster, ns)
+    owners = sorted(p["metadata"]["ownerReferences"][0]["name"] for p in pods)
+    assert owners == names, owners
+    for n in names:
+        assert get_nbr(cluster, ns, n)["status"]["podName"] == "nix-builder-" + n
+    print("%d of %d pods made before kill -9; second controller made %d" % (
+        made_before, len(names), second.metrics()["nrbc_controller_pods_created_total"]))
+    assert made_before < len(names)
+
+
+# ---- leader election --------------------------------------------------------------------
+
+def lease(cluster, ns):
+    st, body = cluster.api("GET", "/apis/coordination.k8s.io/v1/namespaces/%s/leases/"
+                           "nrbc-controller" % ns)
+    return body if st == 200 else None
+
+
+def leader_of(replicas):
+    leaders = [c for c in replicas if not c.died() and
+               c.metrics().get("nrbc_controller_leader") == 1]
+    return leaders
+
+
+def test_leader_election_and_handover(setup, controllers):
+    cluster, ns = setup["cluster"], setup["ns"]
+    a = controllers("a").start("--leader-elect")
+    b = controllers("b").start("--leader-elect")
+    wait_for(lambda: len(leader_of([a, b])) == 1, 20, what="one leader")
+    (leader,) = leader_of([a, b])
+    follower = b if leader is a else a
+    holder = lease(cluster, ns)["spec"]["holderIdentity"]
+    assert holder
+
+    create_nbr(cluster, ns, "first")
+    wait_running(cluster, ns, "first")
+    assert leader.metrics()["nrbc_controller_pods_created_total"] == 1
+    assert follower.metrics()["nrbc_controller_pods_created_total"] == 0
+    assert follower.get("/readyz")[0] == 200  # caches synced on followers too
+
+    # kill -9: the follower takes over once the lease expires (15 s).
+    leader.kill(signal.SIGKILL)
+    t0 = time.monotonic()
+    create_nbr(cluster, ns, "second")
+    wait_running(cluster, ns, "second", 40)
+    took = time.monotonic() - t0
+    print("handover after kill -9: %.1f s" % took)
+    assert took < 15 + 2 * 2 + 3, took
+    assert follower.metrics()["nrbc_controller_leader"] == 1
+    assert follower.metrics()["nrbc_controller_pods_created_total"] == 1
+    new_holder = lease(cluster, ns)["spec"]
+    assert new_holder["holderIdentity"] != holder
+    assert new_holder["leaseTransitions"] >= 1
+    assert len(builder_pods(cluster, ns)) == 2
+
+
+def test_sigterm_releases_lease(setup, controllers):
+    cluster, ns = setup["cluster"], setup["ns"]
+    a = controllers("a").start("--leader-elect")
+    wait_for(lambda: leader_of([a]), 20, what="a leads")
+    b = controllers("b").start("--leader-elect")
+    time.sleep(0.5)
+    assert leader_of([a, b]) == [a]
+    t0 = time.monotonic()
+    assert a.stop() == 0, a.log()
+    # Released, not expired: b takes over within about one retry period.
+    wait_for(lambda: leader_of([b]), 10, what="b leads")
+    took = time.monotonic() - t0
+    print("handover after SIGTERM: %.1f s" % took)
+    assert took < 5, took
+    assert "released" in a.log()
+    create_nbr(cluster, ns, "after")
+    wait_running(cluster, ns, "after")
+
+
+def test_sigterm_exits_zero(setup, controller):
+    controller.start()
+    assert controller.stop(timeout=10) == 0, controller.log()
+
+
+# ---- RBAC -----------------------------------------------------------------------------
+
+def can_i(cluster, ns, verb, resource, *extra, namespace=None):
+    r = cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace or ns,
+                        "--as", "system:serviceaccount:%s:nrbc-controller" % ns, *extra,
+                        check=False)
+    return r.stdout.strip() == "yes"
+
+
+def test_rbac_is_enough_and_no_more(setup, controller):
+    cluster, ns = setup["cluster"], setup["ns"]
+    # Enough: every other test here runs the controller on this Role.
+    yes = [("create", "pods"), ("delete", "pods"), ("watch", "pods"),
+           ("list", "nixbuildrequests.nix.io"), ("watch", "nixbuildrequests.nix.io"),
+           ("update", "nixbuildrequests.nix.io", "--subresource", "status"),
+           ("create", "events"), ("create", "leases.coordination.k8s.io"),
+           ("update", "leases.coordination.k8s.io/nrbc-controller")]
+    no = [("get", "secrets"), ("list", "secrets"), ("get", "configmaps"),
+          ("update", "pods"), ("patch", "pods"), ("create", "pods", "--subresource", "exec"),
+          ("create", "nixbuildrequests.nix.io"), ("update", "nixbuildrequests.nix.io"),
+          ("delete", "nixbuildrequests.nix.io"), ("list", "events"),
+          ("update", "leases.coordination.k8s.io/someone-else"),
+          ("delete", "leases.coordination.k8s.io/nrbc-controller")]
+    for v in yes:
+        assert can_i(cluster, ns, *v), "controller cannot %s" % (v,)
+    for v in no:
+        assert not can_i(cluster, ns, *v), "controller may %s" % (v,)
+    # Nothing outside its namespace, nothing cluster-scoped.
+    for v in [("create", "pods"), ("delete", "pods"), ("list", "pods"),
+              ("list", "nixbuildrequests.nix.io")]:
+        assert not can_i(cluster, ns, *v, namespace="default"), "may %s in default" % (v,)
+    assert not can_i(cluster, ns, "list", "nodes")
+    assert not can_i(cluster, ns, "list", "namespaces")
+
+    # And with the very token the controller uses.
+    controller.start()
+    import ssl
+    import urllib.request
+    token = open(controller.kubeconfig).read().split("token:")[1].split()[0].strip("\"'")
+    ctx = ssl.create_default_context(cafile=cluster.ca_file)
+    for path, want in [("/api/v1/namespaces/%s/secrets" % ns, 403),
+                       ("/api/v1/namespaces/%s/secrets/%s" % (ns, SECRET), 403),
+                       ("/api/v1/namespaces/default/pods", 403),
+                       ("/api/v1/namespaces/%s/pods" % ns, 200)]:
+        req = urllib.request.Request(cluster.server + path,
+                                     headers={"Authorization": "Bearer " + token})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                got = r.status
+        except urllib.error.HTTPError as e:
+            got = e.code
+        assert got == want, (path, got)

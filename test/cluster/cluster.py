@@ -264,6 +264,13 @@ class Cluster:
         deadline = time.monotonic() + timeout
         self._wait_ready(deadline)
 
+        # The CRD before the controller-manager: its garbage collector
+        # discovers resource types at start and then only every 30 s, and
+        # misses owner deletions of types it does not watch yet.
+        self.kubectl("apply", "-f", CRD_PATH)
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     "crd/nixbuildrequests.nix.io")
+
         self._spawn("kube-controller-manager", [
             os.path.join(self.bindir, "kube-controller-manager"),
             "--kubeconfig", self.kubeconfig,
@@ -276,9 +283,6 @@ class Cluster:
             "--use-service-account-credentials=false",
         ])
 
-        self.kubectl("apply", "-f", CRD_PATH)
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/nixbuildrequests.nix.io")
         # The namespace controller must be up before tests delete namespaces,
         # and "default" must exist before anything is created in it.
         while True:
@@ -288,6 +292,35 @@ class Cluster:
                 break
             if time.monotonic() > deadline:
                 raise ClusterError("default service account never appeared")
+            time.sleep(0.1)
+        self._wait_gc(deadline)
+
+    def _wait_gc(self, deadline):
+        """Garbage collection works for NixBuildRequest owners (a canary):
+        tests and nrbc rely on it from the first second."""
+        ns = "kube-system"
+        st, owner = self.api("POST", "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests" % ns,
+                             {"apiVersion": "nix.io/v1alpha1", "kind": "NixBuildRequest",
+                              "metadata": {"generateName": "gc-canary-"},
+                              "spec": {"sessionId": "gc-canary"}})
+        if st != 201:
+            raise ClusterError("gc canary owner: %s %s" % (st, owner))
+        ref = {"apiVersion": "nix.io/v1alpha1", "kind": "NixBuildRequest",
+               "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+               "controller": True}
+        st, dep = self.api("POST", "/api/v1/namespaces/%s/configmaps" % ns,
+                           {"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"generateName": "gc-canary-",
+                                         "ownerReferences": [ref]}})
+        if st != 201:
+            raise ClusterError("gc canary dependent: %s %s" % (st, dep))
+        self.api("DELETE", "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests/%s"
+                 % (ns, owner["metadata"]["name"]))
+        path = "/api/v1/namespaces/%s/configmaps/%s" % (ns, dep["metadata"]["name"])
+        while self.api("GET", path)[0] != 404:
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise ClusterError("garbage collector never collected the canary")
             time.sleep(0.1)
 
     def _spawn(self, name, argv):

@@ -545,7 +545,7 @@ def pod_ready(pod):
         for c in pod.get("status", {}).get("conditions") or [])
 
 
-def wait_pod(cluster, namespace, name, pred, timeout=30, what=None):
+def wait_pod(cluster, namespace, name, pred, timeout=60, what=None):
     """Wait until pred(pod) is true; returns the pod."""
     box = {}
 

@@ -529,7 +529,9 @@ class PodWorker(threading.Thread):
         backoff = 5
         while True:
             self.push("Pending", {"waiting": {"reason": "ErrImagePull", "message": msg}})
-            self.wait(1)
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                self.wait(end - time.monotonic())
             self.push("Pending", {"waiting": {"reason": "ImagePullBackOff",
                                               "message": 'Back-off pulling image "%s"' % image}})
             end = time.monotonic() + backoff

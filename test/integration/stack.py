@@ -1,0 +1,243 @@
+"""The whole nrbc stack as a user installs it, on the local test cluster.
+
+`kubectl apply -k manifests` installs everything. The test cluster runs no
+Deployments (there is no deployment controller or kubelet for them), so the
+controller and the proxy run here as local processes, each started from its
+Deployment's pod template: the template becomes a real Pod object (never
+scheduled: the test kubelet only runs builder pods) whose name, uid and
+namespace fill the downward-API variables; the process runs in-cluster mode
+with a token of the template's ServiceAccount, so the shipped RBAC is what
+is exercised. The only changes to the manifests' arguments are the ones a
+shared machine forces: listen addresses on loopback and free ports.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from conftest import REPO, NixClient, wait_for
+
+NAMESPACE = "nrbc"
+SECRET = "nix-builder-ssh-keys"
+PROXY_ADDRESS = "127.0.0.9"
+
+
+def free_port(host="127.0.0.1"):
+    s = socket.socket()
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def port_taken(host, port):
+    s = socket.socket()
+    try:
+        s.bind((host, port))
+        return False
+    except OSError:
+        return True
+    finally:
+        s.close()
+
+
+class Role:
+    """One nrbc process started from a Deployment's pod template."""
+
+    def __init__(self, stack, deployment, overrides):
+        self.stack = stack
+        self.name = deployment["metadata"]["name"]
+        self.template = deployment["spec"]["template"]
+        self.overrides = overrides
+        self.proc = None
+        self.pod = None
+        self.log_path = os.path.join(stack.dir, self.name + ".log")
+        self.health_port = None
+
+    def _make_pod(self):
+        c = self.stack.cluster
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"generateName": self.name + "-",
+                            "namespace": NAMESPACE,
+                            "labels": dict(self.template["metadata"].get("labels") or {})},
+               "spec": self.template["spec"]}
+        st, body = c.api("POST", "/api/v1/namespaces/%s/pods" % NAMESPACE, pod)
+        assert st == 201, body
+        self.pod = body
+
+    def _env(self):
+        meta = self.pod["metadata"]
+        fields = {"metadata.name": meta["name"], "metadata.uid": meta["uid"],
+                  "metadata.namespace": meta["namespace"]}
+        (container,) = self.template["spec"]["containers"]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        for e in container.get("env") or []:
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            else:
+                env[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        # In-cluster configuration, as in a pod: service host/port and the
+        # service-account files (token of the template's ServiceAccount).
+        sa = self.template["spec"]["serviceAccountName"]
+        sadir = os.path.join(self.stack.dir, "sa-" + self.name)
+        os.makedirs(sadir, exist_ok=True)
+        with open(os.path.join(sadir, "token"), "w") as f:
+            f.write(self.stack.cluster.token(sa, NAMESPACE))
+        with open(os.path.join(sadir, "namespace"), "w") as f:
+            f.write(NAMESPACE)
+        with open(os.path.join(sadir, "ca.crt"), "w") as f:
+            f.write(open(self.stack.cluster.ca_file).read())
+        server = self.stack.cluster.server.split("://", 1)[1]
+        host, port = server.rsplit(":", 1)
+        env.update({"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port,
+                    "NRBC_SERVICEACCOUNT_DIR": sadir})
+        return env
+
+    def argv(self):
+        (container,) = self.template["spec"]["containers"]
+        return [self.stack.nrbc_bin] + list(container.get("args") or []) + self.overrides
+
+    def start(self):
+        if self.pod is None:
+            self._make_pod()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv(), env=self._env(), stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        return self
+
+    def ready(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("%s exited with %s:\n%s" % (self.name, self.proc.returncode,
+                                                             self.log()))
+        try:
+            with socket.create_connection(("127.0.0.1" if self.name.endswith("controller")
+                                           else PROXY_ADDRESS, self.health_port), 2) as s:
+                s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+                return s.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def stop(self, sig=signal.SIGTERM, timeout=40):
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(5)
+
+    def log(self):
+        try:
+            return open(self.log_path, errors="replace").read()
+        except OSError:
+            return ""
+
+
+class Stack:
+    def __init__(self, cluster, kubelet, nrbc_bin, workdir):
+        self.cluster = cluster
+        self.kubelet = kubelet
+        self.nrbc_bin = nrbc_bin
+        self.dir = str(workdir)
+        self.objects = {}
+        self.controller = None
+        self.proxy = None
+        self.keys = {}
+
+    # -- keys: the builders' shared pair, one host key, one user key
+    def _keygen(self, name, comment):
+        path = os.path.join(self.dir, name)
+        if not os.path.exists(path):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+                            "-f", path], check=True)
+        self.keys[name] = path
+        return path
+
+    def install(self):
+        for name, comment in (("builder-key", "nix-builder"), ("host-key", "nrbc-host"),
+                              ("user-key", "nix-user")):
+            self._keygen(name, comment)
+        r = self.cluster.kubectl("apply", "-k", os.path.join(REPO, "manifests"), "-o", "json")
+        applied = json.loads(r.stdout)
+        for obj in applied.get("items", [applied]):
+            self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
+        k = self.keys
+        secret = {"apiVersion": "v1", "kind": "Secret",
+                  "metadata": {"name": SECRET, "namespace": NAMESPACE},
+                  "type": "Opaque",
+                  "stringData": {"private": open(k["builder-key"]).read(),
+                                 "public": open(k["builder-key"] + ".pub").read(),
+                                 "host-key": open(k["host-key"]).read(),
+                                 "authorized-keys": open(k["user-key"] + ".pub").read()}}
+        self.cluster.apply(json.dumps(secret))
+        return self
+
+    def deployment(self, name):
+        return self.objects[("Deployment", name)]
+
+    def start(self):
+        # Builder pods listen on their own 127.0.x.y; only a listener on the
+        # wildcard address could take port 22 from them.
+        remote = []
+        if port_taken("127.0.3.254", 22):
+            port = free_port()
+            remote = ["--remote-port=%d" % port]
+        controller_health = free_port()
+        proxy_health = free_port(PROXY_ADDRESS)
+        self.proxy_port = free_port(PROXY_ADDRESS)
+        self.controller = Role(self, self.deployment("nrbc-controller"),
+                               ["--health-address=127.0.0.1",
+                                "--health-port=%d" % controller_health] + remote)
+        self.controller.health_port = controller_health
+        self.proxy = Role(self, self.deployment("nrbc-proxy"),
+                          ["--listen-address=" + PROXY_ADDRESS, "--port=%d" % self.proxy_port,
+                           "--health-port=%d" % proxy_health] + remote)
+        self.proxy.health_port = proxy_health
+        self.controller.start()
+        self.proxy.start()
+        wait_for(self.controller.ready, 30, what="controller /readyz")
+        wait_for(self.proxy.ready, 30, what="proxy /readyz")
+        return self
+
+    def stop(self):
+        for role in (self.proxy, self.controller):
+            if role is not None:
+                role.stop()
+
+    # -- what a Nix user needs
+    def known_hosts(self):
+        path = os.path.join(self.dir, "known_hosts")
+        with open(path, "w") as f:
+            f.write("[%s]:%d %s" % (PROXY_ADDRESS, self.proxy_port,
+                                    open(self.keys["host-key"] + ".pub").read()))
+        return path
+
+    def sshopts(self):
+        return NixClient.sshopts(self.proxy_port, self.keys["user-key"], self.known_hosts())
+
+    def builders(self, scheme="ssh", max_jobs=4):
+        return NixClient.builders(PROXY_ADDRESS, scheme=scheme, max_jobs=max_jobs)
+
+    def requests(self):
+        st, body = self.cluster.api(
+            "GET", "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests" % NAMESPACE)
+        assert st == 200, body
+        return body["items"]
+
+    def builder_pods(self):
+        st, body = self.cluster.api(
+            "GET", "/api/v1/namespaces/%s/pods?labelSelector=%s" %
+            (NAMESPACE, "app.kubernetes.io%2Fname%3Dnrbc-builder"))
+        assert st == 200, body
+        return body["items"]
+
+    def wait_clean(self, timeout=60):
+        wait_for(lambda: not self.requests() and not self.builder_pods(), timeout,
+                 what="no NixBuildRequest and no builder pod left")

@@ -11,6 +11,11 @@
 #define KUBE_CLIENT_DEFAULT_TIMEOUT_MS 30000
 #define KUBE_CLIENT_CONNECT_TIMEOUT_MS 10000
 #define KUBE_CLIENT_MAX_BODY (64u << 20) /* a large list still fits */
+/* Ordinary requests handed to libcurl at once; the rest wait in a FIFO.
+ * Below HTTP/2's usual 100 streams, so a burst shares one connection:
+ * libcurl would otherwise open a connection per request beyond the
+ * stream limit (curl issue 6826). Streams (watches) are not counted. */
+#define KUBE_CLIENT_MAX_ACTIVE 64
 
 const struct kube_resource kube_resource_pods = { "", "v1", "pods", "Pod", true };
 const struct kube_resource kube_resource_secrets = { "", "v1", "secrets", "Secret", true };
@@ -39,7 +44,10 @@ struct kube_request {
 	kube_data_cb on_data;
 	void *data;
 	uint64_t started;
+	struct kube_request *wait_next; /* FIFO of requests not yet handed over */
 	bool added;     /* handed to the multi handle */
+	bool waiting;   /* in a wait FIFO */
+	bool counted;   /* added and counted in active */
 	bool cancelled; /* no callback any more; freed when libcurl lets go */
 	bool too_big;
 	char errbuf[CURL_ERROR_SIZE];
@@ -65,7 +73,12 @@ struct kube_client {
 	 * removals are recorded and done once libcurl has returned. */
 	int curl_depth;
 	int dispatch_depth;
-	size_t deferred;
+	size_t cancelled_added; /* cancelled while libcurl was busy */
+	struct kube_request *wait_head, *wait_tail;         /* ordinary requests */
+	struct kube_request *wait_s_head, *wait_s_tail;     /* streams */
+	size_t active;
+	size_t max_active;
+	uv_timer_t kick; /* runs the wait FIFO after a cancel freed a slot */
 	bool destroying;
 	bool torn_down;
 	int pending_closes;
@@ -134,6 +147,10 @@ static void request_detach(struct kube_client *c, struct kube_request *r)
 		log_error("kube: curl_multi_remove_handle %s: %s", r->path,
 		    curl_multi_strerror(mc));
 	r->added = false;
+	if (r->counted) {
+		r->counted = false;
+		c->active--;
+	}
 }
 
 static int request_attach(struct kube_client *c, struct kube_request *r)
@@ -145,7 +162,37 @@ static int request_attach(struct kube_client *c, struct kube_request *r)
 		return -1;
 	}
 	r->added = true;
+	if (!r->on_data) {
+		r->counted = true;
+		c->active++;
+	}
 	return 0;
+}
+
+static void wait_push(struct kube_request **head, struct kube_request **tail,
+    struct kube_request *r)
+{
+	r->waiting = true;
+	r->wait_next = NULL;
+	if (*tail)
+		(*tail)->wait_next = r;
+	else
+		*head = r;
+	*tail = r;
+}
+
+static struct kube_request *wait_pop(struct kube_request **head, struct kube_request **tail)
+{
+	struct kube_request *r = *head;
+
+	if (!r)
+		return NULL;
+	*head = r->wait_next;
+	if (!*head)
+		*tail = NULL;
+	r->wait_next = NULL;
+	r->waiting = false;
+	return r;
 }
 
 /* ---------- libuv <-> libcurl wiring ---------- */
@@ -210,25 +257,67 @@ static void client_check_done(struct kube_client *c)
 	c->dispatch_depth--;
 }
 
-/* Carries out adds and removals recorded while libcurl was busy. */
+/* Hands one waiting request to libcurl; false when the client went away
+ * in the callback of a request that could not be started. */
+static bool client_start_waiting(struct kube_client *c, struct kube_request *r)
+{
+	if (r->cancelled) {
+		request_unlink(c, r);
+		request_free(r);
+	} else if (request_attach(c, r) < 0) {
+		request_finish(c, r, CURLE_FAILED_INIT);
+		if (c->destroying)
+			return false;
+	}
+	return true;
+}
+
+/* Carries out removals recorded while libcurl was busy and hands waiting
+ * requests over while there is room. Only with libcurl idle. */
 static void client_flush(struct kube_client *c)
 {
 	struct kube_request *r, *next;
 
-	if (c->deferred == 0)
+	if (c->curl_depth > 0 || c->destroying)
 		return;
-	c->deferred = 0;
-	for (r = c->head; r; r = next) {
-		next = r->next;
-		if (r->cancelled) {
-			request_detach(c, r);
-			request_unlink(c, r);
-			request_free(r);
-		} else if (!r->added) {
-			if (request_attach(c, r) < 0)
-				request_finish(c, r, CURLE_FAILED_INIT);
+	if (c->cancelled_added) {
+		c->cancelled_added = 0;
+		for (r = c->head; r; r = next) {
+			next = r->next;
+			if (r->cancelled && r->added) {
+				request_detach(c, r);
+				request_unlink(c, r);
+				request_free(r);
+			}
 		}
 	}
+	c->dispatch_depth++;
+	while ((r = wait_pop(&c->wait_s_head, &c->wait_s_tail)))
+		if (!client_start_waiting(c, r))
+			goto out;
+	while (c->active < c->max_active &&
+	    (r = wait_pop(&c->wait_head, &c->wait_tail)))
+		if (!client_start_waiting(c, r))
+			goto out;
+out:
+	c->dispatch_depth--;
+}
+
+/* After libcurl returns: removals, finished transfers, waiting requests
+ * (finished ones free slots), and a teardown asked for meanwhile. */
+static void client_run_completions(struct kube_client *c)
+{
+	client_flush(c);
+	if (!c->destroying)
+		client_check_done(c);
+	client_flush(c);
+	if (c->destroying && c->curl_depth == 0 && c->dispatch_depth == 0)
+		client_teardown(c);
+}
+
+static void on_kick(uv_timer_t *t)
+{
+	client_run_completions(t->data);
 }
 
 static void client_socket_action(struct kube_client *c, curl_socket_t s, int ev)
@@ -243,12 +332,7 @@ static void client_socket_action(struct kube_client *c, curl_socket_t s, int ev)
 	c->curl_depth--;
 	if (mc != CURLM_OK)
 		log_error("kube: curl_multi_socket_action: %s", curl_multi_strerror(mc));
-	if (!c->destroying)
-		client_flush(c);
-	if (!c->destroying)
-		client_check_done(c);
-	if (c->destroying && c->curl_depth == 0 && c->dispatch_depth == 0)
-		client_teardown(c);
+	client_run_completions(c);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events)
@@ -350,6 +434,7 @@ struct kube_client *kube_client_create(uv_loop_t *loop, struct kube_config *cfg)
 	c->loop = loop;
 	c->cfg = cfg;
 	c->next_id = 1;
+	c->max_active = KUBE_CLIENT_MAX_ACTIVE;
 	c->multi = curl_multi_init();
 	if (!c->multi)
 		goto fail_multi;
@@ -366,6 +451,18 @@ struct kube_client *kube_client_create(uv_loop_t *loop, struct kube_config *cfg)
 		goto fail_setopt;
 	}
 	c->timer.data = c;
+	rc = uv_timer_init(loop, &c->kick);
+	if (rc < 0) {
+		/* The first timer is live: c goes in its close callback. */
+		log_error("kube: uv_timer_init: %s", uv_strerror(rc));
+		curl_multi_cleanup(c->multi);
+		c->multi = NULL;
+		c->torn_down = true;
+		c->pending_closes = 1;
+		uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+		return NULL;
+	}
+	c->kick.data = c;
 	return c;
 fail_setopt:
 	curl_multi_cleanup(c->multi);
@@ -391,8 +488,10 @@ static void client_teardown(struct kube_client *c)
 	c->multi = NULL;
 	while (c->sockets)
 		socket_close(c, c->sockets);
-	c->pending_closes++;
+	c->wait_head = c->wait_tail = c->wait_s_head = c->wait_s_tail = NULL;
+	c->pending_closes += 2;
 	uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+	uv_close((uv_handle_t *)&c->kick, on_handle_closed);
 	c->torn_down = true;
 }
 
@@ -675,8 +774,14 @@ static uint64_t request_start(struct kube_client *c, const char *method, const c
 		goto fail;
 	r->id = c->next_id++;
 	request_link(c, r);
-	if (c->curl_depth > 0) {
-		c->deferred++;
+	if (c->curl_depth > 0 || (!on_data && c->active >= c->max_active) ||
+	    (!on_data && c->wait_head)) {
+		/* libcurl is busy (we are inside one of its callbacks), or
+		 * the client is at its limit: the FIFO keeps the order. */
+		if (on_data)
+			wait_push(&c->wait_s_head, &c->wait_s_tail, r);
+		else
+			wait_push(&c->wait_head, &c->wait_tail, r);
 	} else if (request_attach(c, r) < 0) {
 		request_unlink(c, r);
 		goto fail;
@@ -713,14 +818,19 @@ void kube_client_cancel(struct kube_client *c, uint64_t id)
 	if (!r || r->cancelled)
 		return;
 	r->cancelled = true;
+	if (r->waiting)
+		return; /* freed when its FIFO reaches it */
 	if (c->curl_depth > 0 && r->added) {
 		/* Maybe inside this very request's write callback: free later. */
-		c->deferred++;
+		c->cancelled_added++;
 		return;
 	}
 	request_detach(c, r);
 	request_unlink(c, r);
 	request_free(r);
+	/* A slot is free; callbacks may not run inside cancel, so later. */
+	if (c->wait_head && uv_timer_start(&c->kick, on_kick, 0, 0) < 0)
+		log_error("kube: cannot schedule waiting requests");
 }
 
 /* ---------- typed helpers ---------- */

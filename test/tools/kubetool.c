@@ -305,10 +305,11 @@ static void dump_one(json_t *obj, void *data)
 
 static void dump_cache(void)
 {
-	json_t *items = json_object(), *line;
+	json_t *items, *line;
 
 	if (!T.informer)
 		return;
+	items = json_object();
 	kube_informer_foreach(T.informer, dump_one, items);
 	line = json_pack("{s:s, s:o, s:b}", "event", "cache", "items", items, "synced",
 	    kube_informer_synced(T.informer));

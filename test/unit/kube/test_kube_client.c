@@ -243,6 +243,35 @@ static void test_callback_destroys_client(void **state)
 	kube_config_destroy(cfg);
 }
 
+/* More requests than the client hands to libcurl at once: the rest wait
+ * in order; cancelling waiting ones must not call them back, and every
+ * other one is answered exactly once. */
+static void test_many_requests_queue(void **state)
+{
+	uv_loop_t loop;
+	struct kube_config *cfg = local_config();
+	struct kube_client *cl;
+	struct calls a = { 0 }, cancelled = { 0 };
+	uint64_t ids[300];
+
+	assert_int_equal(uv_loop_init(&loop), 0);
+	cl = kube_client_create(&loop, cfg);
+	for (int i = 0; i < 300; i++) {
+		ids[i] = kube_get(cl, &kube_resource_pods, "ns", "p", on_resp,
+		    i % 3 == 0 ? &cancelled : &a);
+		assert_true(ids[i] > 0);
+	}
+	for (int i = 0; i < 300; i += 3)
+		kube_client_cancel(cl, ids[i]);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_int_equal(a.count, 200);
+	assert_int_equal(cancelled.count, 0);
+	kube_client_destroy(cl);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&loop), 0);
+	kube_config_destroy(cfg);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -254,6 +283,7 @@ int main(void)
 		cmocka_unit_test(test_destroy_with_pending_requests),
 		cmocka_unit_test(test_callback_cancels_and_starts),
 		cmocka_unit_test(test_callback_destroys_client),
+		cmocka_unit_test(test_many_requests_queue),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

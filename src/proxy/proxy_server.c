@@ -91,9 +91,13 @@ static void server_on_session_closed(void *data, uint64_t id,
 		metric_add(srv->m_failed, 1);
 	else
 		metric_add(srv->m_ok, 1);
+	if (srv->destroying) {
+		server_maybe_free(srv);
+		return;
+	}
+	/* Last: the callback may destroy the server. */
 	if (srv->draining && srv->n_sessions == 0 && srv->drained_cb)
 		srv->drained_cb(srv->drained_data);
-	server_maybe_free(srv);
 }
 
 /* ---- builder events, by session id ---- */

@@ -473,7 +473,9 @@ static void session_step(struct proxy_session *s)
 	}
 	switch (s->state) {
 	case SESSION_KEX:
-		rc = ssh_handle_key_exchange(s->ssh);
+		/* KEX and authentication can both complete within one batch of
+		 * packets; libssh then reports neither as "KEX done". */
+		rc = s->authenticated ? SSH_OK : ssh_handle_key_exchange(s->ssh);
 		if (rc == SSH_AGAIN)
 			return;
 		if (rc != SSH_OK) {

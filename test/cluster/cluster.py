@@ -18,8 +18,9 @@ Library (stdlib only):
     c.sa_kubeconfig(sa, namespace, path)          -> path of a kubeconfig using it
     c.stop()                                      # always kills every process
 
-CLI:  python3 test/cluster/cluster.py up DIR
-      starts a cluster, prints `export KUBECONFIG=...`, runs until SIGINT/SIGTERM.
+CLI:  python3 test/cluster/cluster.py up DIR [--kubelet]
+      starts a cluster (and the test kubelet), prints `export KUBECONFIG=...`,
+      runs until SIGINT/SIGTERM, then stops everything.
 """
 
 import atexit
@@ -366,7 +367,20 @@ class Cluster:
             self._log("---- tail of %s ----\n%s" % (path, tail))
 
     def stop(self, grace=3.0):
-        """SIGTERM every process group, SIGKILL what is left after `grace`."""
+        """SIGTERM every process group, SIGKILL what is left after `grace`.
+        A kubelet started by the CLI goes first, given time to stop its pods."""
+        k = self.procs.pop("kubelet", None)
+        if k is not None and k.poll() is None:
+            k.terminate()
+            try:
+                k.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(k.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            k.wait()
         procs = list(self.procs.values())
         for p in procs:
             if p.poll() is None:
@@ -487,9 +501,18 @@ class Cluster:
 
 
 def _main(argv):
-    if len(argv) != 3 or argv[1] != "up":
-        print("usage: %s up DIR" % argv[0], file=sys.stderr)
-        return 2
+    import argparse
+    ap = argparse.ArgumentParser(prog="cluster.py",
+                                 description="Run the local test cluster until SIGINT/SIGTERM.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start a cluster in DIR")
+    up.add_argument("dir")
+    up.add_argument("--kubelet", action="store_true",
+                    help="also run the test kubelet (test/kubelet/kubelet.py), state in "
+                         "DIR/kubelet; needs root, and the host's Nix set up as in "
+                         "test/integration/conftest.py (HostNix)")
+    args = ap.parse_args(argv[1:])
+
     c = Cluster()
     stop = threading.Event()
 
@@ -498,11 +521,20 @@ def _main(argv):
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    c.start(argv[2])
-    print("export KUBECONFIG=%s" % c.kubeconfig, flush=True)
-    print("# kubectl: %s  (Ctrl-C stops the cluster)" %
-          os.path.join(c.bindir, "kubectl"), file=sys.stderr, flush=True)
     try:
+        c.start(args.dir)
+        if args.kubelet:
+            kdir = os.path.join(c.workdir, "kubelet")
+            os.makedirs(kdir, exist_ok=True)
+            # Pod files are read by the builder's SSH user.
+            for d in (c.workdir, kdir):
+                os.chmod(d, 0o755)
+            c._spawn("kubelet", [sys.executable,
+                                 os.path.join(REPO, "test", "kubelet", "kubelet.py"),
+                                 "--kubeconfig", c.kubeconfig, "--dir", kdir])
+        print("export KUBECONFIG=%s" % c.kubeconfig, flush=True)
+        print("# kubectl: %s  (Ctrl-C stops the cluster)" %
+              os.path.join(c.bindir, "kubectl"), file=sys.stderr, flush=True)
         while not stop.wait(1):
             dead = [n for n, p in c.procs.items() if p.poll() is not None]
             if dead:

@@ -371,11 +371,15 @@ def nrbc_bin():
     path = os.path.join(build, "src", "nrbc")
     with open(os.path.join(tempfile.gettempdir(), "nrbc-meson-build.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        steps = [["ninja", "-C", build, "-j2", "src/nrbc"]]
         if not os.path.exists(os.path.join(build, "build.ninja")):
-            subprocess.run(["meson", "setup", build], cwd=REPO, check=True,
-                           stdout=subprocess.DEVNULL)
-        subprocess.run(["ninja", "-C", build, "-j2", "src/nrbc"], cwd=REPO, check=True,
-                       stdout=subprocess.DEVNULL)
+            steps.insert(0, ["meson", "setup", build])
+        for argv in steps:
+            r = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+            if r.returncode != 0:
+                pytest.fail("building nrbc failed: %s\n%s" % (
+                    " ".join(argv), "\n".join(r.stdout.splitlines()[-40:])), pytrace=False)
     assert os.access(path, os.X_OK), "no nrbc binary at %s" % path
     return path
 

@@ -241,6 +241,11 @@ def test_unmatched_node_selector_is_unschedulable(cluster, kubelet, namespace, s
     assert "didn't match Pod's node affinity/selector" in cond["message"]
     assert pod["status"]["phase"] == "Pending"
     assert not pod["spec"].get("nodeName")
+    st, events = cluster.api("GET", "/api/v1/namespaces/%s/events?fieldSelector="
+                             "involvedObject.name%%3Dnowhere" % namespace)
+    assert st == 200
+    assert [e for e in events["items"] if e["reason"] == "FailedScheduling"
+            and e["type"] == "Warning"], events["items"]
     # An unbound pod goes away at once on delete.
     cluster.kubectl("delete", "pod", "nowhere", "-n", namespace, "--wait=true", "--timeout=20s")
 

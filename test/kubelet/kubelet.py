@@ -298,6 +298,7 @@ class PodWorker(threading.Thread):
         self.conditions = {}
         self.start_time = None
         self.container_started = None
+        self.events_sent = set()
 
     # -- events from the watch
     def update(self, pod):
@@ -330,6 +331,28 @@ class PodWorker(threading.Thread):
 
     def path(self, sub):
         return "/api/v1/namespaces/%s/pods/%s%s" % (self.ns, self.name, sub)
+
+    def event(self, etype, reason, message, component="kubelet"):
+        """A core/v1 Event on the pod, as the scheduler or kubelet posts
+        them (kubectl describe shows them); once per reason and message."""
+        key = (reason, message)
+        if key in self.events_sent:
+            return
+        self.events_sent.add(key)
+        t = now()
+        body = {"apiVersion": "v1", "kind": "Event",
+                "metadata": {"generateName": self.name + ".", "namespace": self.ns},
+                "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": self.ns,
+                                   "name": self.name, "uid": self.uid},
+                "reason": reason, "message": message, "type": etype,
+                "source": {"component": component,
+                           "host": self.k.node if component == "kubelet" else ""},
+                "reportingComponent": component, "reportingInstance": self.k.node,
+                "firstTimestamp": t, "lastTimestamp": t, "count": 1}
+        try:
+            self.k.api.request("POST", "/api/v1/namespaces/%s/events" % self.ns, body)
+        except (ApiError, OSError) as e:
+            log("%s/%s: event %s not posted: %s" % (self.ns, self.name, reason, e))
 
     # -- status
     def set_condition(self, ctype, status, reason=None, message=None):
@@ -448,6 +471,8 @@ class PodWorker(threading.Thread):
                       reason="DeadlineExceeded",
                       message="Pod was active on the node longer than the specified deadline")
             log("%s/%s: deadline exceeded" % (self.ns, self.name))
+            self.event("Normal", "DeadlineExceeded",
+                       "Pod was active on the node longer than the specified deadline")
             self.release_resources()
             self.idle_until_deleted()
 
@@ -472,7 +497,9 @@ class PodWorker(threading.Thread):
                    "1 Preemption is not helpful for scheduling." % why)
             self.set_condition("PodScheduled", "False", "Unschedulable", msg)
             self.push("Pending")
-            log("%s/%s: unschedulable: %s" % (self.ns, self.name, why))
+            if ("FailedScheduling", msg) not in self.events_sent:
+                log("%s/%s: unschedulable: %s" % (self.ns, self.name, why))
+            self.event("Warning", "FailedScheduling", msg, "default-scheduler")
             # Node labels never change here; resources may free up.
             self.wait(5)
         try:
@@ -487,6 +514,8 @@ class PodWorker(threading.Thread):
             raise
         self.bound = True
         log("%s/%s: bound to %s" % (self.ns, self.name, self.k.node))
+        self.event("Normal", "Scheduled", "Successfully assigned %s/%s to %s" % (
+            self.ns, self.name, self.k.node), "default-scheduler")
 
     def run_pod(self):
         self.ip = self.latest().get("status", {}).get("podIP")
@@ -513,7 +542,9 @@ class PodWorker(threading.Thread):
             except ConfigError as e:
                 self.push("Pending", {"waiting": {"reason": "CreateContainerConfigError",
                                                   "message": str(e)}})
-                log("%s/%s: CreateContainerConfigError: %s" % (self.ns, self.name, e))
+                if ("Failed", "Error: " + str(e)) not in self.events_sent:
+                    log("%s/%s: CreateContainerConfigError: %s" % (self.ns, self.name, e))
+                self.event("Warning", "Failed", "Error: " + str(e))
                 self.wait(2)
 
         self.spawn(env)
@@ -521,12 +552,16 @@ class PodWorker(threading.Thread):
         running = {"running": {"startedAt": self.container_started}}
         self.push("Running", running, started=True)
         log("%s/%s: running pid %d on %s" % (self.ns, self.name, self.pid, self.ip))
+        self.event("Normal", "Started", "Started container %s" % self.container().get("name"))
         self.monitor(running)
 
     def pull_fails(self, image):
         msg = ('rpc error: code = NotFound desc = failed to pull and unpack image "%s": '
                'failed to resolve reference "%s": %s: not found' % (image, image, image))
         backoff = 5
+        self.event("Normal", "Pulling", 'Pulling image "%s"' % image)
+        self.event("Warning", "Failed", 'Failed to pull image "%s": %s' % (image, msg))
+        self.event("Warning", "Failed", "Error: ErrImagePull")
         while True:
             self.push("Pending", {"waiting": {"reason": "ErrImagePull", "message": msg}})
             end = time.monotonic() + 3
@@ -534,6 +569,7 @@ class PodWorker(threading.Thread):
                 self.wait(end - time.monotonic())
             self.push("Pending", {"waiting": {"reason": "ImagePullBackOff",
                                               "message": 'Back-off pulling image "%s"' % image}})
+            self.event("Normal", "BackOff", 'Back-off pulling image "%s"' % image)
             end = time.monotonic() + backoff
             while time.monotonic() < end:
                 self.wait(end - time.monotonic())
@@ -800,6 +836,9 @@ class PodWorker(threading.Thread):
         self.k.release(self)
 
     def teardown(self):
+        if self.pid is not None and alive(self.pid, self.pid_start) and not self.gone \
+                and not self.k.stopping.is_set():
+            self.event("Normal", "Killing", "Stopping container %s" % self.container().get("name"))
         self.kill()
         self.release_resources()
         if self.k.stopping.is_set() and not self.gone:

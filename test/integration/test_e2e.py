@@ -2,10 +2,22 @@
 controller and proxy running as the manifests say, and a real Nix client
 building through the proxy. Afterwards nothing is left in the cluster."""
 
+import hashlib
+import subprocess
+import threading
+import time
+
 import pytest
 
 from conftest import salt
 from stack import Stack
+
+
+def closure(store, path):
+    r = subprocess.run(["nix-store", "--store", store, "-qR", path], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
 
 
 @pytest.fixture(scope="module")
@@ -25,4 +37,53 @@ def test_nix_build_through_nrbc(stack, nix_client, scheme):
     assert remote.out == local.out
     assert nix_client.has(remote.out)
     assert nix_client.read(remote.out) == nix_client.read(local.out, store=local.store)
+    stack.wait_clean()
+
+
+@pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
+def test_graph_of_eleven_derivations(stack, nix_client, scheme):
+    args = {"salt": salt(), "n": 10}
+    remote = nix_client.build("graph.nix", builders=stack.builders(scheme),
+                              sshopts=stack.sshopts(), args=args)
+    local = nix_client.build_local("graph.nix", args=args)
+    assert remote.out == local.out
+    paths = closure(nix_client.store, remote.out)
+    assert len(paths) == 11, paths
+    for path in paths:
+        assert nix_client.read(path) == nix_client.read(path, store=local.store), path
+    stack.wait_clean()
+
+
+def test_large_output_arrives_intact(stack, nix_client):
+    size = 200 * 1024 * 1024
+    remote = nix_client.build("size.nix", builders=stack.builders("ssh-ng"),
+                              sshopts=stack.sshopts(), args={"salt": salt(), "size": size})
+    got = nix_client.read(remote.out)
+    assert len(got) == size
+    # The builders' store is the host's: what the builder made, byte for byte.
+    assert hashlib.sha256(got).digest() == hashlib.sha256(
+        open(remote.out, "rb").read()).digest()
+    stack.wait_clean()
+
+
+def test_parallel_builds_get_a_builder_each(stack, nix_client):
+    seen = {"max": 0, "names": set()}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            live = [r["metadata"]["name"] for r in stack.requests()]
+            seen["max"] = max(seen["max"], len(live))
+            seen["names"].update(live)
+            time.sleep(0.1)
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        nix_client.build("parallel.nix", builders=stack.builders("ssh", max_jobs=4),
+                         sshopts=stack.sshopts(), args={"salt": salt(), "n": 8, "seconds": 8})
+    finally:
+        stop.set()
+        t.join()
+    assert seen["max"] == 4, seen
+    assert len(seen["names"]) >= 8, seen
     stack.wait_clean()

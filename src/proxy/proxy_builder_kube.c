@@ -243,7 +243,7 @@ static void kube_on_create(struct proxy_builder_kube *k, struct kube_op *op,
 		return;
 	}
 	kube_wait_set_state(w, KUBE_WAIT_WAITING);
-	msg = str_printf("nrbc: requested a builder (NixBuildRequest %s/%s)", k->namespace,
+	msg = str_printf("requested a builder (NixBuildRequest %s/%s)", k->namespace,
 	    w->name);
 	if (msg)
 		k->base.events->progress(w->session_id, msg, k->base.data);
@@ -284,14 +284,14 @@ static const char *json_str_at(const json_t *obj, const char *a, const char *b)
 	return s ? s : "";
 }
 
-/* "nrbc: builder pod P: Phase - Reason: message", what the Nix user sees. */
+/* "builder pod P: Phase - Reason: message", what the Nix user sees. */
 static char *kube_progress_text(const char *pod, const char *phase, const char *reason,
     const char *message)
 {
 	struct buf t;
 
 	buf_init(&t, 1024);
-	if (buf_printf(&t, "nrbc: builder pod %s: %s", pod[0] ? pod : "(not created yet)",
+	if (buf_printf(&t, "builder pod %s: %s", pod[0] ? pod : "(not created yet)",
 	    phase[0] ? phase : "Pending") < 0)
 		goto fail;
 	if ((reason[0] || message[0]) && buf_printf(&t, " - %s%s%s", reason,
@@ -317,9 +317,9 @@ static void kube_observe(struct proxy_builder_kube *k, json_t *obj)
 	if (!w || (w->state != KUBE_WAIT_WAITING && w->state != KUBE_WAIT_READY))
 		return;
 	if (strcmp(phase, "Failed") == 0) {
-		text = str_printf("nrbc: builder %s failed: %s%s%s", pod[0] ? pod : w->name,
+		text = str_printf("builder %s failed: %s%s%s", pod[0] ? pod : w->name,
 		    reason[0] ? reason : "Failed", message[0] ? ": " : "", message);
-		kube_deliver_failed(k, w, text ? text : "nrbc: builder failed");
+		kube_deliver_failed(k, w, text ? text : "builder failed");
 		free(text);
 		return;
 	}
@@ -361,8 +361,8 @@ static void kube_on_delete(json_t *obj, void *data)
 
 	if (!w || (w->state != KUBE_WAIT_WAITING && w->state != KUBE_WAIT_READY))
 		return;
-	msg = str_printf("nrbc: NixBuildRequest %s/%s was deleted", k->namespace, w->name);
-	kube_deliver_failed(k, w, msg ? msg : "nrbc: NixBuildRequest was deleted");
+	msg = str_printf("NixBuildRequest %s/%s was deleted", k->namespace, w->name);
+	kube_deliver_failed(k, w, msg ? msg : "NixBuildRequest was deleted");
 	free(msg);
 }
 
@@ -396,11 +396,11 @@ static void kube_on_tick(uv_timer_t *t)
 		struct kube_wait *next = w->next;
 		if ((w->state == KUBE_WAIT_WAITING || w->state == KUBE_WAIT_CREATING) &&
 		    !w->released && k->wait_timeout_ms && now - w->started_ms >= k->wait_timeout_ms) {
-			char *msg = str_printf("nrbc: gave up after %llu s waiting for a builder "
+			char *msg = str_printf("gave up after %llu s waiting for a builder "
 			    "(NixBuildRequest %s/%s%s%s)", (unsigned long long)(k->wait_timeout_ms / 1000),
 			    k->namespace, w->name, w->last_progress ? "; last: " : "",
 			    w->last_progress ? w->last_progress : "");
-			kube_deliver_failed(k, w, msg ? msg : "nrbc: timed out waiting for a builder");
+			kube_deliver_failed(k, w, msg ? msg : "timed out waiting for a builder");
 			free(msg);
 		}
 		w = next;

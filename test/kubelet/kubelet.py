@@ -32,11 +32,13 @@ import ctypes
 import json
 import os
 import queue
+import random
 import re
 import shutil
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -242,17 +244,37 @@ class IPAllocator:
     def __init__(self):
         self.lock = threading.Lock()
         self.used = set()
-        self.next = 0
+        # Other kubelets (parallel test runs) and leftovers of crashed runs
+        # may hold addresses too: start at a random place and skip any
+        # address something already listens on.
+        self.next = random.randrange(254 * 254)
+
+    @staticmethod
+    def listening():
+        """Addresses with a listening TCP socket (from /proc/net/tcp)."""
+        found = set()
+        try:
+            with open("/proc/net/tcp") as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A":
+                        ip = int(fields[1].split(":")[0], 16)
+                        found.add(socket.inet_ntoa(struct.pack("<I", ip)))
+        except OSError:
+            pass
+        return found
 
     def _addr(self, n):
         return "127.0.%d.%d" % (1 + n // 254, 1 + n % 254)
 
     def allocate(self):
+        busy = self.listening()
         with self.lock:
             for i in range(254 * 254):
                 n = (self.next + i) % (254 * 254)
                 a = self._addr(n)
-                if a not in self.used:
+                if a not in self.used and a not in busy:
                     self.used.add(a)
                     self.next = n + 1
                     return a

@@ -40,7 +40,10 @@ struct kube_response {
 typedef void (*kube_response_cb)(const struct kube_response *resp, void *data);
 
 struct kube_client *kube_client_create(uv_loop_t *loop, struct kube_config *cfg);
-/* Cancels every request without calling its callback. Accepts NULL. */
+/* Cancels every request without calling its callback. Accepts NULL. Destroy
+ * informers and watches first: they cancel their requests through the
+ * client. Safe inside a callback; memory goes once the loop has closed the
+ * client's handles. */
 void kube_client_destroy(struct kube_client *c);
 struct kube_config *kube_client_config(struct kube_client *c);
 uv_loop_t *kube_client_loop(struct kube_client *c);
@@ -56,7 +59,11 @@ char *kube_url_escape(const char *s);
 
 /* A raw request. body may be NULL; content_type NULL means JSON. The
  * timeout is per request (0: the client default, 30 s). Returns the
- * request id (> 0), or 0 when it could not be started (cb is not called). */
+ * request id (> 0), or 0 when it could not be started (cb is not called).
+ * At most 64 ordinary requests are with libcurl at once (so a burst
+ * multiplexes over one HTTP/2 connection); the rest wait in order.
+ * Response bodies are capped at 64 MiB; a Status body fills reason and
+ * message. Callbacks never run inside the call that started a request. */
 uint64_t kube_client_request(struct kube_client *c, const char *method, const char *path,
     const json_t *body, const char *content_type, uint64_t timeout_ms, kube_response_cb cb,
     void *data);

@@ -139,6 +139,16 @@ static char *resolve_path(const char *base_dir, const char *path)
 	return str_printf("%s/%s", base_dir, path);
 }
 
+/* A token goes into an HTTP header: a control character would let a
+ * file inject headers, and is never part of a real token. */
+static bool token_valid(const char *s)
+{
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			return false;
+	return s[0] != '\0';
+}
+
 static void trim_trailing_space(char *s)
 {
 	size_t n = strlen(s);
@@ -403,6 +413,11 @@ static int parse_user(struct kc_parse *kp, yaml_node_t *user, const char *path,
 	    get_str(kp, user, path, "username", &username) < 0 ||
 	    get_str(kp, user, path, "password", &password) < 0)
 		return -1;
+	if (token && !token_valid(token)) {
+		set_err(kp->err, "%s: %s.token: empty or contains control characters",
+		    kp->origin, path);
+		return -1;
+	}
 	if (dup_opt(token, &cfg->token) < 0 || dup_opt(username, &cfg->username) < 0 ||
 	    dup_opt(password, &cfg->password) < 0)
 		goto nomem;
@@ -726,7 +741,7 @@ static int token_refresh(struct kube_config *cfg, char **err)
 	if (rc < 0)
 		goto fail;
 	trim_trailing_space(text.data);
-	if (!text.data[0]) {
+	if (!token_valid(text.data)) {
 		blob_free(&text);
 		rc = -ENODATA;
 		goto fail;
@@ -745,11 +760,11 @@ static int token_refresh(struct kube_config *cfg, char **err)
 fail:
 	if (cfg->token_read) {
 		log_warnx("%s: cannot re-read token file %s: %s; keeping the previous token",
-		    cfg->origin, cfg->token_file, rc == -ENODATA ? "empty" : file_error(rc));
+		    cfg->origin, cfg->token_file, rc == -ENODATA ? "empty or contains control characters" : file_error(rc));
 		return 0;
 	}
 	set_err(err, "%s: token file %s: %s", cfg->origin, cfg->token_file,
-	    rc == -ENODATA ? "empty" : file_error(rc));
+	    rc == -ENODATA ? "empty or contains control characters" : file_error(rc));
 	return -1;
 }
 

@@ -19,7 +19,10 @@ struct kube_informer_handlers {
 
 struct kube_informer;
 
-/* ns NULL: all namespaces. label_selector may be NULL. Handlers may be NULL. */
+/* ns NULL: all namespaces. label_selector may be NULL. Handlers may be NULL.
+ * Handlers see the cache already updated; they may start requests and may
+ * destroy the informer (nothing more is called after that). Listed
+ * objects get kind and apiVersion filled in. */
 struct kube_informer *kube_informer_create(struct kube_client *c,
     const struct kube_resource *r, const char *ns, const char *label_selector,
     const struct kube_informer_handlers *handlers, void *data);

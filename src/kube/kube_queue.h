@@ -11,8 +11,9 @@
 
 struct kube_queue;
 
-/* process is called from the loop for one key at a time per key; it must
- * later call kube_queue_done (possibly from an async callback). */
+/* process is called from the loop (never inside kube_queue_add) for one
+ * key at a time per key; it must later call kube_queue_done (possibly from
+ * an async callback). key stays valid until then. */
 typedef void (*kube_queue_process_cb)(struct kube_queue *q, const char *key, void *data);
 
 /* max_in_flight bounds how many keys are processed at once. Backoff starts

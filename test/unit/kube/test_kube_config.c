@@ -273,6 +273,12 @@ static void test_broken_configs(void **state)
 	    "clusters[0].cluster.server: expected a string");
 	expect_parse_error(
 	    "current-context: c\n"
+	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+	    "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+	    "users: [{name: u, user: {token: \"a\\nX-Injected: 1\"}}]\n", NULL,
+	    "users[0].user.token: empty or contains control characters");
+	expect_parse_error(
+	    "current-context: c\n"
 	    "clusters: {name: k}\n"
 	    "contexts: [{name: c, context: {cluster: k}}]\n", NULL,
 	    "clusters: expected a list");

@@ -218,6 +218,21 @@ def test_many_pods_start_at_once(cluster, kubelet, namespace, ssh_keys):
         assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+def test_without_host_key_an_ephemeral_one_is_generated_loudly(cluster, kubelet, namespace,
+                                                               ssh_keys):
+    ssh_keys.create_secret(cluster, namespace, host_key=False)
+    cluster.apply(json.dumps(nix_conf_configmap("nix-conf", namespace)))
+    pod = builder_pod("ephemeral", namespace)
+    pod["spec"]["volumes"][0]["secret"]["items"] = [{"key": "public", "path": "public"}]
+    cluster.apply(json.dumps(pod))
+    pod = wait_pod(cluster, namespace, "ephemeral", pod_ready, 60)
+    log = kubelet.pod_log(pod["metadata"]["uid"])
+    assert "WARNING: generated an EPHEMERAL host key" in log, log
+    # Our known host key does not match: a strict client refuses it.
+    r = ssh(ssh_keys, pod["status"]["podIP"], "true")
+    assert r.returncode == 255 and "HOST IDENTIFICATION HAS CHANGED" in r.stderr, r.stderr
+
+
 # ---- failure simulations ---------------------------------------------------------
 
 def waiting_reason(pod):

@@ -61,7 +61,9 @@ _log_lock = threading.Lock()
 
 def log(msg):
     with _log_lock:
-        sys.stderr.write("%s kubelet: %s\n" % (time.strftime("%H:%M:%S"), msg))
+        t = time.time()
+        sys.stderr.write("%s.%03d kubelet: %s\n" % (time.strftime("%H:%M:%S", time.localtime(t)),
+                                                  int(t * 1000) % 1000, msg))
         sys.stderr.flush()
 
 

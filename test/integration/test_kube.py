@@ -573,6 +573,8 @@ def replay(events):
     """The cache implied by the handler calls: each key's last rv."""
     state = {}
     for e in events:
+        if e["event"] == "get":
+            continue
         if e["event"] in ("add", "update"):
             assert e["event"] != "add" or e["key"] not in state, e
             assert e["event"] != "update" or e["key"] in state, e
@@ -587,7 +589,7 @@ def test_informer_crud_and_selector(kc, ns, kubetool):
     labelled = nbr("l1")
     labelled["metadata"]["labels"] = {"team": "a"}
     assert kt(kubetool, kc, "create", "nbr", ns, "-", input=json.dumps(labelled))[0] == 0
-    t = informer(kubetool, kc, ns)
+    t = informer(kubetool, kc, ns, "--get-on-event")
     ts = informer(kubetool, kc, ns, "--selector", "team=a")
     try:
         assert kt(kubetool, kc, "create", "nbr", ns, "-", input=json.dumps(nbr("x")))[0] == 0
@@ -603,8 +605,13 @@ def test_informer_crud_and_selector(kc, ns, kubetool):
     finally:
         t.stop()
         ts.stop()
-    kinds = [(e["event"], e.get("key")) for e in t.events() if e["event"] != "cache"]
+    kinds = [(e["event"], e.get("key")) for e in t.events()
+             if e["event"] not in ("cache", "get")]
     k = ns + "/"
+    # Requests started from inside the handlers completed.
+    gets = sorted((e["key"], e["status"]) for e in t.events() if e["event"] == "get")
+    assert [g[0] for g in gets] == [k + "l1", k + "x"]
+    assert all(g[1] in (200, 404) for g in gets) and gets[0][1] == 200, gets
     assert kinds == [("add", k + "l1"), ("synced", None), ("add", k + "x"),
                      ("update", k + "x"), ("update", k + "l1"), ("delete", k + "x")]
     assert t.cache()["items"] == want
@@ -733,7 +740,9 @@ def test_informer_across_apiserver_restart_and_forced_410(kc, ns, kubetool, tmp_
 
 
 def test_informer_burst_of_1000(kc, ns, kubetool, tmp_path):
-    t = informer(kubetool, kc, ns)
+    # Each add handler also GETs its object: 1,000 requests started from
+    # inside libcurl's write callback, queued and multiplexed.
+    t = informer(kubetool, kc, ns, "--get-on-event")
     tmpl = tmp_path / "nbr.json"
     tmpl.write_text(json.dumps(nbr("burst")))
     try:
@@ -744,6 +753,10 @@ def test_informer_burst_of_1000(kc, ns, kubetool, tmp_path):
         t.wait(lambda ls: len([e for e in ls if e["event"] == "add"]) >= 1000, timeout=120,
                what="1000 adds")
         seen_s = time.monotonic() - t0
+        gets = t.wait(lambda ls: (lambda g: len(g) >= 1000 and g)(
+            [e for e in ls if e["event"] == "get"]), timeout=120, what="1000 gets")
+        assert len(gets) == 1000 and all(g["status"] == 200 for g in gets)
+        assert len({g["key"] for g in gets}) == 1000
         want = cache_of_list(kc, ns)
         assert len(want) == 1000
         assert final_cache(t) == want

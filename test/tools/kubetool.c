@@ -11,7 +11,7 @@
  *     create-many RES NS FILE COUNT      names become NAME-0 .. NAME-(COUNT-1)
  *     delete-many RES NS PREFIX COUNT
  *     watch RES NS [--rv RV] [--selector S]
- *     informer RES NS [--selector S] [--objects]
+ *     informer RES NS [--selector S] [--objects] [--get-on-event]
  *     shell                              JSON arrays of the above on stdin
  *
  * NS "-" means all namespaces. Single requests print the response body as
@@ -55,6 +55,8 @@ struct tool {
 	bool stdin_open;
 	bool shell_busy;
 	bool objects;
+	bool get_on_event; /* informer: GET each added object from its handler */
+	const struct kube_resource *resource;
 	int exit_code;
 	/* many */
 	size_t many_total, many_done, many_failed;
@@ -270,9 +272,28 @@ static void emit(const char *event, json_t *obj, json_t *old)
 	free(key);
 }
 
+static void on_event_get(const struct kube_response *resp, void *data)
+{
+	json_t *line = json_pack("{s:s, s:s, s:I}", "event", "get", "key", (char *)data,
+	    "status", (json_int_t)resp->status);
+
+	print_json_line(line);
+	json_decref(line);
+	free(data);
+}
+
 static void inf_add(json_t *obj, void *data)
 {
+	char *key;
+
 	emit("add", obj, NULL);
+	/* Handlers run inside libcurl's write callback: starting a request
+	 * here is what controllers do, and must work. */
+	if (T.get_on_event && (key = kube_object_key(obj))) {
+		if (!kube_get(T.client, T.resource, kube_object_namespace(obj),
+		    kube_object_name(obj), on_event_get, key))
+			free(key);
+	}
 }
 
 static void inf_update(json_t *old, json_t *obj, void *data)
@@ -522,6 +543,8 @@ static int run_command(int argc, char **argv)
 			status = true;
 		else if (strcmp(argv[i], "--objects") == 0)
 			T.objects = true;
+		else if (strcmp(argv[i], "--get-on-event") == 0)
+			T.get_on_event = true;
 		else if (npos < 6)
 			pos[npos++] = argv[i];
 		else
@@ -535,6 +558,8 @@ static int run_command(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	const char *ns = ns_arg(pos[1]);
+
+	T.resource = r;
 
 	if (strcmp(cmd, "get") == 0 && npos == 3) {
 		id = kube_get(T.client, r, ns, pos[2], on_single, NULL);

@@ -1,0 +1,106 @@
+#!/usr/bin/python3
+"""P6: a real Nix build of an 11-derivation graph through nrbc, beside the
+same build against one builder reached directly by SSH, in one run on the
+same machine and the same local cluster.
+
+  direct   one builder pod (made by hand, already Running), ssh-ng straight
+           to its IP: the baseline
+  nrbc     through the proxy: Nix opens one connection per derivation, so
+           each derivation waits for a fresh builder pod (cold start)
+
+Prints wall times, the ratio, and how much of the nrbc time sessions spent
+waiting for their pod (from the proxy's log: "ready after N ms").
+
+Usage: test/bench/bench_nix_build.py [--nrbc build/src/nrbc] [--runs 3] [--n 10]
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "test", "integration"))
+
+import conftest  # noqa: E402
+from stack import NAMESPACE, Stack  # noqa: E402
+
+
+def build(client, builders, sshopts, n):
+    t0 = time.monotonic()
+    client.build("graph.nix", builders=builders, sshopts=sshopts,
+                 args={"salt": uuid.uuid4().hex, "n": n})
+    return time.monotonic() - t0
+
+
+def waits_ms(log_text):
+    return [int(m) for m in re.findall(r"ready after (\d+) ms", log_text)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nrbc", default=os.path.join(REPO, "build", "src", "nrbc"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--n", type=int, default=10)
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="nrbc-bench-build-")
+    os.chmod(work, 0o755)
+    cluster = conftest.cluster_mod.Cluster(os.environ.get("NRBC_CLUSTER_BIN")
+                                           or conftest.cluster_mod.build_binaries())
+    kubelet = stack = None
+    try:
+        cluster.start(os.path.join(work, "cluster"))
+        conftest.HostNix().prepare()
+        kubelet = conftest.KubeletProc(cluster).start()
+        stack = Stack(cluster, kubelet, args.nrbc, work).install().start()
+
+        # The baseline builder: a pod like the controller's, made by hand,
+        # with the same Secret and ConfigMap; Nix reaches it directly.
+        cluster.apply(__import__("json").dumps(conftest.builder_pod(
+            "direct-builder", NAMESPACE, secret="nix-builder-ssh-keys",
+            configmap="nix-config")))
+        pod = conftest.wait_pod(cluster, NAMESPACE, "direct-builder", conftest.pod_ready, 60)
+        ip = pod["status"]["podIP"]
+        kh = os.path.join(work, "direct_known_hosts")
+        with open(kh, "w") as f:
+            f.write("%s %s" % (ip, open(stack.keys["host-key"] + ".pub").read()))
+        direct_opts = conftest.NixClient.sshopts(22, stack.keys["builder-key"], kh)
+        direct_builders = conftest.NixClient.builders(ip, scheme="ssh-ng", max_jobs=4)
+
+        direct, through = [], []
+        for i in range(args.runs):
+            c = conftest.NixClient(os.path.join(work, "client-%d" % i))
+            os.makedirs(c.dir, exist_ok=True)
+            direct.append(build(c, direct_builders, direct_opts, args.n))
+            before = len(waits_ms(stack.proxy.log()))
+            through.append(build(c, stack.builders("ssh-ng"), stack.sshopts(), args.n))
+            waits = waits_ms(stack.proxy.log())[before:]
+            print("run %d: direct %.2f s, nrbc %.2f s (%d sessions, pod wait %.2f s in all)"
+                  % (i + 1, direct[-1], through[-1], len(waits), sum(waits) / 1000),
+                  flush=True)
+        all_waits = waits_ms(stack.proxy.log())
+        d, t = statistics.median(direct), statistics.median(through)
+        wait_share = sum(all_waits) / 1000 / sum(through)
+        print()
+        print("P6 %d-derivation build, median of %d: direct %.2f s, through nrbc %.2f s, "
+              "ratio %.2fx" % (args.n + 1, args.runs, d, t, t / d))
+        print("P6 sessions waited for a fresh pod %.0f%% of nrbc's wall time "
+              "(p50 %d ms per session, %d sessions)"
+              % (100 * wait_share, statistics.median(all_waits), len(all_waits)))
+    finally:
+        if stack:
+            stack.stop()
+        if kubelet:
+            kubelet.stop()
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

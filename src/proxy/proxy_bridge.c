@@ -665,7 +665,10 @@ static size_t bridge_step_running(struct proxy_bridge *b, struct proxy_upstream 
 	moved += bridge_flush_down(b, 0) + bridge_flush_down(b, 1);
 	moved += bridge_pump_up(b, u);
 	moved += bridge_pump_down(b, u, 0);
-	moved += bridge_pump_down(b, u, 1);
+	/* Each read ends in a recv() that would block; skip stderr's when
+	 * nothing is queued for this channel at all. */
+	if (b->state == BRIDGE_RUNNING && (b->down[1].len || libssh2_poll_channel_read(b->uch, 1)))
+		moved += bridge_pump_down(b, u, 1);
 	if (b->state != BRIDGE_RUNNING)
 		return moved;
 	if (!b->u_eof_in && libssh2_channel_eof(b->uch) == 1)

@@ -320,6 +320,7 @@ def test_informer_recovers_from_broken_watch_streams(fake, tmp_path, kubetool):
             fake.list_rv = 26  # unchanged content, the third list
     finally:
         t.stop()
+    assert t.p.returncode == 0, t.stderr()  # LeakSanitizer would make it non-zero
     got = [(e["event"], e.get("key"), e.get("rv")) for e in t.events()
            if e["event"] != "cache"]
     assert got == [
@@ -605,6 +606,7 @@ def test_informer_crud_and_selector(kc, ns, kubetool):
     finally:
         t.stop()
         ts.stop()
+    assert t.p.returncode == 0 and ts.p.returncode == 0, t.stderr() + ts.stderr()
     kinds = [(e["event"], e.get("key")) for e in t.events()
              if e["event"] not in ("cache", "get")]
     k = ns + "/"
@@ -737,6 +739,7 @@ def test_informer_across_apiserver_restart_and_forced_410(kc, ns, kubetool, tmp_
                    for x in t.err[err_before:]), t.stderr()
     finally:
         t.stop()
+    assert t.p.returncode == 0, t.stderr()
 
 
 def test_informer_burst_of_1000(kc, ns, kubetool, tmp_path):
@@ -768,6 +771,7 @@ def test_informer_burst_of_1000(kc, ns, kubetool, tmp_path):
         assert final_cache(t) == {} == cache_of_list(kc, ns)
     finally:
         t.stop()
+    assert t.p.returncode == 0, t.stderr()
     print("burst: 1000 creates in %.0f ms over one client; informer saw all in %.1f s"
           % (create_ms, seen_s))
 

@@ -98,9 +98,19 @@ struct proxy_command_policy *proxy_command_policy_create(const char *extra, bool
 		const char *comma = strchr(s, ',');
 		size_t len = comma ? (size_t)(comma - s) : strlen(s);
 
+		char words_buf[PROXY_COMMAND_MAX_LEN + 1];
+		const char *words[PROXY_COMMAND_MAX_WORDS];
+
 		if (is_malformed(s, len)) {
-			*err = str_printf("allowed command #%zu is empty or has control characters",
-			    p->n_extra + 1);
+			*err = str_printf("allowed command #%zu is empty, too long or has control "
+			    "characters", p->n_extra + 1);
+			goto bad;
+		}
+		/* What could never match is a configuration error, not a no-op. */
+		if (proxy_command_split(s, len, words_buf, sizeof(words_buf), words,
+		    PROXY_COMMAND_MAX_WORDS) < 0) {
+			*err = str_printf("allowed command #%zu has more than %d words",
+			    p->n_extra + 1, PROXY_COMMAND_MAX_WORDS);
 			goto bad;
 		}
 		if (p->n_extra == PROXY_COMMAND_MAX_EXTRA) {

@@ -67,6 +67,11 @@ static void test_extra_and_any(void **state)
 	assert_null(proxy_command_policy_create("ok,,x", false, &err));
 	assert_non_null(err);
 	free(err);
+	/* Found by the fuzzer: an allowed command that could never match. */
+	assert_null(proxy_command_policy_create("a b c d e f g h i j k l m n o p q r s t u v w x y "
+	    "z a b c d e f g", false, &err));
+	assert_non_null(strstr(err, "more than"));
+	free(err);
 }
 
 static void test_split(void **state)

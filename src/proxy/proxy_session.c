@@ -289,7 +289,7 @@ static int session_on_auth_pubkey(ssh_session ssh, const char *user, struct ssh_
 	const char *comment = NULL;
 	int idx = proxy_keys_find_client(s->env->keys, pubkey, &comment);
 
-	if (s->authenticated)
+	if (s->authenticated || s->auth_failures >= s->env->max_auth_tries)
 		return SSH_AUTH_DENIED;
 	if (idx < 0 || (signature_state != SSH_PUBLICKEY_STATE_NONE &&
 	    signature_state != SSH_PUBLICKEY_STATE_VALID)) {
@@ -558,8 +558,15 @@ static void session_client_io(struct proxy_session *s)
 {
 	int rc = SSH_OK;
 
-	for (int i = 0; i < SESSION_POLLS_PER_RUN && rc == SSH_OK; i++)
+	for (int i = 0; i < SESSION_POLLS_PER_RUN && rc == SSH_OK; i++) {
 		rc = ssh_event_dopoll(s->event, 0);
+		if (s->auth_failures >= s->env->max_auth_tries)
+			break;
+	}
+	if (s->auth_failures >= s->env->max_auth_tries) {
+		session_closef(s, "too many authentication failures (%d)", s->auth_failures);
+		return;
+	}
 	if (rc == SSH_ERROR || (ssh_get_status(s->ssh) & (SSH_CLOSED | SSH_CLOSED_ERROR))) {
 		const char *why = ssh_get_error(s->ssh);
 		session_closef(s, "client disconnected%s%s", why && *why ? ": " : "",

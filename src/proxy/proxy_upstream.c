@@ -354,9 +354,23 @@ bad:
 static void upstream_on_close(uv_handle_t *h)
 {
 	struct proxy_upstream *u = h->data;
+	int rc = 0;
 
-	if (u->ssh)
-		libssh2_session_free(u->ssh);
+	if (u->ssh) {
+		/* A non-blocking libssh2_session_free() returns EAGAIN while it
+		 * still has channels to close politely. With the socket shut
+		 * down those closes fail at once, and the free goes through. */
+		if (u->fd >= 0)
+			shutdown(u->fd, SHUT_RDWR);
+		for (int i = 0; i < 16; i++) {
+			rc = libssh2_session_free(u->ssh);
+			if (rc != LIBSSH2_ERROR_EAGAIN)
+				break;
+		}
+		if (rc == LIBSSH2_ERROR_EAGAIN)
+			log_warnx("session=%llu cannot free the builder SSH session",
+			    (unsigned long long)u->session_id);
+	}
 	if (u->fd >= 0)
 		close(u->fd);
 	free(u->host);

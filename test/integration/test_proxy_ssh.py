@@ -33,6 +33,9 @@ OTHER_BUILDER_IP = NET + ".3"
 PROXY_IP = NET + ".10"
 MIB = 1024 * 1024
 BIG = 256 * MIB
+# Sanitizer builds (ASan's shadow memory and quarantine) need a higher bound
+# for the proxy's RSS; the bytes are checked all the same.
+RSS_LIMIT_KIB = int(os.environ.get("NRBC_TEST_PROXY_RSS_LIMIT_KIB", 50 * 1024))
 
 
 def free_port(ip):
@@ -198,13 +201,18 @@ def world(nrbc_bin, tmp_path_factory):
         return p
     w.proxy = proxy
     w.main = proxy("--allow-any-command")
+    codes = []
     try:
         yield w
     finally:
         for p in w.proxies:
-            p.stop()
+            codes.append((p.stop(), p.log_path))
         builder.stop()
-        shutil.rmtree(d, ignore_errors=True)
+    # A clean exit after SIGTERM (a sanitizer build also exits non-zero on
+    # leaks or errors).
+    bad = [(c, open(path, errors="replace").read()[-2000:]) for c, path in codes if c != 0]
+    shutil.rmtree(d, ignore_errors=True)
+    assert not bad, bad
 
 
 def direct_ssh(w, *cmd, input=None):
@@ -456,7 +464,8 @@ def test_garbage_before_the_banner(world):
     except ConnectionResetError:
         pass
     s.close()
-    assert data.startswith(b"SSH-2.0-")
+    # The banner may or may not have left before the garbage was read.
+    assert data == b"" or data.startswith(b"SSH-2.0-"), data[:100]
     assert p.ssh("echo", "still fine").stdout == b"still fine\n"
 
 
@@ -500,17 +509,19 @@ def test_many_unauthenticated_connections_do_not_block_a_real_session(world):
 
 
 def test_auth_failures_are_limited(world):
+    """Ten refused keys: the proxy hangs up after --max-auth-tries (6)."""
     p = world.main
     before = p.log().count("too many authentication failures")
     keys = [world.keys.stranger] + [keygen(os.path.join(world.dir, "k%d" % i), "k")
-                                    for i in range(7)]
+                                    for i in range(9)]
     extra = []
     for k in keys[1:]:
         extra += ["-i", k]
     r = p.ssh("echo", "x", key=keys[0], extra=extra)
     assert r.returncode == 255
-    wait_for(lambda: p.log().count("too many authentication failures") > before, 10,
+    wait_for(lambda: p.log().count("too many authentication failures (6)") > before, 10,
              what="auth failure limit")
+    assert "(7/6)" not in p.log()
 
 
 # ---- flow control -----------------------------------------------------------------
@@ -538,7 +549,7 @@ def test_client_that_stops_reading_keeps_memory_bounded(world):
     assert proc.wait(120) == 0
     assert n == size
     assert h.hexdigest() == sha256_file(world.data, size)
-    assert peak < 50 * 1024, "proxy RSS %d KiB while the client did not read" % peak
+    assert peak < RSS_LIMIT_KIB, "proxy RSS %d KiB while the client did not read" % peak
     print("proxy RSS: %d KiB before, peak %d KiB while stalled" % (base, peak))
 
 
@@ -571,7 +582,7 @@ def test_builder_that_stops_reading_keeps_memory_bounded(world):
         stop.set()
         t.join()
     assert out.split()[0].decode() == sha256_file(world.data, size)
-    assert peak < 50 * 1024, "proxy RSS %d KiB while the builder did not read" % peak
+    assert peak < RSS_LIMIT_KIB, "proxy RSS %d KiB while the builder did not read" % peak
 
 
 # ---- Nix through the proxy --------------------------------------------------------

@@ -11,7 +11,8 @@
  *     create-many RES NS FILE COUNT      names become NAME-0 .. NAME-(COUNT-1)
  *     delete-many RES NS PREFIX COUNT
  *     watch RES NS [--rv RV] [--selector S]
- *     informer RES NS [--selector S] [--objects] [--get-on-event]
+ *     informer RES NS [--selector S] [--objects] [--get-on-event] [--timestamps]
+ *     bench-get RES NS NAME COUNT [--concurrency C]
  *     shell                              JSON arrays of the above on stdin
  *
  * NS "-" means all namespaces. Single requests print the response body as
@@ -19,7 +20,11 @@
  * usage, 3 for a config error, status-300 for 4xx (404 -> 104, 409 -> 109)
  * and 200+(status-500) for 5xx. The informer prints one JSON line per
  * handler call and {"event":"cache",...} on SIGUSR1 and when it ends
- * (SIGTERM/SIGINT). */
+ * (SIGTERM/SIGINT); --timestamps adds "mono", the CLOCK_MONOTONIC seconds at
+ * the handler call (the clock of Python's time.monotonic()). bench-get
+ * does COUNT GETs of one object, C in flight (default 1), after one
+ * untimed GET that sets up the connection, and prints
+ * {"done","failed","ms","rps"}. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -27,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -56,12 +62,16 @@ struct tool {
 	bool shell_busy;
 	bool objects;
 	bool get_on_event; /* informer: GET each added object from its handler */
+	bool timestamps;   /* informer: stamp each line with CLOCK_MONOTONIC */
 	const struct kube_resource *resource;
 	int exit_code;
 	/* many */
 	size_t many_total, many_done, many_failed;
 	uint64_t many_start;
 	long last_status;
+	/* bench-get */
+	const char *bench_ns, *bench_name;
+	size_t bench_started, bench_concurrency;
 };
 
 static struct tool T;
@@ -227,6 +237,96 @@ static int cmd_delete_many(const struct kube_resource *r, const char *ns, const 
 	return -1;
 }
 
+/* ---------- bench-get ---------- */
+
+static void on_bench_get(const struct kube_response *resp, void *data);
+
+static bool bench_start_one(void)
+{
+	T.bench_started++;
+	if (kube_get(T.client, T.resource, T.bench_ns, T.bench_name, on_bench_get, NULL))
+		return true;
+	fprintf(stderr, "kubetool: cannot start GET %zu\n", T.bench_started);
+	return false;
+}
+
+static void bench_finish(void)
+{
+	double ms = (double)(uv_hrtime() - T.many_start) / 1e6;
+	json_t *out = json_pack("{s:I, s:I, s:I, s:f, s:f}", "done", (json_int_t)T.many_done,
+	    "failed", (json_int_t)T.many_failed, "concurrency",
+	    (json_int_t)T.bench_concurrency, "ms", ms, "rps",
+	    ms > 0 ? (double)T.many_done * 1e3 / ms : 0.0);
+
+	print_json_line(out);
+	json_decref(out);
+	T.exit_code = T.many_failed ? 1 : 0;
+	tool_stop();
+}
+
+static void on_bench_get(const struct kube_response *resp, void *data)
+{
+	T.many_done++;
+	if (resp->status != 200) {
+		T.many_failed++;
+		if (T.many_failed <= 5)
+			fprintf(stderr, "kubetool: HTTP %ld %s: %s\n", resp->status, resp->reason,
+			    resp->message);
+	}
+	/* A GET that cannot start counts as done and failed, so the
+	 * count still reaches the total. */
+	while (T.bench_started < T.many_total && !bench_start_one()) {
+		T.many_done++;
+		T.many_failed++;
+	}
+	if (T.many_done == T.many_total)
+		bench_finish();
+}
+
+static void on_bench_warmup(const struct kube_response *resp, void *data)
+{
+	size_t n;
+
+	if (resp->status != 200) {
+		fprintf(stderr, "kubetool: warm-up GET: HTTP %ld %s: %s\n", resp->status,
+		    resp->reason, resp->message);
+		T.exit_code = exit_code_for(resp->status);
+		tool_stop();
+		return;
+	}
+	T.many_start = uv_hrtime();
+	n = T.bench_concurrency < T.many_total ? T.bench_concurrency : T.many_total;
+	for (size_t i = 0; i < n; i++) {
+		if (!bench_start_one()) {
+			T.many_done++;
+			T.many_failed++;
+		}
+	}
+	if (T.many_done == T.many_total)
+		bench_finish();
+}
+
+static int cmd_bench_get(const char *ns, const char *name, const char *count_s,
+    const char *concurrency_s)
+{
+	char *end;
+	unsigned long count = strtoul(count_s, &end, 10), conc = 1;
+
+	if (*end || count == 0)
+		return EXIT_USAGE;
+	if (concurrency_s) {
+		conc = strtoul(concurrency_s, &end, 10);
+		if (*end || conc == 0 || conc > 1000)
+			return EXIT_USAGE;
+	}
+	T.bench_ns = ns;
+	T.bench_name = name;
+	T.many_total = count;
+	T.bench_concurrency = conc;
+	return kube_get(T.client, T.resource, ns, name, on_bench_warmup, NULL) ? -1 :
+	    EXIT_TRANSPORT;
+}
+
 /* ---------- watch ---------- */
 
 static void on_watch_event(enum kube_watch_event_type type, json_t *obj, void *data)
@@ -257,7 +357,12 @@ static void emit(const char *event, json_t *obj, json_t *old)
 {
 	json_t *line = json_object();
 	char *key = kube_object_key(obj);
+	struct timespec now;
 
+	/* First, so the stamp is the handler call, not the JSON work. */
+	if (T.timestamps && clock_gettime(CLOCK_MONOTONIC, &now) == 0)
+		json_object_set_new(line, "mono",
+		    json_real((double)now.tv_sec + (double)now.tv_nsec / 1e9));
 	json_object_set_new(line, "event", json_string(event));
 	json_object_set_new(line, "key", json_string(key ? key : ""));
 	json_object_set_new(line, "rv", json_string(kube_object_resource_version(obj)));
@@ -494,7 +599,7 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: kubetool [--kubeconfig K] [--context C] [--in-cluster] [-v] "
 	    "get|list|create|update|update-status|patch|delete|create-many|delete-many|"
-	    "watch|informer|shell ...\n");
+	    "watch|informer|bench-get|shell ...\n");
 }
 
 /* Returns an exit code, or -1 when the loop has work to run. */
@@ -502,6 +607,7 @@ static int run_command(int argc, char **argv)
 {
 	const struct kube_resource *r;
 	const char *selector = NULL, *uid = NULL, *propagation = NULL, *rv = NULL;
+	const char *concurrency = NULL;
 	bool status = false;
 	long limit = 0;
 	json_t *obj;
@@ -545,6 +651,10 @@ static int run_command(int argc, char **argv)
 			T.objects = true;
 		else if (strcmp(argv[i], "--get-on-event") == 0)
 			T.get_on_event = true;
+		else if (strcmp(argv[i], "--timestamps") == 0)
+			T.timestamps = true;
+		else if (strcmp(argv[i], "--concurrency") == 0 && i + 1 < argc)
+			concurrency = argv[++i];
 		else if (npos < 6)
 			pos[npos++] = argv[i];
 		else
@@ -592,6 +702,8 @@ static int run_command(int argc, char **argv)
 		return cmd_create_many(r, ns, pos[2], pos[3]);
 	} else if (strcmp(cmd, "delete-many") == 0 && npos == 4) {
 		return cmd_delete_many(r, ns, pos[2], pos[3]);
+	} else if (strcmp(cmd, "bench-get") == 0 && npos == 4) {
+		return cmd_bench_get(ns, pos[2], pos[3], concurrency);
 	} else if (strcmp(cmd, "watch") == 0 && npos == 2) {
 		T.watch = kube_watch_start(T.client, r, ns, selector, NULL, rv, on_watch_event,
 		    on_watch_end, NULL);

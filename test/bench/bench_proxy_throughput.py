@@ -1,0 +1,91 @@
+#!/usr/bin/python3
+"""P1: bulk bytes through `nrbc proxy` vs direct OpenSSH to the same builder
+sshd, both directions, in one run (runs interleaved: direct, proxy, direct,
+proxy, ... so that load on the shared machine hits both alike).
+
+  upload    `ssh host 'cat >/dev/null'` fed SIZE bytes from /dev/zero
+  download  `ssh host 'head -c SIZE /dev/zero'` read to /dev/null
+
+Both client legs use aes128-gcm@openssh.com; the proxy's leg to the builder
+is libssh2 1.10 (aes128-ctr + hmac-sha2-256: it has no AES-GCM). Prints MiB/s
+(median of --runs), the ratio proxy/direct, and the proxy's CPU seconds per
+GiB. --pinned runs the proxy on CPU 0 and the client and builder on CPU 1
+(target P1b).
+
+Usage: test/bench/bench_proxy_throughput.py [--nrbc build/src/nrbc]
+       [--size-mib 1024] [--runs 3] [--pinned]
+"""
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+import proxy_bench_common as common
+
+
+def transfer(setup, via_proxy, direction, size, cpus):
+    if direction == "up":
+        argv = setup.ssh(via_proxy, "cat >/dev/null", cpus)
+        src = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+        t0 = time.monotonic()
+        p = subprocess.run(argv, stdin=src.stdout, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+        took = time.monotonic() - t0
+        src.stdout.close()
+        src.wait()
+    else:
+        argv = setup.ssh(via_proxy, "head -c %d /dev/zero" % size, cpus)
+        t0 = time.monotonic()
+        p = subprocess.run(argv, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+        took = time.monotonic() - t0
+    if p.returncode != 0:
+        sys.exit("ssh failed (%s, %s): %s" % ("proxy" if via_proxy else "direct", direction,
+                                              p.stderr.decode(errors="replace")))
+    return took
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nrbc", default=common.default_nrbc())
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--pinned", action="store_true",
+                    help="proxy on CPU 0, client and builder on CPU 1")
+    args = ap.parse_args()
+    size = args.size_mib * 1024 * 1024
+    proxy_cpus, other_cpus = ("0", "1") if args.pinned else (None, None)
+    setup = common.Setup(args.nrbc, proxy_cpus=proxy_cpus, builder_cpus=other_cpus)
+    try:
+        # Warm-up: first connections pay for key loading and page-ins.
+        transfer(setup, False, "down", 16 << 20, other_cpus)
+        transfer(setup, True, "down", 16 << 20, other_cpus)
+        print("P1 throughput, %d MiB per transfer, %d runs each, %s" %
+              (args.size_mib, args.runs,
+               "pinned: proxy CPU 0, client+builder CPU 1" if args.pinned else
+               "shared CPUs"))
+        for direction in ("up", "down"):
+            times = {False: [], True: []}
+            cpu = []
+            for _ in range(args.runs):
+                times[False].append(transfer(setup, False, direction, size, other_cpus))
+                c0 = setup.proxy_cpu_seconds()
+                times[True].append(transfer(setup, True, direction, size, other_cpus))
+                cpu.append(setup.proxy_cpu_seconds() - c0)
+            d = args.size_mib / statistics.median(times[False])
+            p = args.size_mib / statistics.median(times[True])
+            print("  %-8s direct %7.1f MiB/s   proxy %7.1f MiB/s   ratio %.2f   "
+                  "proxy CPU %.2f s/GiB   (direct runs %s, proxy runs %s)" %
+                  ("upload" if direction == "up" else "download", d, p, p / d,
+                   statistics.median(cpu) * 1024 / args.size_mib,
+                   ", ".join("%.1f" % (args.size_mib / t) for t in times[False]),
+                   ", ".join("%.1f" % (args.size_mib / t) for t in times[True])))
+        print("  proxy RSS after the runs: %d KiB" % setup.proxy_rss_kib())
+    finally:
+        setup.close()
+
+
+if __name__ == "__main__":
+    main()

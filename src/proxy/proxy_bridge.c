@@ -14,7 +14,7 @@
 /* Buffer sizes: big enough for 32 KiB SSH packets in pairs, small enough
  * that a stalled channel costs little. They are allocated on first use and
  * released when empty, so an idle bridged channel holds none of them. */
-#define BRIDGE_DOWN_CAP (64 * 1024)
+#define BRIDGE_DOWN_CAP (128 * 1024)
 #define BRIDGE_ERR_CAP (16 * 1024)
 /* Client data is taken into the up buffer up to this much ... */
 #define BRIDGE_UP_SOFT (128 * 1024)

@@ -16,7 +16,7 @@
 #define SESSION_MAX_CHANNELS 32
 /* libssh reads 4 KiB per poll; this many polls per wakeup before the
  * channels are pumped, so reading the client never outruns the bridge. */
-#define SESSION_POLLS_PER_RUN 16
+#define SESSION_POLLS_PER_RUN 32
 #define SESSION_MAX_ROUNDS 32
 
 enum session_state {
@@ -508,7 +508,9 @@ static void session_update_polls(struct proxy_session *s)
 	int events = UV_READABLE;
 	bool want_read = false;
 
-	if (ssh_get_poll_flags(s->ssh) & SSH_WRITE_PENDING)
+	/* Writable only while libssh holds unsent bytes: its poll flags ask for
+	 * POLLOUT after every send, which would cost a wakeup per write. */
+	if (ssh_get_status(s->ssh) & SSH_WRITE_PENDING)
 		events |= UV_WRITABLE;
 	if (events != s->poll_events) {
 		s->poll_events = events;

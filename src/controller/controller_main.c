@@ -10,6 +10,7 @@
 #include "controller.h"
 #include "controller_pod.h"
 #include "controller_reconcile.h"
+#include "controller_slim.h"
 #include "flags.h"
 #include "health.h"
 #include "kube/kube_client.h"
@@ -406,12 +407,14 @@ static int start_kube(struct controller *c)
 		.on_update = on_request_update,
 		.on_delete = on_request_delete,
 		.on_synced = on_synced,
+		.transform = controller_slim_request_transform,
 	};
 	static const struct kube_informer_handlers pod_handlers = {
 		.on_add = on_pod_add,
 		.on_update = on_pod_update,
 		.on_delete = on_pod_delete,
 		.on_synced = on_synced,
+		.transform = controller_slim_pod_transform,
 	};
 	const char *ns = c->f.namespace && *c->f.namespace ? c->f.namespace : NULL;
 	char *err = NULL;

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "buf.h"
+#include "controller_slim.h"
 #include "controller_status.h"
 #include "log.h"
 
@@ -373,7 +374,6 @@ static void write_status(struct reconcile_op *op, struct controller_status_resul
 		op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	json_object_del(json_object_get(body, "metadata"), "managedFields");
 	op->step = OP_WRITE_STATUS;
 	op->request = kube_update_status(r->client, &kube_resource_nixbuildrequests,
 	    kube_object_namespace(op->nbr), kube_object_name(op->nbr), body, on_status_written, op);
@@ -509,7 +509,7 @@ static void on_pod_created(const struct kube_response *resp, void *data)
 			json_decref(s->expected_pod);
 			/* The pod informer may have shown it already. */
 			s->expected_pod = kube_informer_get(r->pods, kube_object_namespace(resp->body),
-			    kube_object_name(resp->body)) ? NULL : json_incref(resp->body);
+			    kube_object_name(resp->body)) ? NULL : controller_slim_pod(resp->body);
 			s->expected_at = uv_now(r->loop);
 			if (!s->pod_created_timed) {
 				s->pod_created_timed = true;

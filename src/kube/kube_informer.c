@@ -168,6 +168,14 @@ static void informer_backoff(struct kube_informer *inf, bool relist, const char 
 	informer_schedule(inf, relist, delay);
 }
 
+/* The object to cache for one as received (a new reference). */
+static json_t *informer_transform(struct kube_informer *inf, json_t *obj)
+{
+	json_t *kept = inf->h.transform ? inf->h.transform(obj, inf->data) : NULL;
+
+	return kept ? kept : json_incref(obj);
+}
+
 /* ---------- list ---------- */
 
 static void informer_apply_listing(struct kube_informer *inf)
@@ -245,7 +253,8 @@ static void informer_on_list(const struct kube_response *resp, void *data)
 			    json_sprintf("%s/%s", inf->r->group, inf->r->version) :
 			    json_string(inf->r->version));
 		key = kube_object_key(item);
-		if (!key || json_object_set(inf->listing, key, item) < 0) {
+		if (!key || json_object_set_new(inf->listing, key,
+		    informer_transform(inf, item)) < 0) {
 			free(key);
 			informer_backoff(inf, true, "out of memory while listing");
 			return;
@@ -361,10 +370,14 @@ static void informer_on_event(enum kube_watch_event_type type, json_t *obj, void
 	switch (type) {
 	case KUBE_WATCH_ADDED:
 	case KUBE_WATCH_MODIFIED:
+		obj = informer_transform(inf, obj);
 		informer_on_upsert(inf, obj);
+		json_decref(obj);
 		break;
 	case KUBE_WATCH_DELETED:
+		obj = informer_transform(inf, obj);
 		informer_on_remove(inf, obj);
+		json_decref(obj);
 		break;
 	case KUBE_WATCH_BOOKMARK:
 		break;

@@ -15,6 +15,12 @@ struct kube_informer_handlers {
 	void (*on_update)(json_t *old_obj, json_t *new_obj, void *data);
 	void (*on_delete)(json_t *obj, void *data);
 	void (*on_synced)(void *data); /* once, after the first full list */
+	/* Optional: what to cache (and hand to the handlers above) for an
+	 * object as received: a new reference, e.g. a copy with only the
+	 * fields the user reads, since whole objects cost tens of KiB each in
+	 * jansson. It must keep metadata.name, namespace and resourceVersion.
+	 * NULL (out of memory) caches the object whole. */
+	json_t *(*transform)(json_t *obj, void *data);
 };
 
 struct kube_informer;

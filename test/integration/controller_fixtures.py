@@ -128,15 +128,17 @@ class Controller:
             return ""
 
 
-def nbr(name, session=None, **spec):
+def nbr(name, session=None, metadata=None, **spec):
     s = {"sessionId": session or name}
     s.update(spec)
+    m = {"name": name}
+    m.update(metadata or {})
     return {"apiVersion": "nix.io/v1alpha1", "kind": "NixBuildRequest",
-            "metadata": {"name": name}, "spec": s}
+            "metadata": m, "spec": s}
 
 
-def create_nbr(cluster, namespace, name, **spec):
-    st, body = cluster.api("POST", NBR_PATH % namespace, nbr(name, **spec))
+def create_nbr(cluster, namespace, name, metadata=None, **spec):
+    st, body = cluster.api("POST", NBR_PATH % namespace, nbr(name, metadata=metadata, **spec))
     assert st == 201, body
     return body
 

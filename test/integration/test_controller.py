@@ -61,9 +61,21 @@ def ssh(keys, ip, *cmd, timeout=30):
 def test_request_gets_one_running_pod(setup, controller):
     cluster, ns, keys = setup["cluster"], setup["ns"], setup["keys"]
     controller.start("--default-cpu-request", "100m", "--default-memory-limit", "2Gi")
+    # The proxy puts an ownerReference (its pod) on requests: status
+    # writes must keep it, and labels and annotations, intact.
+    st, owner = cluster.api("POST", "/api/v1/namespaces/%s/configmaps" % ns,
+                            {"apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": {"name": "owner"}})
+    assert st == 201, owner
+    owner_uid = owner["metadata"]["uid"]
     created = create_nbr(cluster, ns, "build-1", timeoutSeconds=600,
                          nodeSelector={"kubernetes.io/arch": "amd64"},
-                         resources={"requests": {"memory": "64Mi"}})
+                         resources={"requests": {"memory": "64Mi"}},
+                         metadata={"labels": {"team": "nix"},
+                                   "annotations": {"note": "kept"},
+                                   "ownerReferences": [{
+                                       "apiVersion": "v1", "kind": "ConfigMap",
+                                       "name": "owner", "uid": owner_uid}]})
     obj = wait_nbr(cluster, ns, "build-1", phase_is("Running", "Failed"), 30)
     st = obj["status"]
     assert st["phase"] == "Running", st
@@ -73,6 +85,10 @@ def test_request_gets_one_running_pod(setup, controller):
     assert st["observedGeneration"] == created["metadata"]["generation"]
     assert cond(obj, "Ready")["status"] == "True"
     assert cond(obj, "BuilderScheduled")["status"] == "True"
+    assert obj["metadata"]["labels"] == {"team": "nix"}
+    assert obj["metadata"]["annotations"] == {"note": "kept"}
+    assert obj["metadata"]["ownerReferences"][0]["uid"] == owner_uid
+    assert obj["spec"] == created["spec"]
 
     pods = builder_pods(cluster, ns)
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]

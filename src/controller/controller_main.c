@@ -4,6 +4,9 @@
  * passes in flight up to --shutdown-timeout, releases the lease, exits 0. */
 #include <signal.h>
 #include <stdio.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +31,10 @@
 #define QUEUE_BACKOFF_MAX_MS 30000
 #define EVENTS_MAX_IN_FLIGHT 256
 #define DRAIN_CHECK_MS 10
+/* After a burst of work, hand the freed heap back to the kernel: parsing
+ * whole API objects (then cutting them down for the caches) leaves holes
+ * that glibc keeps otherwise, and RSS would stay at the burst's peak. */
+#define TRIM_AFTER_IDLE_MS 2000
 
 struct controller_flags {
 	char *builder_image;
@@ -93,6 +100,7 @@ struct controller {
 	struct signals *signals;
 	uv_timer_t drain_timer;
 	uv_timer_t teardown_timer;
+	uv_timer_t trim_timer;
 	uint64_t drain_deadline;
 	struct metric *m_queue_depth;
 	struct metric *m_in_flight;
@@ -210,12 +218,28 @@ static bool check_ready(void *data, const char **why)
 
 /* ---------- the queue ---------- */
 
+static void on_trim(uv_timer_t *t)
+{
+	struct controller *c = t->data;
+
+	if (c->queue && (kube_queue_depth(c->queue) > 0 ||
+	    controller_reconciler_in_flight(c->rec) > 0)) {
+		uv_timer_start(&c->trim_timer, on_trim, TRIM_AFTER_IDLE_MS, 0);
+		return;
+	}
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+}
+
 static void process_key(struct kube_queue *q, const char *key, void *data)
 {
 	struct controller *c = data;
 
 	controller_reconcile(q, key, c->rec);
 	update_gauges(c);
+	if (!uv_is_active((uv_handle_t *)&c->trim_timer))
+		uv_timer_start(&c->trim_timer, on_trim, TRIM_AFTER_IDLE_MS, 0);
 }
 
 static void add_request_key(json_t *obj, void *data)
@@ -313,6 +337,7 @@ static void teardown(uv_timer_t *t)
 	c->signals = NULL;
 	uv_close((uv_handle_t *)&c->drain_timer, NULL);
 	uv_close((uv_handle_t *)&c->teardown_timer, NULL);
+	uv_close((uv_handle_t *)&c->trim_timer, NULL);
 }
 
 static void on_lease_released(void *data)
@@ -593,7 +618,8 @@ int controller_main(int argc, char **argv)
 		goto out_flags;
 	uv_timer_init(&c->loop, &c->drain_timer);
 	uv_timer_init(&c->loop, &c->teardown_timer);
-	c->drain_timer.data = c->teardown_timer.data = c;
+	uv_timer_init(&c->loop, &c->trim_timer);
+	c->drain_timer.data = c->teardown_timer.data = c->trim_timer.data = c;
 	c->signals = signals_create(&c->loop, on_signal, c);
 	if (!c->signals || start_health(c) < 0 || start_kube(c) < 0) {
 		log_error("start-up failed");

@@ -35,7 +35,7 @@ static json_t *slim_metadata(const json_t *meta, const char *const *keys)
 }
 
 static const char *const request_meta_keys[] = { "name", "namespace", "uid",
-	"resourceVersion", "generation", "creationTimestamp", "deletionTimestamp", NULL };
+	"resourceVersion", "generation", "deletionTimestamp", NULL };
 static const char *const request_top_keys[] = { "apiVersion", "kind", "spec", "status", NULL };
 
 json_t *controller_slim_request(json_t *nbr)
@@ -52,7 +52,7 @@ json_t *controller_slim_request(json_t *nbr)
 }
 
 static const char *const pod_meta_keys[] = { "name", "namespace", "uid", "resourceVersion",
-	"deletionTimestamp", "labels", NULL };
+	"deletionTimestamp", NULL };
 static const char *const pod_top_keys[] = { "apiVersion", "kind", NULL };
 static const char *const pod_status_keys[] = { "phase", "reason", "message", "podIP", NULL };
 static const char *const condition_keys[] = { "type", "status", "reason", "message",

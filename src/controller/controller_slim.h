@@ -8,13 +8,13 @@
 #include <jansson.h>
 
 /* NixBuildRequest: apiVersion, kind, metadata (name, namespace, uid,
- * resourceVersion, generation, creationTimestamp, deletionTimestamp), the
- * whole spec and status. New reference, NULL when out of memory. */
+ * resourceVersion, generation, deletionTimestamp), the whole spec and
+ * status. New reference, NULL when out of memory. */
 json_t *controller_slim_request(json_t *nbr);
 
 /* Builder pod: apiVersion, kind, metadata (name, namespace, uid,
- * resourceVersion, deletionTimestamp, labels, the controller
- * ownerReference), status (phase, reason, message, podIP, the PodScheduled
+ * resourceVersion, deletionTimestamp, the controller ownerReference;
+ * not labels: the owner says which request a pod serves), status (phase, reason, message, podIP, the PodScheduled
  * and Ready conditions, each container's name, ready and state). */
 json_t *controller_slim_pod(json_t *pod);
 

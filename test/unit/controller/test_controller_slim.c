@@ -66,7 +66,7 @@ static void test_pod_keeps_what_is_read(void **state)
 	assert_string_equal(json_string_value(json_object_get(meta, "name")), "nix-builder-b");
 	assert_string_equal(json_string_value(json_object_get(meta, "resourceVersion")), "99");
 	assert_string_equal(json_string_value(json_object_get(meta, "uid")), "pod-uid");
-	assert_non_null(json_object_get(meta, "labels"));
+	assert_null(json_object_get(meta, "labels"));
 	assert_null(json_object_get(meta, "managedFields"));
 	assert_null(json_object_get(meta, "annotations"));
 	assert_null(json_object_get(slim, "spec"));

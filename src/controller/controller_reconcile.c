@@ -247,10 +247,11 @@ void controller_reconciler_pod_seen(struct controller_reconciler *r, const json_
 	char *key = controller_reconciler_pod_key(pod);
 	struct request_state *s = key ? state_find(r, key) : NULL;
 
+	/* Added, updated or deleted: either way the cache now speaks for it. */
+	(void)deleted;
 	if (s && s->expected_pod &&
 	    strcmp(kube_object_uid(s->expected_pod), kube_object_uid(pod)) == 0)
 		state_clear_expected(s);
-	(void)deleted;
 	free(key);
 }
 
@@ -366,7 +367,6 @@ static void write_status(struct reconcile_op *op, struct controller_status_resul
 {
 	struct controller_reconciler *r = op->r;
 	json_t *body = json_deep_copy(op->nbr);
-	uint64_t recheck = res->recheck_ms;
 
 	if (!body || json_object_set(body, "status", res->status) < 0) {
 		json_decref(body);
@@ -379,7 +379,6 @@ static void write_status(struct reconcile_op *op, struct controller_status_resul
 	    kube_object_namespace(op->nbr), kube_object_name(op->nbr), body, on_status_written, op);
 	json_decref(body);
 	controller_status_result_finish(res);
-	(void)recheck;
 	if (!op->request)
 		op_finish(op, KUBE_QUEUE_RETRY, 0);
 }

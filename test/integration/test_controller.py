@@ -395,6 +395,31 @@ def test_sigterm_releases_lease(setup, controllers):
     wait_running(cluster, ns, "after")
 
 
+def test_lost_lease_stops_acting(setup, controller):
+    """Someone else takes the lease under the leader (split brain): it
+    stops at once, exits non-zero, and makes no more pods."""
+    cluster, ns = setup["cluster"], setup["ns"]
+    controller.start("--leader-elect")
+    wait_for(lambda: leader_of([controller]), 20, what="leading")
+    le = lease(cluster, ns)
+    le["spec"]["holderIdentity"] = "intruder"
+    le["spec"]["leaseDurationSeconds"] = 3600
+    st, body = cluster.api("PUT", "/apis/coordination.k8s.io/v1/namespaces/%s/leases/"
+                           "nrbc-controller" % ns, le)
+    assert st == 200, body
+    t0 = time.monotonic()
+    controller.proc.wait(15)
+    took = time.monotonic() - t0
+    print("stopped %.1f s after losing the lease" % took)
+    assert controller.proc.returncode == 1, controller.log()
+    assert "leadership lost" in controller.log()
+    assert took < 2 * 2 + 2
+    create_nbr(cluster, ns, "orphan")
+    time.sleep(1)
+    assert builder_pods(cluster, ns) == []
+    assert lease(cluster, ns)["spec"]["holderIdentity"] == "intruder"
+
+
 def test_sigterm_exits_zero(setup, controller):
     controller.start()
     assert controller.stop(timeout=10) == 0, controller.log()

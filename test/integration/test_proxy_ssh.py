@@ -242,6 +242,29 @@ def test_exit_status_and_signal_reach_the_client(world, cmd):
     assert r.returncode in (0, 1, 137, 255)
 
 
+def test_exit_status_survives_a_client_that_closes_on_eof(world):
+    """OpenSSH closes a channel as soon as EOF went both ways; the exit
+    status, which the builder sends after its EOF, must still arrive (a
+    race seen with connection sharing, and with empty stdin)."""
+    p = world.main
+    for i in range(15):
+        r = p.ssh("exit 7", input=b"")
+        assert r.returncode == 7, (i, r.returncode, r.stderr)
+    sock = os.path.join(world.dir, "eof-%d" % os.getpid())
+    master = subprocess.Popen(p.ssh_argv(extra=["-o", "ControlMaster=yes",
+                                                "-o", "ControlPath=" + sock, "-N"]),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: os.path.exists(sock), 20, what="control socket")
+        mux = ["-o", "ControlMaster=no", "-o", "ControlPath=" + sock]
+        for i in range(15):
+            r = p.ssh("echo -n x; exit 7", extra=mux, input=b"")
+            assert (r.returncode, r.stdout) == (7, b"x"), (i, r.returncode, r.stderr)
+    finally:
+        master.terminate()
+        master.wait(10)
+
+
 def test_stderr_is_kept_apart_from_stdout(world):
     r = world.main.ssh("echo to-stdout; echo to-stderr >&2; exit 3")
     assert r.returncode == 3

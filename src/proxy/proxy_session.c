@@ -78,6 +78,9 @@ struct proxy_session {
 static void session_run(struct proxy_session *s);
 static void session_on_client_poll(uv_poll_t *h, int status, int events);
 
+static void session_arm_timer(struct proxy_session *s);
+
+/* Every state has its own deadline: the timer follows each transition. */
 static void session_set_state(struct proxy_session *s, enum session_state state)
 {
 	if (s->state == state)
@@ -86,6 +89,10 @@ static void session_set_state(struct proxy_session *s, enum session_state state)
 	    session_state_names[s->state], session_state_names[state]);
 	s->state = state;
 	s->state_since = uv_now(s->env->loop);
+	if (state == SESSION_READY || state == SESSION_BRIDGING)
+		s->last_activity = s->state_since;
+	if (state != SESSION_CLOSING)
+		session_arm_timer(s);
 }
 
 uint64_t proxy_session_id(const struct proxy_session *s)
@@ -350,7 +357,6 @@ static void session_upstream_ready(void *data)
 	if (s->state == SESSION_CONNECTING) {
 		log_info("session=%llu connected to the builder", (unsigned long long)s->id);
 		session_set_state(s, SESSION_BRIDGING);
-		s->last_activity = uv_now(s->env->loop);
 	}
 	session_run(s);
 }
@@ -406,7 +412,6 @@ void proxy_session_builder_ready(struct proxy_session *s, const char *host, int 
 		return;
 	}
 	session_set_state(s, SESSION_CONNECTING);
-	session_arm_timer(s);
 }
 
 void proxy_session_builder_failed(struct proxy_session *s, const char *message)
@@ -455,7 +460,6 @@ static void session_step_channels(struct proxy_session *s)
 	if (s->state == SESSION_READY && wants_builder) {
 		s->builder_acquired = true;
 		session_set_state(s, SESSION_WAIT_BUILDER);
-		session_arm_timer(s);
 		if (proxy_builder_acquire(s->env->builder, s->id) < 0) {
 			s->builder_released = true; /* no event will follow */
 			session_fail(s, "cannot request a builder (see the proxy's log)");
@@ -488,8 +492,6 @@ static void session_step(struct proxy_session *s)
 		if (!s->authenticated)
 			return;
 		session_set_state(s, SESSION_READY);
-		s->last_activity = uv_now(s->env->loop);
-		session_arm_timer(s);
 		/* fall through */
 	case SESSION_READY:
 	case SESSION_WAIT_BUILDER:

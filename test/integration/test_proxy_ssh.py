@@ -470,6 +470,62 @@ def test_session_limit(world):
     wait_for(lambda: p.ssh("echo", "again").returncode == 0, 20, what="slot freed")
 
 
+class FakeBuilder:
+    """Just an address: nothing listening, or a listener that never speaks."""
+
+    def __init__(self, ip, listen):
+        self.ip = ip
+        self.sock = None
+        if listen:
+            self.sock = socket.socket()
+            self.sock.bind((ip, 0))
+            self.sock.listen(16)
+            self.port = self.sock.getsockname()[1]
+        else:
+            self.port = free_port(ip)
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+
+
+def test_unreachable_builder_fails_the_session_with_a_message(world):
+    dead = FakeBuilder(OTHER_BUILDER_IP, listen=False)
+    p = world.proxy("--allow-any-command", builder=dead)
+    r = p.ssh("echo", "never")
+    assert r.returncode == 1
+    assert b"nrbc: cannot connect to builder" in r.stderr, r.stderr
+    assert b"refused" in r.stderr
+
+
+def test_builder_timeout(world):
+    """A builder that accepts TCP and never answers: --builder-timeout ends
+    the wait with a message."""
+    mute = FakeBuilder(OTHER_BUILDER_IP, listen=True)
+    try:
+        p = world.proxy("--allow-any-command", "--builder-timeout", "1s", builder=mute)
+        t0 = time.monotonic()
+        r = p.ssh("echo", "never")
+        assert r.returncode == 1
+        assert b"nrbc: gave up waiting for a builder after 1s" in r.stderr, r.stderr
+        assert time.monotonic() - t0 < 15
+    finally:
+        mute.close()
+
+
+def test_idle_timeout(world):
+    p = world.proxy("--allow-any-command", "--idle-timeout", "1s")
+    t0 = time.monotonic()
+    r = p.ssh("sleep 4; echo late")
+    assert r.returncode == 255
+    assert b"late" not in r.stdout
+    assert time.monotonic() - t0 < 4
+    wait_for(lambda: "idle for 1s" in p.log(), 5, what="idle log line")
+    # Output keeps a session alive.
+    r = p.ssh("for i in 1 2 3 4; do echo $i; sleep 0.5; done")
+    assert (r.returncode, r.stdout) == (0, b"1\n2\n3\n4\n")
+
+
 # ---- misbehaving clients ----------------------------------------------------------
 
 def test_garbage_before_the_banner(world):

@@ -249,8 +249,6 @@ static int proxy_setup(struct proxy_app *a)
 		if (!a->health)
 			goto fail;
 		health_server_set_ready(a->health, proxy_ready, a);
-		log_info("health server on %s port %d", a->f.listen_address,
-		    health_server_port(a->health));
 	}
 	memset(&so, 0, sizeof(so));
 	so.listen_address = a->f.listen_address;

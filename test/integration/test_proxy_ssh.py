@@ -125,7 +125,8 @@ class Proxy:
     def __init__(self, nrbc, d, keys, builder, *extra, ip=PROXY_IP):
         self.ip = ip
         self.log_path = os.path.join(d, "proxy-%d.log" % time.monotonic_ns())
-        argv = [nrbc, "proxy", "--listen-address", ip, "--port", "0", "--health-port", "-1",
+        health = [] if "--health-port" in extra else ["--health-port", "-1"]
+        argv = [nrbc, "proxy", "--listen-address", ip, "--port", "0"] + health + [
                 "--builder-address", "%s:%d" % (builder.ip, builder.port),
                 "--host-key", keys.host, "--authorized-keys", keys.client + ".pub",
                 "--private-key", keys.upstream, "--log-level", "debug"] + list(extra)
@@ -138,7 +139,7 @@ class Proxy:
 
     def _port(self):
         assert self.proc.poll() is None, "proxy exited:\n" + self.log()
-        m = re.search(r"listening on \S+ port (\d+)", self.log())
+        m = re.search(r"listening on \S+ port (\d+) \(host key", self.log())
         return m and m.group(1)
 
     def log(self):
@@ -674,6 +675,34 @@ def test_nix_remote_build_through_the_proxy(strict, host_nix, nix_client, scheme
                               sshopts=sshopts, args={"salt": s})
     assert nix_client.read(remote.out) == ("hello from a remote builder %s\n" % s).encode()
     assert "nrbc: refused" not in remote.stderr
+
+
+def http_get(ip, port, path):
+    import http.client
+    c = http.client.HTTPConnection(ip, port, timeout=10)
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read().decode()
+    c.close()
+    return r.status, body
+
+
+def test_health_and_metrics(world):
+    p = world.proxy("--allow-any-command", "--health-port", "0")
+    port = int(wait_for(lambda: (re.search(r"health server listening on \S+ port (\d+)", p.log()) or
+                                 [None, None])[1], 10, what="health port"))
+    assert http_get(p.ip, port, "/healthz")[0] == 200
+    assert http_get(p.ip, port, "/readyz")[0] == 200
+    assert p.ssh("exit 0").returncode == 0
+    assert p.ssh("echo", "x", key=world.keys.stranger).returncode == 255
+
+    def counted():
+        st, body = http_get(p.ip, port, "/metrics")
+        return (st == 200 and 'nrbc_proxy_sessions_total{outcome="ok"} 1' in body and
+                'nrbc_proxy_sessions_total{outcome="unauthenticated"} 1' in body and
+                "nrbc_proxy_connections_accepted_total 2" in body and body)
+    body = wait_for(counted, 10, what="session metrics")
+    assert "nrbc_proxy_sessions 0" in body
 
 
 # ---- shutdown ---------------------------------------------------------------------

@@ -50,6 +50,7 @@ struct proxy_upstream {
 	void *data;
 	const void *blocked_op;
 	const void *open_owner;
+	int connect_errno;
 };
 
 static void upstream_set_state(struct proxy_upstream *u, enum upstream_state state)
@@ -176,7 +177,9 @@ static void upstream_step_connecting(struct proxy_upstream *u)
 	int err = 0;
 	socklen_t len = sizeof(err);
 
-	if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+	if (u->connect_errno)
+		err = u->connect_errno;
+	else if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
 		err = errno;
 	if (err == EINPROGRESS || err == EALREADY) {
 		upstream_set_events(u, UV_WRITABLE);
@@ -329,11 +332,10 @@ struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_i
 	u->poll_init = true;
 	u->poll.data = u;
 	/* Connection errors (refused, unreachable) surface through SO_ERROR once
-	 * the socket turns writable, on the one failure path. */
-	if (connect(u->fd, (struct sockaddr *)&ss, ss_len) < 0 && errno != EINPROGRESS) {
-		int err = errno;
-		setsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, sizeof(err));
-	}
+	 * the socket turns writable; an immediate one is kept for that moment,
+	 * so both take the one failure path. */
+	if (connect(u->fd, (struct sockaddr *)&ss, ss_len) < 0 && errno != EINPROGRESS)
+		u->connect_errno = errno;
 	upstream_set_events(u, UV_WRITABLE);
 	upstream_set_state(u, UPSTREAM_CONNECTING);
 	return u;

@@ -177,6 +177,18 @@ static int proxy_load_key_texts(struct proxy_app *a, struct proxy_key_texts *t, 
 	TAKE(public_key);
 #undef TAKE
 	proxy_key_texts_finish(&files);
+	/* As in the original project's quick start: without a list of client
+	 * keys, the shared key pair's public half is the one key allowed in. */
+	if (!t->authorized_keys && t->public_key) {
+		t->authorized_keys = strdup(t->public_key);
+		if (!t->authorized_keys) {
+			*err = str_printf("out of memory");
+			proxy_key_texts_finish(t);
+			return -1;
+		}
+		log_info("no authorized keys given: the \"public\" key is the one client key "
+		    "allowed in");
+	}
 	return 0;
 }
 

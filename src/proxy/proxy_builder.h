@@ -34,7 +34,6 @@ struct proxy_builder_kube_options {
 	const char *image;         /* spec.image, or NULL for the controller default */
 	long timeout_seconds;      /* spec.timeoutSeconds, 0 for none */
 	int remote_port;           /* port on the pod's IP */
-	uint64_t wait_timeout_ms;  /* give up waiting for Running after this */
 };
 struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_client *client,
     const struct proxy_builder_kube_options *opts, const struct proxy_builder_events *events,

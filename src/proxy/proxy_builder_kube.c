@@ -16,8 +16,6 @@
 #include "log.h"
 #include "proxy_builder_backend.h"
 
-#define KUBE_TICK_MS 250
-
 enum kube_wait_state {
 	KUBE_WAIT_CREATING, /* create request in flight */
 	KUBE_WAIT_WAITING,  /* created; waiting for phase Running */
@@ -66,7 +64,6 @@ struct proxy_builder_kube {
 	uv_loop_t *loop;
 	struct kube_client *client;
 	struct kube_informer *informer;
-	uv_timer_t tick;
 	char *namespace;
 	char *proxy_id;
 	char *owner_pod;
@@ -74,7 +71,6 @@ struct proxy_builder_kube {
 	char *image;
 	long timeout_seconds;
 	int remote_port;
-	uint64_t wait_timeout_ms;
 	struct kube_wait *waits;
 	struct kube_op *ops;
 	bool synced;
@@ -386,27 +382,6 @@ static void kube_on_synced(void *data)
 	kube_informer_foreach(k->informer, kube_delete_leftover, k);
 }
 
-static void kube_on_tick(uv_timer_t *t)
-{
-	struct proxy_builder_kube *k = t->data;
-	uint64_t now = kube_now_ms(k);
-	struct kube_wait *w = k->waits;
-
-	while (w) {
-		struct kube_wait *next = w->next;
-		if ((w->state == KUBE_WAIT_WAITING || w->state == KUBE_WAIT_CREATING) &&
-		    !w->released && k->wait_timeout_ms && now - w->started_ms >= k->wait_timeout_ms) {
-			char *msg = str_printf("gave up after %llu s waiting for a builder "
-			    "(NixBuildRequest %s/%s%s%s)", (unsigned long long)(k->wait_timeout_ms / 1000),
-			    k->namespace, w->name, w->last_progress ? "; last: " : "",
-			    w->last_progress ? w->last_progress : "");
-			kube_deliver_failed(k, w, msg ? msg : "timed out waiting for a builder");
-			free(msg);
-		}
-		w = next;
-	}
-}
-
 static json_t *kube_request_object(struct proxy_builder_kube *k, const char *name,
     const char *session)
 {
@@ -502,18 +477,6 @@ static bool kube_is_ready(const struct proxy_builder *b)
 	return ((const struct proxy_builder_kube *)b)->synced;
 }
 
-static void kube_on_tick_close(uv_handle_t *h)
-{
-	struct proxy_builder_kube *k = h->data;
-
-	free(k->namespace);
-	free(k->proxy_id);
-	free(k->owner_pod);
-	free(k->owner_uid);
-	free(k->image);
-	free(k);
-}
-
 static void kube_destroy(struct proxy_builder *b)
 {
 	struct proxy_builder_kube *k = (struct proxy_builder_kube *)b;
@@ -526,7 +489,12 @@ static void kube_destroy(struct proxy_builder *b)
 	}
 	while (k->waits)
 		kube_wait_remove(k, k->waits);
-	uv_close((uv_handle_t *)&k->tick, kube_on_tick_close);
+	free(k->namespace);
+	free(k->proxy_id);
+	free(k->owner_pod);
+	free(k->owner_uid);
+	free(k->image);
+	free(k);
 }
 
 static const struct proxy_builder_ops kube_ops = {
@@ -584,9 +552,6 @@ struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_cli
 	k->image = opts->image && *opts->image ? strdup(opts->image) : NULL;
 	k->timeout_seconds = opts->timeout_seconds;
 	k->remote_port = opts->remote_port;
-	k->wait_timeout_ms = opts->wait_timeout_ms;
-	uv_timer_init(loop, &k->tick);
-	k->tick.data = k;
 	if (!k->namespace || !k->proxy_id)
 		goto fail;
 	selector = str_printf("nix.io/proxy=%s", k->proxy_id);
@@ -597,8 +562,6 @@ struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_cli
 	free(selector);
 	if (!k->informer || kube_informer_start(k->informer) < 0)
 		goto fail;
-	uv_timer_start(&k->tick, kube_on_tick, KUBE_TICK_MS, KUBE_TICK_MS);
-	uv_unref((uv_handle_t *)&k->tick);
 	log_info("builder backend: NixBuildRequests in namespace %s, proxy id %s", k->namespace,
 	    k->proxy_id);
 	return &k->base;

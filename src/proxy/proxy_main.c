@@ -299,7 +299,6 @@ static int proxy_setup(struct proxy_app *a)
 		ko.owner_uid = getenv("POD_UID");
 		ko.image = a->f.builder_image;
 		ko.remote_port = (int)a->f.remote_port;
-		ko.wait_timeout_ms = a->f.builder_timeout_ms;
 		a->builder = proxy_builder_kube_create(&a->loop, a->kube, &ko,
 		    proxy_server_builder_events(), a->server);
 	}

@@ -1,0 +1,183 @@
+"""`nrbc proxy` with its Kubernetes backend, as installed by the manifests:
+what a Nix user sees when a builder is slow, fails or goes away, and that
+no NixBuildRequest or pod outlives its session, even across kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import wait_for
+from stack import NAMESPACE, SECRET, Role, Stack, free_port, PROXY_ADDRESS
+
+
+@pytest.fixture(scope="module")
+def stack(cluster, kubelet, nrbc_bin, tmp_path_factory):
+    s = Stack(cluster, kubelet, nrbc_bin, tmp_path_factory.mktemp("stack-proxy"))
+    s.install().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def no_controller(stack):
+    """Requests stay Pending while the controller is stopped."""
+    stack.controller.stop()
+    yield
+    stack.controller.start()
+    wait_for(stack.controller.ready, 30, what="controller /readyz")
+
+
+def ssh_nix(stack, port=None, key=None):
+    """A Nix-like session through the proxy that stays open until its stdin
+    closes: `nix-store --serve` waits for commands."""
+    argv = ["ssh", "-F", "/dev/null", "-p", str(port or stack.proxy_port),
+            "-i", key or stack.keys["user-key"], "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=" + stack.known_hosts(),
+            "-o", "StrictHostKeyChecking=no", "-o", "ConnectTimeout=20",
+            "nixbld@" + PROXY_ADDRESS, "nix-store", "--serve", "--write"]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def one_request(stack):
+    items = stack.requests()
+    return items[0] if len(items) == 1 else None
+
+
+def phase(obj):
+    return (obj.get("status") or {}).get("phase")
+
+
+def test_session_waits_then_runs_and_cleans_up(stack):
+    p = ssh_nix(stack)
+    req = wait_for(lambda: (lambda r: r if r and phase(r) == "Running" else None)(
+        one_request(stack)), 60, what="a Running request")
+    assert req["spec"]["sessionId"]
+    assert req["metadata"]["labels"]["nix.io/proxy"].startswith("nrbc-proxy-")
+    # Owned by the proxy's Pod: if the proxy goes for good, so do its requests.
+    (ref,) = req["metadata"]["ownerReferences"]
+    assert ref["kind"] == "Pod" and ref["name"] == stack.proxy.pod["metadata"]["name"]
+    assert len(stack.builder_pods()) == 1
+    p.stdin.close()
+    p.wait(30)
+    stack.wait_clean(30)
+
+
+def test_client_that_gives_up_while_waiting_leaves_nothing(stack, no_controller):
+    p = ssh_nix(stack)
+    wait_for(lambda: one_request(stack), 30, what="the session's request")
+    time.sleep(0.5)
+    p.kill()
+    p.wait(10)
+    # Nothing is built for a client that left: the request goes at once and
+    # the controller (started again afterwards) finds nothing to do.
+    stack.wait_clean(15)
+
+
+def test_waiting_times_out_with_a_message(stack, no_controller):
+    quick = Role(stack, stack.deployment("nrbc-proxy"),
+                 ["--listen-address=" + PROXY_ADDRESS,
+                  "--port=%d" % free_port(PROXY_ADDRESS),
+                  "--health-port=%d" % free_port(PROXY_ADDRESS),
+                  "--builder-timeout=3s"])
+    quick.health_port = int(quick.overrides[2].split("=")[1])
+    quick.start()
+    try:
+        wait_for(quick.ready, 30, what="second proxy /readyz")
+        port = int(quick.overrides[1].split("=")[1])
+        p = ssh_nix(stack, port=port)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode != 0
+        assert b"gave up waiting for a builder after 3s" in err, err
+        wait_for(lambda: not stack.requests(), 15, what="the timed-out request to go")
+    finally:
+        quick.stop()
+        stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (
+            NAMESPACE, quick.pod["metadata"]["name"]))
+
+
+def test_progress_reaches_the_client(stack, no_controller):
+    p = ssh_nix(stack)
+    req = wait_for(lambda: one_request(stack), 30, what="the session's request")
+    # Play the controller: report a reason, then fail the request.
+    name = req["metadata"]["name"]
+    path = "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests/%s/status" % (NAMESPACE, name)
+    hdr = {"Content-Type": "application/merge-patch+json"}
+    st, body = stack.cluster.api("PATCH", path, {"status": {
+        "phase": "Creating", "podName": "nix-builder-" + name, "reason": "Unschedulable",
+        "message": "0/1 nodes are available: 1 Insufficient cpu."}}, headers=hdr)
+    assert st == 200, body
+    time.sleep(1)
+    st, body = stack.cluster.api("PATCH", path, {"status": {
+        "phase": "Failed", "reason": "Unschedulable", "message": "gave up"}}, headers=hdr)
+    assert st == 200, body
+    out, err = p.communicate(timeout=30)
+    assert p.returncode != 0
+    assert b"Unschedulable: 0/1 nodes are available: 1 Insufficient cpu." in err, err
+    assert b"failed: Unschedulable: gave up" in err, err
+    wait_for(lambda: not stack.requests(), 15, what="the failed request to go")
+
+
+def test_builder_pod_killed_mid_session(stack):
+    p = ssh_nix(stack)
+    wait_for(lambda: (lambda r: r if r and phase(r) == "Running" else None)(
+        one_request(stack)), 60, what="a Running request")
+    (pod,) = stack.builder_pods()
+    st, _ = stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (
+        NAMESPACE, pod["metadata"]["name"]))
+    assert st == 200
+    out, err = p.communicate(timeout=60)
+    assert p.returncode != 0, (out, err)
+    stack.wait_clean(30)
+
+
+def test_kill_9_of_the_proxy_leaves_nothing_behind(stack, no_controller):
+    p = ssh_nix(stack)
+    req = wait_for(lambda: one_request(stack), 30, what="the session's request")
+    stack.proxy.stop(signal.SIGKILL)
+    p.wait(30)
+    assert [r["metadata"]["name"] for r in stack.requests()] == [req["metadata"]["name"]]
+    # The same Pod restarts its container: same name, same proxy id.
+    stack.proxy.start()
+    wait_for(stack.proxy.ready, 30, what="restarted proxy /readyz")
+    wait_for(lambda: not stack.requests(), 15, what="the leftover request to go")
+    assert "left behind by an earlier run" in stack.proxy.log()
+
+
+def test_without_authorized_keys_the_public_key_is_allowed(stack, tmp_path):
+    """The original quick start: the Secret has only private/public, and the
+    key pair's public half is the one client key let in."""
+    c = stack.cluster
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "quickstart-keys", "namespace": NAMESPACE},
+              "type": "Opaque",
+              "stringData": {"private": open(stack.keys["builder-key"]).read(),
+                             "public": open(stack.keys["builder-key"] + ".pub").read(),
+                             "host-key": open(stack.keys["host-key"]).read()}}
+    c.apply(json.dumps(secret))
+    port = free_port(PROXY_ADDRESS)
+    proc = subprocess.Popen([stack.nrbc_bin, "proxy", "--kubeconfig", c.kubeconfig,
+                             "--namespace", NAMESPACE, "--ssh-key-secret", "quickstart-keys",
+                             "--listen-address", PROXY_ADDRESS, "--port", str(port),
+                             "--health-port", "-1", "--builder-address", "127.0.0.1:1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: subprocess.run(["bash", "-c", "exec 3<>/dev/tcp/%s/%d" % (
+            PROXY_ADDRESS, port)], stderr=subprocess.DEVNULL).returncode == 0, 20,
+            what="proxy listening")
+        # The builder key gets in (and then fails to reach the fake builder).
+        p = ssh_nix(stack, port=port, key=stack.keys["builder-key"])
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 1, err
+        assert b"Permission denied" not in err, err
+        # The user key, not listed anywhere in this Secret, does not.
+        p = ssh_nix(stack, port=port, key=stack.keys["user-key"])
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 255 and b"Permission denied" in err, err
+    finally:
+        proc.terminate()
+        proc.wait(30)

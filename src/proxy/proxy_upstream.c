@@ -282,8 +282,14 @@ static void upstream_on_poll(uv_poll_t *h, int status, int events)
 	struct proxy_upstream *u = h->data;
 
 	if (status < 0 && u->state != UPSTREAM_CONNECTING) {
-		upstream_fail(u, "connection to builder %s:%d lost: %s", u->host, u->port,
-		    uv_strerror(status));
+		/* libuv reports POLLERR as EBADF; the socket knows the real cause. */
+		int soerr = 0;
+		socklen_t len = sizeof(soerr);
+		const char *why = uv_strerror(status);
+		if (status == UV_EBADF && getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 &&
+		    soerr)
+			why = strerror(soerr);
+		upstream_fail(u, "connection to builder %s:%d lost: %s", u->host, u->port, why);
 		return;
 	}
 	upstream_step(u);

@@ -6,17 +6,11 @@
 #include <string.h>
 
 #include "buf.h"
+#include "json_field.h"
 
 /* DNS label limit: pod names become hostnames, label values share it. */
 #define NAME_MAX_LEN 63
 #define HASH_HEX_LEN 16
-
-static const char *json_str(const json_t *obj, const char *key)
-{
-	const char *s = json_string_value(json_object_get(obj, key));
-
-	return s ? s : "";
-}
 
 static bool str_empty(const char *s)
 {
@@ -195,21 +189,21 @@ static json_t *pod_metadata(const json_t *request, const char *pod_name,
 
 	return json_pack("{s:s,s:s,s:o,s:{s:s},s:[{s:s,s:s,s:s,s:s,s:b,s:b}]}",
 	    "name", pod_name,
-	    "namespace", json_str(meta, "namespace"),
+	    "namespace", json_field_str(meta, "namespace"),
 	    "labels", pod_labels(request_label),
-	    "annotations", CONTROLLER_POD_SESSION_ANNOTATION, json_str(spec, "sessionId"),
+	    "annotations", CONTROLLER_POD_SESSION_ANNOTATION, json_field_str(spec, "sessionId"),
 	    "ownerReferences",
 	    "apiVersion", "nix.io/v1alpha1",
 	    "kind", "NixBuildRequest",
-	    "name", json_str(meta, "name"),
-	    "uid", json_str(meta, "uid"),
+	    "name", json_field_str(meta, "name"),
+	    "uid", json_field_str(meta, "uid"),
 	    "controller", 1,
 	    "blockOwnerDeletion", 1);
 }
 
 static json_t *pod_container(const json_t *spec, const struct controller_pod_options *o)
 {
-	const char *image = json_str(spec, "image");
+	const char *image = json_field_str(spec, "image");
 	char port_text[24];
 	json_t *resources = pod_resources(spec, o);
 	json_t *caps = container_capabilities(o->remote_port);
@@ -288,14 +282,14 @@ json_t *controller_pod_build(const json_t *request, const struct controller_pod_
 {
 	const json_t *meta = json_object_get(request, "metadata");
 	const json_t *spec = json_object_get(request, "spec");
-	const char *name = json_str(meta, "name");
+	const char *name = json_field_str(meta, "name");
 	char *pod_name = NULL;
 	char *label = NULL;
 	json_t *pod = NULL;
 
 	*err = NULL;
-	if (str_empty(name) || str_empty(json_str(meta, "namespace")) ||
-	    str_empty(json_str(meta, "uid"))) {
+	if (str_empty(name) || str_empty(json_field_str(meta, "namespace")) ||
+	    str_empty(json_field_str(meta, "uid"))) {
 		*err = str_printf("NixBuildRequest without name, namespace or uid");
 		return NULL;
 	}
@@ -337,8 +331,8 @@ static const json_t *controller_owner(const json_t *pod)
 
 	json_array_foreach(refs, i, ref) {
 		if (json_is_true(json_object_get(ref, "controller")) &&
-		    strcmp(json_str(ref, "kind"), "NixBuildRequest") == 0 &&
-		    strncmp(json_str(ref, "apiVersion"), "nix.io/", 7) == 0)
+		    strcmp(json_field_str(ref, "kind"), "NixBuildRequest") == 0 &&
+		    strncmp(json_field_str(ref, "apiVersion"), "nix.io/", 7) == 0)
 			return ref;
 	}
 	return NULL;
@@ -347,7 +341,7 @@ static const json_t *controller_owner(const json_t *pod)
 const char *controller_pod_owner_name(const json_t *pod)
 {
 	const json_t *ref = controller_owner(pod);
-	const char *name = ref ? json_str(ref, "name") : "";
+	const char *name = ref ? json_field_str(ref, "name") : "";
 
 	return *name ? name : NULL;
 }
@@ -356,5 +350,5 @@ bool controller_pod_owned_by(const json_t *pod, const char *uid)
 {
 	const json_t *ref = controller_owner(pod);
 
-	return ref && !str_empty(uid) && strcmp(json_str(ref, "uid"), uid) == 0;
+	return ref && !str_empty(uid) && strcmp(json_field_str(ref, "uid"), uid) == 0;
 }

@@ -10,6 +10,7 @@
 #include "controller_slim.h"
 #include "controller_status.h"
 #include "log.h"
+#include "json_field.h"
 
 /* A pod we created counts as existing until the pod informer shows it (or
  * its deletion), however late: otherwise a request updated before its pod
@@ -79,13 +80,6 @@ struct controller_reconciler {
 	struct reconcile_op *ops;
 	size_t in_flight;
 };
-
-static const char *json_str(const json_t *obj, const char *key)
-{
-	const char *s = json_string_value(json_object_get(obj, key));
-
-	return s ? s : "";
-}
 
 static int64_t wall_ms(void)
 {
@@ -401,8 +395,8 @@ static void on_status_written(const struct kube_response *resp, void *data)
 	struct controller_reconciler *r = op->r;
 	const json_t *old = json_object_get(op->nbr, "status");
 	const json_t *st = json_object_get(resp->body, "status");
-	const char *new_phase = json_str(st, "phase");
-	const char *new_reason = json_str(st, "reason");
+	const char *new_phase = json_field_str(st, "phase");
+	const char *new_reason = json_field_str(st, "reason");
 	struct request_state *s;
 	enum controller_phase phase;
 
@@ -432,17 +426,17 @@ static void on_status_written(const struct kube_response *resp, void *data)
 		s->stale_rv = strdup(kube_object_resource_version(op->nbr));
 	}
 	phase = controller_phase_of(resp->body);
-	if (strcmp(json_str(old, "phase"), new_phase) != 0 ||
-	    strcmp(json_str(old, "reason"), new_reason) != 0) {
+	if (strcmp(json_field_str(old, "phase"), new_phase) != 0 ||
+	    strcmp(json_field_str(old, "reason"), new_reason) != 0) {
 		bool warning = phase == CONTROLLER_PHASE_FAILED ||
 		    strcmp(new_reason, CONTROLLER_REASON_UNSCHEDULABLE) == 0;
 
 		log_info("nbr=%s: %s => %s (%s): %s", op->key,
-		    *json_str(old, "phase") ? json_str(old, "phase") : "Pending", new_phase,
-		    new_reason, json_str(st, "message"));
-		if (strcmp(json_str(old, "phase"), new_phase) != 0)
+		    *json_field_str(old, "phase") ? json_field_str(old, "phase") : "Pending", new_phase,
+		    new_reason, json_field_str(st, "message"));
+		if (strcmp(json_field_str(old, "phase"), new_phase) != 0)
 			metric_add(r->m.phase[phase], 1);
-		record_event(r, resp->body, warning, new_reason, json_str(st, "message"));
+		record_event(r, resp->body, warning, new_reason, json_field_str(st, "message"));
 		if (phase == CONTROLLER_PHASE_RUNNING && s && !s->running_timed) {
 			s->running_timed = true;
 			metric_observe(r->m.running_seconds,
@@ -674,7 +668,7 @@ static void reconcile_request(struct reconcile_op *op)
 			state_clear_expected(s);
 	}
 	if (!pod && (phase == CONTROLLER_PHASE_PENDING ||
-	    !*json_str(json_object_get(op->nbr, "status"), "podName"))) {
+	    !*json_field_str(json_object_get(op->nbr, "status"), "podName"))) {
 		free(pod_name);
 		create_pod(op);
 		return;

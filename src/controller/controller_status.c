@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "buf.h"
+#include "json_field.h"
 
 static const char *const phase_names[CONTROLLER_PHASE_COUNT] = {
 	[CONTROLLER_PHASE_PENDING] = "Pending",
@@ -35,13 +36,6 @@ const char *controller_phase_name(enum controller_phase p)
 	return p < CONTROLLER_PHASE_COUNT ? phase_names[p] : "Unknown";
 }
 
-static const char *json_str(const json_t *obj, const char *key)
-{
-	const char *s = json_string_value(json_object_get(obj, key));
-
-	return s ? s : "";
-}
-
 static enum controller_phase phase_parse(const char *s)
 {
 	for (int i = 0; i < CONTROLLER_PHASE_COUNT; i++) {
@@ -53,7 +47,7 @@ static enum controller_phase phase_parse(const char *s)
 
 enum controller_phase controller_phase_of(const json_t *request)
 {
-	return phase_parse(json_str(json_object_get(request, "status"), "phase"));
+	return phase_parse(json_field_str(json_object_get(request, "status"), "phase"));
 }
 
 bool controller_phase_terminal(enum controller_phase p)
@@ -121,7 +115,7 @@ static const json_t *find_condition(const json_t *conditions, const char *type)
 	json_t *c;
 
 	json_array_foreach(conditions, i, c) {
-		if (strcmp(json_str(c, "type"), type) == 0)
+		if (strcmp(json_field_str(c, "type"), type) == 0)
 			return c;
 	}
 	return NULL;
@@ -138,12 +132,12 @@ static int set_condition(json_t *conditions, const char *type, const char *statu
 	json_t *fresh;
 
 	json_array_foreach(conditions, i, c) {
-		if (strcmp(json_str(c, "type"), type) == 0)
+		if (strcmp(json_field_str(c, "type"), type) == 0)
 			break;
 	}
-	if (i < json_array_size(conditions) && strcmp(json_str(c, "status"), status) == 0 &&
+	if (i < json_array_size(conditions) && strcmp(json_field_str(c, "status"), status) == 0 &&
 	    json_is_string(json_object_get(c, "lastTransitionTime")))
-		snprintf(now, sizeof(now), "%s", json_str(c, "lastTransitionTime"));
+		snprintf(now, sizeof(now), "%s", json_field_str(c, "lastTransitionTime"));
 	else
 		controller_status_format_time(now_ms, now);
 	fresh = json_pack("{s:s,s:s,s:s,s:s,s:s,s:I}", "type", type, "status", status,
@@ -172,7 +166,7 @@ static const json_t *builder_container_status(const json_t *pod)
 	json_t *cs;
 
 	json_array_foreach(statuses, i, cs) {
-		if (strcmp(json_str(cs, "name"), "builder") == 0)
+		if (strcmp(json_field_str(cs, "name"), "builder") == 0)
 			return cs;
 	}
 	return json_array_get(statuses, 0);
@@ -182,16 +176,16 @@ static char *terminated_message(const char *pod_name, const json_t *pod_status,
     const json_t *cs)
 {
 	const json_t *term = json_object_get(json_object_get(cs, "state"), "terminated");
-	const char *pod_message = json_str(pod_status, "message");
+	const char *pod_message = json_field_str(pod_status, "message");
 
 	if (*pod_message)
 		return str_printf("builder pod %s failed: %s", pod_name, pod_message);
 	if (term)
 		return str_printf("builder pod %s failed: container exited with code %lld%s%s%s%s",
 		    pod_name, (long long)json_integer_value(json_object_get(term, "exitCode")),
-		    *json_str(term, "reason") ? " (" : "", json_str(term, "reason"),
-		    *json_str(term, "reason") ? ")" : "",
-		    *json_str(term, "message") ? json_str(term, "message") : "");
+		    *json_field_str(term, "reason") ? " (" : "", json_field_str(term, "reason"),
+		    *json_field_str(term, "reason") ? ")" : "",
+		    *json_field_str(term, "message") ? json_field_str(term, "message") : "");
 	return str_printf("builder pod %s failed", pod_name);
 }
 
@@ -199,10 +193,10 @@ static int judge_failed_pod(const char *pod_name, const json_t *pod_status,
     const json_t *cs, struct verdict *v)
 {
 	v->phase = CONTROLLER_PHASE_FAILED;
-	if (strcmp(json_str(pod_status, "reason"), "DeadlineExceeded") == 0) {
+	if (strcmp(json_field_str(pod_status, "reason"), "DeadlineExceeded") == 0) {
 		v->reason = CONTROLLER_REASON_DEADLINE;
 		v->message = str_printf("builder pod %s ran longer than its timeoutSeconds: %s",
-		    pod_name, json_str(pod_status, "message"));
+		    pod_name, json_field_str(pod_status, "message"));
 	} else {
 		v->reason = CONTROLLER_REASON_POD_FAILED;
 		v->message = terminated_message(pod_name, pod_status, cs);
@@ -213,12 +207,12 @@ static int judge_failed_pod(const char *pod_name, const json_t *pod_status,
 static int judge_unschedulable(const struct controller_status_input *in,
     const json_t *cond, struct verdict *v)
 {
-	const char *since_text = json_str(cond, "lastTransitionTime");
+	const char *since_text = json_field_str(cond, "lastTransitionTime");
 	int64_t since = controller_status_parse_time(since_text);
 	int64_t elapsed;
 
 	if (since < 0)
-		since = controller_status_parse_time(json_str(json_object_get(in->request,
+		since = controller_status_parse_time(json_field_str(json_object_get(in->request,
 		    "status"), "startTime"));
 	if (since < 0)
 		since = in->now_ms;
@@ -227,10 +221,10 @@ static int judge_unschedulable(const struct controller_status_input *in,
 	if (elapsed >= 0 && (uint64_t)elapsed >= in->unschedulable_timeout_ms) {
 		v->phase = CONTROLLER_PHASE_FAILED;
 		v->message = str_printf("builder pod %s could not be scheduled: %s",
-		    in->pod_name, json_str(cond, "message"));
+		    in->pod_name, json_field_str(cond, "message"));
 	} else {
 		v->phase = CONTROLLER_PHASE_CREATING;
-		v->message = str_printf("Unschedulable: %s", json_str(cond, "message"));
+		v->message = str_printf("Unschedulable: %s", json_field_str(cond, "message"));
 		v->recheck_ms = in->unschedulable_timeout_ms - (elapsed > 0 ? (uint64_t)elapsed : 0);
 	}
 	return v->message ? 0 : -1;
@@ -240,15 +234,15 @@ static bool pod_ready(const json_t *pod_status)
 {
 	const json_t *ready = find_condition(json_object_get(pod_status, "conditions"), "Ready");
 
-	return strcmp(json_str(pod_status, "phase"), "Running") == 0 &&
-	    strcmp(json_str(ready, "status"), "True") == 0 && *json_str(pod_status, "podIP");
+	return strcmp(json_field_str(pod_status, "phase"), "Running") == 0 &&
+	    strcmp(json_field_str(ready, "status"), "True") == 0 && *json_field_str(pod_status, "podIP");
 }
 
 static int judge_pod(const struct controller_status_input *in, enum controller_phase current,
     struct verdict *v)
 {
 	const json_t *pod_status = json_object_get(in->pod, "status");
-	const char *pod_phase = json_str(pod_status, "phase");
+	const char *pod_phase = json_field_str(pod_status, "phase");
 	const json_t *cs = builder_container_status(in->pod);
 	const json_t *waiting = json_object_get(json_object_get(cs, "state"), "waiting");
 	const json_t *scheduled = find_condition(json_object_get(pod_status, "conditions"),
@@ -270,16 +264,16 @@ static int judge_pod(const struct controller_status_input *in, enum controller_p
 		return v->message ? 0 : -1;
 	}
 	for (size_t i = 0; waiting && i < sizeof(waiting_failures) / sizeof(waiting_failures[0]); i++) {
-		if (strcmp(json_str(waiting, "reason"), waiting_failures[i].waiting_reason) == 0) {
+		if (strcmp(json_field_str(waiting, "reason"), waiting_failures[i].waiting_reason) == 0) {
 			v->phase = CONTROLLER_PHASE_FAILED;
 			v->reason = waiting_failures[i].reason;
 			v->message = str_printf("builder pod %s: %s: %s", in->pod_name,
-			    waiting_failures[i].waiting_reason, json_str(waiting, "message"));
+			    waiting_failures[i].waiting_reason, json_field_str(waiting, "message"));
 			return v->message ? 0 : -1;
 		}
 	}
-	if (strcmp(json_str(scheduled, "status"), "False") == 0 &&
-	    strcmp(json_str(scheduled, "reason"), "Unschedulable") == 0)
+	if (strcmp(json_field_str(scheduled, "status"), "False") == 0 &&
+	    strcmp(json_field_str(scheduled, "reason"), "Unschedulable") == 0)
 		return judge_unschedulable(in, scheduled, v);
 	/* Running is kept through a readiness flap: the proxy may already be
 	 * bridging to it, and only a real failure ends a builder. */
@@ -287,8 +281,8 @@ static int judge_pod(const struct controller_status_input *in, enum controller_p
 		v->phase = CONTROLLER_PHASE_RUNNING;
 		v->reason = CONTROLLER_REASON_RUNNING;
 		v->message = str_printf("builder pod %s is ready at %s", in->pod_name,
-		    *json_str(pod_status, "podIP") ? json_str(pod_status, "podIP") :
-		    json_str(json_object_get(in->request, "status"), "podIP"));
+		    *json_field_str(pod_status, "podIP") ? json_field_str(pod_status, "podIP") :
+		    json_field_str(json_object_get(in->request, "status"), "podIP"));
 		return v->message ? 0 : -1;
 	}
 	v->phase = CONTROLLER_PHASE_CREATING;
@@ -329,22 +323,22 @@ static json_t *next_status(const json_t *request, const json_t *pod, const char 
 	if (pod_name && *pod_name &&
 	    json_object_set_new(st, "podName", json_string(pod_name)) < 0)
 		goto fail;
-	if (*json_str(pod_status, "podIP") &&
-	    json_object_set_new(st, "podIP", json_string(json_str(pod_status, "podIP"))) < 0)
+	if (*json_field_str(pod_status, "podIP") &&
+	    json_object_set_new(st, "podIP", json_string(json_field_str(pod_status, "podIP"))) < 0)
 		goto fail;
-	if (!*json_str(st, "startTime") && v->phase != CONTROLLER_PHASE_PENDING &&
+	if (!*json_field_str(st, "startTime") && v->phase != CONTROLLER_PHASE_PENDING &&
 	    json_object_set_new(st, "startTime", json_string(now)) < 0)
 		goto fail;
-	if (controller_phase_terminal(v->phase) && !*json_str(st, "completionTime") &&
+	if (controller_phase_terminal(v->phase) && !*json_field_str(st, "completionTime") &&
 	    json_object_set_new(st, "completionTime", json_string(now)) < 0)
 		goto fail;
 	if (scheduled) {
-		bool ok = strcmp(json_str(scheduled, "status"), "True") == 0;
+		bool ok = strcmp(json_field_str(scheduled, "status"), "True") == 0;
 
 		if (set_condition(conditions, "BuilderScheduled", ok ? "True" : "False",
-		        ok ? "Scheduled" : *json_str(scheduled, "reason") ?
-		        json_str(scheduled, "reason") : "NotScheduled",
-		        ok ? "" : json_str(scheduled, "message"), generation, now_ms) < 0)
+		        ok ? "Scheduled" : *json_field_str(scheduled, "reason") ?
+		        json_field_str(scheduled, "reason") : "NotScheduled",
+		        ok ? "" : json_field_str(scheduled, "message"), generation, now_ms) < 0)
 			goto fail;
 	}
 	if (v->phase != CONTROLLER_PHASE_PENDING &&
@@ -361,13 +355,13 @@ static int finish_result(const json_t *request, json_t *status,
     struct controller_status_result *out)
 {
 	const json_t *old = json_object_get(request, "status");
-	const char *new_phase = json_str(status, "phase");
-	const char *new_reason = json_str(status, "reason");
+	const char *new_phase = json_field_str(status, "phase");
+	const char *new_reason = json_field_str(status, "reason");
 
 	out->status = status;
 	out->changed = !json_is_object(old) || !json_equal((json_t *)old, status);
-	out->transition = strcmp(json_str(old, "phase"), new_phase) != 0 ||
-	    strcmp(json_str(old, "reason"), new_reason) != 0;
+	out->transition = strcmp(json_field_str(old, "phase"), new_phase) != 0 ||
+	    strcmp(json_field_str(old, "reason"), new_reason) != 0;
 	out->warning = strcmp(new_phase, "Failed") == 0 ||
 	    strcmp(new_reason, CONTROLLER_REASON_UNSCHEDULABLE) == 0;
 	return 0;
@@ -396,11 +390,11 @@ int controller_status_compute(const struct controller_status_input *in,
 	if (!in->pod) {
 		/* A pod that was seen and is now gone was deleted under us; with
 		 * no pod ever seen, the reconciler is about to make one. */
-		if (current == CONTROLLER_PHASE_PENDING || !*json_str(old, "podName"))
+		if (current == CONTROLLER_PHASE_PENDING || !*json_field_str(old, "podName"))
 			return unchanged(in->request, out);
 		v.phase = CONTROLLER_PHASE_FAILED;
 		v.reason = CONTROLLER_REASON_POD_DELETED;
-		v.message = str_printf("builder pod %s was deleted", json_str(old, "podName"));
+		v.message = str_printf("builder pod %s was deleted", json_field_str(old, "podName"));
 		if (!v.message)
 			return -1;
 	} else if (judge_pod(in, current, &v) < 0) {

@@ -7,6 +7,7 @@
 #include "buf.h"
 #include "log.h"
 #include "nrbc_version.h"
+#include "json_field.h"
 
 #define KUBE_CLIENT_DEFAULT_TIMEOUT_MS 30000
 #define KUBE_CLIENT_CONNECT_TIMEOUT_MS 10000
@@ -543,13 +544,6 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
-static const char *json_str(const json_t *obj, const char *key)
-{
-	const char *s = json_string_value(json_object_get(obj, key));
-
-	return s ? s : "";
-}
-
 static void request_finish(struct kube_client *c, struct kube_request *r, CURLcode res)
 {
 	struct kube_response resp = { .reason = "", .message = "" };
@@ -568,9 +562,9 @@ static void request_finish(struct kube_client *c, struct kube_request *r, CURLco
 			    resp.status, jerr.text);
 	}
 	resp.body = body;
-	if (json_is_object(body) && strcmp(json_str(body, "kind"), "Status") == 0) {
-		resp.reason = json_str(body, "reason");
-		resp.message = json_str(body, "message");
+	if (json_is_object(body) && strcmp(json_field_str(body, "kind"), "Status") == 0) {
+		resp.reason = json_field_str(body, "reason");
+		resp.message = json_field_str(body, "message");
 	}
 	if (r->too_big) {
 		free(message);

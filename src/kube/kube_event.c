@@ -8,6 +8,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "json_field.h"
 
 /* Names are DNS subdomains (253); the suffix is "." + 16 hex digits. */
 #define EVENT_NAME_MAX 253
@@ -32,13 +33,6 @@ struct kube_event_recorder {
 	uint64_t failed;
 	uint64_t dropped;
 };
-
-static const char *json_str(const json_t *obj, const char *key)
-{
-	const char *s = json_string_value(json_object_get(obj, key));
-
-	return s ? s : "";
-}
 
 static void format_time(int64_t ms, char out[32])
 {
@@ -75,8 +69,8 @@ json_t *kube_event_build(const json_t *obj, const struct kube_resource *res,
     const char *instance, int64_t now_ms, uint64_t seq)
 {
 	const json_t *meta = json_object_get(obj, "metadata");
-	const char *name = json_str(meta, "name");
-	const char *ns = json_str(meta, "namespace");
+	const char *name = json_field_str(meta, "name");
+	const char *ns = json_field_str(meta, "namespace");
 	char *apiv = api_version(res);
 	char *event_name = NULL;
 	char *msg = NULL;
@@ -100,8 +94,8 @@ json_t *kube_event_build(const json_t *obj, const struct kube_resource *res,
 	    "kind", "Event",
 	    "metadata", "name", event_name, "namespace", *ns ? ns : "default",
 	    "involvedObject", "apiVersion", apiv, "kind", res->kind, "name", name,
-	    "namespace", ns, "uid", json_str(meta, "uid"),
-	    "resourceVersion", json_str(meta, "resourceVersion"),
+	    "namespace", ns, "uid", json_field_str(meta, "uid"),
+	    "resourceVersion", json_field_str(meta, "resourceVersion"),
 	    "type", type,
 	    "reason", reason,
 	    "message", msg,

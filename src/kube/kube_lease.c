@@ -9,6 +9,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "json_field.h"
 
 enum lease_state {
 	LEASE_IDLE,
@@ -55,13 +56,6 @@ static void lease_tick(uv_timer_t *t);
 static void lease_on_get(const struct kube_response *resp, void *data);
 static void lease_on_write(const struct kube_response *resp, void *data);
 
-static const char *json_str(const json_t *obj, const char *key)
-{
-	const char *s = json_string_value(json_object_get(obj, key));
-
-	return s ? s : "";
-}
-
 static int64_t wall_us(void)
 {
 	struct timespec ts;
@@ -104,7 +98,7 @@ char *kube_lease_identity(void)
 enum kube_lease_action kube_lease_decide(const json_t *lease, const char *identity,
     bool expired)
 {
-	const char *holder = json_str(json_object_get(lease, "spec"), "holderIdentity");
+	const char *holder = json_field_str(json_object_get(lease, "spec"), "holderIdentity");
 
 	if (strcmp(holder, identity) == 0)
 		return KUBE_LEASE_RENEW;
@@ -146,7 +140,7 @@ json_t *kube_lease_build(const json_t *current, const char *ns, const char *name
 			goto fail;
 		spec = json_object_get(lease, "spec");
 	}
-	old_holder = json_str(spec, "holderIdentity");
+	old_holder = json_field_str(spec, "holderIdentity");
 	switch (what) {
 	case KUBE_LEASE_WRITE_ACQUIRE:
 		if (strcmp(old_holder, identity) != 0) {
@@ -356,7 +350,7 @@ static void lease_on_get(const struct kube_response *resp, void *data)
 		break;
 	case KUBE_LEASE_ACQUIRE:
 		log_info("lease %s/%s: taking over from \"%s\"", l->ns, l->name,
-		    json_str(json_object_get(l->lease, "spec"), "holderIdentity"));
+		    json_field_str(json_object_get(l->lease, "spec"), "holderIdentity"));
 		write_lease(l, KUBE_LEASE_WRITE_ACQUIRE);
 		break;
 	case KUBE_LEASE_RENEW:

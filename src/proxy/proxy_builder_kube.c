@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "buf.h"
+#include "json_field.h"
 #include "kube/kube_client.h"
 #include "kube/kube_informer.h"
 #include "log.h"
@@ -274,12 +275,6 @@ static void kube_on_op_response(const struct kube_response *resp, void *data)
 	kube_op_remove(k, op);
 }
 
-static const char *json_str_at(const json_t *obj, const char *a, const char *b)
-{
-	const char *s = json_string_value(json_object_get(json_object_get(obj, a), b));
-	return s ? s : "";
-}
-
 /* "builder pod P: Phase - Reason: message", what the Nix user sees. */
 static char *kube_progress_text(const char *pod, const char *phase, const char *reason,
     const char *message)
@@ -303,11 +298,12 @@ fail:
 static void kube_observe(struct proxy_builder_kube *k, json_t *obj)
 {
 	struct kube_wait *w = kube_wait_by_name(k, kube_object_name(obj));
-	const char *phase = json_str_at(obj, "status", "phase");
-	const char *pod = json_str_at(obj, "status", "podName");
-	const char *ip = json_str_at(obj, "status", "podIP");
-	const char *reason = json_str_at(obj, "status", "reason");
-	const char *message = json_str_at(obj, "status", "message");
+	const json_t *status = json_object_get(obj, "status");
+	const char *phase = json_field_str(status, "phase");
+	const char *pod = json_field_str(status, "podName");
+	const char *ip = json_field_str(status, "podIP");
+	const char *reason = json_field_str(status, "reason");
+	const char *message = json_field_str(status, "message");
 	char *text;
 
 	if (!w || (w->state != KUBE_WAIT_WAITING && w->state != KUBE_WAIT_READY))

@@ -8,6 +8,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy_command.h"
 #include "proxy_upstream.h"
 
@@ -551,6 +552,7 @@ static size_t bridge_pump_up(struct proxy_bridge *b, struct proxy_upstream *u)
 		if (n > 0) {
 			pbuf_consume(&b->up, (size_t)n);
 			moved += (size_t)n;
+			metric_add(b->env.bytes_up, (double)n);
 			continue;
 		}
 		if (n == 0 || n == LIBSSH2_ERROR_EAGAIN)
@@ -594,6 +596,7 @@ static size_t bridge_flush_down(struct proxy_bridge *b, int stream)
 		if (w > 0) {
 			pbuf_consume(d, (size_t)w);
 			moved += (size_t)w;
+			metric_add(b->env.bytes_down, (double)w);
 		}
 		if ((uint32_t)w < chunk)
 			break;

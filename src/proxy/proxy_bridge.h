@@ -18,6 +18,8 @@
 
 #include <libssh/libssh.h>
 
+struct metric;
+
 struct proxy_bridge;
 struct proxy_command_policy;
 struct proxy_upstream;
@@ -29,6 +31,9 @@ struct proxy_bridge_env {
 	/* Something happened on the client channel: run again. */
 	void (*wake)(void *data);
 	void *data;
+	/* Payload bytes client -> builder and builder -> client; may be NULL. */
+	struct metric *bytes_up;
+	struct metric *bytes_down;
 };
 
 /* Creates the client channel (to be returned from libssh's channel-open

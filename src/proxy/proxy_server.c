@@ -301,6 +301,11 @@ static int server_setup_bind(struct proxy_server *srv, const struct proxy_keys *
 	return 0;
 }
 
+/* Seconds: a warm builder answers in milliseconds, a cold pod in seconds,
+ * an unschedulable one in minutes. */
+static const double server_wait_buckets[] = { 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60,
+    120, 300 };
+
 struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_server_options *opts,
     const struct proxy_keys *keys, const struct proxy_command_policy *policy,
     struct metrics *metrics, char **err)
@@ -348,6 +353,16 @@ struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_ser
 		    "Client sessions ended, by outcome.", "outcome=\"failed\"");
 		srv->m_unauth = metrics_counter(metrics, "nrbc_proxy_sessions_total",
 		    "Client sessions ended, by outcome.", "outcome=\"unauthenticated\"");
+		srv->env.auth_failures = metrics_counter(metrics,
+		    "nrbc_proxy_auth_failures_total", "Client keys refused.", NULL);
+		srv->env.builder_wait = metrics_histogram(metrics,
+		    "nrbc_proxy_builder_wait_seconds",
+		    "Time from a session asking for a builder to the builder being ready.", NULL,
+		    server_wait_buckets, sizeof(server_wait_buckets) / sizeof(server_wait_buckets[0]));
+		srv->env.bytes_up = metrics_counter(metrics, "nrbc_proxy_bytes_total",
+		    "Payload bytes bridged, by direction.", "direction=\"up\"");
+		srv->env.bytes_down = metrics_counter(metrics, "nrbc_proxy_bytes_total",
+		    "Payload bytes bridged, by direction.", "direction=\"down\"");
 	}
 	uv_poll_init_socket(loop, &srv->listener, srv->lfd);
 	uv_timer_init(loop, &srv->pause);

@@ -8,6 +8,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy_bridge.h"
 #include "proxy_builder.h"
 #include "proxy_keys.h"
@@ -58,6 +59,7 @@ struct proxy_session {
 	/* authentication */
 	bool authenticated;
 	int auth_failures;
+	uint64_t wait_started; /* loop time the builder was asked for */
 	char *user;
 	char *key_comment;
 	/* channels */
@@ -301,6 +303,7 @@ static int session_on_auth_pubkey(ssh_session ssh, const char *user, struct ssh_
 	if (idx < 0 || (signature_state != SSH_PUBLICKEY_STATE_NONE &&
 	    signature_state != SSH_PUBLICKEY_STATE_VALID)) {
 		s->auth_failures++;
+		metric_add(s->env->auth_failures, 1);
 		log_info("session=%llu user \"%.64s\" offered a key that is not allowed%s "
 		    "(%d/%d)", (unsigned long long)s->id, user,
 		    idx >= 0 ? " (bad signature)" : "", s->auth_failures, s->env->max_auth_tries);
@@ -340,6 +343,8 @@ static ssh_channel session_on_channel_open(ssh_session ssh, void *userdata)
 	env.channel_no = s->channel_seq++;
 	env.wake = session_wake;
 	env.data = s;
+	env.bytes_up = s->env->bytes_up;
+	env.bytes_down = s->env->bytes_down;
 	b = proxy_bridge_create(ssh, &env);
 	if (!b)
 		return NULL;
@@ -403,6 +408,8 @@ void proxy_session_builder_ready(struct proxy_session *s, const char *host, int 
 		    (unsigned long long)s->id, session_state_names[s->state]);
 		return;
 	}
+	metric_observe(s->env->builder_wait,
+	    (double)(uv_now(s->env->loop) - s->wait_started) / 1000.0);
 	log_info("session=%llu builder ready at %s:%d", (unsigned long long)s->id, host, port);
 	s->upstream = proxy_upstream_create(s->env->loop, s->id, host, port, s->env->remote_user,
 	    s->env->keys, &session_upstream_events, s);
@@ -459,6 +466,7 @@ static void session_step_channels(struct proxy_session *s)
 		s->last_activity = uv_now(s->env->loop);
 	if (s->state == SESSION_READY && wants_builder) {
 		s->builder_acquired = true;
+		s->wait_started = uv_now(s->env->loop);
 		session_set_state(s, SESSION_WAIT_BUILDER);
 		if (proxy_builder_acquire(s->env->builder, s->id) < 0) {
 			s->builder_released = true; /* no event will follow */

@@ -19,6 +19,8 @@
 #include <libssh/server.h>
 #include <uv.h>
 
+struct metric;
+
 struct proxy_builder;
 struct proxy_command_policy;
 struct proxy_keys;
@@ -41,6 +43,11 @@ struct proxy_session_env {
 	uint64_t builder_timeout_ms;
 	uint64_t idle_timeout_ms;    /* 0: none */
 	int max_auth_tries;
+	/* Metrics (each may be NULL). */
+	struct metric *auth_failures;
+	struct metric *builder_wait;  /* histogram, seconds */
+	struct metric *bytes_up;
+	struct metric *bytes_down;
 	/* The session is gone (memory freed); called once, from a uv close
 	 * callback. */
 	void (*on_closed)(void *data, uint64_t id, const struct proxy_session_stats *stats);

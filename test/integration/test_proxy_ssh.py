@@ -693,7 +693,8 @@ def test_health_and_metrics(world):
                                  [None, None])[1], 10, what="health port"))
     assert http_get(p.ip, port, "/healthz")[0] == 200
     assert http_get(p.ip, port, "/readyz")[0] == 200
-    assert p.ssh("exit 0").returncode == 0
+    r = p.ssh("head -c 1000 >/dev/null; head -c 3000 /dev/zero", input=b"u" * 1000)
+    assert r.returncode == 0 and len(r.stdout) == 3000
     assert p.ssh("echo", "x", key=world.keys.stranger).returncode == 255
 
     def counted():
@@ -703,6 +704,13 @@ def test_health_and_metrics(world):
                 "nrbc_proxy_connections_accepted_total 2" in body and body)
     body = wait_for(counted, 10, what="session metrics")
     assert "nrbc_proxy_sessions 0" in body
+    assert 'nrbc_proxy_bytes_total{direction="up"} 1000' in body, body
+    assert 'nrbc_proxy_bytes_total{direction="down"} 3000' in body, body
+    # The stranger's key was refused at least once (OpenSSH may offer it twice).
+    assert re.search(r"^nrbc_proxy_auth_failures_total [1-9]", body, re.M), body
+    # One builder wait, observed (static builder: well under a second).
+    assert "nrbc_proxy_builder_wait_seconds_count 1" in body, body
+    assert 'nrbc_proxy_builder_wait_seconds_bucket{le="1"} 1' in body, body
 
 
 # ---- shutdown ---------------------------------------------------------------------

@@ -59,6 +59,7 @@ struct controller_flags {
 	char *log_format;
 	char *log_level;
 	long workers;
+	long warm_pool_size;
 };
 
 enum controller_state {
@@ -178,6 +179,9 @@ static void on_pod_event(struct controller *c, json_t *pod, bool deleted)
 	controller_reconciler_pod_seen(c->rec, pod, deleted);
 	enqueue(c, key);
 	free(key);
+	/* Any builder pod changing may change how many idle ones there are. */
+	if (c->f.warm_pool_size > 0)
+		enqueue(c, CONTROLLER_POOL_KEY);
 }
 
 static void on_pod_add(json_t *obj, void *data)
@@ -281,6 +285,8 @@ static void maybe_activate(struct controller *c)
 	    kube_informer_size(c->requests), kube_informer_size(c->pods));
 	kube_informer_foreach(c->requests, add_request_key, c);
 	kube_informer_foreach(c->pods, add_pod_owner_key, c);
+	if (c->f.warm_pool_size > 0)
+		enqueue(c, CONTROLLER_POOL_KEY);
 }
 
 static void on_synced(void *data)
@@ -456,8 +462,18 @@ static int start_kube(struct controller *c)
 			.termination_grace_seconds = 5,
 		},
 		.unschedulable_timeout_ms = c->f.unschedulable_timeout_ms,
+		.warm_pool_size = c->f.warm_pool_size,
+		.pool_namespace = ns,
 	};
 
+	if (c->f.warm_pool_size > 0 && !ns) {
+		/* Which namespace would the idle pods live in? */
+		log_warnx("--warm-pool-size needs --namespace: warm pool off");
+		c->f.warm_pool_size = 0;
+		ro.warm_pool_size = 0;
+	} else if (c->f.warm_pool_size > 0) {
+		log_info("warm pool: %ld idle builder pods in %s", c->f.warm_pool_size, ns);
+	}
 	c->cfg = kube_config_load(c->f.kubeconfig, NULL, &err);
 	if (!c->cfg) {
 		log_error("%s", err ? err : "no Kubernetes configuration");
@@ -527,9 +543,10 @@ static int parse_flags(struct controller_flags *f, const struct flag *table, siz
 		return 2;
 	}
 	if (f->remote_port < 1 || f->remote_port > 65535 || f->health_port < 0 ||
-	    f->health_port > 65535 || f->workers < 1 || f->workers > 10000) {
-		fprintf(stderr, "nrbc controller: --remote-port, --health-port or --workers "
-		                "out of range\n");
+	    f->health_port > 65535 || f->workers < 1 || f->workers > 10000 ||
+	    f->warm_pool_size < 0 || f->warm_pool_size > 1000) {
+		fprintf(stderr, "nrbc controller: --remote-port, --health-port, --workers or "
+		                "--warm-pool-size out of range\n");
 		return 2;
 	}
 	if (f->leader_elect && (f->renew_deadline_ms >= f->lease_duration_ms ||
@@ -606,6 +623,9 @@ int controller_main(int argc, char **argv)
 		    "error, warn, info or debug", false },
 		{ "workers", "NRBC_CONTROLLER_WORKERS", FLAG_INT, &f->workers, "64",
 		    "reconcile passes in flight at once", false },
+		{ "warm-pool-size", "NRBC_CONTROLLER_WARM_POOL_SIZE", FLAG_INT, &f->warm_pool_size,
+		    "0", "idle Ready builder pods kept for requests to claim (needs --namespace)",
+		    false },
 	};
 	size_t n = sizeof(table) / sizeof(table[0]);
 

@@ -352,3 +352,137 @@ bool controller_pod_owned_by(const json_t *pod, const char *uid)
 
 	return ref && !str_empty(uid) && strcmp(json_field_str(ref, "uid"), uid) == 0;
 }
+
+bool controller_pod_request_poolable(const json_t *request)
+{
+	const json_t *spec = json_object_get(request, "spec");
+	const char *k;
+	json_t *v;
+
+	if (!spec)
+		return true;
+	if (!json_is_object(spec))
+		return false;
+	json_object_foreach((json_t *)spec, k, v) {
+		if (strcmp(k, "sessionId") == 0 || json_is_null(v))
+			continue;
+		if (json_is_string(v) && !*json_string_value(v))
+			continue;
+		if (json_is_object(v) && json_object_size(v) == 0)
+			continue;
+		if (json_is_integer(v) && json_integer_value(v) == 0)
+			continue;
+		/* resources: {} or {"requests": {}, "limits": {}} ask for nothing */
+		if (strcmp(k, "resources") == 0 && json_is_object(v) &&
+		    json_object_size(json_object_get(v, "requests")) == 0 &&
+		    json_object_size(json_object_get(v, "limits")) == 0) {
+			const char *rk;
+			json_t *rv;
+			bool other = false;
+
+			json_object_foreach(v, rk, rv) {
+				if (strcmp(rk, "requests") != 0 && strcmp(rk, "limits") != 0)
+					other = true;
+			}
+			if (!other)
+				continue;
+		}
+		return false;
+	}
+	return true;
+}
+
+json_t *controller_pod_build_pool(const char *ns, const struct controller_pod_options *o,
+    char **err)
+{
+	json_t *req = json_pack("{s:{s:s,s:s,s:s},s:{}}", "metadata", "name", "pool",
+	    "namespace", ns ? ns : "", "uid", "pool", "spec");
+	json_t *pod, *meta, *labels;
+
+	*err = NULL;
+	if (!req) {
+		*err = str_printf("out of memory building a pool pod");
+		return NULL;
+	}
+	pod = controller_pod_build(req, o, err);
+	json_decref(req);
+	if (!pod)
+		return NULL;
+	meta = json_object_get(pod, "metadata");
+	labels = json_object_get(meta, "labels");
+	if (json_object_del(meta, "name") < 0 || json_object_del(meta, "ownerReferences") < 0 ||
+	    json_object_del(meta, "annotations") < 0 ||
+	    json_object_del(labels, CONTROLLER_POD_REQUEST_LABEL) < 0 ||
+	    json_object_set_new(meta, "generateName", json_string(CONTROLLER_POD_POOL_PREFIX)) < 0 ||
+	    json_object_set_new(labels, CONTROLLER_POD_POOL_LABEL,
+	        json_string(CONTROLLER_POD_POOL_IDLE)) < 0) {
+		json_decref(pod);
+		*err = str_printf("out of memory building a pool pod");
+		return NULL;
+	}
+	return pod;
+}
+
+bool controller_pod_is_idle_pool(const json_t *pod)
+{
+	const json_t *labels = json_object_get(json_object_get(pod, "metadata"), "labels");
+
+	return strcmp(json_field_str(labels, CONTROLLER_POD_POOL_LABEL),
+	    CONTROLLER_POD_POOL_IDLE) == 0 && !controller_owner(pod);
+}
+
+bool controller_pod_pool_usable(const json_t *pod)
+{
+	const json_t *st = json_object_get(pod, "status");
+	const char *phase = json_field_str(st, "phase");
+
+	return controller_pod_is_idle_pool(pod) &&
+	    !json_object_get(json_object_get(pod, "metadata"), "deletionTimestamp") &&
+	    strcmp(phase, "Failed") != 0 && strcmp(phase, "Succeeded") != 0;
+}
+
+bool controller_pod_ready(const json_t *pod)
+{
+	const json_t *st = json_object_get(pod, "status");
+	const json_t *conds = json_object_get(st, "conditions");
+	size_t i;
+	json_t *c;
+	bool ready = false;
+
+	json_array_foreach(conds, i, c) {
+		if (strcmp(json_field_str(c, "type"), "Ready") == 0)
+			ready = strcmp(json_field_str(c, "status"), "True") == 0;
+	}
+	return ready && strcmp(json_field_str(st, "phase"), "Running") == 0 &&
+	    *json_field_str(st, "podIP");
+}
+
+json_t *controller_pod_claim_patch(const json_t *pod, const json_t *request)
+{
+	const json_t *meta = json_object_get(request, "metadata");
+	const json_t *spec = json_object_get(request, "spec");
+	const char *rv = json_field_str(json_object_get(pod, "metadata"), "resourceVersion");
+	char *label;
+	json_t *patch;
+
+	if (!*rv || str_empty(json_field_str(meta, "name")) ||
+	    str_empty(json_field_str(meta, "uid")))
+		return NULL;
+	label = controller_pod_request_label(json_field_str(meta, "name"));
+	if (!label)
+		return NULL;
+	patch = json_pack("{s:{s:s,s:{s:s,s:n},s:{s:s},s:[{s:s,s:s,s:s,s:s,s:b,s:b}]}}",
+	    "metadata",
+	    "resourceVersion", rv,
+	    "labels", CONTROLLER_POD_REQUEST_LABEL, label, CONTROLLER_POD_POOL_LABEL,
+	    "annotations", CONTROLLER_POD_SESSION_ANNOTATION, json_field_str(spec, "sessionId"),
+	    "ownerReferences",
+	    "apiVersion", "nix.io/v1alpha1",
+	    "kind", "NixBuildRequest",
+	    "name", json_field_str(meta, "name"),
+	    "uid", json_field_str(meta, "uid"),
+	    "controller", 1,
+	    "blockOwnerDeletion", 1);
+	free(label);
+	return patch;
+}

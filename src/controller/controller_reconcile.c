@@ -30,8 +30,9 @@ struct request_state {
 	bool running_timed;
 	char *uid;               /* the incarnation the fields below are about */
 	char *stale_rv;          /* resourceVersion our last status write replaced */
-	json_t *expected_pod;    /* created by us, not yet in the pod cache */
+	json_t *expected_pod;    /* created or claimed by us, not yet so in the pod cache */
 	uint64_t expected_at;
+	char *claimed_pod;       /* the pool pod this incarnation claimed */
 	struct request_state *next;
 };
 
@@ -39,6 +40,17 @@ enum op_step {
 	OP_CREATE_POD,
 	OP_WRITE_STATUS,
 	OP_DELETE_POD,
+	OP_CLAIM_POD,
+	OP_POOL_CREATE,
+};
+
+/* A pool pod name remembered until the pod cache catches up: one we
+ * created (pending) or one a claim took (taken, so no second claim picks
+ * it while the cache still shows it idle). */
+struct pool_mark {
+	char *name;
+	uint64_t at;
+	struct pool_mark *next;
 };
 
 /* One reconcile waiting for the API. It owns its request until the
@@ -51,6 +63,7 @@ struct reconcile_op {
 	enum op_step step;
 	uint64_t request;
 	json_t *nbr;            /* the request as cached when the pass began */
+	char *claim_pod;        /* OP_CLAIM_POD: the pool pod being claimed */
 	struct reconcile_op *prev, *next;
 };
 
@@ -64,6 +77,8 @@ struct controller_metrics {
 	struct metric *phase[CONTROLLER_PHASE_COUNT];
 	struct metric *pod_created_seconds;
 	struct metric *running_seconds;
+	struct metric *pool_idle;
+	struct metric *pool_claims;
 };
 
 struct controller_reconciler {
@@ -79,6 +94,8 @@ struct controller_reconciler {
 	size_t nstates;
 	struct reconcile_op *ops;
 	size_t in_flight;
+	struct pool_mark *pool_pending;
+	struct pool_mark *pool_taken;
 };
 
 static int64_t wall_ms(void)
@@ -146,6 +163,7 @@ static void state_clear_expected(struct request_state *s)
 static void state_free(struct request_state *s)
 {
 	state_clear_expected(s);
+	free(s->claimed_pod);
 	free(s->key);
 	free(s->uid);
 	free(s->stale_rv);
@@ -161,6 +179,8 @@ static struct request_state *state_get(struct controller_reconciler *r, const ch
 
 	if (s && strcmp(s->uid, uid) != 0) {
 		state_clear_expected(s);
+		free(s->claimed_pod);
+		s->claimed_pod = NULL;
 		free(s->stale_rv);
 		s->stale_rv = NULL;
 		free(s->uid);
@@ -206,6 +226,87 @@ static void state_remove(struct controller_reconciler *r, const char *key)
 	state_free(s);
 }
 
+/* ---------- pool marks ---------- */
+
+static bool pool_on(const struct controller_reconciler *r)
+{
+	return r->opts.warm_pool_size > 0 && r->opts.pool_namespace && *r->opts.pool_namespace;
+}
+
+static bool mark_has(const struct pool_mark *m, const char *name)
+{
+	for (; m; m = m->next) {
+		if (strcmp(m->name, name) == 0)
+			return true;
+	}
+	return false;
+}
+
+static void mark_add(struct controller_reconciler *r, struct pool_mark **list,
+    const char *name)
+{
+	struct pool_mark *m;
+
+	if (mark_has(*list, name))
+		return;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return;
+	m->name = strdup(name);
+	if (!m->name) {
+		free(m);
+		return;
+	}
+	m->at = uv_now(r->loop);
+	m->next = *list;
+	*list = m;
+}
+
+static void mark_remove(struct pool_mark **list, const char *name)
+{
+	for (; *list; list = &(*list)->next) {
+		if (strcmp((*list)->name, name) == 0) {
+			struct pool_mark *m = *list;
+
+			*list = m->next;
+			free(m->name);
+			free(m);
+			return;
+		}
+	}
+}
+
+/* Marks older than the expectation TTL: the cache will never show them. */
+static size_t mark_expire(struct controller_reconciler *r, struct pool_mark **list)
+{
+	size_t n = 0;
+
+	while (*list) {
+		struct pool_mark *m = *list;
+
+		if (uv_now(r->loop) - m->at >= EXPECTATION_TTL_MS) {
+			*list = m->next;
+			free(m->name);
+			free(m);
+			continue;
+		}
+		n++;
+		list = &m->next;
+	}
+	return n;
+}
+
+static void mark_free_all(struct pool_mark **list)
+{
+	while (*list) {
+		struct pool_mark *m = *list;
+
+		*list = m->next;
+		free(m->name);
+		free(m);
+	}
+}
+
 /* ---------- informer bookkeeping ---------- */
 
 void controller_reconciler_request_seen(struct controller_reconciler *r, const json_t *obj)
@@ -247,6 +348,11 @@ void controller_reconciler_pod_seen(struct controller_reconciler *r, const json_
 	    strcmp(kube_object_uid(s->expected_pod), kube_object_uid(pod)) == 0)
 		state_clear_expected(s);
 	free(key);
+	if (pool_on(r)) {
+		mark_remove(&r->pool_pending, kube_object_name(pod));
+		if (deleted || !controller_pod_is_idle_pool(pod))
+			mark_remove(&r->pool_taken, kube_object_name(pod));
+	}
 }
 
 /* ---------- metrics ---------- */
@@ -284,6 +390,10 @@ static void metrics_init(struct controller_metrics *m, struct metrics *reg)
 	    "From a NixBuildRequest first seen to its pod created.", NULL, latency_bounds, nb);
 	m->running_seconds = metrics_histogram(reg, "nrbc_controller_running_seconds",
 	    "From a NixBuildRequest first seen to its status Running.", NULL, latency_bounds, nb);
+	m->pool_idle = metrics_gauge(reg, "nrbc_controller_pool_idle",
+	    "Idle warm-pool pods that can still be claimed.", NULL);
+	m->pool_claims = metrics_counter(reg, "nrbc_controller_pool_claims_total",
+	    "NixBuildRequests served by claiming an idle warm-pool pod.", NULL);
 }
 
 /* ---------- ops ---------- */
@@ -323,6 +433,7 @@ static void op_free(struct reconcile_op *op)
 		op->next->prev = op->prev;
 	r->in_flight--;
 	json_decref(op->nbr);
+	free(op->claim_pod);
 	free(op->key);
 	free(op);
 }
@@ -604,15 +715,227 @@ static bool being_deleted(const json_t *obj)
 	return json_object_get(json_object_get(obj, "metadata"), "deletionTimestamp") != NULL;
 }
 
+/* ---------- the warm pool ---------- */
+
+struct pod_scan {
+	const char *ns;
+	const char *owner_name;   /* find: controlled by the request named so */
+	const char *owner_uid;    /* find: controlled by the request with uid */
+	const json_t *found;
+	const struct controller_reconciler *r;
+	/* pool pass */
+	size_t idle;
+	const json_t *ready;      /* an idle, Ready pod not taken */
+	const json_t *spare;      /* any idle pod not taken */
+	const json_t *dead;       /* an idle pod that ended and is not being deleted */
+};
+
+static void scan_owned(json_t *pod, void *data)
+{
+	struct pod_scan *ps = data;
+	const char *owner;
+
+	if (ps->found || strcmp(kube_object_namespace(pod), ps->ns) != 0)
+		return;
+	if (ps->owner_uid) {
+		if (controller_pod_owned_by(pod, ps->owner_uid))
+			ps->found = pod;
+		return;
+	}
+	owner = controller_pod_owner_name(pod);
+	if (owner && strcmp(owner, ps->owner_name) == 0 && !being_deleted(pod))
+		ps->found = pod;
+}
+
+static void scan_pool(json_t *pod, void *data)
+{
+	struct pod_scan *ps = data;
+
+	if (strcmp(kube_object_namespace(pod), ps->ns) != 0 ||
+	    !controller_pod_is_idle_pool(pod) || mark_has(ps->r->pool_taken, kube_object_name(pod)))
+		return;
+	if (!controller_pod_pool_usable(pod)) {
+		if (!being_deleted(pod) && !ps->dead)
+			ps->dead = pod;
+		return;
+	}
+	ps->idle++;
+	ps->spare = pod;
+	if (!ps->ready && controller_pod_ready(pod))
+		ps->ready = pod;
+}
+
+static void on_pool_pod_created(const struct kube_response *resp, void *data)
+{
+	struct reconcile_op *op = data;
+	struct controller_reconciler *r = op->r;
+
+	op->request = 0;
+	if (resp->status == 201 && json_is_object(resp->body)) {
+		metric_add(r->m.pods_created, 1);
+		if (!kube_informer_get(r->pods, kube_object_namespace(resp->body),
+		    kube_object_name(resp->body)))
+			mark_add(r, &r->pool_pending, kube_object_name(resp->body));
+		log_info("pool: created pod %s", kube_object_name(resp->body));
+		op_finish(op, KUBE_QUEUE_FORGET, 1);
+		return;
+	}
+	log_error("pool: cannot create a pool pod: HTTP %ld %s", resp->status, resp->message);
+	op_finish(op, KUBE_QUEUE_RETRY, 0);
+}
+
+/* Keeps warm_pool_size idle pods: removes one that ended, else makes one
+ * when short, else removes one beyond the size; one API call per pass, the
+ * next pass comes with the pod event (or at once after a create). */
+static void reconcile_pool(struct reconcile_op *op)
+{
+	struct controller_reconciler *r = op->r;
+	struct pod_scan ps = { .ns = r->opts.pool_namespace, .r = r };
+	size_t pending;
+	char *err = NULL;
+	json_t *pod;
+
+	if (!pool_on(r)) {
+		op_finish(op, KUBE_QUEUE_FORGET, 0);
+		return;
+	}
+	pending = mark_expire(r, &r->pool_pending);
+	mark_expire(r, &r->pool_taken);
+	kube_informer_foreach(r->pods, scan_pool, &ps);
+	metric_set(r->m.pool_idle, (double)ps.idle);
+	if (ps.dead) {
+		delete_pod(op, ps.dead, "idle pool pod ended");
+		return;
+	}
+	if (ps.idle + pending < (size_t)r->opts.warm_pool_size) {
+		pod = controller_pod_build_pool(r->opts.pool_namespace, &r->opts.pod, &err);
+		if (!pod) {
+			log_error("pool: %s", err ? err : "cannot build a pool pod");
+			free(err);
+			op_finish(op, KUBE_QUEUE_RETRY, 0);
+			return;
+		}
+		op->step = OP_POOL_CREATE;
+		op->request = kube_create(r->client, &kube_resource_pods, r->opts.pool_namespace,
+		    pod, on_pool_pod_created, op);
+		json_decref(pod);
+		if (!op->request)
+			op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	if (ps.idle > (size_t)r->opts.warm_pool_size && ps.spare) {
+		delete_pod(op, ps.spare, "more idle pool pods than --warm-pool-size");
+		return;
+	}
+	op_finish(op, KUBE_QUEUE_FORGET, 0);
+}
+
+static void on_pod_claimed(const struct kube_response *resp, void *data)
+{
+	struct reconcile_op *op = data;
+	struct controller_reconciler *r = op->r;
+	struct request_state *s;
+
+	op->request = 0;
+	if (resp->status == 200 && json_is_object(resp->body)) {
+		metric_add(r->m.pool_claims, 1);
+		s = state_get(r, op->key, kube_object_uid(op->nbr));
+		if (s) {
+			free(s->claimed_pod);
+			s->claimed_pod = strdup(op->claim_pod);
+			json_decref(s->expected_pod);
+			/* The cache shows the pod idle until its watch event. */
+			s->expected_pod = controller_slim_pod(resp->body);
+			s->expected_at = uv_now(r->loop);
+			if (!s->pod_created_timed) {
+				s->pod_created_timed = true;
+				metric_observe(r->m.pod_created_seconds,
+				    (double)(uv_now(r->loop) - s->first_seen) / 1000.0);
+			}
+		}
+		log_info("nbr=%s: claimed pool pod %s", op->key, op->claim_pod);
+		/* A replacement for the pod just taken. */
+		kube_queue_add(op->q, CONTROLLER_POOL_KEY);
+		compute_and_apply(op, resp->body, kube_object_name(resp->body));
+		return;
+	}
+	mark_remove(&r->pool_taken, op->claim_pod);
+	if (resp->status == 409) {
+		metric_add(r->m.conflicts, 1);
+		log_debug("nbr=%s: pool pod %s changed under the claim, retrying", op->key,
+		    op->claim_pod);
+	} else if (resp->status != 404) {
+		log_error("nbr=%s: claiming pool pod %s failed: HTTP %ld %s", op->key,
+		    op->claim_pod, resp->status, resp->message);
+	}
+	op_finish(op, KUBE_QUEUE_RETRY, 0);
+}
+
+/* Claims an idle Ready pool pod for the request; false when there is none
+ * (or the patch cannot be made), and the caller creates the usual pod. */
+static bool try_claim(struct reconcile_op *op)
+{
+	struct controller_reconciler *r = op->r;
+	struct pod_scan ps = { .ns = kube_object_namespace(op->nbr), .r = r };
+	json_t *patch;
+
+	if (!pool_on(r) || strcmp(ps.ns, r->opts.pool_namespace) != 0 ||
+	    !controller_pod_request_poolable(op->nbr))
+		return false;
+	kube_informer_foreach(r->pods, scan_pool, &ps);
+	if (!ps.ready)
+		return false;
+	patch = controller_pod_claim_patch(ps.ready, op->nbr);
+	op->claim_pod = strdup(kube_object_name(ps.ready));
+	if (!patch || !op->claim_pod) {
+		json_decref(patch);
+		free(op->claim_pod);
+		op->claim_pod = NULL;
+		return false;
+	}
+	mark_add(r, &r->pool_taken, op->claim_pod);
+	op->step = OP_CLAIM_POD;
+	op->request = kube_patch_merge(r->client, &kube_resource_pods, ps.ns, op->claim_pod,
+	    patch, false, on_pod_claimed, op);
+	json_decref(patch);
+	if (!op->request) {
+		mark_remove(&r->pool_taken, op->claim_pod);
+		op_finish(op, KUBE_QUEUE_RETRY, 0);
+	}
+	return true;
+}
+
+/* A pod in the cache by name that the request with uid controls. */
+static json_t *owned_pod(struct controller_reconciler *r, const char *ns, const char *name,
+    const char *uid)
+{
+	json_t *pod = name && *name ? kube_informer_get(r->pods, ns, name) : NULL;
+
+	return pod && controller_pod_owned_by(pod, uid) ? pod : NULL;
+}
+
 /* The request is gone: its pod goes too, at once, without waiting for the
  * garbage collector. */
 static void reconcile_gone(struct reconcile_op *op, const char *ns, const char *name)
 {
+	struct request_state *s = state_find(op->r, op->key);
 	char *pod_name = controller_pod_name(name);
 	json_t *pod = pod_name ? kube_informer_get(op->r->pods, ns, pod_name) : NULL;
 	const char *owner = pod ? controller_pod_owner_name(pod) : NULL;
 
 	free(pod_name);
+	if (!(pod && owner && strcmp(owner, name) == 0) && s && s->claimed_pod) {
+		pod = kube_informer_get(op->r->pods, ns, s->claimed_pod);
+		owner = pod ? controller_pod_owner_name(pod) : NULL;
+	}
+	if (!(pod && owner && strcmp(owner, name) == 0) && pool_on(op->r)) {
+		/* A claimed pool pod the state does not know (a restart). */
+		struct pod_scan ps = { .ns = ns, .owner_name = name };
+
+		kube_informer_foreach(op->r->pods, scan_owned, &ps);
+		pod = (json_t *)ps.found;
+		owner = pod ? name : NULL;
+	}
 	state_remove(op->r, op->key);
 	if (pod && owner && strcmp(owner, name) == 0 && !being_deleted(pod)) {
 		delete_pod(op, pod, "its NixBuildRequest was deleted");
@@ -626,6 +949,7 @@ static void reconcile_request(struct reconcile_op *op)
 	struct controller_reconciler *r = op->r;
 	const char *ns = kube_object_namespace(op->nbr);
 	const char *uid = kube_object_uid(op->nbr);
+	const char *status_pod = json_field_str(json_object_get(op->nbr, "status"), "podName");
 	enum controller_phase phase = controller_phase_of(op->nbr);
 	struct request_state *s = state_get(r, op->key, uid);
 	char *pod_name = controller_pod_name(kube_object_name(op->nbr));
@@ -649,9 +973,39 @@ static void reconcile_request(struct reconcile_op *op)
 		op_finish(op, KUBE_QUEUE_FORGET, FOREIGN_POD_RECHECK_MS);
 		return;
 	}
+	/* A claimed pool pod: by what this incarnation claimed, else by the
+	 * name its status records. */
+	if (!pod && s)
+		pod = owned_pod(r, ns, s->claimed_pod, uid);
+	if (!pod)
+		pod = owned_pod(r, ns, status_pod, uid);
+	if (!pod && s && s->expected_pod) {
+		if (uv_now(r->loop) - s->expected_at < EXPECTATION_TTL_MS)
+			pod = s->expected_pod;
+		else
+			state_clear_expected(s);
+	}
+	if (!pod && pool_on(r)) {
+		/* Claimed before a restart, its status never written. */
+		struct pod_scan ps = { .ns = ns, .owner_uid = uid };
+
+		kube_informer_foreach(r->pods, scan_owned, &ps);
+		pod = (json_t *)ps.found;
+	}
+	if (pod) {
+		free(pod_name);
+		pod_name = strdup(kube_object_name(pod));
+	} else if (*status_pod) {
+		free(pod_name);
+		pod_name = strdup(status_pod);
+	}
+	if (!pod_name) {
+		op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
 	if (controller_phase_terminal(phase)) {
 		free(pod_name);
-		if (pod && !being_deleted(pod)) {
+		if (pod && (!s || pod != s->expected_pod) && !being_deleted(pod)) {
 			char *why = str_printf("the request is %s", controller_phase_name(phase));
 
 			delete_pod(op, pod, why ? why : "the request ended");
@@ -661,15 +1015,10 @@ static void reconcile_request(struct reconcile_op *op)
 		op_finish(op, KUBE_QUEUE_FORGET, 0);
 		return;
 	}
-	if (!pod && s && s->expected_pod) {
-		if (uv_now(r->loop) - s->expected_at < EXPECTATION_TTL_MS)
-			pod = s->expected_pod;
-		else
-			state_clear_expected(s);
-	}
-	if (!pod && (phase == CONTROLLER_PHASE_PENDING ||
-	    !*json_field_str(json_object_get(op->nbr, "status"), "podName"))) {
+	if (!pod && (phase == CONTROLLER_PHASE_PENDING || !*status_pod)) {
 		free(pod_name);
+		if (try_claim(op))
+			return;
 		create_pod(op);
 		return;
 	}
@@ -687,6 +1036,15 @@ void controller_reconcile(struct kube_queue *q, const char *key, void *data)
 	struct reconcile_op *op;
 
 	metric_add(r->m.reconciles, 1);
+	if (strcmp(key, CONTROLLER_POOL_KEY) == 0) {
+		op = op_create(r, q, key, NULL);
+		if (!op) {
+			kube_queue_done(q, key, KUBE_QUEUE_RETRY);
+			return;
+		}
+		reconcile_pool(op);
+		return;
+	}
 	if (!slash || (size_t)(slash - key) >= sizeof(ns)) {
 		log_error("reconcile: malformed key \"%s\"", key);
 		kube_queue_done(q, key, KUBE_QUEUE_FORGET);
@@ -762,6 +1120,8 @@ void controller_reconciler_destroy(struct controller_reconciler *r)
 		}
 	}
 	free(r->buckets);
+	mark_free_all(&r->pool_pending);
+	mark_free_all(&r->pool_taken);
 	free(r);
 }
 

@@ -19,7 +19,14 @@
 struct controller_reconcile_options {
 	struct controller_pod_options pod;
 	uint64_t unschedulable_timeout_ms;
+	/* Idle, Ready pods kept in pool_namespace for requests to claim;
+	 * 0 (or no namespace) turns the pool off. */
+	long warm_pool_size;
+	const char *pool_namespace;
 };
+
+/* The queue key of the pool pass (not a valid "ns/name"). */
+#define CONTROLLER_POOL_KEY "@pool"
 
 struct controller_reconciler;
 

@@ -177,6 +177,7 @@ class Stack:
                                  "host-key": open(k["host-key"]).read(),
                                  "authorized-keys": open(k["user-key"] + ".pub").read()}}
         self.cluster.apply(json.dumps(secret))
+        self.delete_idle_pool()
         return self
 
     def deployment(self, name):
@@ -210,6 +211,16 @@ class Stack:
         for role in (self.proxy, self.controller):
             if role is not None:
                 role.stop()
+        self.delete_idle_pool()
+
+    def delete_idle_pool(self):
+        """Idle warm-pool pods carry the host key of the Secret they were
+        made with; the next module's Stack writes new keys, so they go
+        (as an operator deletes them after rotating the Secret)."""
+        st, body = self.cluster.api(
+            "DELETE", "/api/v1/namespaces/%s/pods?labelSelector=%s" %
+            (NAMESPACE, "nix.io%2Fpool%3Didle"))
+        assert st == 200, body
 
     # -- what a Nix user needs
     def known_hosts(self):
@@ -232,9 +243,11 @@ class Stack:
         return body["items"]
 
     def builder_pods(self):
+        # Pods serving requests: idle warm-pool pods (nix.io/pool=idle,
+        # --warm-pool-size in the manifests) stay by design.
         st, body = self.cluster.api(
             "GET", "/api/v1/namespaces/%s/pods?labelSelector=%s" %
-            (NAMESPACE, "app.kubernetes.io%2Fname%3Dnrbc-builder"))
+            (NAMESPACE, "app.kubernetes.io%2Fname%3Dnrbc-builder%2C%21nix.io%2Fpool"))
         assert st == 200, body
         return body["items"]
 

@@ -256,11 +256,14 @@ def test_unmatched_node_selector_is_unschedulable(cluster, kubelet, namespace, s
     assert "didn't match Pod's node affinity/selector" in cond["message"]
     assert pod["status"]["phase"] == "Pending"
     assert not pod["spec"].get("nodeName")
-    st, events = cluster.api("GET", "/api/v1/namespaces/%s/events?fieldSelector="
-                             "involvedObject.name%%3Dnowhere" % namespace)
-    assert st == 200
-    assert [e for e in events["items"] if e["reason"] == "FailedScheduling"
-            and e["type"] == "Warning"], events["items"]
+    def failed_scheduling():
+        st, events = cluster.api("GET", "/api/v1/namespaces/%s/events?fieldSelector="
+                                 "involvedObject.name%%3Dnowhere" % namespace)
+        assert st == 200
+        return [e for e in events["items"] if e["reason"] == "FailedScheduling"
+                and e["type"] == "Warning"]
+    # The kubelet posts the Event after the status: it may lag a little.
+    wait_for(failed_scheduling, 10, what="a FailedScheduling Event")
     # An unbound pod goes away at once on delete.
     cluster.kubectl("delete", "pod", "nowhere", "-n", namespace, "--wait=true", "--timeout=20s")
 

@@ -60,6 +60,8 @@ struct controller_flags {
 	char *log_level;
 	long workers;
 	long warm_pool_size;
+	long builder_slots;
+	uint64_t builder_idle_timeout_ms;
 };
 
 enum controller_state {
@@ -92,6 +94,7 @@ struct controller {
 	struct kube_client *client;
 	struct kube_informer *requests;
 	struct kube_informer *pods;
+	struct kube_informer *builders;
 	struct kube_event_recorder *events;
 	struct controller_reconciler *rec;
 	struct kube_queue *queue;
@@ -172,16 +175,15 @@ static void on_request_delete(json_t *obj, void *data)
 	enqueue_object(c, obj);
 }
 
+static void enqueue_key(const char *key, void *data)
+{
+	enqueue(data, key);
+}
+
 static void on_pod_event(struct controller *c, json_t *pod, bool deleted)
 {
-	char *key = controller_reconciler_pod_key(pod);
-
 	controller_reconciler_pod_seen(c->rec, pod, deleted);
-	enqueue(c, key);
-	free(key);
-	/* Any builder pod changing may change how many idle ones there are. */
-	if (c->f.warm_pool_size > 0)
-		enqueue(c, CONTROLLER_POOL_KEY);
+	controller_reconciler_keys_for_pod(c->rec, pod, enqueue_key, c);
 }
 
 static void on_pod_add(json_t *obj, void *data)
@@ -199,10 +201,37 @@ static void on_pod_delete(json_t *obj, void *data)
 	on_pod_event(data, obj, true);
 }
 
+static void on_builder_event(struct controller *c, json_t *obj, bool deleted)
+{
+	char *key = kube_object_key(obj);
+
+	controller_reconciler_builder_seen(c->rec, obj, deleted);
+	if (key)
+		controller_reconciler_keys_for_builder_key(c->rec, key, enqueue_key, c);
+	free(key);
+	/* Builders coming and going change how many unclaimed ones there are. */
+	enqueue(c, CONTROLLER_POOL_KEY);
+}
+
+static void on_builder_add(json_t *obj, void *data)
+{
+	on_builder_event(data, obj, false);
+}
+
+static void on_builder_update(json_t *old_obj, json_t *new_obj, void *data)
+{
+	on_builder_event(data, new_obj, false);
+}
+
+static void on_builder_delete(json_t *obj, void *data)
+{
+	on_builder_event(data, obj, true);
+}
+
 static bool caches_synced(const struct controller *c)
 {
-	return c->requests && c->pods && kube_informer_synced(c->requests) &&
-	    kube_informer_synced(c->pods);
+	return c->requests && c->pods && c->builders && kube_informer_synced(c->requests) &&
+	    kube_informer_synced(c->pods) && kube_informer_synced(c->builders);
 }
 
 static bool check_ready(void *data, const char **why)
@@ -254,9 +283,17 @@ static void add_request_key(json_t *obj, void *data)
 static void add_pod_owner_key(json_t *pod, void *data)
 {
 	struct controller *c = data;
-	char *key = controller_reconciler_pod_key(pod);
 
-	enqueue(c, key);
+	controller_reconciler_keys_for_pod(c->rec, pod, enqueue_key, c);
+}
+
+static void add_builder_keys(json_t *obj, void *data)
+{
+	struct controller *c = data;
+	char *key = kube_object_key(obj);
+
+	if (key)
+		controller_reconciler_keys_for_builder_key(c->rec, key, enqueue_key, c);
 	free(key);
 }
 
@@ -281,12 +318,15 @@ static void maybe_activate(struct controller *c)
 	}
 	set_state(c, CONTROLLER_ACTIVE);
 	update_gauges(c);
-	log_info("active: %zu NixBuildRequests, %zu builder pods cached",
-	    kube_informer_size(c->requests), kube_informer_size(c->pods));
+	log_info("active: %zu NixBuildRequests, %zu NixBuilders, %zu builder pods cached",
+	    kube_informer_size(c->requests), kube_informer_size(c->builders),
+	    kube_informer_size(c->pods));
+	/* Requests first: their passes rebuild which builder serves whom
+	 * before any builder pass judges whether it is idle. */
 	kube_informer_foreach(c->requests, add_request_key, c);
+	kube_informer_foreach(c->builders, add_builder_keys, c);
 	kube_informer_foreach(c->pods, add_pod_owner_key, c);
-	if (c->f.warm_pool_size > 0)
-		enqueue(c, CONTROLLER_POOL_KEY);
+	enqueue(c, CONTROLLER_POOL_KEY);
 }
 
 static void on_synced(void *data)
@@ -333,6 +373,8 @@ static void teardown(uv_timer_t *t)
 	c->requests = NULL;
 	kube_informer_destroy(c->pods);
 	c->pods = NULL;
+	kube_informer_destroy(c->builders);
+	c->builders = NULL;
 	kube_event_recorder_destroy(c->events);
 	c->events = NULL;
 	kube_client_destroy(c->client);
@@ -440,6 +482,13 @@ static int start_kube(struct controller *c)
 		.on_synced = on_synced,
 		.transform = controller_slim_request_transform,
 	};
+	static const struct kube_informer_handlers builder_handlers = {
+		.on_add = on_builder_add,
+		.on_update = on_builder_update,
+		.on_delete = on_builder_delete,
+		.on_synced = on_synced,
+		.transform = controller_slim_request_transform,
+	};
 	static const struct kube_informer_handlers pod_handlers = {
 		.on_add = on_pod_add,
 		.on_update = on_pod_update,
@@ -464,15 +513,17 @@ static int start_kube(struct controller *c)
 		.unschedulable_timeout_ms = c->f.unschedulable_timeout_ms,
 		.warm_pool_size = c->f.warm_pool_size,
 		.pool_namespace = ns,
+		.builder_slots = c->f.builder_slots,
+		.builder_idle_timeout_ms = c->f.builder_idle_timeout_ms,
 	};
 
 	if (c->f.warm_pool_size > 0 && !ns) {
-		/* Which namespace would the idle pods live in? */
-		log_warnx("--warm-pool-size needs --namespace: warm pool off");
+		/* Which namespace would unclaimed builders live in? */
+		log_info("warm pool off: --warm-pool-size needs --namespace");
 		c->f.warm_pool_size = 0;
 		ro.warm_pool_size = 0;
 	} else if (c->f.warm_pool_size > 0) {
-		log_info("warm pool: %ld idle builder pods in %s", c->f.warm_pool_size, ns);
+		log_info("warm pool: %ld unclaimed builders in %s", c->f.warm_pool_size, ns);
 	}
 	c->cfg = kube_config_load(c->f.kubeconfig, NULL, &err);
 	if (!c->cfg) {
@@ -489,10 +540,12 @@ static int start_kube(struct controller *c)
 	    &request_handlers, c);
 	c->pods = kube_informer_create(c->client, &kube_resource_pods, ns,
 	    CONTROLLER_POD_SELECTOR, &pod_handlers, c);
-	if (!c->events || !c->requests || !c->pods)
+	c->builders = kube_informer_create(c->client, &kube_resource_nixbuilders, ns, NULL,
+	    &builder_handlers, c);
+	if (!c->events || !c->requests || !c->pods || !c->builders)
 		return -1;
-	c->rec = controller_reconciler_create(c->client, c->requests, c->pods, c->events, &ro,
-	    c->metrics);
+	c->rec = controller_reconciler_create(c->client, c->requests, c->pods, c->builders,
+	    c->events, &ro, c->metrics);
 	if (!c->rec)
 		return -1;
 	if (c->f.leader_elect) {
@@ -517,9 +570,10 @@ static int start_kube(struct controller *c)
 		if (!c->lease || kube_lease_start(c->lease) < 0)
 			return -1;
 	}
-	if (kube_informer_start(c->requests) < 0 || kube_informer_start(c->pods) < 0)
+	if (kube_informer_start(c->requests) < 0 || kube_informer_start(c->pods) < 0 ||
+	    kube_informer_start(c->builders) < 0)
 		return -1;
-	log_info("watching NixBuildRequests and builder pods in %s",
+	log_info("watching NixBuildRequests, NixBuilders and builder pods in %s",
 	    ns ? ns : "all namespaces");
 	return 0;
 }
@@ -544,9 +598,10 @@ static int parse_flags(struct controller_flags *f, const struct flag *table, siz
 	}
 	if (f->remote_port < 1 || f->remote_port > 65535 || f->health_port < 0 ||
 	    f->health_port > 65535 || f->workers < 1 || f->workers > 10000 ||
-	    f->warm_pool_size < 0 || f->warm_pool_size > 1000) {
-		fprintf(stderr, "nrbc controller: --remote-port, --health-port, --workers or "
-		                "--warm-pool-size out of range\n");
+	    f->warm_pool_size < 0 || f->warm_pool_size > 1000 || f->builder_slots < 1 ||
+	    f->builder_slots > 1000) {
+		fprintf(stderr, "nrbc controller: --remote-port, --health-port, --workers, "
+		                "--warm-pool-size or --builder-slots out of range\n");
 		return 2;
 	}
 	if (f->leader_elect && (f->renew_deadline_ms >= f->lease_duration_ms ||
@@ -624,8 +679,13 @@ int controller_main(int argc, char **argv)
 		{ "workers", "NRBC_CONTROLLER_WORKERS", FLAG_INT, &f->workers, "64",
 		    "reconcile passes in flight at once", false },
 		{ "warm-pool-size", "NRBC_CONTROLLER_WARM_POOL_SIZE", FLAG_INT, &f->warm_pool_size,
-		    "0", "idle Ready builder pods kept for requests to claim (needs --namespace)",
+		    "1", "unclaimed builders kept for new identities to claim (needs --namespace)",
 		    false },
+		{ "builder-slots", "NRBC_CONTROLLER_BUILDER_SLOTS", FLAG_INT, &f->builder_slots,
+		    "4", "sessions one builder serves at once (match maxJobs in nix.conf)", false },
+		{ "builder-idle-timeout", "NRBC_CONTROLLER_BUILDER_IDLE_TIMEOUT", FLAG_DURATION,
+		    &f->builder_idle_timeout_ms, "5m",
+		    "delete an identity's builder after this long without a session", false },
 	};
 	size_t n = sizeof(table) / sizeof(table[0]);
 

@@ -323,7 +323,7 @@ nomem:
 	return NULL;
 }
 
-static const json_t *controller_owner(const json_t *pod)
+static const json_t *controller_owner_of_kind(const json_t *pod, const char *kind)
 {
 	const json_t *refs = json_object_get(json_object_get(pod, "metadata"), "ownerReferences");
 	size_t i;
@@ -331,114 +331,77 @@ static const json_t *controller_owner(const json_t *pod)
 
 	json_array_foreach(refs, i, ref) {
 		if (json_is_true(json_object_get(ref, "controller")) &&
-		    strcmp(json_field_str(ref, "kind"), "NixBuildRequest") == 0 &&
+		    strcmp(json_field_str(ref, "kind"), kind) == 0 &&
 		    strncmp(json_field_str(ref, "apiVersion"), "nix.io/", 7) == 0)
 			return ref;
 	}
 	return NULL;
 }
 
-const char *controller_pod_owner_name(const json_t *pod)
+static const char *owner_name(const json_t *pod, const char *kind)
 {
-	const json_t *ref = controller_owner(pod);
+	const json_t *ref = controller_owner_of_kind(pod, kind);
 	const char *name = ref ? json_field_str(ref, "name") : "";
 
 	return *name ? name : NULL;
 }
 
-bool controller_pod_owned_by(const json_t *pod, const char *uid)
+static bool owned_by(const json_t *pod, const char *kind, const char *uid)
 {
-	const json_t *ref = controller_owner(pod);
+	const json_t *ref = controller_owner_of_kind(pod, kind);
 
 	return ref && !str_empty(uid) && strcmp(json_field_str(ref, "uid"), uid) == 0;
 }
 
-bool controller_pod_request_poolable(const json_t *request)
+const char *controller_pod_owner_name(const json_t *pod)
 {
-	const json_t *spec = json_object_get(request, "spec");
-	const char *k;
-	json_t *v;
-
-	if (!spec)
-		return true;
-	if (!json_is_object(spec))
-		return false;
-	json_object_foreach((json_t *)spec, k, v) {
-		if (strcmp(k, "sessionId") == 0 || json_is_null(v))
-			continue;
-		if (json_is_string(v) && !*json_string_value(v))
-			continue;
-		if (json_is_object(v) && json_object_size(v) == 0)
-			continue;
-		if (json_is_integer(v) && json_integer_value(v) == 0)
-			continue;
-		/* resources: {} or {"requests": {}, "limits": {}} ask for nothing */
-		if (strcmp(k, "resources") == 0 && json_is_object(v) &&
-		    json_object_size(json_object_get(v, "requests")) == 0 &&
-		    json_object_size(json_object_get(v, "limits")) == 0) {
-			const char *rk;
-			json_t *rv;
-			bool other = false;
-
-			json_object_foreach(v, rk, rv) {
-				if (strcmp(rk, "requests") != 0 && strcmp(rk, "limits") != 0)
-					other = true;
-			}
-			if (!other)
-				continue;
-		}
-		return false;
-	}
-	return true;
+	return owner_name(pod, "NixBuildRequest");
 }
 
-json_t *controller_pod_build_pool(const char *ns, const struct controller_pod_options *o,
-    char **err)
+bool controller_pod_owned_by(const json_t *pod, const char *uid)
 {
-	json_t *req = json_pack("{s:{s:s,s:s,s:s},s:{}}", "metadata", "name", "pool",
-	    "namespace", ns ? ns : "", "uid", "pool", "spec");
-	json_t *pod, *meta, *labels;
+	return owned_by(pod, "NixBuildRequest", uid);
+}
 
-	*err = NULL;
-	if (!req) {
-		*err = str_printf("out of memory building a pool pod");
-		return NULL;
-	}
-	pod = controller_pod_build(req, o, err);
-	json_decref(req);
+const char *controller_pod_builder_name(const json_t *pod)
+{
+	return owner_name(pod, "NixBuilder");
+}
+
+bool controller_pod_owned_by_builder(const json_t *pod, const char *uid)
+{
+	return owned_by(pod, "NixBuilder", uid);
+}
+
+json_t *controller_pod_build_for_builder(const json_t *builder,
+    const struct controller_pod_options *o, char **err)
+{
+	const json_t *bmeta = json_object_get(builder, "metadata");
+	const json_t *bspec = json_object_get(builder, "spec");
+	json_t *pod = controller_pod_build(builder, o, err);
+	json_t *meta, *labels, *ref;
+	char *label;
+
 	if (!pod)
 		return NULL;
 	meta = json_object_get(pod, "metadata");
 	labels = json_object_get(meta, "labels");
-	if (json_object_del(meta, "name") < 0 || json_object_del(meta, "ownerReferences") < 0 ||
-	    json_object_del(meta, "annotations") < 0 ||
+	ref = json_array_get(json_object_get(meta, "ownerReferences"), 0);
+	label = controller_pod_request_label(json_field_str(bmeta, "name"));
+	if (!label || json_object_del(meta, "annotations") < 0 ||
 	    json_object_del(labels, CONTROLLER_POD_REQUEST_LABEL) < 0 ||
-	    json_object_set_new(meta, "generateName", json_string(CONTROLLER_POD_POOL_PREFIX)) < 0 ||
-	    json_object_set_new(labels, CONTROLLER_POD_POOL_LABEL,
-	        json_string(CONTROLLER_POD_POOL_IDLE)) < 0) {
+	    json_object_set_new(labels, CONTROLLER_POD_BUILDER_LABEL, json_string(label)) < 0 ||
+	    json_object_set_new(labels, CONTROLLER_POD_IDENTITY_LABEL,
+	        json_string(json_field_str(bspec, "identity"))) < 0 ||
+	    json_object_set_new(ref, "kind", json_string("NixBuilder")) < 0) {
+		free(label);
 		json_decref(pod);
-		*err = str_printf("out of memory building a pool pod");
+		*err = str_printf("out of memory building the pod of builder %s",
+		    json_field_str(bmeta, "name"));
 		return NULL;
 	}
+	free(label);
 	return pod;
-}
-
-bool controller_pod_is_idle_pool(const json_t *pod)
-{
-	const json_t *labels = json_object_get(json_object_get(pod, "metadata"), "labels");
-
-	return strcmp(json_field_str(labels, CONTROLLER_POD_POOL_LABEL),
-	    CONTROLLER_POD_POOL_IDLE) == 0 && !controller_owner(pod);
-}
-
-bool controller_pod_pool_usable(const json_t *pod)
-{
-	const json_t *st = json_object_get(pod, "status");
-	const char *phase = json_field_str(st, "phase");
-
-	return controller_pod_is_idle_pool(pod) &&
-	    !json_object_get(json_object_get(pod, "metadata"), "deletionTimestamp") &&
-	    strcmp(phase, "Failed") != 0 && strcmp(phase, "Succeeded") != 0;
 }
 
 bool controller_pod_ready(const json_t *pod)
@@ -455,34 +418,4 @@ bool controller_pod_ready(const json_t *pod)
 	}
 	return ready && strcmp(json_field_str(st, "phase"), "Running") == 0 &&
 	    *json_field_str(st, "podIP");
-}
-
-json_t *controller_pod_claim_patch(const json_t *pod, const json_t *request)
-{
-	const json_t *meta = json_object_get(request, "metadata");
-	const json_t *spec = json_object_get(request, "spec");
-	const char *rv = json_field_str(json_object_get(pod, "metadata"), "resourceVersion");
-	char *label;
-	json_t *patch;
-
-	if (!*rv || str_empty(json_field_str(meta, "name")) ||
-	    str_empty(json_field_str(meta, "uid")))
-		return NULL;
-	label = controller_pod_request_label(json_field_str(meta, "name"));
-	if (!label)
-		return NULL;
-	patch = json_pack("{s:{s:s,s:{s:s,s:n},s:{s:s},s:[{s:s,s:s,s:s,s:s,s:b,s:b}]}}",
-	    "metadata",
-	    "resourceVersion", rv,
-	    "labels", CONTROLLER_POD_REQUEST_LABEL, label, CONTROLLER_POD_POOL_LABEL,
-	    "annotations", CONTROLLER_POD_SESSION_ANNOTATION, json_field_str(spec, "sessionId"),
-	    "ownerReferences",
-	    "apiVersion", "nix.io/v1alpha1",
-	    "kind", "NixBuildRequest",
-	    "name", json_field_str(meta, "name"),
-	    "uid", json_field_str(meta, "uid"),
-	    "controller", 1,
-	    "blockOwnerDeletion", 1);
-	free(label);
-	return patch;
 }

@@ -20,11 +20,10 @@
 #define CONTROLLER_POD_CONTAINER "builder"
 #define CONTROLLER_POD_SSH_DIR "/etc/nrbc/ssh"
 #define CONTROLLER_POD_NIX_DIR "/etc/nix"
-/* Warm pool: idle pods made ahead of any request carry this label (and no
- * owner, no request label) until a request claims one. */
-#define CONTROLLER_POD_POOL_LABEL "nix.io/pool"
-#define CONTROLLER_POD_POOL_IDLE "idle"
-#define CONTROLLER_POD_POOL_PREFIX "nix-builder-pool-"
+/* Pods of NixBuilders (reusable builders) carry these instead of the
+ * request label: the builder's name and its client identity (hashed). */
+#define CONTROLLER_POD_BUILDER_LABEL "nix.io/builder"
+#define CONTROLLER_POD_IDENTITY_LABEL "nix.io/identity"
 
 struct controller_pod_options {
 	const char *builder_image;  /* when spec.image is empty */
@@ -57,34 +56,23 @@ char *controller_pod_request_label(const char *request_name);
 json_t *controller_pod_build(const json_t *request, const struct controller_pod_options *opts,
     char **err);
 
-/* True when the request asks for nothing beyond a sessionId (no image,
- * resources, nodeSelector or timeoutSeconds), so a pool pod built from
- * an empty spec serves it exactly like its own pod would. */
-bool controller_pod_request_poolable(const json_t *request);
-
-/* An idle pool pod for namespace ns: the template of a request with an
- * empty spec, named by the API server (generateName), labelled idle, no
- * owner. NULL with *err (heap) when the options are incomplete. */
-json_t *controller_pod_build_pool(const char *ns, const struct controller_pod_options *opts,
-    char **err);
-
-/* An idle pool pod: the pool label says idle and nothing controls it. */
-bool controller_pod_is_idle_pool(const json_t *pod);
-/* An idle pool pod that can still serve: not being deleted, not ended. */
-bool controller_pod_pool_usable(const json_t *pod);
-/* Running, Ready and with an IP: what a claim needs. */
+/* Running, Ready and with an IP. */
 bool controller_pod_ready(const json_t *pod);
 
-/* The merge patch that hands the idle pool pod to request: labels
- * (request label set, pool label removed), the request as controlling
- * owner, its session annotation, and the pod's resourceVersion so a
- * concurrent change answers 409. New reference or NULL. */
-json_t *controller_pod_claim_patch(const json_t *pod, const json_t *request);
+/* The pod of a NixBuilder: the request template built from the builder's
+ * spec (image, resources, nodeSelector), controlled by the builder (so it
+ * lives as long as the builder, not as long as one request), labelled with
+ * the builder's name and identity. NULL with *err (heap) on failure. */
+json_t *controller_pod_build_for_builder(const json_t *builder,
+    const struct controller_pod_options *opts, char **err);
 
 /* The name of the NixBuildRequest named as the pod's controller owner, or
  * NULL when there is none. Borrowed from pod. */
 const char *controller_pod_owner_name(const json_t *pod);
 /* True when the pod's controller ownerReference is the request with uid. */
 bool controller_pod_owned_by(const json_t *pod, const char *uid);
+/* The same for a NixBuilder owner. */
+const char *controller_pod_builder_name(const json_t *pod);
+bool controller_pod_owned_by_builder(const json_t *pod, const char *uid);
 
 #endif

@@ -1,7 +1,10 @@
-/* Level-based reconciliation of one NixBuildRequest from the informer
- * caches: make its builder pod when it has none, bring its status up to
- * date, delete its pod once it is Completed or Failed (or gone). Running it
- * again on the same caches changes nothing. */
+/* Level-based reconciliation from the informer caches. A NixBuildRequest
+ * with an identity is bound to a NixBuilder of that identity (reused,
+ * claimed from the warm pool, or made) and mirrors its pod; one without
+ * gets a pod of its own, deleted once it is Completed or Failed (or gone).
+ * A NixBuilder gets its pod, a status with its session count, and is
+ * deleted after the idle timeout. Running a pass again on the same caches
+ * changes nothing. */
 #ifndef NRBC_CONTROLLER_RECONCILE_H
 #define NRBC_CONTROLLER_RECONCILE_H
 
@@ -19,10 +22,14 @@
 struct controller_reconcile_options {
 	struct controller_pod_options pod;
 	uint64_t unschedulable_timeout_ms;
-	/* Idle, Ready pods kept in pool_namespace for requests to claim;
-	 * 0 (or no namespace) turns the pool off. */
+	/* Unclaimed builders kept in pool_namespace for new identities to
+	 * claim; 0 (or no namespace) turns the pool off. */
 	long warm_pool_size;
 	const char *pool_namespace;
+	/* Sessions one NixBuilder serves at once. */
+	long builder_slots;
+	/* An identity's builder with no session is deleted after this. */
+	uint64_t builder_idle_timeout_ms;
 };
 
 /* The queue key of the pool pass (not a valid "ns/name"). */
@@ -30,12 +37,13 @@ struct controller_reconcile_options {
 
 struct controller_reconciler;
 
-/* requests and pods are the informers whose caches are read; events may be
- * NULL; metrics may be NULL. All must outlive the reconciler. */
+/* requests, pods and builders are the informers whose caches are read;
+ * events may be NULL; metrics may be NULL. All must outlive the
+ * reconciler. */
 struct controller_reconciler *controller_reconciler_create(struct kube_client *c,
     struct kube_informer *requests, struct kube_informer *pods,
-    struct kube_event_recorder *events, const struct controller_reconcile_options *o,
-    struct metrics *metrics);
+    struct kube_informer *builders, struct kube_event_recorder *events,
+    const struct controller_reconcile_options *o, struct metrics *metrics);
 /* Cancels reconciles in flight (their keys are never marked done). */
 void controller_reconciler_destroy(struct controller_reconciler *r);
 
@@ -49,6 +57,17 @@ void controller_reconciler_request_gone(struct controller_reconciler *r, const j
 /* A pod event: settles the expectation a create left behind. */
 void controller_reconciler_pod_seen(struct controller_reconciler *r, const json_t *pod,
     bool deleted);
+/* A NixBuilder event: keeps the builder table in step with the cache. */
+void controller_reconciler_builder_seen(struct controller_reconciler *r, const json_t *obj,
+    bool deleted);
+
+/* The queue keys a pod event concerns: its request's, or its builder's
+ * pass and those of the requests the builder serves. */
+void controller_reconciler_keys_for_pod(struct controller_reconciler *r, const json_t *pod,
+    void (*add)(const char *key, void *data), void *data);
+/* The same for a builder given as "ns/name". */
+void controller_reconciler_keys_for_builder_key(struct controller_reconciler *r,
+    const char *builder_key, void (*add)(const char *key, void *data), void *data);
 
 /* "ns/name" of the NixBuildRequest that controls pod, or NULL. Heap. */
 char *controller_reconciler_pod_key(const json_t *pod);

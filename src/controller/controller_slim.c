@@ -140,11 +140,6 @@ json_t *controller_slim_pod(json_t *pod)
 
 	if (!out || !m)
 		goto fail;
-	/* Of the labels only the pool's: the warm pool counts idle pods. */
-	if (*json_field_str(json_object_get(meta, "labels"), CONTROLLER_POD_POOL_LABEL) &&
-	    json_object_set_new(m, "labels", json_pack("{s:s}", CONTROLLER_POD_POOL_LABEL,
-	        json_field_str(json_object_get(meta, "labels"), CONTROLLER_POD_POOL_LABEL))) < 0)
-		goto fail;
 	if (json_object_get(meta, "ownerReferences") &&
 	    json_object_set_new(m, "ownerReferences",
 	        slim_owner_refs(json_object_get(meta, "ownerReferences"))) < 0)

@@ -294,7 +294,7 @@ static int judge_pod(const struct controller_status_input *in, enum controller_p
 /* The next status: the stored one with phase, reason, message, pod fields,
  * times and conditions brought up to date. */
 static json_t *next_status(const json_t *request, const json_t *pod, const char *pod_name,
-    const struct verdict *v, int64_t now_ms)
+    const char *builder, const struct verdict *v, int64_t now_ms)
 {
 	const json_t *old = json_object_get(request, "status");
 	json_int_t generation = json_integer_value(json_object_get(json_object_get(request,
@@ -322,6 +322,9 @@ static json_t *next_status(const json_t *request, const json_t *pod, const char 
 		goto fail;
 	if (pod_name && *pod_name &&
 	    json_object_set_new(st, "podName", json_string(pod_name)) < 0)
+		goto fail;
+	if (builder && *builder &&
+	    json_object_set_new(st, "builder", json_string(builder)) < 0)
 		goto fail;
 	if (*json_field_str(pod_status, "podIP") &&
 	    json_object_set_new(st, "podIP", json_string(json_field_str(pod_status, "podIP"))) < 0)
@@ -400,7 +403,7 @@ int controller_status_compute(const struct controller_status_input *in,
 	} else if (judge_pod(in, current, &v) < 0) {
 		return -1;
 	}
-	st = next_status(in->request, in->pod, in->pod_name, &v, in->now_ms);
+	st = next_status(in->request, in->pod, in->pod_name, in->builder, &v, in->now_ms);
 	free(v.message);
 	if (!st)
 		return -1;
@@ -418,7 +421,7 @@ int controller_status_set(const json_t *request, enum controller_phase phase,
 	memset(out, 0, sizeof(*out));
 	if (controller_phase_terminal(controller_phase_of(request)))
 		return unchanged(request, out);
-	st = next_status(request, NULL, NULL, &v, now_ms);
+	st = next_status(request, NULL, NULL, NULL, &v, now_ms);
 	if (!st)
 		return -1;
 	return finish_result(request, st, out);

@@ -40,6 +40,7 @@ struct controller_status_input {
 	const json_t *request;   /* the NixBuildRequest as cached */
 	const json_t *pod;       /* its builder pod; NULL when there is none */
 	const char *pod_name;    /* the name its pod has or will have */
+	const char *builder;     /* the NixBuilder serving it, or NULL */
 	int64_t now_ms;          /* wall clock, ms since the epoch */
 	uint64_t unschedulable_timeout_ms;
 };

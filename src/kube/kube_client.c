@@ -30,6 +30,9 @@ const struct kube_resource kube_resource_leases = {
 const struct kube_resource kube_resource_nixbuildrequests = {
 	"nix.io", "v1alpha1", "nixbuildrequests", "NixBuildRequest", true
 };
+const struct kube_resource kube_resource_nixbuilders = {
+	"nix.io", "v1alpha1", "nixbuilders", "NixBuilder", true
+};
 
 struct kube_request {
 	struct kube_request *prev, *next;

@@ -1,8 +1,8 @@
 #include "proxy_builder_backend.h"
 
-int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id)
+int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity)
 {
-	return b->ops->acquire(b, session_id);
+	return b->ops->acquire(b, session_id, identity);
 }
 
 void proxy_builder_release(struct proxy_builder *b, uint64_t session_id, bool ok,

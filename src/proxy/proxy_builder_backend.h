@@ -6,7 +6,7 @@
 
 struct proxy_builder_ops {
 	const char *name;
-	int (*acquire)(struct proxy_builder *b, uint64_t session_id);
+	int (*acquire)(struct proxy_builder *b, uint64_t session_id, const char *identity);
 	void (*release)(struct proxy_builder *b, uint64_t session_id, bool ok, const char *message);
 	bool (*is_ready)(const struct proxy_builder *b);
 	void (*destroy)(struct proxy_builder *b);

@@ -294,6 +294,21 @@ fail:
 	return NULL;
 }
 
+/* The informer can show a request before its create call answers (the
+ * controller may even have made it Running by then): the object's
+ * existence is the answer, so the wait moves on here and the late reply
+ * finds nothing to do. A session released meanwhile is finished by that
+ * reply instead. */
+static bool kube_wait_settle_create(struct kube_wait *w)
+{
+	if (w->state != KUBE_WAIT_CREATING)
+		return true;
+	if (w->released)
+		return false;
+	kube_wait_set_state(w, KUBE_WAIT_WAITING);
+	return true;
+}
+
 /* Turns what the controller wrote into the session's next event. */
 static void kube_observe(struct proxy_builder_kube *k, json_t *obj)
 {
@@ -306,7 +321,8 @@ static void kube_observe(struct proxy_builder_kube *k, json_t *obj)
 	const char *message = json_field_str(status, "message");
 	char *text;
 
-	if (!w || (w->state != KUBE_WAIT_WAITING && w->state != KUBE_WAIT_READY))
+	if (!w || !kube_wait_settle_create(w) ||
+	    (w->state != KUBE_WAIT_WAITING && w->state != KUBE_WAIT_READY))
 		return;
 	if (strcmp(phase, "Failed") == 0) {
 		text = str_printf("builder %s failed: %s%s%s", pod[0] ? pod : w->name,
@@ -351,7 +367,8 @@ static void kube_on_delete(json_t *obj, void *data)
 	struct kube_wait *w = kube_wait_by_name(k, kube_object_name(obj));
 	char *msg;
 
-	if (!w || (w->state != KUBE_WAIT_WAITING && w->state != KUBE_WAIT_READY))
+	if (!w || !kube_wait_settle_create(w) ||
+	    (w->state != KUBE_WAIT_WAITING && w->state != KUBE_WAIT_READY))
 		return;
 	msg = str_printf("NixBuildRequest %s/%s was deleted", k->namespace, w->name);
 	kube_deliver_failed(k, w, msg ? msg : "NixBuildRequest was deleted");
@@ -379,14 +396,14 @@ static void kube_on_synced(void *data)
 }
 
 static json_t *kube_request_object(struct proxy_builder_kube *k, const char *name,
-    const char *session)
+    const char *session, const char *identity)
 {
-	json_t *obj = json_pack("{s:s, s:s, s:{s:s, s:s, s:{s:s, s:s, s:s}}, s:{s:s}}",
+	json_t *obj = json_pack("{s:s, s:s, s:{s:s, s:s, s:{s:s, s:s, s:s, s:s}}, s:{s:s, s:s}}",
 	    "apiVersion", "nix.io/v1alpha1", "kind", "NixBuildRequest",
 	    "metadata", "name", name, "namespace", k->namespace,
 	    "labels", "app.kubernetes.io/managed-by", "nrbc-proxy", "nix.io/proxy", k->proxy_id,
-	    "nix.io/session", session,
-	    "spec", "sessionId", session);
+	    "nix.io/session", session, "nix.io/identity", identity,
+	    "spec", "sessionId", session, "identity", identity);
 	json_t *spec = json_object_get(obj, "spec");
 
 	if (!obj)
@@ -407,7 +424,7 @@ static json_t *kube_request_object(struct proxy_builder_kube *k, const char *nam
 	return obj;
 }
 
-static int kube_acquire(struct proxy_builder *b, uint64_t session_id)
+static int kube_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity)
 {
 	struct proxy_builder_kube *k = (struct proxy_builder_kube *)b;
 	unsigned char rnd[6];
@@ -427,7 +444,7 @@ static int kube_acquire(struct proxy_builder *b, uint64_t session_id)
 	w->started_ms = kube_now_ms(k);
 	w->state = KUBE_WAIT_CREATING;
 	snprintf(w->name, sizeof(w->name), "build-%s", session);
-	obj = kube_request_object(k, w->name, session);
+	obj = kube_request_object(k, w->name, session, identity);
 	op = obj ? kube_op_new(k, KUBE_OP_CREATE, w->name) : NULL;
 	if (!op)
 		goto fail;

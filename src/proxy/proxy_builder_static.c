@@ -37,12 +37,13 @@ static void static_on_idle(uv_idle_t *h)
 	}
 }
 
-static int static_acquire(struct proxy_builder *b, uint64_t session_id)
+static int static_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity)
 {
 	struct proxy_builder_static *s = (struct proxy_builder_static *)b;
 	struct static_pending *p = calloc(1, sizeof(*p));
 	struct static_pending **tail = &s->pending;
 
+	(void)identity; /* one fixed builder serves every client */
 	if (!p)
 		return -1;
 	p->session_id = session_id;

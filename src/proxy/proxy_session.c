@@ -2,6 +2,7 @@
 
 #include <libssh/callbacks.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -15,6 +16,8 @@
 #include "proxy_upstream.h"
 
 #define SESSION_MAX_CHANNELS 32
+/* Hex digits of the client identity (128 bits of the key's SHA-256). */
+#define PROXY_SESSION_IDENTITY_LEN 32
 /* libssh reads 4 KiB per poll; this many polls per wakeup before the
  * channels are pumped, so reading the client never outruns the bridge. */
 #define SESSION_POLLS_PER_RUN 32
@@ -62,6 +65,9 @@ struct proxy_session {
 	uint64_t wait_started; /* loop time the builder was asked for */
 	char *user;
 	char *key_comment;
+	/* Hex SHA-256 prefix of the client's public key: which builders this
+	 * session may be served by (never the key itself). */
+	char identity[PROXY_SESSION_IDENTITY_LEN + 1];
 	/* channels */
 	struct proxy_bridge *bridges[SESSION_MAX_CHANNELS];
 	int n_bridges;
@@ -291,6 +297,25 @@ static void session_on_timer(uv_timer_t *t)
 
 /* ---- libssh server callbacks ---- */
 
+/* The first bytes of the key's SHA-256 in hex: stable for a key, says
+ * nothing about it, short enough for a label value. */
+static int session_identity_of(ssh_key pubkey, char out[PROXY_SESSION_IDENTITY_LEN + 1])
+{
+	unsigned char *hash = NULL;
+	size_t hlen = 0;
+
+	if (ssh_get_publickey_hash(pubkey, SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) < 0 ||
+	    hlen * 2 < PROXY_SESSION_IDENTITY_LEN) {
+		ssh_clean_pubkey_hash(&hash);
+		return -1;
+	}
+	for (int i = 0; i < PROXY_SESSION_IDENTITY_LEN / 2; i++)
+		snprintf(out + 2 * i, 3, "%02x", hash[i]);
+	out[PROXY_SESSION_IDENTITY_LEN] = '\0';
+	ssh_clean_pubkey_hash(&hash);
+	return 0;
+}
+
 static int session_on_auth_pubkey(ssh_session ssh, const char *user, struct ssh_key_struct *pubkey,
     char signature_state, void *userdata)
 {
@@ -312,6 +337,10 @@ static int session_on_auth_pubkey(ssh_session ssh, const char *user, struct ssh_
 	}
 	if (signature_state == SSH_PUBLICKEY_STATE_NONE)
 		return SSH_AUTH_SUCCESS; /* "would this key do?": yes */
+	if (session_identity_of(pubkey, s->identity) < 0) {
+		log_error("session=%llu cannot hash the client key", (unsigned long long)s->id);
+		return SSH_AUTH_DENIED;
+	}
 	s->authenticated = true;
 	s->user = strdup(user);
 	s->key_comment = strdup(comment ? comment : "");
@@ -468,7 +497,7 @@ static void session_step_channels(struct proxy_session *s)
 		s->builder_acquired = true;
 		s->wait_started = uv_now(s->env->loop);
 		session_set_state(s, SESSION_WAIT_BUILDER);
-		if (proxy_builder_acquire(s->env->builder, s->id) < 0) {
+		if (proxy_builder_acquire(s->env->builder, s->id, s->identity) < 0) {
 			s->builder_released = true; /* no event will follow */
 			session_fail(s, "cannot request a builder (see the proxy's log)");
 		}

@@ -270,7 +270,7 @@ class Cluster:
         # misses owner deletions of types it does not watch yet.
         self.kubectl("apply", "-f", CRD_PATH)
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/nixbuildrequests.nix.io")
+                     "crd/nixbuildrequests.nix.io", "crd/nixbuilders.nix.io")
 
         self._spawn("kube-controller-manager", [
             os.path.join(self.bindir, "kube-controller-manager"),

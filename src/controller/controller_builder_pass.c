@@ -1,0 +1,703 @@
+/* The passes of reusable builders: binding a request with an identity to a
+ * NixBuilder (reuse one with a free slot, claim one from the warm pool, or
+ * make one), a NixBuilder's own pass (its pod, its status, its idle
+ * deletion) and the pool pass (keeps --warm-pool-size unclaimed builders).
+ *
+ * Who owns what: a NixBuilder controls its pod (ownerReference), so the
+ * pod lives as long as the builder, not as long as one request. Requests
+ * name their builder in status.builder; the builder table (in memory,
+ * rebuilt from the caches after a restart) says which requests each
+ * builder serves. Deleting the CRDs (uninstall) deletes every NixBuilder,
+ * and the garbage collector then deletes their pods. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "controller_builder.h"
+#include "controller_pod.h"
+#include "controller_reconcile_internal.h"
+#include "controller_slim.h"
+#include "json_field.h"
+#include "log.h"
+
+/* A claim in flight for the same identity: look again this soon. */
+#define CLAIM_WAIT_MS 5
+#define FOREIGN_POD_RECHECK_MS 1000
+
+static void enqueue_builder(struct reconcile_op *op, const struct controller_builder *b)
+{
+	char *qkey = reconcile_builder_queue_key(controller_builder_key(b));
+
+	if (qkey)
+		kube_queue_add(op->q, qkey);
+	free(qkey);
+}
+
+void reconcile_enqueue_served(struct controller_reconciler *r, struct kube_queue *q,
+    const struct controller_builder *b)
+{
+	(void)r;
+	for (size_t i = 0; i < controller_builder_sessions(b); i++)
+		kube_queue_add(q, controller_builder_request(b, i));
+}
+
+static void update_gauges(struct controller_reconciler *r)
+{
+	metric_set(r->m.builders, (double)controller_builders_count(r->builders));
+	metric_set(r->m.sessions, (double)controller_builders_sessions_total(r->builders));
+	if (r->opts.pool_namespace)
+		metric_set(r->m.pool_idle, (double)controller_builders_pool_size(r->builders,
+		    r->opts.pool_namespace, r->default_class));
+}
+
+/* "ns/name" of the builder a builder pass is about. */
+static const char *builder_key_of(const struct reconcile_op *op)
+{
+	return op->key + strlen(BUILDER_KEY_PREFIX);
+}
+
+/* The builder's pod: from the cache when it is the builder's, else the one
+ * we created and the cache has not shown yet. */
+static const json_t *builder_pod(struct controller_reconciler *r, struct controller_builder *b,
+    const char *pod_name, bool *foreign)
+{
+	json_t *pod = kube_informer_get(r->pods, controller_builder_namespace(b), pod_name);
+
+	*foreign = false;
+	if (pod && !controller_pod_owned_by_builder(pod, controller_builder_uid(b))) {
+		*foreign = *controller_builder_uid(b) != '\0';
+		pod = NULL;
+	}
+	if (!pod)
+		pod = controller_builder_expected_pod(b, uv_now(r->loop), EXPECTATION_TTL_MS);
+	return pod;
+}
+
+static bool pod_ended(const json_t *pod)
+{
+	const char *phase = json_field_str(json_object_get(pod, "status"), "phase");
+
+	return strcmp(phase, "Failed") == 0 || strcmp(phase, "Succeeded") == 0;
+}
+
+/* ---------- a request with an identity ---------- */
+
+/* The request's deadline (spec.timeoutSeconds from its start): 0 when it
+ * has none, else ms left (negative: passed). */
+static int64_t request_deadline_left(const json_t *nbr, int64_t now_ms, bool *has)
+{
+	json_int_t timeout = json_integer_value(json_object_get(json_object_get(nbr, "spec"),
+	    "timeoutSeconds"));
+	int64_t start = controller_status_parse_time(json_field_str(json_object_get(nbr,
+	    "status"), "startTime"));
+
+	*has = timeout > 0 && start > 0;
+	return *has ? start + (int64_t)timeout * 1000 - now_ms : 0;
+}
+
+/* The request's status follows its builder's pod, like a request with a
+ * pod of its own, plus status.builder. */
+static void mirror_builder(struct reconcile_op *op, struct controller_builder *b)
+{
+	struct controller_reconciler *r = op->r;
+	char *pod_name = controller_pod_name(controller_builder_name(b));
+	bool foreign, has_deadline;
+	const json_t *pod = pod_name ? builder_pod(r, b, pod_name, &foreign) : NULL;
+	int64_t now = reconcile_wall_ms();
+	int64_t left = request_deadline_left(op->nbr, now, &has_deadline);
+	struct controller_status_input in = {
+		.request = op->nbr,
+		.pod = pod,
+		.pod_name = pod_name,
+		.builder = controller_builder_name(b),
+		.now_ms = now,
+		.unschedulable_timeout_ms = r->opts.unschedulable_timeout_ms,
+	};
+	struct controller_status_result res;
+
+	if (!pod_name) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	if (has_deadline && left <= 0) {
+		char *msg = str_printf("the request ran longer than its timeoutSeconds (%lld s)",
+		    (long long)json_integer_value(json_object_get(json_object_get(op->nbr, "spec"),
+		    "timeoutSeconds")));
+
+		free(pod_name);
+		reconcile_set_status(op, CONTROLLER_PHASE_FAILED, CONTROLLER_REASON_DEADLINE,
+		    msg ? msg : "the request ran longer than its timeoutSeconds", KUBE_QUEUE_FORGET);
+		free(msg);
+		return;
+	}
+	if (!pod && controller_builder_state(b) == BUILDER_FAILED) {
+		char *msg = str_printf("builder %s failed before its pod ran",
+		    controller_builder_name(b));
+
+		free(pod_name);
+		reconcile_set_status(op, CONTROLLER_PHASE_FAILED, CONTROLLER_REASON_POD_DELETED,
+		    msg ? msg : "builder failed", KUBE_QUEUE_FORGET);
+		free(msg);
+		return;
+	}
+	if (controller_status_compute(&in, &res) < 0) {
+		free(pod_name);
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	free(pod_name);
+	if (has_deadline && (!res.recheck_ms || (uint64_t)left < res.recheck_ms))
+		res.recheck_ms = (uint64_t)left;
+	reconcile_apply_status(op, &res);
+}
+
+static void bind_request(struct reconcile_op *op, struct controller_builder *b, struct metric *m)
+{
+	struct controller_reconciler *r = op->r;
+
+	if (controller_builders_bind(r->builders, b, op->key, uv_now(r->loop)) < 0) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	metric_add(m, 1);
+	log_info("nbr=%s: bound to builder %s (%zu/%ld sessions)", op->key,
+	    controller_builder_key(b), controller_builder_sessions(b),
+	    controller_builder_slots_of(b));
+	/* Its session count changed. */
+	enqueue_builder(op, b);
+	mirror_builder(op, b);
+}
+
+static void on_builder_created(const struct kube_response *resp, void *data)
+{
+	struct reconcile_op *op = data;
+	struct controller_reconciler *r = op->r;
+	struct controller_builder *b = controller_builders_get(r->builders, op->builder_key);
+
+	op->request = 0;
+	if (!b || controller_builders_serving(r->builders, op->key) != b) {
+		/* Unbound meanwhile (the request went): its pass says what next. */
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	if (resp->status == 201 && json_is_object(resp->body)) {
+		metric_add(r->m.builders_created, 1);
+		log_info("nbr=%s: created builder %s", op->key, op->builder_key);
+		controller_builders_seen(r->builders, resp->body, uv_now(r->loop));
+		bind_request(op, b, r->m.binds_new);
+		return;
+	}
+	/* 409: a builder of that name exists that the cache does not show yet
+	 * (or of another identity whose hash starts alike): drop our entry and
+	 * let the next pass, with the cache's, decide. */
+	controller_builders_unbind(r->builders, op->key, uv_now(r->loop));
+	if (controller_builder_state(b) == BUILDER_CREATING)
+		controller_builders_remove(r->builders, op->builder_key);
+	if (resp->status == 409) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	{
+		char *msg = str_printf("cannot create builder %s: HTTP %ld %s", op->builder_key,
+		    resp->status, resp->message);
+
+		log_error("nbr=%s: %s", op->key, msg ? msg : resp->message);
+		reconcile_set_status(op, resp->status == 400 || resp->status == 422 ?
+		    CONTROLLER_PHASE_FAILED : CONTROLLER_PHASE_PENDING,
+		    resp->status == 400 || resp->status == 422 ? CONTROLLER_REASON_INVALID :
+		    CONTROLLER_REASON_CREATE_FAILED, msg ? msg : resp->message,
+		    KUBE_QUEUE_RETRY);
+		free(msg);
+	}
+}
+
+static void create_builder(struct reconcile_op *op, const char *identity, const char *class)
+{
+	struct controller_reconciler *r = op->r;
+	const char *ns = kube_object_namespace(op->nbr);
+	char *name = controller_builders_next_name(r->builders, ns, identity, class);
+	json_t *obj = name ? controller_builder_build(ns, name, identity, class,
+	    r->opts.builder_slots, op->nbr) : NULL;
+	struct controller_builder *b = obj ? controller_builders_add(r->builders, ns, name,
+	    identity, class, r->opts.builder_slots, uv_now(r->loop)) : NULL;
+
+	free(name);
+	/* Bound at once: a pass for the next request of this identity sees the
+	 * slot taken and the builder on its way. */
+	if (!b || controller_builders_bind(r->builders, b, op->key, uv_now(r->loop)) < 0 ||
+	    !(op->builder_key = strdup(controller_builder_key(b)))) {
+		if (b && controller_builder_state(b) == BUILDER_CREATING) {
+			controller_builders_unbind(r->builders, op->key, uv_now(r->loop));
+			controller_builders_remove(r->builders, controller_builder_key(b));
+		}
+		json_decref(obj);
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	op->step = OP_CREATE_BUILDER;
+	op->request = kube_create(r->client, &kube_resource_nixbuilders, ns, obj,
+	    on_builder_created, op);
+	json_decref(obj);
+	if (!op->request) {
+		controller_builders_unbind(r->builders, op->key, uv_now(r->loop));
+		controller_builders_remove(r->builders, op->builder_key);
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+	}
+}
+
+static void on_builder_claimed(const struct kube_response *resp, void *data)
+{
+	struct reconcile_op *op = data;
+	struct controller_reconciler *r = op->r;
+	struct controller_builder *b = controller_builders_get(r->builders, op->builder_key);
+	bool ok = resp->status == 200 && json_is_object(resp->body);
+
+	op->request = 0;
+	if (b)
+		controller_builder_claim_done(b, ok, uv_now(r->loop));
+	if (!ok) {
+		if (resp->status == 409)
+			metric_add(r->m.conflicts, 1);
+		else if (resp->status != 404)
+			log_error("nbr=%s: claiming pool builder %s failed: HTTP %ld %s", op->key,
+			    op->builder_key, resp->status, resp->message);
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	metric_add(r->m.pool_claims, 1);
+	b = controller_builders_seen(r->builders, resp->body, uv_now(r->loop));
+	/* A replacement for the builder just taken. */
+	kube_queue_add(op->q, CONTROLLER_POOL_KEY);
+	if (!b) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	log_info("nbr=%s: claimed pool builder %s", op->key, op->builder_key);
+	bind_request(op, b, r->m.binds_reused);
+}
+
+/* Claims an unclaimed pool builder for identity; false when there is none
+ * to claim (the caller makes a builder instead). */
+static bool try_claim(struct reconcile_op *op, const char *identity, const char *class)
+{
+	struct controller_reconciler *r = op->r;
+	const char *ns = kube_object_namespace(op->nbr);
+	struct controller_builder *b;
+	const json_t *obj;
+	json_t *patch;
+
+	if (r->opts.warm_pool_size <= 0 || !r->opts.pool_namespace ||
+	    strcmp(ns, r->opts.pool_namespace) != 0 || strcmp(class, r->default_class) != 0)
+		return false;
+	b = controller_builders_pick_pool(r->builders, ns, class);
+	obj = b ? kube_informer_get(r->builder_cache, ns, controller_builder_name(b)) : NULL;
+	patch = obj ? controller_builder_claim_patch(obj, identity) : NULL;
+	if (!patch)
+		return false;
+	op->builder_key = strdup(controller_builder_key(b));
+	if (!op->builder_key) {
+		json_decref(patch);
+		return false;
+	}
+	controller_builder_claim_start(b, identity);
+	op->step = OP_CLAIM_BUILDER;
+	op->request = kube_patch_merge(r->client, &kube_resource_nixbuilders, ns,
+	    controller_builder_name(b), patch, false, on_builder_claimed, op);
+	json_decref(patch);
+	if (!op->request) {
+		controller_builder_claim_done(b, false, uv_now(r->loop));
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+	}
+	return true;
+}
+
+void reconcile_identity_request(struct reconcile_op *op)
+{
+	struct controller_reconciler *r = op->r;
+	const char *ns = kube_object_namespace(op->nbr);
+	const char *identity = controller_builder_identity(op->nbr);
+	const char *status_builder = json_field_str(json_object_get(op->nbr, "status"),
+	    "builder");
+	struct controller_builder *b;
+	char class[CONTROLLER_CLASS_LEN + 1];
+
+	if (controller_phase_terminal(controller_phase_of(op->nbr))) {
+		b = controller_builders_unbind(r->builders, op->key, uv_now(r->loop));
+		if (b)
+			enqueue_builder(op, b);
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
+		return;
+	}
+	if (!controller_builder_identity_valid(identity)) {
+		reconcile_set_status(op, CONTROLLER_PHASE_FAILED, CONTROLLER_REASON_INVALID,
+		    "spec.identity must be 1 to 63 lower-case hex digits", KUBE_QUEUE_FORGET);
+		return;
+	}
+	b = controller_builders_serving(r->builders, op->key);
+	if (!b && *status_builder) {
+		/* Bound before a restart: the table is rebuilt from the caches. */
+		char *key = str_printf("%s/%s", ns, status_builder);
+
+		b = key ? controller_builders_get(r->builders, key) : NULL;
+		free(key);
+		if (!b) {
+			char *msg = str_printf("builder %s was deleted", status_builder);
+
+			reconcile_set_status(op, CONTROLLER_PHASE_FAILED,
+			    CONTROLLER_REASON_POD_DELETED, msg ? msg : "builder was deleted",
+			    KUBE_QUEUE_FORGET);
+			free(msg);
+			return;
+		}
+		if (controller_builders_bind(r->builders, b, op->key, uv_now(r->loop)) < 0) {
+			reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+			return;
+		}
+		enqueue_builder(op, b);
+	}
+	if (b) {
+		mirror_builder(op, b);
+		return;
+	}
+	if (controller_builder_class(op->nbr, class) < 0) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	b = controller_builders_pick(r->builders, ns, identity, class);
+	if (b) {
+		bind_request(op, b, r->m.binds_reused);
+		return;
+	}
+	if (controller_builders_claim_pending(r->builders, ns, identity, class)) {
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, CLAIM_WAIT_MS);
+		return;
+	}
+	if (try_claim(op, identity, class))
+		return;
+	create_builder(op, identity, class);
+}
+
+/* ---------- a builder ---------- */
+
+static void on_builder_deleted(const struct kube_response *resp, void *data)
+{
+	struct reconcile_op *op = data;
+
+	op->request = 0;
+	if (resp->status == 200 || resp->status == 202 || resp->status == 404 ||
+	    resp->status == 409) {
+		if (resp->status < 300)
+			metric_add(op->r->m.builders_deleted, 1);
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
+		return;
+	}
+	log_error("%s: deleting the builder failed: HTTP %ld %s", op->key, resp->status,
+	    resp->message);
+	reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+}
+
+static void delete_builder(struct reconcile_op *op, struct controller_builder *b,
+    const char *why)
+{
+	struct controller_reconciler *r = op->r;
+
+	log_info("builder=%s: deleting: %s", controller_builder_key(b), why);
+	controller_builder_deleting(b);
+	if (op->nbr)
+		reconcile_record_event(r, op->nbr, &kube_resource_nixbuilders, false,
+		    "BuilderDeleted", why);
+	op->step = OP_DELETE_BUILDER;
+	op->request = kube_delete(r->client, &kube_resource_nixbuilders,
+	    controller_builder_namespace(b), controller_builder_name(b),
+	    *controller_builder_uid(b) ? controller_builder_uid(b) : NULL, "Background",
+	    on_builder_deleted, op);
+	if (!op->request)
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+}
+
+/* status.sessions and status.idleSince beside what the pod says. */
+static int add_builder_fields(json_t *status, const struct controller_builder *b,
+    uint64_t loop_now, int64_t wall_now)
+{
+	uint64_t idle = controller_builder_idle_since(b);
+
+	if (json_object_set_new(status, "sessions",
+	    json_integer((json_int_t)controller_builder_sessions(b))) < 0)
+		return -1;
+	if (!idle || !*controller_builder_identity_of(b)) {
+		json_object_del(status, "idleSince");
+		return 0;
+	}
+	if (!*json_field_str(status, "idleSince")) {
+		char ts[32];
+
+		controller_status_format_time(wall_now - (int64_t)(loop_now - idle), ts);
+		return json_object_set_new(status, "idleSince", json_string(ts));
+	}
+	return 0;
+}
+
+static void builder_status(struct reconcile_op *op, struct controller_builder *b,
+    const json_t *pod, const char *pod_name)
+{
+	struct controller_reconciler *r = op->r;
+	const json_t *old = json_object_get(op->nbr, "status");
+	struct controller_status_input in = {
+		.request = op->nbr,
+		.pod = pod,
+		.pod_name = pod_name,
+		.now_ms = reconcile_wall_ms(),
+		.unschedulable_timeout_ms = r->opts.unschedulable_timeout_ms,
+	};
+	struct controller_status_result res;
+	uint64_t idle = controller_builder_idle_since(b);
+	uint64_t now = uv_now(r->loop);
+
+	if (controller_status_compute(&in, &res) < 0 ||
+	    add_builder_fields(res.status, b, now, in.now_ms) < 0) {
+		controller_status_result_finish(&res);
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	res.changed = !json_is_object(old) || !json_equal((json_t *)old, res.status);
+	if (controller_builder_state(b) == BUILDER_IDLE && idle) {
+		uint64_t left = now - idle >= r->opts.builder_idle_timeout_ms ? 0 :
+		    r->opts.builder_idle_timeout_ms - (now - idle);
+
+		if (left == 0) {
+			controller_status_result_finish(&res);
+			delete_builder(op, b, "idle for --builder-idle-timeout");
+			return;
+		}
+		if (!res.recheck_ms || left < res.recheck_ms)
+			res.recheck_ms = left;
+	}
+	reconcile_apply_status(op, &res);
+}
+
+static void on_builder_pod_created(const struct kube_response *resp, void *data)
+{
+	struct reconcile_op *op = data;
+	struct controller_reconciler *r = op->r;
+	struct controller_builder *b = controller_builders_get(r->builders, builder_key_of(op));
+
+	op->request = 0;
+	if (resp->status == 201 && json_is_object(resp->body)) {
+		metric_add(r->m.pods_created, 1);
+		log_debug("%s: created pod %s", op->key, kube_object_name(resp->body));
+		if (!b) {
+			reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
+			return;
+		}
+		if (!kube_informer_get(r->pods, kube_object_namespace(resp->body),
+		    kube_object_name(resp->body)))
+			controller_builder_expect_pod(b, controller_slim_pod(resp->body),
+			    uv_now(r->loop));
+		builder_status(op, b, resp->body, kube_object_name(resp->body));
+		return;
+	}
+	if (resp->status == 409) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	log_error("%s: cannot create its pod: HTTP %ld %s", op->key, resp->status,
+	    resp->message);
+	if ((resp->status == 400 || resp->status == 422) && b) {
+		char *msg = str_printf("builder pod is invalid: %s", resp->message);
+
+		controller_builder_observe_pod(b, false, true, uv_now(r->loop));
+		reconcile_enqueue_served(r, op->q, b);
+		reconcile_set_status(op, CONTROLLER_PHASE_FAILED, CONTROLLER_REASON_INVALID,
+		    msg ? msg : resp->message, KUBE_QUEUE_FORGET);
+		free(msg);
+		return;
+	}
+	reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+}
+
+static void create_builder_pod(struct reconcile_op *op, struct controller_builder *b)
+{
+	struct controller_reconciler *r = op->r;
+	char *err = NULL;
+	json_t *pod = controller_pod_build_for_builder(op->nbr, &r->opts.pod, &err);
+
+	if (!pod) {
+		log_error("%s: %s", op->key, err ? err : "cannot build its pod");
+		free(err);
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	op->step = OP_CREATE_POD;
+	op->request = kube_create(r->client, &kube_resource_pods, controller_builder_namespace(b),
+	    pod, on_builder_pod_created, op);
+	json_decref(pod);
+	if (!op->request)
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+}
+
+void reconcile_builder(struct reconcile_op *op)
+{
+	struct controller_reconciler *r = op->r;
+	const char *key = builder_key_of(op);
+	struct controller_builder *b = controller_builders_get(r->builders, key);
+	const char *status_pod = json_field_str(json_object_get(op->nbr, "status"), "podName");
+	char *pod_name;
+	const json_t *pod;
+	bool foreign;
+
+	update_gauges(r);
+	if (!op->nbr) {
+		if (b && controller_builder_state(b) == BUILDER_CREATING &&
+		    uv_now(r->loop) - controller_builder_added_at(b) < EXPECTATION_TTL_MS) {
+			reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
+			return;
+		}
+		if (b) {
+			/* Its requests learn in their passes that it is gone. */
+			reconcile_enqueue_served(r, op->q, b);
+			controller_builders_remove(r->builders, key);
+		}
+		kube_queue_add(op->q, CONTROLLER_POOL_KEY);
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
+		return;
+	}
+	b = controller_builders_seen(r->builders, op->nbr, uv_now(r->loop));
+	if (!b) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	if (reconcile_being_deleted(op->nbr) || controller_builder_state(b) == BUILDER_DELETING) {
+		reconcile_enqueue_served(r, op->q, b);
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
+		return;
+	}
+	pod_name = controller_pod_name(kube_object_name(op->nbr));
+	if (!pod_name) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	pod = builder_pod(r, b, pod_name, &foreign);
+	if (foreign) {
+		log_info("%s: pod %s belongs to another owner; waiting for it to go", op->key,
+		    pod_name);
+		free(pod_name);
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, FOREIGN_POD_RECHECK_MS);
+		return;
+	}
+	if (!pod && !*status_pod && controller_phase_of(op->nbr) != CONTROLLER_PHASE_FAILED) {
+		free(pod_name);
+		create_builder_pod(op, b);
+		return;
+	}
+	controller_builder_observe_pod(b, pod && controller_pod_ready(pod),
+	    !pod || pod_ended(pod) || controller_phase_of(op->nbr) == CONTROLLER_PHASE_FAILED,
+	    uv_now(r->loop));
+	if (controller_builder_state(b) == BUILDER_FAILED) {
+		reconcile_enqueue_served(r, op->q, b);
+		if (controller_builder_sessions(b) == 0 &&
+		    controller_phase_of(op->nbr) == CONTROLLER_PHASE_FAILED) {
+			free(pod_name);
+			delete_builder(op, b, "its pod ended");
+			return;
+		}
+	}
+	builder_status(op, b, pod, pod_name);
+	free(pod_name);
+}
+
+/* ---------- the pool ---------- */
+
+static void on_pool_builder_created(const struct kube_response *resp, void *data)
+{
+	struct reconcile_op *op = data;
+	struct controller_reconciler *r = op->r;
+
+	op->request = 0;
+	r->pool_creating--;
+	if (resp->status == 201 && json_is_object(resp->body)) {
+		metric_add(r->m.builders_created, 1);
+		controller_builders_seen(r->builders, resp->body, uv_now(r->loop));
+		log_info("pool: created builder %s", kube_object_name(resp->body));
+		update_gauges(r);
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 1);
+		return;
+	}
+	log_error("pool: cannot create a pool builder: HTTP %ld %s", resp->status, resp->message);
+	reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+}
+
+struct pool_scan {
+	struct controller_reconciler *r;
+	const json_t *surplus;
+};
+
+static void scan_surplus(json_t *obj, void *data)
+{
+	struct pool_scan *ps = data;
+	struct controller_reconciler *r = ps->r;
+	char *key = kube_object_key(obj);
+	struct controller_builder *b = key ? controller_builders_get(r->builders, key) : NULL;
+
+	free(key);
+	if (!b || *controller_builder_identity_of(b) || strcmp(controller_builder_namespace(b),
+	    r->opts.pool_namespace) != 0 || controller_builder_state(b) == BUILDER_DELETING ||
+	    controller_builder_state(b) == BUILDER_FAILED)
+		return;
+	/* Not-ready ones first: they have cost least so far. */
+	if (!ps->surplus || controller_builder_state(b) != BUILDER_READY)
+		ps->surplus = obj;
+}
+
+/* Keeps warm_pool_size unclaimed builders: makes one when short, removes
+ * one beyond the size (also when the size was lowered, or set to 0); one
+ * API call per pass, the next pass comes at once or with the event. */
+void reconcile_pool(struct reconcile_op *op)
+{
+	struct controller_reconciler *r = op->r;
+	const char *ns = r->opts.pool_namespace;
+	size_t have = ns ? controller_builders_pool_size(r->builders, ns, r->default_class) : 0;
+	size_t want = r->opts.warm_pool_size > 0 ? (size_t)r->opts.warm_pool_size : 0;
+	json_t *obj;
+
+	update_gauges(r);
+	if (!ns) {
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
+		return;
+	}
+	if (have + r->pool_creating < want) {
+		obj = controller_builder_build(ns, NULL, "", r->default_class, r->opts.builder_slots,
+		    NULL);
+		if (!obj) {
+			reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+			return;
+		}
+		op->step = OP_CREATE_POOL_BUILDER;
+		op->request = kube_create(r->client, &kube_resource_nixbuilders, ns, obj,
+		    on_pool_builder_created, op);
+		json_decref(obj);
+		if (!op->request) {
+			reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+			return;
+		}
+		r->pool_creating++;
+		return;
+	}
+	if (have > want) {
+		struct pool_scan ps = { .r = r };
+		struct controller_builder *b;
+		char *key;
+
+		kube_informer_foreach(r->builder_cache, scan_surplus, &ps);
+		key = ps.surplus ? kube_object_key(ps.surplus) : NULL;
+		b = key ? controller_builders_get(r->builders, key) : NULL;
+		free(key);
+		if (b) {
+			json_decref(op->nbr);
+			op->nbr = json_incref((json_t *)ps.surplus);
+			delete_builder(op, b, "more unclaimed pool builders than --warm-pool-size");
+			return;
+		}
+	}
+	reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
+}

@@ -70,6 +70,9 @@ class Controller:
             argv = ["/usr/bin/setpriv", "--pdeathsig", "KILL"] + argv
         e = dict(os.environ)
         e.pop("KUBECONFIG", None)
+        # No warm pool unless a test asks for one (--warm-pool-size wins):
+        # most tests count the builder pods their requests make.
+        e.setdefault("NRBC_CONTROLLER_WARM_POOL_SIZE", "0")
         e.update(env or {})
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,

@@ -297,120 +297,17 @@ def test_completed_request_pod_deleted(setup, controller):
     assert st["phase"] == "Completed" and st["message"] == "session ended", st
 
 
-# ---- the warm pool -------------------------------------------------------------
+# ---- requests without an identity ---------------------------------------------
 
-def pool_pods(cluster, ns):
-    return [p for p in builder_pods(cluster, ns)
-            if (p["metadata"].get("labels") or {}).get("nix.io/pool") == "idle"]
-
-
-def pod_ready(p):
-    st = p.get("status") or {}
-    return st.get("phase") == "Running" and st.get("podIP") and any(
-        c["type"] == "Ready" and c["status"] == "True" for c in st.get("conditions") or [])
-
-
-def test_warm_pool_claim_replace_delete(setup, controller):
-    import threading
-    cluster, ns, keys = setup["cluster"], setup["ns"], setup["keys"]
-    controller.start("--warm-pool-size", "2")
-    wait_for(lambda: len(pool_pods(cluster, ns)) == 2 and all(
-        pod_ready(p) for p in pool_pods(cluster, ns)), 30, what="two Ready pool pods")
-    idle = pool_pods(cluster, ns)
-    for p in idle:
-        meta = p["metadata"]
-        assert meta["name"].startswith("nix-builder-pool-"), meta["name"]
-        assert not meta.get("ownerReferences"), meta
-        assert "nix.io/build-request" not in meta["labels"], meta
-    idle_names = {p["metadata"]["name"] for p in idle}
-    # The pool holds its size: nothing more appears while nothing is claimed.
-    time.sleep(1.5)
-    assert {p["metadata"]["name"] for p in builder_pods(cluster, ns)} == idle_names
-
-    # Every sample of the pods: never two pods controlled by one request.
-    worst = {"max": 0, "seen": None}
-    stop = threading.Event()
-
-    def watch_pods():
-        while not stop.is_set():
-            owners = {}
-            for p in builder_pods(cluster, ns):
-                for ref in p["metadata"].get("ownerReferences") or []:
-                    if ref.get("controller") and not p["metadata"].get("deletionTimestamp"):
-                        owners.setdefault(ref["uid"], []).append(p["metadata"]["name"])
-            for uid, names in owners.items():
-                if len(names) > worst["max"]:
-                    worst["max"], worst["seen"] = len(names), names
-            time.sleep(0.05)
-    t = threading.Thread(target=watch_pods, daemon=True)
-    t.start()
-    try:
-        t0 = time.monotonic()
-        created = create_nbr(cluster, ns, "warm-1")
-        obj = wait_nbr(cluster, ns, "warm-1", phase_is("Running", "Failed"), 15)
-        took = time.monotonic() - t0
-        st = obj["status"]
-        assert st["phase"] == "Running", st
-        assert st["podName"] in idle_names, st
-        print("pool pod %s Running %.3f s after the request" % (st["podName"], took))
-        # A cold pod waits at least the readiness probe's one-second period.
-        assert took < 1.0, took
-        (pod,) = builder_pods(cluster, ns, request="warm-1")
-        meta = pod["metadata"]
-        assert meta["name"] == st["podName"]
-        assert "nix.io/pool" not in meta["labels"], meta["labels"]
-        (ref,) = meta["ownerReferences"]
-        assert ref["uid"] == created["metadata"]["uid"] and ref["controller"] is True, ref
-        assert meta["annotations"]["nix.io/session-id"] == "warm-1"
-        assert st["podIP"] == pod["status"]["podIP"]
-        r = ssh(keys, st["podIP"], "echo", "pool-ok")
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == "pool-ok"
-
-        # A replacement: two idle pods again, one of them new.
-        wait_for(lambda: len([p for p in pool_pods(cluster, ns) if pod_ready(p)]) == 2, 30,
-                 what="a replacement pool pod")
-        now_idle = {p["metadata"]["name"] for p in pool_pods(cluster, ns)}
-        assert st["podName"] not in now_idle
-        assert len(now_idle - idle_names) == 1, (now_idle, idle_names)
-
-        # A request asking for more than the template gets its own pod.
-        create_nbr(cluster, ns, "warm-own", timeoutSeconds=600)
-        own = wait_nbr(cluster, ns, "warm-own", phase_is("Running", "Failed"), 30)
-        assert own["status"]["podName"] == "nix-builder-warm-own", own["status"]
-        assert {p["metadata"]["name"] for p in pool_pods(cluster, ns)} == now_idle
-
-        # Status writes and passes later on find the claimed pod again: no
-        # second pod, the podName stays.
-        time.sleep(1)
-        assert get_nbr(cluster, ns, "warm-1")["status"]["podName"] == st["podName"]
-        assert len(builder_pods(cluster, ns, request="warm-1")) == 1
-
-        # Deleting the request deletes the claimed pod (not an idle one).
-        st_code, body = cluster.api(
-            "DELETE", "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests/warm-1" % ns)
-        assert st_code == 200, body
-        wait_for(lambda: st["podName"] not in {p["metadata"]["name"]
-                                                for p in builder_pods(cluster, ns)}, 15,
-                 what="claimed pod deleted")
-        assert {p["metadata"]["name"] for p in pool_pods(cluster, ns)} == now_idle
-    finally:
-        stop.set()
-        t.join(5)
-    assert worst["max"] == 1, worst
-    m = controller.metrics()
-    assert m["nrbc_controller_pool_claims_total"] == 1
-    assert m["nrbc_controller_pool_idle"] == 2
-
-
-def test_warm_pool_off_by_default(setup, controller):
-    # Pool size 0 (the default): no pool pods, requests get their own pod.
+def test_request_without_identity_gets_its_own_pod_even_with_a_pool(setup, controller):
+    # The pool serves identities (what the proxy writes); a request made by
+    # hand without one gets a pod of its own, named after it, as before.
     cluster, ns = setup["cluster"], setup["ns"]
-    controller.start()
+    controller.start("--warm-pool-size", "1")
     create_nbr(cluster, ns, "cold")
     obj = wait_running(cluster, ns, "cold")
     assert obj["status"]["podName"] == "nix-builder-cold"
-    assert not pool_pods(cluster, ns)
+    assert "builder" not in obj["status"], obj["status"]
     assert controller.metrics().get("nrbc_controller_pool_claims_total", 0) == 0
 
 
@@ -554,13 +451,17 @@ def can_i(cluster, ns, verb, resource, *extra, namespace=None):
 def test_rbac_is_enough_and_no_more(setup, controller):
     cluster, ns = setup["cluster"], setup["ns"]
     # Enough: every other test here runs the controller on this Role.
-    yes = [("create", "pods"), ("delete", "pods"), ("watch", "pods"), ("patch", "pods"),
+    yes = [("create", "pods"), ("delete", "pods"), ("watch", "pods"),
            ("list", "nixbuildrequests.nix.io"), ("watch", "nixbuildrequests.nix.io"),
            ("update", "nixbuildrequests.nix.io", "--subresource", "status"),
+           ("create", "nixbuilders.nix.io"), ("delete", "nixbuilders.nix.io"),
+           ("patch", "nixbuilders.nix.io"), ("watch", "nixbuilders.nix.io"),
+           ("update", "nixbuilders.nix.io", "--subresource", "status"),
            ("create", "events"), ("create", "leases.coordination.k8s.io"),
            ("update", "leases.coordination.k8s.io/nrbc-controller")]
     no = [("get", "secrets"), ("list", "secrets"), ("get", "configmaps"),
-          ("update", "pods"), ("create", "pods", "--subresource", "exec"),
+          ("update", "pods"), ("patch", "pods"), ("create", "pods", "--subresource", "exec"),
+          ("update", "nixbuilders.nix.io"),
           ("create", "nixbuildrequests.nix.io"), ("update", "nixbuildrequests.nix.io"),
           ("delete", "nixbuildrequests.nix.io"), ("list", "events"),
           ("update", "leases.coordination.k8s.io/someone-else"),

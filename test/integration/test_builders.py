@@ -1,0 +1,254 @@
+"""Reusable builders (NixBuilder): `nrbc controller` binds NixBuildRequests
+that carry a client identity (as the proxy writes them) to builders of that
+identity, against the real kube-apiserver and the test kubelet, with the
+controller's own ServiceAccount and the shipped Role."""
+
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import wait_for
+from controller_fixtures import (REMOTE_PORT, Controller, builder_pods, create_nbr, get_nbr,
+                                 install_config, install_rbac, phase_is, set_nbr_status,
+                                 wait_nbr)
+
+ID_A = "aaaa0000aaaa0000aaaa0000aaaa0000"
+ID_B = "bbbb1111bbbb1111bbbb1111bbbb1111"
+ID_C = "cccc2222cccc2222cccc2222cccc2222"
+NBD_PATH = "/apis/nix.io/v1alpha1/namespaces/%s/nixbuilders"
+NBR_PATH = "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests"
+
+
+@pytest.fixture
+def setup(cluster, kubelet, namespace, ssh_keys):
+    install_rbac(cluster, namespace)
+    install_config(cluster, namespace, ssh_keys)
+    return {"cluster": cluster, "ns": namespace, "keys": ssh_keys}
+
+
+@pytest.fixture
+def controllers(nrbc_bin, cluster, namespace, tmp_path):
+    made = []
+
+    def make(name="controller"):
+        c = Controller(nrbc_bin, cluster, namespace, tmp_path, name)
+        made.append(c)
+        return c
+    yield make
+    for c in made:
+        c.stop()
+        if os.environ.get("NRBC_SHOW_CONTROLLER_LOG") == "1":
+            print("---- %s log ----\n%s" % (c.name, c.log()))
+
+
+def builders(cluster, ns):
+    st, body = cluster.api("GET", NBD_PATH % ns)
+    assert st == 200, body
+    return {b["metadata"]["name"]: b for b in body["items"]}
+
+
+def running(cluster, ns, name, timeout=30):
+    obj = wait_nbr(cluster, ns, name, phase_is("Running", "Failed"), timeout)
+    assert obj["status"]["phase"] == "Running", obj["status"]
+    return obj
+
+
+def finish(cluster, ns, name):
+    """What the proxy does when a session ends: Completed, then delete."""
+    set_nbr_status(cluster, ns, name, phase="Completed", message="done")
+    st, body = cluster.api("DELETE", (NBR_PATH % ns) + "/" + name)
+    assert st in (200, 404), body
+
+
+def sessions(cluster, ns, name):
+    b = builders(cluster, ns).get(name)
+    return None if b is None else (b.get("status") or {}).get("sessions")
+
+
+def ssh(keys, ip, *cmd, timeout=30):
+    return subprocess.run(keys.ssh_argv(ip, REMOTE_PORT) + list(cmd), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def test_one_identity_reuses_its_builder_and_scales_out(setup, controllers):
+    cluster, ns, keys = setup["cluster"], setup["ns"], setup["keys"]
+    c = controllers().start("--builder-slots", "2", "--builder-idle-timeout", "3s")
+
+    first = running(cluster, ns, create_nbr(cluster, ns, "a1", identity=ID_A)
+                    ["metadata"]["name"])["status"]
+    b0 = first["builder"]
+    assert first["podName"] == "nix-builder-" + b0, first
+    assert b0.startswith("nb-" + ID_A[:16]), b0
+    r = ssh(keys, first["podIP"], "echo", "reused-ok")
+    assert r.returncode == 0 and r.stdout.strip() == "reused-ok", r.stderr
+
+    # The second session of the same identity: the same builder and pod,
+    # Running at once (the pod is Ready already).
+    t0 = time.monotonic()
+    create_nbr(cluster, ns, "a2", identity=ID_A)
+    second = running(cluster, ns, "a2")["status"]
+    took = time.monotonic() - t0
+    print("second session of identity A Running after %.3f s" % took)
+    assert second["builder"] == b0 and second["podName"] == first["podName"], second
+    assert second["podIP"] == first["podIP"]
+    wait_for(lambda: sessions(cluster, ns, b0) == 2, 10, what="builder shows 2 sessions")
+
+    # A third at once: both slots taken, so a second builder of A.
+    create_nbr(cluster, ns, "a3", identity=ID_A)
+    third = running(cluster, ns, "a3")["status"]
+    assert third["builder"] != b0 and third["builder"].startswith("nb-" + ID_A[:16]), third
+    # Another identity never lands on A's builders.
+    create_nbr(cluster, ns, "b1", identity=ID_B)
+    other = running(cluster, ns, "b1")["status"]
+    assert other["builder"] not in (b0, third["builder"]), other
+    assert other["podName"] not in (first["podName"], third["podName"])
+
+    nbd = builders(cluster, ns)
+    assert set(nbd) == {b0, third["builder"], other["builder"]}, sorted(nbd)
+    assert nbd[b0]["spec"]["identity"] == ID_A and nbd[b0]["spec"]["slots"] == 2
+    assert nbd[other["builder"]]["spec"]["identity"] == ID_B
+    # The key never appears; the identity is a hash.
+    assert keys.public_text.split()[1] not in str(nbd)
+    # Pods are controlled by their builder, not by any request.
+    for p in builder_pods(cluster, ns):
+        (ref,) = p["metadata"]["ownerReferences"]
+        assert ref["kind"] == "NixBuilder" and ref["controller"] is True, ref
+    m = c.metrics()
+    assert m['nrbc_controller_binds_total{builder="existing"}'] == 1, m
+    assert m['nrbc_controller_binds_total{builder="new"}'] == 3, m
+
+    # Sessions end: the builders go idle, then away, and their pods with them.
+    for n in ("a1", "a2"):
+        finish(cluster, ns, n)
+    wait_for(lambda: (builders(cluster, ns).get(b0) or {}).get("status", {}).get("idleSince"),
+             10, what="idleSince on the idle builder")
+    # Still serving: a1 and a2 gone, a3's builder keeps its one session.
+    assert sessions(cluster, ns, third["builder"]) == 1
+    for n in ("a3", "b1"):
+        finish(cluster, ns, n)
+    wait_for(lambda: not builders(cluster, ns), 30, what="idle builders deleted")
+    wait_for(lambda: not [p for p in builder_pods(cluster, ns)
+                          if not p["metadata"].get("deletionTimestamp")], 60,
+             what="builder pods garbage-collected")
+    assert c.metrics()["nrbc_controller_builders_deleted_total"] == 3
+
+
+def test_a_burst_of_one_identity_makes_just_enough_builders(setup, controllers):
+    cluster, ns = setup["cluster"], setup["ns"]
+    controllers().start("--builder-slots", "4")
+    names = ["burst-%d" % i for i in range(10)]
+    threads = [threading.Thread(target=create_nbr, args=(cluster, ns, n),
+                                kwargs={"identity": ID_A}) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    served = {}
+    for n in names:
+        st = running(cluster, ns, n, timeout=60)["status"]
+        served.setdefault(st["builder"], []).append(n)
+    # ceil(10 / 4): never a builder more than the slots need, none overfull.
+    assert len(served) == 3, served
+    assert all(len(v) <= 4 for v in served.values()), served
+    assert len(builders(cluster, ns)) == 3
+
+
+def test_pool_builder_claimed_replaced_and_shrunk(setup, controllers):
+    cluster, ns = setup["cluster"], setup["ns"]
+    c = controllers().start("--warm-pool-size", "2", "--builder-idle-timeout", "1h")
+
+    def unclaimed():
+        return {n: b for n, b in builders(cluster, ns).items()
+                if not b["spec"].get("identity")}
+
+    def ready(b):
+        return (b.get("status") or {}).get("phase") == "Running"
+    wait_for(lambda: len(unclaimed()) == 2 and all(ready(b) for b in unclaimed().values()),
+             30, what="two Ready pool builders")
+    pool = set(unclaimed())
+    assert all(n.startswith("nb-pool-") for n in pool), pool
+    time.sleep(1)
+    assert set(builders(cluster, ns)) == pool, "the pool grew without a claim"
+
+    t0 = time.monotonic()
+    create_nbr(cluster, ns, "warm-1", identity=ID_C)
+    st = running(cluster, ns, "warm-1", timeout=15)["status"]
+    took = time.monotonic() - t0
+    print("pool builder %s Running %.3f s after the request" % (st["builder"], took))
+    assert st["builder"] in pool, st
+    assert builders(cluster, ns)[st["builder"]]["spec"]["identity"] == ID_C
+    # A replacement: two unclaimed again, one of them new.
+    wait_for(lambda: len(unclaimed()) == 2, 30, what="a replacement pool builder")
+    assert st["builder"] not in unclaimed()
+    assert len(set(unclaimed()) - pool) == 1
+    # The claimed builder now serves C's next session too.
+    create_nbr(cluster, ns, "warm-2", identity=ID_C)
+    assert running(cluster, ns, "warm-2")["status"]["builder"] == st["builder"]
+    m = c.metrics()
+    assert m["nrbc_controller_pool_claims_total"] == 1, m
+
+    # Lowering the pool (here to 0) removes the unclaimed ones, not C's.
+    c.stop()
+    c2 = controllers("controller-2").start("--warm-pool-size", "0")
+    wait_for(lambda: not unclaimed(), 30, what="surplus pool builders deleted")
+    assert st["builder"] in builders(cluster, ns)
+    assert get_nbr(cluster, ns, "warm-1")["status"]["phase"] == "Running"
+    assert c2.metrics()["nrbc_controller_builder_sessions"] == 2
+
+
+def test_builder_pod_deleted_fails_its_requests(setup, controllers):
+    cluster, ns = setup["cluster"], setup["ns"]
+    controllers().start("--builder-idle-timeout", "1h")
+    create_nbr(cluster, ns, "victim", identity=ID_A)
+    st = running(cluster, ns, "victim")["status"]
+    old_uid = builders(cluster, ns)[st["builder"]]["metadata"]["uid"]
+    code, body = cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (ns, st["podName"]))
+    assert code == 200, body
+    obj = wait_nbr(cluster, ns, "victim", phase_is("Failed"), 30)
+    assert obj["status"]["reason"] == "PodDeleted", obj["status"]
+    # The request ends; the builder whose pod died goes, and the next
+    # session gets a fresh one.
+    finish(cluster, ns, "victim")
+    wait_for(lambda: st["builder"] not in builders(cluster, ns), 30,
+             what="failed builder deleted")
+    create_nbr(cluster, ns, "after", identity=ID_A)
+    after = running(cluster, ns, "after")["status"]
+    # The same deterministic name may come back; it is a new builder.
+    assert builders(cluster, ns)[after["builder"]]["metadata"]["uid"] != old_uid
+
+
+def test_restart_recovers_bindings(setup, controllers):
+    cluster, ns = setup["cluster"], setup["ns"]
+    c = controllers().start("--builder-slots", "3", "--builder-idle-timeout", "1h")
+    for n in ("k1", "k2"):
+        create_nbr(cluster, ns, n, identity=ID_A)
+    b = {running(cluster, ns, n)["status"]["builder"] for n in ("k1", "k2")}
+    assert len(b) == 1, b
+    (b,) = b
+    c.kill()
+    c.proc.wait(10)
+    create_nbr(cluster, ns, "k3", identity=ID_A)
+    c2 = controllers("controller-2").start("--builder-slots", "3",
+                                           "--builder-idle-timeout", "1h")
+    assert running(cluster, ns, "k3")["status"]["builder"] == b
+    # The table was rebuilt from the requests: all three slots are taken,
+    # so a fourth session scales out instead of overfilling.
+    wait_for(lambda: sessions(cluster, ns, b) == 3, 10, what="3 sessions after restart")
+    create_nbr(cluster, ns, "k4", identity=ID_A)
+    assert running(cluster, ns, "k4")["status"]["builder"] != b
+    assert len(builders(cluster, ns)) == 2
+    assert c2.metrics()["nrbc_controller_builder_sessions"] == 4
+
+
+def test_invalid_identity_fails(setup, controllers):
+    cluster, ns = setup["cluster"], setup["ns"]
+    controllers().start()
+    # The CRD admits only lower-case hex; the controller checks again.
+    st, body = cluster.api("POST", NBR_PATH % ns, {
+        "apiVersion": "nix.io/v1alpha1", "kind": "NixBuildRequest",
+        "metadata": {"name": "bad"}, "spec": {"sessionId": "x", "identity": "Not-Hex"}})
+    assert st == 422, body
+    assert not builders(cluster, ns)

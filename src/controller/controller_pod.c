@@ -377,7 +377,6 @@ json_t *controller_pod_build_for_builder(const json_t *builder,
     const struct controller_pod_options *o, char **err)
 {
 	const json_t *bmeta = json_object_get(builder, "metadata");
-	const json_t *bspec = json_object_get(builder, "spec");
 	json_t *pod = controller_pod_build(builder, o, err);
 	json_t *meta, *labels, *ref;
 	char *label;
@@ -391,8 +390,6 @@ json_t *controller_pod_build_for_builder(const json_t *builder,
 	if (!label || json_object_del(meta, "annotations") < 0 ||
 	    json_object_del(labels, CONTROLLER_POD_REQUEST_LABEL) < 0 ||
 	    json_object_set_new(labels, CONTROLLER_POD_BUILDER_LABEL, json_string(label)) < 0 ||
-	    json_object_set_new(labels, CONTROLLER_POD_IDENTITY_LABEL,
-	        json_string(json_field_str(bspec, "identity"))) < 0 ||
 	    json_object_set_new(ref, "kind", json_string("NixBuilder")) < 0) {
 		free(label);
 		json_decref(pod);

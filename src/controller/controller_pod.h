@@ -20,10 +20,10 @@
 #define CONTROLLER_POD_CONTAINER "builder"
 #define CONTROLLER_POD_SSH_DIR "/etc/nrbc/ssh"
 #define CONTROLLER_POD_NIX_DIR "/etc/nix"
-/* Pods of NixBuilders (reusable builders) carry these instead of the
- * request label: the builder's name and its client identity (hashed). */
+/* Pods of NixBuilders (reusable builders) carry this instead of the
+ * request label. Not the identity: a pool builder's pod is made before
+ * anyone claims it, and `kubectl get nixbuilders` shows whose it is. */
 #define CONTROLLER_POD_BUILDER_LABEL "nix.io/builder"
-#define CONTROLLER_POD_IDENTITY_LABEL "nix.io/identity"
 
 struct controller_pod_options {
 	const char *builder_image;  /* when spec.image is empty */
@@ -62,7 +62,7 @@ bool controller_pod_ready(const json_t *pod);
 /* The pod of a NixBuilder: the request template built from the builder's
  * spec (image, resources, nodeSelector), controlled by the builder (so it
  * lives as long as the builder, not as long as one request), labelled with
- * the builder's name and identity. NULL with *err (heap) on failure. */
+ * the builder's name. NULL with *err (heap) on failure. */
 json_t *controller_pod_build_for_builder(const json_t *builder,
     const struct controller_pod_options *opts, char **err);
 

@@ -141,7 +141,8 @@ class Role:
 
 
 class Stack:
-    def __init__(self, cluster, kubelet, nrbc_bin, workdir):
+    def __init__(self, cluster, kubelet, nrbc_bin, workdir, builder_idle_timeout="3s"):
+        self.builder_idle_timeout = builder_idle_timeout
         self.cluster = cluster
         self.kubelet = kubelet
         self.nrbc_bin = nrbc_bin
@@ -177,7 +178,7 @@ class Stack:
                                  "host-key": open(k["host-key"]).read(),
                                  "authorized-keys": open(k["user-key"] + ".pub").read()}}
         self.cluster.apply(json.dumps(secret))
-        self.delete_idle_pool()
+        self.delete_builders()
         return self
 
     def deployment(self, name):
@@ -193,9 +194,13 @@ class Stack:
         controller_health = free_port()
         proxy_health = free_port(PROXY_ADDRESS)
         self.proxy_port = free_port(PROXY_ADDRESS)
+        # Idle builders go after seconds, not the shipped minutes, so a test
+        # can see that everything is cleaned up once sessions end.
         self.controller = Role(self, self.deployment("nrbc-controller"),
                                ["--health-address=127.0.0.1",
-                                "--health-port=%d" % controller_health] + remote)
+                                "--health-port=%d" % controller_health,
+                                "--builder-idle-timeout=%s" % self.builder_idle_timeout]
+                               + remote)
         self.controller.health_port = controller_health
         self.proxy = Role(self, self.deployment("nrbc-proxy"),
                           ["--listen-address=" + PROXY_ADDRESS, "--port=%d" % self.proxy_port,
@@ -211,15 +216,14 @@ class Stack:
         for role in (self.proxy, self.controller):
             if role is not None:
                 role.stop()
-        self.delete_idle_pool()
+        self.delete_builders()
 
-    def delete_idle_pool(self):
-        """Idle warm-pool pods carry the host key of the Secret they were
-        made with; the next module's Stack writes new keys, so they go
-        (as an operator deletes them after rotating the Secret)."""
+    def delete_builders(self):
+        """Builders (pool ones above all) carry the host key of the Secret
+        they were made with; the next module's Stack writes new keys, so
+        they go (as an operator deletes them after rotating the Secret)."""
         st, body = self.cluster.api(
-            "DELETE", "/api/v1/namespaces/%s/pods?labelSelector=%s" %
-            (NAMESPACE, "nix.io%2Fpool%3Didle"))
+            "DELETE", "/apis/nix.io/v1alpha1/namespaces/%s/nixbuilders" % NAMESPACE)
         assert st == 200, body
 
     # -- what a Nix user needs
@@ -242,14 +246,22 @@ class Stack:
         assert st == 200, body
         return body["items"]
 
-    def builder_pods(self):
-        # Pods serving requests: idle warm-pool pods (nix.io/pool=idle,
-        # --warm-pool-size in the manifests) stay by design.
+    def nixbuilders(self):
         st, body = self.cluster.api(
-            "GET", "/api/v1/namespaces/%s/pods?labelSelector=%s" %
-            (NAMESPACE, "app.kubernetes.io%2Fname%3Dnrbc-builder%2C%21nix.io%2Fpool"))
+            "GET", "/apis/nix.io/v1alpha1/namespaces/%s/nixbuilders" % NAMESPACE)
         assert st == 200, body
         return body["items"]
+
+    def builder_pods(self):
+        # Pods serving clients: the pods of unclaimed warm-pool builders
+        # (--warm-pool-size in the manifests) stay by design.
+        pool = {"nix-builder-" + b["metadata"]["name"] for b in self.nixbuilders()
+                if not b["spec"].get("identity")}
+        st, body = self.cluster.api(
+            "GET", "/api/v1/namespaces/%s/pods?labelSelector=%s" %
+            (NAMESPACE, "app.kubernetes.io%2Fname%3Dnrbc-builder"))
+        assert st == 200, body
+        return [p for p in body["items"] if p["metadata"]["name"] not in pool]
 
     def wait_clean(self, timeout=60):
         wait_for(lambda: not self.requests() and not self.builder_pods(), timeout,

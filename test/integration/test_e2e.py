@@ -66,15 +66,19 @@ def test_large_output_arrives_intact(stack, nix_client):
     stack.wait_clean()
 
 
-def test_parallel_builds_get_a_builder_each(stack, nix_client):
-    seen = {"max": 0, "names": set()}
+def test_parallel_sessions_share_one_builder(stack, nix_client):
+    # maxJobs 4 = the shipped --builder-slots: four sessions at once, one
+    # request each, all served by the one builder of this client key.
+    seen = {"max": 0, "names": set(), "builders": set()}
     stop = threading.Event()
 
     def watch():
         while not stop.is_set():
-            live = [r["metadata"]["name"] for r in stack.requests()]
+            live = stack.requests()
             seen["max"] = max(seen["max"], len(live))
-            seen["names"].update(live)
+            seen["names"].update(r["metadata"]["name"] for r in live)
+            seen["builders"].update((r.get("status") or {}).get("builder") for r in live
+                                    if (r.get("status") or {}).get("builder"))
             time.sleep(0.1)
     t = threading.Thread(target=watch)
     t.start()
@@ -86,4 +90,5 @@ def test_parallel_builds_get_a_builder_each(stack, nix_client):
         t.join()
     assert seen["max"] == 4, seen
     assert len(seen["names"]) >= 8, seen
+    assert len(seen["builders"]) == 1, seen
     stack.wait_clean()

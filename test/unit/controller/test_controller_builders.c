@@ -127,7 +127,7 @@ static void test_builder_object_and_pod(void **state)
 	assert_null(controller_pod_owner_name(pod));
 	assert_false(controller_pod_owned_by(pod, "u-1"));
 	assert_string_equal(json_field_str(json_object_get(meta, "labels"),
-	    CONTROLLER_POD_IDENTITY_LABEL), ID_A);
+	    CONTROLLER_POD_BUILDER_LABEL), name);
 	assert_null(json_object_get(json_object_get(meta, "labels"), CONTROLLER_POD_REQUEST_LABEL));
 	assert_null(json_object_get(json_object_get(pod, "spec"), "activeDeadlineSeconds"));
 	assert_string_equal(json_field_str(json_array_get(json_object_get(json_object_get(pod,

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import urllib.request
 import tempfile
 import time
 
@@ -123,6 +124,19 @@ class Role:
         except OSError:
             return False
 
+    def metrics(self):
+        """/metrics as {"name{labels}": value}."""
+        host = "127.0.0.1" if self.name.endswith("controller") else PROXY_ADDRESS
+        with urllib.request.urlopen("http://%s:%d/metrics" % (host, self.health_port),
+                                    timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                k, _, v = line.rpartition(" ")
+                out[k] = float(v)
+        return out
+
     def stop(self, sig=signal.SIGTERM, timeout=40):
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
@@ -163,7 +177,8 @@ class Stack:
 
     def install(self):
         for name, comment in (("builder-key", "nix-builder"), ("host-key", "nrbc-host"),
-                              ("user-key", "nix-user")):
+                              ("user-key", "nix-user"), ("user-key-2", "nix-user-2"),
+                              ("user-key-3", "nix-user-3")):
             self._keygen(name, comment)
         r = self.cluster.kubectl("apply", "-k", os.path.join(REPO, "manifests"), "-o", "json")
         applied = json.loads(r.stdout)
@@ -176,7 +191,8 @@ class Stack:
                   "stringData": {"private": open(k["builder-key"]).read(),
                                  "public": open(k["builder-key"] + ".pub").read(),
                                  "host-key": open(k["host-key"]).read(),
-                                 "authorized-keys": open(k["user-key"] + ".pub").read()}}
+                                 "authorized-keys": "".join(
+                                     open(k[u] + ".pub").read() for u in self.USERS)}}
         self.cluster.apply(json.dumps(secret))
         self.delete_builders()
         return self
@@ -234,8 +250,12 @@ class Stack:
                                     open(self.keys["host-key"] + ".pub").read()))
         return path
 
-    def sshopts(self):
-        return NixClient.sshopts(self.proxy_port, self.keys["user-key"], self.known_hosts())
+    # Three client keys: three identities, each with builders of its own.
+    USERS = ("user-key", "user-key-2", "user-key-3")
+
+    def sshopts(self, user=0):
+        return NixClient.sshopts(self.proxy_port, self.keys[self.USERS[user]],
+                                 self.known_hosts())
 
     def builders(self, scheme="ssh", max_jobs=4):
         return NixClient.builders(PROXY_ADDRESS, scheme=scheme, max_jobs=max_jobs)
@@ -245,6 +265,12 @@ class Stack:
             "GET", "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests" % NAMESPACE)
         assert st == 200, body
         return body["items"]
+
+    def controller_metrics(self):
+        return self.controller.metrics()
+
+    def proxy_metrics(self):
+        return self.proxy.metrics()
 
     def nixbuilders(self):
         st, body = self.cluster.api(

@@ -11,6 +11,8 @@ import subprocess
 import time
 import urllib.request
 
+import pytest
+
 from conftest import REPO, wait_for
 
 MANIFESTS = os.path.join(REPO, "manifests")
@@ -212,3 +214,29 @@ def rss_kib(pid):
 
 def now():
     return time.monotonic()
+
+
+# ---- pytest fixtures shared by the controller test modules (imported there) --
+
+@pytest.fixture
+def setup(cluster, kubelet, namespace, ssh_keys):
+    """The shipped RBAC and config in a fresh namespace."""
+    install_rbac(cluster, namespace)
+    install_config(cluster, namespace, ssh_keys)
+    return {"cluster": cluster, "ns": namespace, "keys": ssh_keys, "kubelet": kubelet}
+
+
+@pytest.fixture
+def controllers(nrbc_bin, cluster, namespace, tmp_path):
+    """make(name) -> a new Controller; all are stopped at the end."""
+    made = []
+
+    def make(name="controller"):
+        c = Controller(nrbc_bin, cluster, namespace, tmp_path, name)
+        made.append(c)
+        return c
+    yield make
+    for c in made:
+        c.stop()
+        if os.environ.get("NRBC_SHOW_CONTROLLER_LOG") == "1":
+            print("---- %s log ----\n%s" % (c.name, c.log()))

@@ -3,45 +3,20 @@ that carry a client identity (as the proxy writes them) to builders of that
 identity, against the real kube-apiserver and the test kubelet, with the
 controller's own ServiceAccount and the shipped Role."""
 
-import os
 import subprocess
 import threading
 import time
 
-import pytest
 
 from conftest import wait_for
-from controller_fixtures import (REMOTE_PORT, Controller, builder_pods, create_nbr, get_nbr,
-                                 install_config, install_rbac, phase_is, set_nbr_status,
-                                 wait_nbr)
+from controller_fixtures import (REMOTE_PORT, builder_pods, controllers, create_nbr, get_nbr,
+                                 phase_is, set_nbr_status, setup, wait_nbr)
 
 ID_A = "aaaa0000aaaa0000aaaa0000aaaa0000"
 ID_B = "bbbb1111bbbb1111bbbb1111bbbb1111"
 ID_C = "cccc2222cccc2222cccc2222cccc2222"
 NBD_PATH = "/apis/nix.io/v1alpha1/namespaces/%s/nixbuilders"
 NBR_PATH = "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests"
-
-
-@pytest.fixture
-def setup(cluster, kubelet, namespace, ssh_keys):
-    install_rbac(cluster, namespace)
-    install_config(cluster, namespace, ssh_keys)
-    return {"cluster": cluster, "ns": namespace, "keys": ssh_keys}
-
-
-@pytest.fixture
-def controllers(nrbc_bin, cluster, namespace, tmp_path):
-    made = []
-
-    def make(name="controller"):
-        c = Controller(nrbc_bin, cluster, namespace, tmp_path, name)
-        made.append(c)
-        return c
-    yield make
-    for c in made:
-        c.stop()
-        if os.environ.get("NRBC_SHOW_CONTROLLER_LOG") == "1":
-            print("---- %s log ----\n%s" % (c.name, c.log()))
 
 
 def builders(cluster, ns):

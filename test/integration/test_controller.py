@@ -11,32 +11,9 @@ import time
 import pytest
 
 from conftest import wait_for
-from controller_fixtures import (CONFIGMAP, IMAGE, REMOTE_PORT, SECRET, Controller, builder_pods,
-                                 create_nbr, events_for, get_nbr, install_config,
-                                 install_rbac, phase_is, set_nbr_status, wait_event,
-                                 wait_nbr)
-
-
-@pytest.fixture
-def setup(cluster, kubelet, namespace, ssh_keys):
-    install_rbac(cluster, namespace)
-    install_config(cluster, namespace, ssh_keys)
-    return {"cluster": cluster, "ns": namespace, "keys": ssh_keys, "kubelet": kubelet}
-
-
-@pytest.fixture
-def controllers(nrbc_bin, cluster, namespace, tmp_path):
-    made = []
-
-    def make(name="controller"):
-        c = Controller(nrbc_bin, cluster, namespace, tmp_path, name)
-        made.append(c)
-        return c
-    yield make
-    for c in made:
-        c.stop()
-        if os.environ.get("NRBC_SHOW_CONTROLLER_LOG") == "1":
-            print("---- %s log ----\n%s" % (c.name, c.log()))
+from controller_fixtures import (CONFIGMAP, IMAGE, REMOTE_PORT, SECRET, builder_pods,
+                                 controllers, create_nbr, events_for, get_nbr, phase_is,
+                                 set_nbr_status, setup, wait_event, wait_nbr)
 
 
 @pytest.fixture

@@ -14,36 +14,17 @@
 #include "controller/controller_builder.h"
 #include "controller/controller_builders.h"
 #include "controller/controller_pod.h"
+#include "controller_test_fixtures.h"
 #include "json_field.h"
 
 #define ID_A "0123456789abcdef0123456789abcdef"
 #define ID_B "fedcba9876543210fedcba9876543210"
 
-static const struct controller_pod_options opts = {
-	.builder_image = "registry.example/nrbc-builder:1",
-	.remote_port = 22,
-	.nix_config = "nix-config",
-	.ssh_key_secret = "nix-builder-ssh-keys",
-	.default_cpu_request = "500m",
-	.default_memory_request = "1Gi",
-	.default_cpu_limit = "",
-	.default_memory_limit = "4Gi",
-	.termination_grace_seconds = 5,
-};
 
-static json_t *load(const char *s)
-{
-	json_error_t e;
-	json_t *v = json_loads(s, 0, &e);
-
-	if (!v)
-		fail_msg("bad JSON in test: %s: %s", e.text, s);
-	return v;
-}
 
 static void class_of(const char *request, char out[CONTROLLER_CLASS_LEN + 1])
 {
-	json_t *r = load(request);
+	json_t *r = test_load_json(request);
 
 	assert_int_equal(controller_builder_class(r, out), 0);
 	json_decref(r);
@@ -90,7 +71,7 @@ static void test_identity_validation(void **state)
 
 static void test_builder_object_and_pod(void **state)
 {
-	json_t *req = load("{\"metadata\":{\"name\":\"build-1\",\"namespace\":\"ns\"},"
+	json_t *req = test_load_json("{\"metadata\":{\"name\":\"build-1\",\"namespace\":\"ns\"},"
 	                   "\"spec\":{\"sessionId\":\"s\",\"identity\":\"" ID_A "\","
 	                   "\"image\":\"img:2\",\"timeoutSeconds\":60,"
 	                   "\"nodeSelector\":{\"pool\":\"big\"}}}");
@@ -116,7 +97,7 @@ static void test_builder_object_and_pod(void **state)
 
 	/* Its pod: controlled by the builder, labelled with name and identity. */
 	json_object_set_new(json_object_get(b, "metadata"), "uid", json_string("u-1"));
-	pod = controller_pod_build_for_builder(b, &opts, &err);
+	pod = controller_pod_build_for_builder(b, &test_pod_options, &err);
 	assert_non_null(pod);
 	meta = json_object_get(pod, "metadata");
 	ref = json_array_get(json_object_get(meta, "ownerReferences"), 0);
@@ -148,7 +129,7 @@ static void test_builder_object_and_pod(void **state)
 
 static void test_claim_patch(void **state)
 {
-	json_t *b = load("{\"metadata\":{\"name\":\"nb-pool-x\",\"resourceVersion\":\"42\"},"
+	json_t *b = test_load_json("{\"metadata\":{\"name\":\"nb-pool-x\",\"resourceVersion\":\"42\"},"
 	                 "\"spec\":{\"identity\":\"\",\"class\":\"c\",\"slots\":4}}");
 	json_t *p;
 

@@ -9,18 +9,8 @@
 #include <jansson.h>
 
 #include "controller/controller_pod.h"
+#include "controller_test_fixtures.h"
 
-static const struct controller_pod_options default_opts = {
-	.builder_image = "registry.example/nrbc-builder:1",
-	.remote_port = 22,
-	.nix_config = "nix-config",
-	.ssh_key_secret = "nix-builder-ssh-keys",
-	.default_cpu_request = "500m",
-	.default_memory_request = "1Gi",
-	.default_cpu_limit = "",
-	.default_memory_limit = "4Gi",
-	.termination_grace_seconds = 5,
-};
 
 static json_t *request(const char *spec_json)
 {
@@ -102,7 +92,7 @@ static bool array_has(json_t *arr, const char *s)
 static void test_metadata_and_owner(void **state)
 {
 	json_t *req = request(NULL);
-	json_t *pod = build(req, &default_opts);
+	json_t *pod = build(req, &test_pod_options);
 
 	assert_string_equal(str_at(pod, "apiVersion"), "v1");
 	assert_string_equal(str_at(pod, "kind"), "Pod");
@@ -117,7 +107,7 @@ static void test_metadata_and_owner(void **state)
 static void test_labels(void **state)
 {
 	json_t *req = request(NULL);
-	json_t *pod = build(req, &default_opts);
+	json_t *pod = build(req, &test_pod_options);
 	json_t *labels = at(pod, "metadata.labels");
 
 	assert_int_equal(json_object_size(labels), 3);
@@ -136,7 +126,7 @@ static void test_labels(void **state)
 static void test_owner_reference(void **state)
 {
 	json_t *req = request(NULL);
-	json_t *pod = build(req, &default_opts);
+	json_t *pod = build(req, &test_pod_options);
 	json_t *refs = at(pod, "metadata.ownerReferences");
 
 	assert_int_equal(json_array_size(refs), 1);
@@ -173,7 +163,7 @@ static void test_owner_needs_controller_flag(void **state)
 static void test_container_basics(void **state)
 {
 	json_t *req = request(NULL);
-	json_t *pod = build(req, &default_opts);
+	json_t *pod = build(req, &test_pod_options);
 	json_t *c = at(pod, "spec.containers.0");
 
 	assert_int_equal(json_array_size(at(pod, "spec.containers")), 1);
@@ -197,7 +187,7 @@ static void test_container_basics(void **state)
 
 static void test_spec_image_port_deadline_selector(void **state)
 {
-	struct controller_pod_options o = default_opts;
+	struct controller_pod_options o = test_pod_options;
 	json_t *req = request("{\"sessionId\":\"s\",\"image\":\"custom:2\",\"timeoutSeconds\":3600,"
 	                      "\"nodeSelector\":{\"kubernetes.io/arch\":\"amd64\",\"pool\":\"nix\"}}");
 	json_t *pod;
@@ -224,7 +214,7 @@ static void test_spec_image_port_deadline_selector(void **state)
 static void test_empty_spec_image_uses_flag(void **state)
 {
 	json_t *req = request("{\"sessionId\":\"s\",\"image\":\"\"}");
-	json_t *pod = build(req, &default_opts);
+	json_t *pod = build(req, &test_pod_options);
 
 	assert_string_equal(str_at(pod, "spec.containers.0.image"),
 	    "registry.example/nrbc-builder:1");
@@ -235,7 +225,7 @@ static void test_empty_spec_image_uses_flag(void **state)
 static void test_default_resources(void **state)
 {
 	json_t *req = request(NULL);
-	json_t *pod = build(req, &default_opts);
+	json_t *pod = build(req, &test_pod_options);
 	json_t *res = at(pod, "spec.containers.0.resources");
 
 	assert_string_equal(str_at(res, "requests.cpu"), "500m");
@@ -249,7 +239,7 @@ static void test_default_resources(void **state)
 
 static void test_no_defaults_no_resources(void **state)
 {
-	struct controller_pod_options o = default_opts;
+	struct controller_pod_options o = test_pod_options;
 	json_t *req = request(NULL);
 	json_t *pod;
 
@@ -266,7 +256,7 @@ static void test_spec_resources_win(void **state)
 	json_t *req = request("{\"sessionId\":\"s\",\"resources\":{"
 	    "\"requests\":{\"cpu\":2,\"ephemeral-storage\":\"10Gi\"},"
 	    "\"limits\":{\"memory\":\"8Gi\",\"cpu\":\"4\"}}}");
-	json_t *pod = build(req, &default_opts);
+	json_t *pod = build(req, &test_pod_options);
 	json_t *res = at(pod, "spec.containers.0.resources");
 
 	/* Integers become quantity strings. */
@@ -285,7 +275,7 @@ static void test_spec_resources_win(void **state)
 static void test_spec_limit_only_blocks_default_request(void **state)
 {
 	json_t *req = request("{\"sessionId\":\"s\",\"resources\":{\"limits\":{\"cpu\":\"100m\"}}}");
-	json_t *pod = build(req, &default_opts);
+	json_t *pod = build(req, &test_pod_options);
 	json_t *res = at(pod, "spec.containers.0.resources");
 
 	assert_null(at(res, "requests.cpu"));
@@ -299,7 +289,7 @@ static void test_spec_limit_only_blocks_default_request(void **state)
 static void test_volumes_never_private_key(void **state)
 {
 	json_t *req = request(NULL);
-	json_t *pod = build(req, &default_opts);
+	json_t *pod = build(req, &test_pod_options);
 	json_t *vols = at(pod, "spec.volumes");
 	json_t *mounts = at(pod, "spec.containers.0.volumeMounts");
 	size_t i;
@@ -335,7 +325,7 @@ static void test_security_context(void **state)
 	static const char *const wanted[] = { "CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID",
 		"SETUID", "SYS_CHROOT", "NET_BIND_SERVICE" };
 	json_t *req = request(NULL);
-	json_t *pod = build(req, &default_opts);
+	json_t *pod = build(req, &test_pod_options);
 	json_t *sc = at(pod, "spec.containers.0.securityContext");
 	json_t *add = at(sc, "capabilities.add");
 
@@ -431,7 +421,7 @@ static void test_long_name_pod(void **state)
 	memset(name, 'x', 200);
 	name[200] = '\0';
 	json_object_set_new(json_object_get(req, "metadata"), "name", json_string(name));
-	pod = build(req, &default_opts);
+	pod = build(req, &test_pod_options);
 	assert_dns_label(str_at(pod, "metadata.name"));
 	assert_true(strlen(json_string_value(json_object_get(at(pod, "metadata.labels"),
 	    "nix.io/build-request"))) <= 63);
@@ -443,7 +433,7 @@ static void test_long_name_pod(void **state)
 
 static void test_bad_input(void **state)
 {
-	struct controller_pod_options o = default_opts;
+	struct controller_pod_options o = test_pod_options;
 	json_t *req = request(NULL);
 	char *err = NULL;
 
@@ -458,11 +448,11 @@ static void test_bad_input(void **state)
 	assert_null(controller_pod_build(req, &o, &err));
 	assert_non_null(err);
 	free(err);
-	o = default_opts;
+	o = test_pod_options;
 	o.remote_port = 0;
 	assert_null(controller_pod_build(req, &o, &err));
 	free(err);
-	o = default_opts;
+	o = test_pod_options;
 	o.ssh_key_secret = NULL;
 	assert_null(controller_pod_build(req, &o, &err));
 	free(err);
@@ -471,7 +461,7 @@ static void test_bad_input(void **state)
 	/* A request without a spec still gets a pod (sessionId is validated by
 	 * the API server, not here). */
 	req = json_pack("{s:{s:s,s:s,s:s}}", "metadata", "name", "n", "namespace", "ns", "uid", "u");
-	json_t *pod = build(req, &default_opts);
+	json_t *pod = build(req, &test_pod_options);
 	assert_string_equal(str_at(pod, "spec.containers.0.image"),
 	    "registry.example/nrbc-builder:1");
 	json_decref(pod);
@@ -481,8 +471,8 @@ static void test_bad_input(void **state)
 static void test_deterministic(void **state)
 {
 	json_t *req = request("{\"sessionId\":\"s\",\"timeoutSeconds\":5}");
-	json_t *a = build(req, &default_opts);
-	json_t *b = build(req, &default_opts);
+	json_t *a = build(req, &test_pod_options);
+	json_t *b = build(req, &test_pod_options);
 
 	assert_true(json_equal(a, b));
 	json_decref(a);

@@ -9,28 +9,20 @@
 #include <jansson.h>
 
 #include "controller/controller_status.h"
+#include "controller_test_fixtures.h"
 
 /* 2025-01-15T10:30:00Z */
 #define T0 1736937000000LL
 #define POD "nix-builder-build-abc"
 
-static json_t *load(const char *text)
-{
-	json_error_t e;
-	json_t *v = json_loads(text, 0, &e);
-
-	if (!v)
-		fail_msg("bad test JSON: %s: %s", e.text, text);
-	return v;
-}
 
 static json_t *request_with_status(const char *status_json)
 {
-	json_t *r = load("{\"metadata\":{\"name\":\"build-abc\",\"namespace\":\"ns\","
+	json_t *r = test_load_json("{\"metadata\":{\"name\":\"build-abc\",\"namespace\":\"ns\","
 	                 "\"uid\":\"u-1\",\"generation\":3},\"spec\":{\"sessionId\":\"s\"}}");
 
 	if (status_json)
-		json_object_set_new(r, "status", load(status_json));
+		json_object_set_new(r, "status", test_load_json(status_json));
 	return r;
 }
 
@@ -56,7 +48,7 @@ static const json_t *condition(const json_t *status, const char *type)
 static struct controller_status_result compute(const json_t *req, const char *pod_json,
     int64_t now)
 {
-	json_t *pod = pod_json ? load(pod_json) : NULL;
+	json_t *pod = pod_json ? test_load_json(pod_json) : NULL;
 	struct controller_status_input in = {
 		.request = req,
 		.pod = pod,
@@ -109,9 +101,9 @@ static void test_phase_names(void **state)
 	assert_string_equal(controller_phase_name(CONTROLLER_PHASE_FAILED), "Failed");
 	assert_string_equal(controller_phase_name(CONTROLLER_PHASE_COUNT), "Unknown");
 	assert_int_equal(controller_phase_of(r), CONTROLLER_PHASE_PENDING);
-	json_object_set_new(r, "status", load("{\"phase\":\"Completed\"}"));
+	json_object_set_new(r, "status", test_load_json("{\"phase\":\"Completed\"}"));
 	assert_int_equal(controller_phase_of(r), CONTROLLER_PHASE_COMPLETED);
-	json_object_set_new(r, "status", load("{\"phase\":\"Bogus\"}"));
+	json_object_set_new(r, "status", test_load_json("{\"phase\":\"Bogus\"}"));
 	assert_int_equal(controller_phase_of(r), CONTROLLER_PHASE_PENDING);
 	assert_true(controller_phase_terminal(CONTROLLER_PHASE_COMPLETED));
 	assert_true(controller_phase_terminal(CONTROLLER_PHASE_FAILED));

@@ -36,8 +36,11 @@ the pod's root process (`unshare`, parent of the pod's PID 1).
 import argparse
 import base64
 import ctypes
+import fcntl
+import grp
 import json
 import os
+import pwd
 import queue
 import random
 import re
@@ -46,6 +49,7 @@ import signal
 import socket
 import ssl
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -275,6 +279,45 @@ def remove_tree(path):
 # host's PID namespace as the pod's root process and exits with PID 1's
 # status; the bind mount fails closed (no entrypoint on the host's /nix).
 POD_INIT = 'mount --bind "$1" /nix || exit 125; shift; exec "$@"'
+
+
+# Build users of the pods' nix-daemons. A container has its own; here all
+# share the host's uids, and the host's nix-daemon (other test runs,
+# host-store pods) runs builds as nixbld1..N and, before each build, kills
+# every process of its build user (kill(-1) as that uid, which reaches
+# into every pod's PID namespace from the host's). Pods' builds with those
+# same uids died with signal 9 whenever another run built something on the
+# host. So pods' daemons use build users of their own (NIX_CONFIG overrides
+# build-users-group of the ConfigMap's nix.conf); among pods the PID
+# namespaces keep them apart.
+POD_BUILD_GROUP = "nrbc-pod-builders"
+POD_BUILD_USERS = ["nrbc-pod-bld%d" % i for i in range(1, 9)]
+
+
+def ensure_pod_build_users():
+    """Create POD_BUILD_GROUP and its member users (idempotent; several
+    kubelets may start at once)."""
+    lockdir = "/run/lock" if os.path.isdir("/run/lock") else "/tmp"
+    with open(os.path.join(lockdir, "nrbc-pod-build-users.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            grp.getgrnam(POD_BUILD_GROUP)
+        except KeyError:
+            subprocess.run(["groupadd", "--system", POD_BUILD_GROUP], check=True)
+        for u in POD_BUILD_USERS:
+            try:
+                pwd.getpwnam(u)
+            except KeyError:
+                # Nix takes the group's *member list*: -G as well as -g.
+                subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir",
+                                "/var/empty", "--shell", "/usr/sbin/nologin", "-g",
+                                POD_BUILD_GROUP, "-G", POD_BUILD_GROUP, "-c",
+                                "nrbc test kubelet, builds of pods", u], check=True)
+        members = set(grp.getgrnam(POD_BUILD_GROUP).gr_mem)
+        missing = [u for u in POD_BUILD_USERS if u not in members]
+        if missing:
+            raise SystemExit("kubelet: %s not in the member list of group %s" % (
+                ", ".join(missing), POD_BUILD_GROUP))
 
 
 def in_pod_namespaces(nix_dir, argv):
@@ -877,6 +920,8 @@ class PodWorker(threading.Thread):
             "NRBC_BUILDER_PORT": str(port),
             "NRBC_BUILDER_NIX_DAEMON": "external" if self.host_store else "start",
         })
+        if not self.host_store:
+            env["NIX_CONFIG"] = "build-users-group = %s" % POD_BUILD_GROUP
         return env
 
     def container_port(self, ref=None):
@@ -1048,6 +1093,7 @@ class Kubelet:
         # The mount point of each pod's own store (an empty directory on a
         # host without Nix; the host's store otherwise, hidden in pods).
         os.makedirs("/nix", mode=0o755, exist_ok=True)
+        ensure_pod_build_users()
         os.chmod(self.dir, 0o755)
         os.chmod(os.path.join(self.dir, "pods"), 0o755)
 

@@ -14,7 +14,9 @@
 #   NRBC_BUILDER_GROUP           its primary group (nix-users)
 #   NRBC_BUILDER_LISTEN_ADDRESS  sshd ListenAddress (0.0.0.0)
 #   NRBC_BUILDER_PORT            sshd Port (22)
-#   NRBC_BUILDER_NIX_DAEMON      "external": do not start nix-daemon (start)
+#   NRBC_BUILDER_NIX_DAEMON      "external": do not start nix-daemon (start: start
+#                                it with $ROOT/etc/nix/nix.conf, and wait for
+#                                its socket before sshd listens)
 #   NRBC_BUILDER_SSHD            sshd binary (/usr/sbin/sshd, else from PATH)
 #   NRBC_BUILDER_LOG_LEVEL       sshd LogLevel (INFO)
 #
@@ -235,12 +237,27 @@ esac
 
 # --- nix-daemon --------------------------------------------------------------
 
+NIX_SOCKET=${NIX_DAEMON_SOCKET_PATH:-${NIX_STATE_DIR:-/nix/var/nix}/daemon-socket/socket}
 if [ "$NIX_DAEMON" = external ]; then
 	log "using the external nix-daemon"
 else
 	command -v nix-daemon >/dev/null 2>&1 || die "nix-daemon not found"
 	log "starting nix-daemon"
-	nix-daemon &
+	# The daemon reads the ConfigMap's nix.conf (trusted-users: without it
+	# clients may not add unsigned paths); outside a container /etc/nix is
+	# the host's. A socket left by an earlier run would fool the wait below.
+	rm -f "$NIX_SOCKET"
+	NIX_CONF_DIR=$NIX_DIR nix-daemon &
+	daemon=$!
+	# sshd (and so readiness) only once the daemon listens: a client let
+	# in earlier would fail with "cannot connect to daemon".
+	n=0
+	until [ -S "$NIX_SOCKET" ]; do
+		kill -0 "$daemon" 2>/dev/null || die "nix-daemon exited at start"
+		n=$((n + 1))
+		[ "$n" -lt 300 ] || die "nix-daemon did not create $NIX_SOCKET in 30 s"
+		sleep 0.1
+	done
 fi
 
 log "sshd on $LISTEN:$PORT for user $BUILDER_USER"

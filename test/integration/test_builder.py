@@ -36,6 +36,20 @@ def ssh(keys, ip, *cmd, timeout=30):
                           stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
+def in_pod_store(builder, path, keys=None):
+    """Whether the pod's nix-daemon has path valid (asked over SSH, as Nix
+    does)."""
+    r = ssh(keys or builder["keys"], builder["ip"], "nix-store", "--check-validity", path)
+    assert r.returncode in (0, 1), r.stderr
+    return r.returncode == 0
+
+
+def sandbox_paths_with_usr_bin():
+    """closure.nix uses /usr/bin tools: a local (sandboxed) build needs them."""
+    from conftest import NixClient
+    return NixClient.local_sandbox_paths() + " /usr/bin"
+
+
 @pytest.fixture(scope="module")
 def builder(cluster, kubelet, tmp_path_factory):
     """One running builder pod shared by this module's build tests."""
@@ -124,8 +138,9 @@ def test_remote_build_matches_local_build(builder, nix_client, scheme):
     out = remote.out
     assert nix_client.has(out)
     assert nix_client.read(out) == ("hello from a remote builder %s\n" % s).encode()
-    # It was built on the builder: the host store (the builders') has it too.
-    assert subprocess.run(["nix-store", "--check-validity", out]).returncode == 0
+    # It was built on the builder, in the pod's own store, not the host's.
+    assert in_pod_store(builder, out)
+    assert not os.path.exists(out)
 
     local = nix_client.build_local("simple.nix", args={"salt": s})
     assert local.out == out
@@ -366,3 +381,120 @@ def test_entrypoint_is_posix_sh():
         r = subprocess.run([sh, "-n", path], stderr=subprocess.PIPE, text=True)
         assert r.returncode == 0, r.stderr
     assert os.access(path, os.X_OK)
+
+
+# ---- private stores ----------------------------------------------------------------
+
+def test_pods_have_separate_stores(cluster, kubelet, namespace, ssh_keys, nix_client):
+    """Each pod has its own empty store and nix-daemon, as a container has:
+    an input the client uploads to one pod is in that pod's store only --
+    not in another pod's, not in the host's."""
+    create_pod(cluster, namespace, ssh_keys, name="store-a")
+    cluster.apply(json.dumps(builder_pod("store-b", namespace)))
+    a = wait_pod(cluster, namespace, "store-a", pod_ready, 60, "pod store-a Ready")
+    b = wait_pod(cluster, namespace, "store-b", pod_ready, 60, "pod store-b Ready")
+    pa = {"ip": a["status"]["podIP"], "keys": ssh_keys}
+    pb = {"ip": b["status"]["podIP"], "keys": ssh_keys}
+    args = {"salt": salt(), "n": 1, "size": 1024 * 1024}
+    # The shared input, built by the client itself: it must travel.
+    big = nix_client.build("closure.nix", args=args, max_jobs=1,
+                           extra=["-A", "big", "--option", "sandbox-paths",
+                                  sandbox_paths_with_usr_bin()]).out
+    assert not in_pod_store(pa, big) and not in_pod_store(pb, big)
+    r = nix_client.build("closure.nix", args=args,
+                         builders=nix_client.builders(pa["ip"], "ssh-ng"),
+                         sshopts=nix_client.sshopts(22, ssh_keys.private,
+                                                    ssh_keys.known_hosts(pa["ip"])))
+    assert in_pod_store(pa, big) and in_pod_store(pa, r.out)
+    assert not in_pod_store(pb, big) and not in_pod_store(pb, r.out)
+    # On disk: in A's own directory, nowhere else.
+    base = os.path.basename(big)
+    a_dir, b_dir = (kubelet.pod_dir(p["metadata"]["uid"]) for p in (a, b))
+    a_copy = os.path.join(a_dir, "root", "nix", "store", base)
+    assert os.path.getsize(a_copy) == 1024 * 1024
+    assert not os.path.exists(os.path.join(b_dir, "root", "nix", "store", base))
+    assert not os.path.exists(big)
+    r2 = subprocess.run(["nix-store", "--check-validity", big], stderr=subprocess.PIPE)
+    assert r2.returncode != 0      # the host's own store (daemon) lacks it too
+    # Deleting a pod removes its store, read-only paths and all.
+    assert os.stat(a_copy).st_mode & 0o222 == 0    # read-only, as store paths are
+    cluster.kubectl("delete", "pod", "store-a", "-n", namespace, "--wait=false")
+    wait_for(lambda: get_pod(cluster, namespace, "store-a") is None, 60,
+             what="the kubelet to confirm the deletion")
+    assert not os.path.exists(a_dir)
+    assert in_pod_store(pb, r.out) is False          # B is unaffected and answers
+
+
+def test_pod_with_host_store_annotation_uses_the_host_store(cluster, kubelet, namespace,
+                                                            ssh_keys, nix_client):
+    """The opt-in (annotation nrbc.test/host-nix-store=true): builds land in
+    the host's store, through the host's nix-daemon."""
+    ssh_keys.create_secret(cluster, namespace)
+    cluster.apply(json.dumps(nix_conf_configmap("nix-conf", namespace)))
+    pod = builder_pod("shared", namespace)
+    pod["metadata"]["annotations"] = {"nrbc.test/host-nix-store": "true"}
+    cluster.apply(json.dumps(pod))
+    pod = wait_pod(cluster, namespace, "shared", pod_ready, 60)
+    ip = pod["status"]["podIP"]
+    r = nix_client.build("simple.nix", args={"salt": salt()},
+                         builders=nix_client.builders(ip, "ssh"),
+                         sshopts=nix_client.sshopts(22, ssh_keys.private,
+                                                    ssh_keys.known_hosts(ip)))
+    assert subprocess.run(["nix-store", "--check-validity", r.out]).returncode == 0
+    assert not os.path.exists(os.path.join(kubelet.pod_dir(pod["metadata"]["uid"]),
+                                           "root", "nix", "store"))
+
+
+# ---- the kubelet's process bookkeeping ------------------------------------------
+
+PID_REUSE_SCRIPT = r"""
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+import kubelet as K
+
+assert os.getpid() == 1, "not in a fresh PID namespace"
+children = K.Children()
+
+def spawn(argv):
+    # As the kubelet does: a new session per pod.
+    return children.add(os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True))
+
+def reaped(child):
+    while child.code is None:
+        children.reap()
+        time.sleep(0.01)
+    return child.code
+
+old = spawn(["/bin/sh", "-c", "exit 0"])
+assert reaped(old) == 0
+time.sleep(0.05)              # a later clock tick: a different start time
+# Hand the old pod's pid to the next process, as PID wrap-around does.
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(old.pid - 1))
+new = spawn(["/bin/sleep", "60"])
+assert new.pid == old.pid, (new.pid, old.pid)
+assert new.start != old.start, (new, old)
+children.reap()
+print("new pod running, exit code:", new.code)
+assert new.code is None, "a running process was reported exited %r" % new.code
+assert K.alive(new.pid, new.start) and not K.alive(old.pid, old.start)
+# Killing what is left of the old pod (its session, by number) must not
+# touch the new one, which now leads a session of the same number.
+K.kill_tree({old.pid: old.start}, 0)
+assert K.alive(new.pid, new.start), "kill_tree of the old pod killed the new one"
+K.kill_tree({new.pid: new.start}, 1)
+assert reaped(new) == 128 + signal.SIGTERM, new
+assert len(children) == 0
+print("ok")
+"""
+
+
+def test_exit_codes_survive_pid_reuse():
+    """Issue 11: a pid reused by a new pod must not inherit the old pod's
+    exit code (the kubelet reported the new pod "exited 0" at once), nor
+    be killed along with the old pod's leftovers. Real processes in a
+    fresh PID namespace, where ns_last_pid makes the kernel reuse a pid."""
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "/usr/bin/python3", "-c",
+                        PID_REUSE_SCRIPT, os.path.join(REPO, "test", "kubelet")],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout

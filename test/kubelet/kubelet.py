@@ -15,22 +15,32 @@ tested against a real kube-apiserver:
 - materialises Secret/ConfigMap/emptyDir volumes as files under
   <dir>/pods/<uid>/root<mountPath> (missing ones: CreateContainerConfigError);
 - runs builder/entrypoint.sh (not the image!) as a local process group with
-  the container's env plus NRBC_BUILDER_ROOT/LISTEN_ADDRESS/PORT/NIX_DAEMON;
+  the container's env plus NRBC_BUILDER_ROOT/LISTEN_ADDRESS/PORT/NIX_DAEMON,
+  in a mount and a PID namespace of its own where <root>/nix is /nix: each
+  pod starts with an empty Nix store and runs its own nix-daemon
+  (NRBC_BUILDER_NIX_DAEMON=start), as a builder container does, so clients
+  upload inputs to every pod; the annotation nrbc.test/host-nix-store=true
+  opts a pod out (host's /nix and nix-daemon, NRBC_BUILDER_NIX_DAEMON=external);
 - reports status (Pending -> Running, Ready after the tcpSocket readiness
   probe, Succeeded/Failed on exit, DeadlineExceeded) via pods/status;
 - on deletion kills every process of the pod (the whole process tree, also
-  sshd sessions that left the process group), removes its directory and
-  confirms with DELETE gracePeriodSeconds=0, as a real kubelet does.
+  sshd sessions that left the process group), removes its directory (and
+  store) and confirms with DELETE gracePeriodSeconds=0, as a real kubelet
+  does.
 
 Run as root:  kubelet.py --kubeconfig admin.kubeconfig --dir DIR
-State: DIR/pods/<uid>/{root/,log,pid}; pid holds "PID STARTTIME".
+State: DIR/pods/<uid>/{root/,root/nix/,log,pid}; pid holds "PID STARTTIME" of
+the pod's root process (`unshare`, parent of the pod's PID 1).
 """
 
 import argparse
 import base64
 import ctypes
+import fcntl
+import grp
 import json
 import os
+import pwd
 import queue
 import random
 import re
@@ -39,6 +49,7 @@ import signal
 import socket
 import ssl
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -54,6 +65,7 @@ ENTRYPOINT = os.path.join(REPO, "builder", "entrypoint.sh")
 NODE_NAME = "nrbc-test-node"
 DEFAULT_SELECTOR = "app.kubernetes.io/name=nrbc-builder"
 HOST_IP = "127.0.0.1"
+HOST_STORE_ANNOTATION = "nrbc.test/host-nix-store"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _log_lock = threading.Lock()
@@ -168,12 +180,17 @@ def alive(pid, starttime=None):
     return starttime is None or st[2] == starttime
 
 
-def descendants(roots, sessions=()):
+def descendants(roots, sessions=None):
     """Live processes among roots, their descendants and the members of
-    the given sessions, as {pid: starttime}."""
+    the given sessions, as {pid: starttime}. roots and sessions are
+    {pid: starttime}; a session counts only while no other process holds
+    its leader's pid: once that pid went to a new process, the old
+    session is empty (its members hold the pid until they are gone), and
+    a session with that number belongs to someone else -- after PID
+    wrap-around, often another pod."""
     children = {}
     starts = {}
-    todo = []
+    members = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -182,8 +199,11 @@ def descendants(roots, sessions=()):
             continue
         children.setdefault(st[0], []).append(int(d))
         starts[int(d)] = st[2]
-        if st[3] in sessions:
-            todo.append(int(d))
+        members.setdefault(st[3], []).append(int(d))
+    todo = []
+    for sid, t in (sessions or {}).items():
+        if starts.get(sid, t) == t:
+            todo += members.get(sid, [])
     out = {}
     todo += [p for p, t in roots.items() if starts.get(p) == t]
     while todo:
@@ -209,7 +229,7 @@ def kill_tree(roots, grace):
     meantime). roots: {pid: starttime}; each root is also the leader of
     its own session (setsid), whose members -- even orphaned ones -- die too.
     Returns once all are gone."""
-    sessions = tuple(roots)
+    sessions = dict(roots)
     known = descendants(roots, sessions)
     _signal_all(known, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -229,12 +249,158 @@ def kill_tree(roots, grace):
         time.sleep(0.05)
 
 
+def remove_tree(path):
+    """rm -rf, also of a Nix store: its directories are read-only (0555)
+    and a non-root kubelet (or a filesystem that honours modes for root)
+    could not unlink their entries. Returns True if path is gone."""
+    if not os.path.lexists(path):
+        return True
+    for top, dirs, _files in os.walk(path):
+        for d in [top] + [os.path.join(top, x) for x in dirs]:
+            try:
+                st = os.lstat(d)
+                if not (st.st_mode & 0o200) and not os.path.islink(d):
+                    os.chmod(d, (st.st_mode & 0o7777) | 0o700)
+            except OSError:
+                pass
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        log("could not remove %s" % path)
+        return False
+    return True
+
+
+# A pod's processes see what a container's would: their own mount namespace
+# in which the pod's <root>/nix is /nix (an empty store, filled by the
+# pod's own nix-daemon), and their own PID namespace, so that Nix's
+# "kill every process of this build user" before a build (kill(-1) as
+# nixbld1..N) cannot hit another pod's builds, and so that whatever the
+# pod leaves behind dies with its PID 1. `unshare --fork` stays in the
+# host's PID namespace as the pod's root process and exits with PID 1's
+# status; the bind mount fails closed (no entrypoint on the host's /nix).
+POD_INIT = 'mount --bind "$1" /nix || exit 125; shift; exec "$@"'
+
+
+# Build users of the pods' nix-daemons. A container has its own; here all
+# share the host's uids, and the host's nix-daemon (other test runs,
+# host-store pods) runs builds as nixbld1..N and, before each build, kills
+# every process of its build user (kill(-1) as that uid, which reaches
+# into every pod's PID namespace from the host's). Pods' builds with those
+# same uids died with signal 9 whenever another run built something on the
+# host. So pods' daemons use build users of their own (NIX_CONFIG overrides
+# build-users-group of the ConfigMap's nix.conf); among pods the PID
+# namespaces keep them apart.
+POD_BUILD_GROUP = "nrbc-pod-builders"
+POD_BUILD_USERS = ["nrbc-pod-bld%d" % i for i in range(1, 9)]
+
+
+def ensure_pod_build_users():
+    """Create POD_BUILD_GROUP and its member users (idempotent; several
+    kubelets may start at once)."""
+    lockdir = "/run/lock" if os.path.isdir("/run/lock") else "/tmp"
+    with open(os.path.join(lockdir, "nrbc-pod-build-users.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            grp.getgrnam(POD_BUILD_GROUP)
+        except KeyError:
+            subprocess.run(["groupadd", "--system", POD_BUILD_GROUP], check=True)
+        for u in POD_BUILD_USERS:
+            try:
+                pwd.getpwnam(u)
+            except KeyError:
+                # Nix takes the group's *member list*: -G as well as -g.
+                subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir",
+                                "/var/empty", "--shell", "/usr/sbin/nologin", "-g",
+                                POD_BUILD_GROUP, "-G", POD_BUILD_GROUP, "-c",
+                                "nrbc test kubelet, builds of pods", u], check=True)
+        members = set(grp.getgrnam(POD_BUILD_GROUP).gr_mem)
+        missing = [u for u in POD_BUILD_USERS if u not in members]
+        if missing:
+            raise SystemExit("kubelet: %s not in the member list of group %s" % (
+                ", ".join(missing), POD_BUILD_GROUP))
+
+
+def in_pod_namespaces(nix_dir, argv):
+    return ["/usr/bin/unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+            "--mount-proc", "/bin/sh", "-c", POD_INIT, "pod-init", nix_dir] + list(argv)
+
+
 def read_pidfile(path):
     try:
         pid, start = open(path).read().split()
         return int(pid), int(start)
     except (OSError, ValueError):
         return None
+
+
+class Child:
+    """One process the kubelet spawned: pid and start time (clock ticks
+    after boot, /proc/PID/stat field 22), and its exit code once reaped."""
+
+    def __init__(self, pid, start):
+        self.pid = pid
+        self.start = start
+        self.code = None
+
+    def __repr__(self):
+        return "Child(%d, start=%d, code=%r)" % (self.pid, self.start, self.code)
+
+
+class Children:
+    """Exit codes of the kubelet's own children.
+
+    A pid names a process only until it is reaped: afterwards the kernel
+    hands the same number to the next process (PID wrap-around, quick on a
+    busy test machine with pid_max 32768 or 4 million). So a pid is the key
+    only while the child is unreaped -- and then it is unambiguous, since
+    the kernel cannot reuse it before we reap -- and the exit code is given
+    to the Child object the spawner holds, never kept by pid. (Keeping a
+    {pid: exit code} map forever made a new pod that drew an old pod's pid
+    "exit 0" at once.)"""
+
+    def __init__(self):
+        self.cv = threading.Condition()
+        self.live = {}      # pid -> Child, unreaped children only
+
+    def add(self, pid):
+        """Record a child just spawned (not reaped yet: /proc has it, at
+        worst as a zombie, so its start time is its own)."""
+        st = proc_stat(pid)
+        child = Child(pid, st[2] if st else 0)
+        with self.cv:
+            self.live[pid] = child
+        return child
+
+    def reaped(self, pid, status):
+        """waitpid() returned (pid, status). Other processes (orphans
+        adopted as subreaper) are not ours and are forgotten at once."""
+        with self.cv:
+            child = self.live.pop(pid, None)
+            if child is None:
+                return None
+            code = os.waitstatus_to_exitcode(status)
+            child.code = code if code >= 0 else 128 - code  # signal: as a shell says
+            self.cv.notify_all()
+            return child
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.reaped(pid, status)
+
+    def wait(self, child, timeout=5):
+        """Until `child` is reaped (by another thread's reap()) or timeout."""
+        with self.cv:
+            return self.cv.wait_for(lambda: child.code is not None, timeout)
+
+    def __len__(self):
+        with self.cv:
+            return len(self.live)
 
 
 # ---- the kubelet ------------------------------------------------------------------
@@ -311,8 +477,15 @@ class PodWorker(threading.Thread):
         self.gone = False
         self.lock = threading.Lock()
         self.dir = os.path.join(kubelet.dir, "pods", self.uid)
+        self.child = None        # Child: the pod's root process
         self.pid = None
         self.pid_start = None
+        # Opt-in for tests that need builds to land in the host's store
+        # (one shared nix-daemon, the old behaviour): no namespaces, no
+        # store of the pod's own. Nothing uploads twice then, so figures
+        # made that way flatter nrbc; the default is a private store.
+        self.host_store = (pod["metadata"].get("annotations") or {}).get(
+            HOST_STORE_ANNOTATION) == "true"
         self.ip = None
         self.bound = False
         self.counted = False     # holds resources on the node
@@ -667,8 +840,8 @@ class PodWorker(threading.Thread):
 
     def materialise(self):
         root = os.path.join(self.dir, "root")
-        if os.path.exists(root):
-            shutil.rmtree(root)
+        if not remove_tree(root):
+            raise RuntimeError("cannot clear %s" % root)
         os.makedirs(root, mode=0o755)
         os.chmod(self.dir, 0o755)
         os.chmod(root, 0o755)
@@ -745,8 +918,10 @@ class PodWorker(threading.Thread):
             "NRBC_BUILDER_ROOT": os.path.join(self.dir, "root"),
             "NRBC_BUILDER_LISTEN_ADDRESS": self.ip,
             "NRBC_BUILDER_PORT": str(port),
-            "NRBC_BUILDER_NIX_DAEMON": "external",
+            "NRBC_BUILDER_NIX_DAEMON": "external" if self.host_store else "start",
         })
+        if not self.host_store:
+            env["NIX_CONFIG"] = "build-users-group = %s" % POD_BUILD_GROUP
         return env
 
     def container_port(self, ref=None):
@@ -763,15 +938,19 @@ class PodWorker(threading.Thread):
     # -- process
     def spawn(self, env):
         log_path = os.path.join(self.dir, "log")
-        pid = self.k.spawn([self.k.entrypoint], env, self.dir, log_path)
-        st = proc_stat(pid)
-        self.pid, self.pid_start = pid, (st[2] if st else 0)
+        argv = [self.k.entrypoint]
+        if not self.host_store:
+            nix = os.path.join(self.dir, "root", "nix")
+            os.makedirs(nix, mode=0o755, exist_ok=True)
+            argv = in_pod_namespaces(nix, argv)
+        self.child = self.k.spawn(argv, env, self.dir, log_path)
+        self.pid, self.pid_start = self.child.pid, self.child.start
         with open(os.path.join(self.dir, "pid.tmp"), "w") as f:
             f.write("%d %d\n" % (self.pid, self.pid_start))
         os.rename(os.path.join(self.dir, "pid.tmp"), os.path.join(self.dir, "pid"))
 
     def exit_status(self):
-        return self.k.exit_status(self.pid)
+        return self.child.code if self.child is not None else None
 
     def terminated_state(self, code, reason):
         return {"terminated": {"exitCode": code, "reason": reason,
@@ -854,7 +1033,7 @@ class PodWorker(threading.Thread):
             grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
         grace = max(0.0, min(float(grace), self.k.grace_cap))
         kill_tree({self.pid: self.pid_start}, grace)
-        self.k.wait_reaped(self.pid)
+        self.k.children.wait(self.child)
 
     def release_resources(self):
         self.k.release(self)
@@ -869,7 +1048,7 @@ class PodWorker(threading.Thread):
             return     # the kubelet stops; the pod object stays as it is
         if self.ip:
             self.k.ips.release(self.ip)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        remove_tree(self.dir)
         if self.gone or not self.bound or not self.terminating():
             return
         # Confirm the deletion, as a real kubelet does once the pod's
@@ -909,10 +1088,12 @@ class Kubelet:
         self.ips = IPAllocator()
         self.held = {}      # uid -> requests
         self.spawn_q = queue.Queue()
-        self.exits = {}     # pid -> exit code, filled by the reaper
-        self.exits_cv = threading.Condition()
-        self.children = set()
+        self.children = Children()
         os.makedirs(os.path.join(self.dir, "pods"), exist_ok=True)
+        # The mount point of each pod's own store (an empty directory on a
+        # host without Nix; the host's store otherwise, hidden in pods).
+        os.makedirs("/nix", mode=0o755, exist_ok=True)
+        ensure_pod_build_users()
         os.chmod(self.dir, 0o755)
         os.chmod(os.path.join(self.dir, "pods"), 0o755)
 
@@ -964,6 +1145,7 @@ class Kubelet:
     # -- processes: spawned and reaped on the main thread (parent-death
     # signals fire when the *thread* that forked a child ends)
     def spawn(self, argv, env, cwd, log_path):
+        """Start argv as a new session; returns its Child."""
         done = threading.Event()
         box = {}
         self.spawn_q.put((argv, env, cwd, log_path, done, box))
@@ -972,7 +1154,7 @@ class Kubelet:
                 raise Stop()
         if "error" in box:
             raise box["error"]
-        return box["pid"]
+        return box["child"]
 
     def _do_spawn(self, argv, env, cwd, log_path):
         pre = ["/usr/bin/setpriv", "--pdeathsig", "KILL"] \
@@ -987,34 +1169,13 @@ class Kubelet:
             pid = os.posix_spawn(argv[0], argv, env, file_actions=fa, setsid=True)
         finally:
             os.chdir(old)
-        with self.exits_cv:
-            self.children.add(pid)
-        return pid
+        # Not reaped yet (reaping happens on this thread): the pid is ours.
+        return self.children.add(pid)
 
     def reap(self):
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            with self.exits_cv:
-                if pid in self.children:
-                    self.children.discard(pid)
-                    self.exits[pid] = os.waitstatus_to_exitcode(status)
-                    if self.exits[pid] < 0:     # killed by a signal: like a shell
-                        self.exits[pid] = 128 - self.exits[pid]
-                    self.exits_cv.notify_all()
+        self.children.reap()
 
-    def exit_status(self, pid):
-        with self.exits_cv:
-            return self.exits.get(pid)
-
-    def wait_reaped(self, pid, timeout=5):
-        with self.exits_cv:
-            self.exits_cv.wait_for(lambda: pid not in self.children, timeout)
-
+    # -- node
     # -- node
     def node_status(self):
         t = now()
@@ -1154,7 +1315,7 @@ class Kubelet:
             if req is not None:
                 argv, env, cwd, log_path, done, box = req
                 try:
-                    box["pid"] = self._do_spawn(argv, env, cwd, log_path)
+                    box["child"] = self._do_spawn(argv, env, cwd, log_path)
                 except Exception as e:
                     box["error"] = e
                 done.set()

@@ -23,6 +23,8 @@
 
 /* A claim in flight for the same identity: look again this soon. */
 #define CLAIM_WAIT_MS 5
+/* Waiting for a slot of a full builder: look again this often. */
+#define SLOT_WAIT_STEP_MS 20
 #define FOREIGN_POD_RECHECK_MS 1000
 
 static void enqueue_builder(struct reconcile_op *op, const struct controller_builder *b)
@@ -372,6 +374,22 @@ void reconcile_identity_request(struct reconcile_op *op)
 	if (controller_builders_claim_pending(r->builders, ns, identity, class)) {
 		reconcile_op_finish(op, KUBE_QUEUE_FORGET, CLAIM_WAIT_MS);
 		return;
+	}
+	/* Every builder of the identity is full. Nix opens the next session
+	 * the moment one ends, a few ms before the ended request reaches us:
+	 * a new builder then would upload the whole input closure again, so
+	 * wait a moment for a slot first (a real scale-out waits for a pod
+	 * anyway). */
+	if (controller_builders_usable(r->builders, ns, identity, class) > 0) {
+		uint64_t age = reconcile_request_age_ms(r, op->key);
+
+		if (age < r->opts.builder_scale_out_wait_ms) {
+			uint64_t left = r->opts.builder_scale_out_wait_ms - age;
+
+			reconcile_op_finish(op, KUBE_QUEUE_FORGET,
+			    left < SLOT_WAIT_STEP_MS ? left : SLOT_WAIT_STEP_MS);
+			return;
+		}
 	}
 	if (try_claim(op, identity, class))
 		return;

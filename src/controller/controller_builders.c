@@ -259,6 +259,18 @@ struct controller_builder *controller_builders_pick(struct controller_builders *
 	return best;
 }
 
+size_t controller_builders_usable(struct controller_builders *t, const char *ns,
+    const char *identity, const char *class)
+{
+	size_t n = 0;
+
+	for (struct controller_builder *b = t->head; b; b = b->next) {
+		if (usable(b) && matches(b, ns, identity, class))
+			n++;
+	}
+	return n;
+}
+
 bool controller_builders_claim_pending(struct controller_builders *t, const char *ns,
     const char *identity, const char *class)
 {

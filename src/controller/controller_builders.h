@@ -72,6 +72,9 @@ void controller_builders_remove(struct controller_builders *t, const char *key);
  * starts cold), then the oldest. NULL when every one is full. */
 struct controller_builder *controller_builders_pick(struct controller_builders *t,
     const char *ns, const char *identity, const char *class);
+/* Builders of identity and class in ns that can still serve (full or not). */
+size_t controller_builders_usable(struct controller_builders *t, const char *ns,
+    const char *identity, const char *class);
 /* True while a pool claim for identity is in flight in ns/class: a new
  * request should wait for it rather than start another builder. */
 bool controller_builders_claim_pending(struct controller_builders *t, const char *ns,

@@ -62,6 +62,7 @@ struct controller_flags {
 	long warm_pool_size;
 	long builder_slots;
 	uint64_t builder_idle_timeout_ms;
+	uint64_t builder_scale_out_wait_ms;
 };
 
 enum controller_state {
@@ -515,6 +516,7 @@ static int start_kube(struct controller *c)
 		.pool_namespace = ns,
 		.builder_slots = c->f.builder_slots,
 		.builder_idle_timeout_ms = c->f.builder_idle_timeout_ms,
+		.builder_scale_out_wait_ms = c->f.builder_scale_out_wait_ms,
 	};
 
 	if (c->f.warm_pool_size > 0 && !ns) {
@@ -686,6 +688,10 @@ int controller_main(int argc, char **argv)
 		{ "builder-idle-timeout", "NRBC_CONTROLLER_BUILDER_IDLE_TIMEOUT", FLAG_DURATION,
 		    &f->builder_idle_timeout_ms, "5m",
 		    "delete an identity's builder after this long without a session", false },
+		{ "builder-scale-out-wait", "NRBC_CONTROLLER_BUILDER_SCALE_OUT_WAIT", FLAG_DURATION,
+		    &f->builder_scale_out_wait_ms, "2s",
+		    "how long a session waits for a slot on its key's full builders before "
+		    "another builder starts", false },
 	};
 	size_t n = sizeof(table) / sizeof(table[0]);
 

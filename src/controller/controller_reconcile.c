@@ -156,6 +156,13 @@ static void state_remove(struct controller_reconciler *r, const char *key)
 	state_free(s);
 }
 
+uint64_t reconcile_request_age_ms(struct controller_reconciler *r, const char *key)
+{
+	struct request_state *s = state_find(r, key);
+
+	return s ? uv_now(r->loop) - s->first_seen : 0;
+}
+
 /* ---------- informer bookkeeping ---------- */
 
 void controller_reconciler_request_seen(struct controller_reconciler *r, const json_t *obj)

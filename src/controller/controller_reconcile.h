@@ -30,6 +30,9 @@ struct controller_reconcile_options {
 	long builder_slots;
 	/* An identity's builder with no session is deleted after this. */
 	uint64_t builder_idle_timeout_ms;
+	/* A request whose identity's builders are all full waits this long
+	 * for a slot before another builder is started. */
+	uint64_t builder_scale_out_wait_ms;
 };
 
 /* The queue key of the pool pass (not a valid "ns/name"). */

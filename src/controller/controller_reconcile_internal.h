@@ -99,6 +99,8 @@ void reconcile_set_status(struct reconcile_op *op, enum controller_phase phase,
 /* Deletes pod (uid precondition) and finishes the pass. */
 void reconcile_delete_pod(struct reconcile_op *op, const json_t *pod, const char *why);
 bool reconcile_being_deleted(const json_t *obj);
+/* Loop ms since the informer first showed the request with key. */
+uint64_t reconcile_request_age_ms(struct controller_reconciler *r, const char *key);
 
 /* Builder passes (controller_builder_pass.c). */
 void reconcile_builder(struct reconcile_op *op);

@@ -155,7 +155,7 @@ class Role:
 
 
 class Stack:
-    def __init__(self, cluster, kubelet, nrbc_bin, workdir, builder_idle_timeout="3s"):
+    def __init__(self, cluster, kubelet, nrbc_bin, workdir, builder_idle_timeout="10s"):
         self.builder_idle_timeout = builder_idle_timeout
         self.cluster = cluster
         self.kubelet = kubelet

@@ -3,6 +3,7 @@ through the proxy at once; each key's sessions share that key's builders
 and never anyone else's. The stack is the shipped manifests (warm pool of
 2, 4 slots), with a short idle timeout so clean-up can be seen."""
 
+import os
 import threading
 import time
 
@@ -103,4 +104,36 @@ def test_parallel_builds_with_the_pool_every_session_served(stack, tmp_path):
     m = stack.controller_metrics()
     # Three identities, each served from the first round on by its builder.
     assert m['nrbc_controller_binds_total{builder="existing"}'] >= rounds * 3 * 4 - 3 * 4, m
+    stack.wait_clean()
+
+
+def test_shared_input_crosses_the_proxy_once_per_builder(stack, tmp_path):
+    """The realistic shape: ten derivations that all need one 32 MiB input
+    the client built itself. Every builder pod has a store of its own (as a
+    container does), so what a builder lacks must come up through the
+    proxy; with reuse that is once per builder used, not once per
+    derivation."""
+    size = 32 * 1024 * 1024
+    args = {"salt": salt(), "n": 10, "size": size}
+    sandbox = NixClient.local_sandbox_paths() + " /usr/bin"
+    client = NixClient(tmp_path / "closure")
+    (tmp_path / "closure").mkdir()
+    client.build("closure.nix", args=args, max_jobs=1,
+                 extra=["-A", "big", "--option", "sandbox-paths", sandbox])
+    up0 = stack.proxy_metrics()['nrbc_proxy_bytes_total{direction="up"}']
+    with Sampler(stack) as seen:
+        remote = client.build("closure.nix", builders=stack.builders("ssh-ng"),
+                              sshopts=stack.sshopts(), args=args)
+    up = stack.proxy_metrics()['nrbc_proxy_bytes_total{direction="up"}'] - up0
+    used = set().union(*seen.by_identity.values()) if seen.by_identity else set()
+    print("closure build: %d builder(s) used, %.1f MiB up through the proxy for a %d MiB "
+          "input" % (len(used), up / 2**20, size // 2**20))
+    assert 1 <= len(used) <= 3, seen.by_identity
+    assert up >= size, up  # it did go up: the builders' stores are their own
+    assert up <= len(used) * size * 1.1 + 4 * 2**20, (up, used)
+    local = client.build("closure.nix", args=args, max_jobs=1,
+                         store=os.path.join(client.dir, "local-store"),
+                         extra=["--option", "sandbox-paths", sandbox])
+    assert remote.out == local.out
+    assert client.read(remote.out) == client.read(local.out, store=local.store)
     stack.wait_clean()

@@ -64,7 +64,7 @@ def main():
         bindir = os.environ.get("NRBC_CLUSTER_BIN") or conftest.cluster_mod.build_binaries()
         cluster = conftest.cluster_mod.Cluster(bindir)
         cluster.start(os.path.join(work, "cluster"))
-        say("preparing the host's Nix (the builder pods' store) and the test kubelet")
+        say("preparing Nix and the test kubelet (each builder pod gets a store of its own)")
         conftest.HostNix().prepare()
         kubelet = conftest.KubeletProc(cluster).start()
 
@@ -78,6 +78,7 @@ def main():
         print("   proxy:      %s" % " ".join(stack.proxy.argv()[1:]))
 
         watchers.append(watch(cluster, "nixbuildrequests"))
+        watchers.append(watch(cluster, "nixbuilders"))
         watchers.append(watch(cluster, "pods", "app.kubernetes.io/name=nrbc-builder"))
         time.sleep(1)
 
@@ -102,6 +103,10 @@ def main():
         print("   output: %s (built remotely in %.1f s)" % (out, took))
         with open(os.path.join(store, out.lstrip("/"))) as f:
             print("   " + f.readline().strip())
+        say("the builders that served it (one per client key, reused by every session):")
+        print(cluster.kubectl("-n", NAMESPACE, "get", "nixbuilders", "-o", "wide").stdout,
+              flush=True)
+        say("idle builders go after --builder-idle-timeout (here 10s; shipped 5m)")
         stack.wait_clean(60)
         time.sleep(1)
         for w in watchers:

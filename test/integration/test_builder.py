@@ -425,6 +425,31 @@ def test_pods_have_separate_stores(cluster, kubelet, namespace, ssh_keys, nix_cl
     assert in_pod_store(pb, r.out) is False          # B is unaffected and answers
 
 
+WHOAMI_NIX = """{ salt }:
+derivation {
+  name = "nrbc-whoami";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "/usr/bin/id -un > $out" ];
+  inherit salt;
+}
+"""
+
+
+def test_pod_builds_run_as_build_users_of_their_own(builder, nix_client, tmp_path):
+    """A pod's nix-daemon builds as nrbc-pod-bld*, not as the host
+    daemon's nixbld1..N, whose processes the host daemon kills (from the
+    host's PID namespace, so in every pod too) before each of its builds."""
+    expr = tmp_path / "whoami.nix"
+    expr.write_text(WHOAMI_NIX)
+    keys, ip = builder["keys"], builder["ip"]
+    r = nix_client.build(str(expr), builders=nix_client.builders(ip, "ssh-ng"),
+                         sshopts=nix_client.sshopts(22, keys.private, keys.known_hosts(ip)),
+                         args={"salt": salt()})
+    user = nix_client.read(r.out).decode().strip()
+    assert user.startswith("nrbc-pod-bld"), user
+
+
 def test_pod_with_host_store_annotation_uses_the_host_store(cluster, kubelet, namespace,
                                                             ssh_keys, nix_client):
     """The opt-in (annotation nrbc.test/host-nix-store=true): builds land in

@@ -29,7 +29,8 @@ tested against a real kube-apiserver:
   does.
 
 Run as root:  kubelet.py --kubeconfig admin.kubeconfig --dir DIR
-State: DIR/pods/<uid>/{root/,root/nix/,log,pid}; pid holds "PID STARTTIME" of
+State: DIR/pods/<uid>/{root/,root/nix/,log,pid}, DIR/logs/ (logs of deleted
+pods); pid holds "PID STARTTIME" of
 the pod's root process (`unshare`, parent of the pod's PID 1).
 """
 
@@ -1048,6 +1049,14 @@ class PodWorker(threading.Thread):
             return     # the kubelet stops; the pod object stays as it is
         if self.ip:
             self.k.ips.release(self.ip)
+        # The pod's log outlives it (as `kubectl logs` does for a while):
+        # DIR/logs/<namespace>_<name>_<uid>.log.
+        try:
+            os.makedirs(os.path.join(self.k.dir, "logs"), exist_ok=True)
+            shutil.copyfile(os.path.join(self.dir, "log"), os.path.join(
+                self.k.dir, "logs", "%s_%s_%s.log" % (self.ns, self.name, self.uid)))
+        except OSError:
+            pass
         remove_tree(self.dir)
         if self.gone or not self.bound or not self.terminating():
             return

@@ -1,5 +1,7 @@
 #include "proxy_session.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <libssh/callbacks.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -50,6 +52,13 @@ struct proxy_session {
 	ssh_session ssh;
 	ssh_event event;
 	struct ssh_server_callbacks_struct server_cb;
+	/* The client socket as the uv_poll sees it: a duplicate of libssh's
+	 * descriptor, owned by the session and closed only after the poll
+	 * handle is closed. libssh closes its own descriptor by itself when a
+	 * write fails (ssh_socket_nonblocking_flush); the poll must never be
+	 * left on, or restarted on, a closed descriptor (epoll_ctl EBADF is an
+	 * abort() in libuv, and a reused number would be someone else's). */
+	int poll_fd;
 	uv_poll_t poll;
 	uv_timer_t timer;
 	uv_idle_t kick;
@@ -142,6 +151,9 @@ static void session_on_handle_closed(uv_handle_t *h)
 	/* Sends SSH_MSG_DISCONNECT if it can, and closes the socket. */
 	ssh_disconnect(s->ssh);
 	ssh_free(s->ssh);
+	/* The poll handle is closed: its descriptor may go now. */
+	if (s->poll_fd >= 0)
+		close(s->poll_fd);
 	s->env->on_closed(s->env->data, s->id, &stats);
 	free(s->user);
 	free(s->key_comment);
@@ -513,10 +525,30 @@ static void session_step(struct proxy_session *s)
 	}
 }
 
+/* libssh closed its socket (a failed write) or gave up on the connection:
+ * the session cannot go on. Says why, once. */
+static bool session_client_lost(struct proxy_session *s)
+{
+	const char *why;
+
+	if (s->state == SESSION_CLOSING)
+		return true;
+	if (ssh_get_fd(s->ssh) != SSH_INVALID_SOCKET &&
+	    !(ssh_get_status(s->ssh) & (SSH_CLOSED | SSH_CLOSED_ERROR)))
+		return false;
+	why = ssh_get_error(s->ssh);
+	session_closef(s, "client connection lost%s%s", why && *why ? ": " : "", why ? why : "");
+	return true;
+}
+
 static void session_update_polls(struct proxy_session *s)
 {
 	int events = UV_READABLE;
 	bool want_read = false;
+
+	/* Never (re)start the poll for a client libssh has already let go. */
+	if (session_client_lost(s))
+		return;
 
 	/* Writable only while libssh holds unsent bytes: its poll flags ask for
 	 * POLLOUT after every send, which would cost a wakeup per write. */
@@ -557,7 +589,7 @@ static void session_run(struct proxy_session *s)
 		session_step(s);
 	} while (s->again && s->state != SESSION_CLOSING && ++rounds < SESSION_MAX_ROUNDS);
 	s->running = false;
-	if (s->state == SESSION_CLOSING)
+	if (s->state == SESSION_CLOSING || session_client_lost(s))
 		return;
 	/* Work left over (a long burst): continue on the next loop turn
 	 * rather than starve other sessions. */
@@ -654,7 +686,19 @@ struct proxy_session *proxy_session_create(const struct proxy_session_env *env, 
 		free(s);
 		return NULL;
 	}
-	uv_poll_init_socket(env->loop, &s->poll, fd);
+	s->poll_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (s->poll_fd < 0 || uv_poll_init_socket(env->loop, &s->poll, s->poll_fd) < 0) {
+		log_warn("session=%llu from %s: cannot watch the socket", (unsigned long long)id,
+		    peer);
+		if (s->poll_fd >= 0)
+			close(s->poll_fd);
+		ssh_event_remove_session(s->event, s->ssh);
+		ssh_event_free(s->event);
+		ssh_disconnect(s->ssh);
+		ssh_free(s->ssh);
+		free(s);
+		return NULL;
+	}
 	uv_timer_init(env->loop, &s->timer);
 	uv_idle_init(env->loop, &s->kick);
 	s->poll.data = s->timer.data = s->kick.data = s;

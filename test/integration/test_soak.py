@@ -1,0 +1,112 @@
+"""Soak: many sessions through `nrbc proxy` at once while clients vanish at
+random moments and the builder loses connections or stops answering (see
+soak.py). Runs in the suite (a few hundred sessions, about a minute) and,
+with NRBC_BIN pointing at an AddressSanitizer build, as the sanitizer soak:
+
+    CC=clang meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false
+    ninja -C build-asan src/nrbc
+    NRBC_BIN=build-asan/src/nrbc python3 -m pytest test/integration/test_soak.py
+
+NRBC_SOAK_SESSIONS / NRBC_SOAK_WORKERS / NRBC_SOAK_SEED change the size and
+the draw (the seed is printed on failure)."""
+
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import wait_for
+from soak import STREAM, Soak, check_proxy, rss_kib
+from test_proxy_ssh import Builder, Keys, Proxy
+
+NET = "127.83.%d" % (20 + os.getpid() % 200)
+SESSIONS = int(os.environ.get("NRBC_SOAK_SESSIONS", 300))
+WORKERS = int(os.environ.get("NRBC_SOAK_WORKERS", 24))
+SEED = int(os.environ.get("NRBC_SOAK_SEED", random.randrange(1 << 30)))
+# The proxy's RSS after the soak, once idle, against its RSS after a warm-up
+# of the same kinds of sessions. Sanitizer builds keep freed memory in
+# quarantine: a higher bound there.
+RSS_GROWTH_KIB = int(os.environ.get("NRBC_TEST_SOAK_RSS_GROWTH_KIB", 8 * 1024))
+
+
+@pytest.fixture(scope="module")
+def soak_world(nrbc_bin, tmp_path_factory):
+    d = tempfile.mkdtemp(prefix="nrbc-soak-")
+    os.chmod(d, 0o755)  # the builder's sshd reads authorized_keys as nixbld
+    keys = Keys(str(tmp_path_factory.mktemp("soak-keys")))
+    builder = Builder(os.path.join(d, "builder"), NET + ".2", keys.upstream + ".pub", keys.host)
+    w = type("World", (), {})()
+    w.dir, w.keys, w.builder, w.nrbc = d, keys, builder, nrbc_bin
+    try:
+        yield w
+    finally:
+        builder.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def health_port(p):
+    return int(wait_for(lambda: (re.search(r"health server listening on \S+ port (\d+)",
+                                           p.log()) or [None, None])[1], 10,
+                        what="health port"))
+
+
+def test_soak_static_builder(soak_world):
+    w = soak_world
+    p = Proxy(w.nrbc, w.dir, w.keys, w.builder, "--allow-any-command", "--health-port", "0",
+              "--builder-timeout", "20s", "--log-level", "info", ip=NET + ".10")
+    try:
+        health = (p.ip, health_port(p))
+        argv = p.ssh_argv()
+        # Warm-up: the same kinds of sessions, nothing disrupted; its RSS is
+        # the baseline.
+        warm = Soak(argv, 2 * WORKERS, WORKERS, SEED, kill_share=0.0, stop_share=0.0).run()
+        assert warm.summary() == {"completed ok": 2 * WORKERS}, [
+            (r.command, r.rc, r.stderr[-300:]) for r in warm.results if not r.ok]
+        wait_for(lambda: check_proxy(p.proc, p.log(), health, 2 * WORKERS)[1]
+                 .get("nrbc_proxy_sessions") == 0, 30, what="warm-up sessions closed")
+        base = rss_kib(p.proc.pid)
+
+        # Clients that vanish mid-stream, many at once: the proxy is busy
+        # writing to them when their kernels reset the connections.
+        burst = Soak(argv, 4 * WORKERS, 2 * WORKERS, SEED, kill_share=1.0, stop_share=0.0,
+                     kill_after=(0.3, 2.5), commands=[STREAM]).run()
+        assert p.proc.poll() is None, "proxy died (%s) with clients vanishing mid-stream:\n%s" % (
+            p.proc.returncode, p.log()[-3000:])
+        assert burst.summary() == {"kill": 4 * WORKERS}
+
+        s = Soak(argv, SESSIONS, WORKERS, SEED, builder_pgid=w.builder.proc.pid).run()
+        log = p.log()
+        problems, m = check_proxy(p.proc, log, health, SESSIONS + 6 * WORKERS)
+        summary = s.summary()
+        print("seed %d: %d sessions in %.1fs: %s; builder: %s; proxy metrics: %s" % (
+            SEED, SESSIONS, s.seconds, summary, s.disruptions,
+            {k: v for k, v in m.items() if k.startswith("nrbc_proxy_sessions")}))
+        assert not problems, "seed %d: %s" % (SEED, problems)
+        # Something was actually exercised: clients vanished, sessions
+        # failed because of the builder, and most that could finish did.
+        assert summary.get("kill", 0) > 0 and summary.get("stop", 0) > 0, summary
+        assert summary.get("completed ok", 0) > SESSIONS * 0.3, summary
+        assert sum(s.disruptions.values()) > 0, s.disruptions
+        bad = s.unexplained()
+        assert not bad, "seed %d: sessions failed without an nrbc: line: %s" % (
+            SEED, [(r.command, r.rc, r.stderr[-300:]) for r in bad[:5]])
+
+        # Back near the baseline once idle.
+        after = rss_kib(p.proc.pid)
+        print("proxy RSS: %d KiB after warm-up, %d KiB after the soak" % (base, after))
+        assert after - base < RSS_GROWTH_KIB, (base, after)
+        # Still serving, and a clean exit.
+        r = p.ssh("echo", "still here")
+        assert r.returncode == 0 and r.stdout == b"still here\n", r.stderr
+    finally:
+        code = p.stop()
+    log = p.log()
+    assert code == 0, log[-3000:]
+    assert not [m for m in ("ERROR: AddressSanitizer", "runtime error:",
+                            "ERROR: LeakSanitizer") if m in log], log[-5000:]

@@ -171,16 +171,76 @@ static void session_release_builder(struct proxy_session *s, bool ok, const char
 	proxy_builder_release(s->env->builder, s->id, ok, message);
 }
 
+static bool starts_with(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* What the request's status says when the session ends without a builder
+ * failure: words for the user, not libssh's. Heap string or NULL. */
+static char *session_outcome(const struct proxy_session *s, const char *reason)
+{
+	const char *why = strstr(reason, "Socket error: ");
+
+	if (s->failure)
+		return strdup(s->failure);
+	if (starts_with(reason, "client disconnected") || starts_with(reason, "client connection lost")) {
+		if (why && !strstr(why, "disconnected"))
+			return str_printf("%s; the connection to the Nix client was lost: %s",
+			    s->bridged ? "session ended" : "the Nix client left before its builder "
+			    "was ready", why + strlen("Socket error: "));
+		return strdup(s->bridged ? "session ended: the Nix client closed it" :
+		    "the Nix client left before its builder was ready");
+	}
+	return str_printf("session ended: %s", reason);
+}
+
+/* The session ends under channels still in use (shutdown, idle timeout):
+ * each is told why on its stderr, with exit status 1, as far as the socket
+ * takes it at once. */
+static void session_tell_channels(struct proxy_session *s, const char *why)
+{
+	bool told = false;
+
+	if (ssh_get_fd(s->ssh) == SSH_INVALID_SOCKET ||
+	    (ssh_get_status(s->ssh) & (SSH_CLOSED | SSH_CLOSED_ERROR)))
+		return;
+	for (int i = 0; i < s->n_bridges; i++) {
+		struct proxy_bridge *b = s->bridges[i];
+
+		if (proxy_bridge_is_done(b) ||
+		    (!proxy_bridge_wants_builder(b) && !proxy_bridge_ran(b)))
+			continue;
+		proxy_bridge_fail(b, why, 1);
+		proxy_bridge_run(b, NULL);
+		told = true;
+	}
+	/* A few hundred bytes into a socket that is normally writable. */
+	if (told)
+		ssh_blocking_flush(s->ssh, 100);
+}
+
 void proxy_session_close(struct proxy_session *s, const char *reason)
 {
 	uint64_t secs;
+	char *outcome;
 
 	if (s->state == SESSION_CLOSING)
 		return;
 	secs = (uv_now(s->env->loop) - s->created_at) / 1000;
 	log_info("session=%llu closed after %llus (%s): %s", (unsigned long long)s->id,
 	    (unsigned long long)secs, session_state_names[s->state], reason);
-	session_release_builder(s, !s->failure && s->bridged, reason);
+	if (starts_with(reason, "proxy ")) {
+		char *why = str_printf("the nrbc proxy is shutting down (%s): retry the build",
+		    reason);
+		session_tell_channels(s, why ? why : reason);
+		free(why);
+	} else if (starts_with(reason, "idle for")) {
+		session_tell_channels(s, reason);
+	}
+	outcome = session_outcome(s, reason);
+	session_release_builder(s, !s->failure && s->bridged, outcome ? outcome : reason);
+	free(outcome);
 	session_set_state(s, SESSION_CLOSING);
 	for (int i = 0; i < s->n_bridges; i++)
 		proxy_bridge_destroy(s->bridges[i], false);
@@ -296,7 +356,8 @@ static void session_on_timer(uv_timer_t *t)
 		session_run(s);
 		return;
 	default:
-		session_closef(s, "idle for %llus", (unsigned long long)s->env->idle_timeout_ms / 1000);
+		session_closef(s, "idle for %llus: closed (--idle-timeout)",
+		    (unsigned long long)s->env->idle_timeout_ms / 1000);
 		return;
 	}
 }
@@ -435,7 +496,11 @@ void proxy_session_builder_ready(struct proxy_session *s, const char *host, int 
 
 void proxy_session_builder_failed(struct proxy_session *s, const char *message)
 {
-	if (s->state != SESSION_WAIT_BUILDER && s->state != SESSION_CONNECTING)
+	/* While bridging too: the builder's pod was deleted or failed, the
+	 * commands on it cannot finish; the user hears why from us rather than
+	 * from a connection that breaks. */
+	if (s->state != SESSION_WAIT_BUILDER && s->state != SESSION_CONNECTING &&
+	    s->state != SESSION_BRIDGING)
 		return;
 	session_fail(s, message);
 	session_run(s);

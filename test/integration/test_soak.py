@@ -114,3 +114,108 @@ def test_soak_static_builder(soak_world):
     assert code == 0, log[-3000:]
     assert not [m for m in ("ERROR: AddressSanitizer", "runtime error:",
                             "ERROR: LeakSanitizer") if m in log], log[-5000:]
+
+
+# ---- with the Kubernetes backend ---------------------------------------------------
+
+K8S_SESSIONS = int(os.environ.get("NRBC_SOAK_K8S_SESSIONS", 16))
+
+
+@pytest.fixture(scope="module")
+def stack(cluster, kubelet, nrbc_bin, tmp_path_factory):
+    from stack import Stack
+    s = Stack(cluster, kubelet, nrbc_bin, tmp_path_factory.mktemp("stack-soak"))
+    s.install().start()
+    yield s
+    s.stop()
+
+
+def test_soak_kubernetes_backend(stack):
+    """Sessions through the manifests' proxy and controller, several at
+    once: clients that leave while their builder is being made, builders
+    deleted under bridged sessions, sessions that end normally. Nothing is
+    left behind: no NixBuildRequest, no builder pod."""
+    import struct
+    import threading
+
+    from stack import NAMESPACE, PROXY_ADDRESS
+    rng = random.Random(SEED)
+    argv = ["ssh", "-F", "/dev/null", "-p", str(stack.proxy_port),
+            "-i", stack.keys["user-key"], "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", "UserKnownHostsFile=" + stack.known_hosts(),
+            "-o", "StrictHostKeyChecking=no", "-o", "ConnectTimeout=20",
+            "nixbld@" + PROXY_ADDRESS, "nix-store", "--serve", "--write"]
+    plans = [(rng.choice(["leave", "complete", "pod deleted"]), rng.uniform(0.1, 3.0))
+             for _ in range(K8S_SESSIONS)]
+    outcomes = []
+    lock = threading.Lock()
+
+    def hello(p):
+        """False when the session ends first (another client's random pod
+        deletion may hit this one): it must then say why."""
+        try:
+            p.stdin.write(struct.pack("<QQ", 0x390c9deb, 0x205))
+            p.stdin.flush()
+        except BrokenPipeError:
+            return False
+        got = p.stdout.read(8)
+        return len(got) == 8 and struct.unpack("<Q", got)[0] == 0x5452eecb
+
+    def one(fate, delay):
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        result = None
+        try:
+            if fate == "leave":
+                time.sleep(delay)
+                p.kill()
+                p.communicate(timeout=30)
+                result = "left"
+            else:
+                ok = hello(p)
+                if fate == "a pod deleted":
+                    # Some builder pod (this session's or another's) goes: a
+                    # session hit this way must say why.
+                    pods = stack.builder_pods()
+                    if pods:
+                        victim = rng.choice(pods)["metadata"]["name"]
+                        stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (
+                            NAMESPACE, victim))
+                    out, err = p.communicate(timeout=120)
+                else:
+                    try:
+                        p.stdin.close()
+                    except BrokenPipeError:
+                        pass
+                    p.wait(60)
+                    err = p.stderr.read()
+                if ok and p.returncode == 0:
+                    result = "ok"
+                elif b"nrbc: " in err:
+                    result = "failed with a reason"
+                else:
+                    result = "failed without a reason: rc %s %r" % (p.returncode, err[-300:])
+        except Exception as e:  # noqa: BLE001 - recorded, asserted below
+            result = "error: %r" % (e,)
+            p.kill()
+        with lock:
+            outcomes.append((fate, result))
+
+    threads = []
+    for fate, delay in plans:
+        t = threading.Thread(target=one, args=(fate, delay))
+        t.start()
+        threads.append(t)
+        time.sleep(rng.uniform(0.0, 0.5))
+    for t in threads:
+        t.join(300)
+    print("kubernetes soak: %s" % sorted(outcomes))
+    assert len(outcomes) == len(plans)
+    bad = [o for o in outcomes if o[1].startswith(("failed without", "error"))]
+    assert not bad, bad
+    assert any(r == "ok" for _, r in outcomes), outcomes
+    stack.wait_clean(90)
+    problems, m = check_proxy(stack.proxy.proc, stack.proxy.log(),
+                              (PROXY_ADDRESS, stack.proxy.health_port), len(plans))
+    assert not problems, problems
+    assert stack.controller.proc.poll() is None

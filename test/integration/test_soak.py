@@ -145,7 +145,7 @@ def test_soak_kubernetes_backend(stack):
             "-o", "UserKnownHostsFile=" + stack.known_hosts(),
             "-o", "StrictHostKeyChecking=no", "-o", "ConnectTimeout=20",
             "nixbld@" + PROXY_ADDRESS, "nix-store", "--serve", "--write"]
-    plans = [(rng.choice(["leave", "complete", "pod deleted"]), rng.uniform(0.1, 3.0))
+    plans = [(rng.choice(["leave", "complete", "a pod deleted"]), rng.uniform(0.1, 3.0))
              for _ in range(K8S_SESSIONS)]
     outcomes = []
     lock = threading.Lock()

@@ -169,24 +169,52 @@ def serve_hello(p):
     return version
 
 
-def test_bridged_session_keeps_going_through_an_outage(stack):
-    p = ssh_nix(stack)
+def last_nrbc_line(err):
+    lines = [l for l in err.decode(errors="replace").splitlines() if l.startswith("nrbc: ")]
+    return lines[-1] if lines else None
+
+
+def test_proxy_through_an_outage(stack):
+    """A bridged session keeps going; a session waiting for its builder is
+    served once the API is back; one that starts during the outage is told
+    why it cannot be served."""
+    bridged = ssh_nix(stack)
     wait_for(lambda: [r for r in stack.requests()
                       if (r.get("status") or {}).get("phase") == "Running"], 60,
              what="a Running request")
-    stack.cluster.stop_apiserver()
+    # The second session's request is made, but the controller (paused)
+    # has not acted on it when the API goes.
+    stack.controller.proc.send_signal(signal.SIGSTOP)
+    try:
+        waiting = ssh_nix(stack)
+        wait_for(lambda: len(stack.requests()) == 2, 30, what="the second request")
+        stack.cluster.stop_apiserver()
+    finally:
+        stack.controller.proc.send_signal(signal.SIGCONT)
     try:
         time.sleep(12)  # past the controller's renew deadline
-        assert p.poll() is None, p.stderr.read()
+        assert bridged.poll() is None and waiting.poll() is None
         # Bytes still flow both ways through the proxy to the builder.
-        assert serve_hello(p) >= 0x200
+        assert serve_hello(bridged) >= 0x200
+        late = ssh_nix(stack)
+        _, err = late.communicate(timeout=60)
+        assert late.returncode != 0
+        line = last_nrbc_line(err)
+        print("a session started during the outage saw: %s" % line)
+        assert line and "NixBuildRequest" in line, err
         assert stack.proxy.proc.poll() is None
         assert stack.controller.proc.poll() is None
     finally:
         stack.cluster.start_apiserver()
-    p.stdin.close()
-    p.wait(30)
-    assert p.returncode == 0, p.stderr.read()
-    # Its request goes and its pod with it once the API is back.
-    stack.wait_clean(60)
+    # The waiting session gets its builder.
+    assert serve_hello(waiting) >= 0x200
+    for p in (bridged, waiting):
+        try:
+            p.stdin.close()
+        except BrokenPipeError:
+            pass
+        p.wait(30)
+    assert waiting.returncode == 0, waiting.stderr.read()
+    # Their requests go and their pods with them once the API is back.
+    stack.wait_clean(90)
     assert stack.controller.proc.poll() is None

@@ -1,7 +1,10 @@
 /* nrbc controller: the process around the reconciler. Informers fill the
  * caches on every replica (so /readyz means "caches synced" everywhere);
- * only the leader runs the work queue. SIGTERM stops taking work, waits for
- * passes in flight up to --shutdown-timeout, releases the lease, exits 0. */
+ * only the leader runs the work queue. A leader that loses the lease (the
+ * API gone past the renew deadline, or another holder) stops reconciling at
+ * once and stays a candidate: when it wins again, a new queue gets every
+ * cached request and pod. SIGTERM stops taking work, waits for passes in
+ * flight up to --shutdown-timeout, releases the lease, exits 0. */
 #include <signal.h>
 #include <stdio.h>
 #ifdef __GLIBC__
@@ -35,6 +38,10 @@
  * whole API objects (then cutting them down for the caches) leaves holes
  * that glibc keeps otherwise, and RSS would stay at the burst's peak. */
 #define TRIM_AFTER_IDLE_MS 2000
+/* Leadership won back while passes of the lost term are still in flight:
+ * the new queue starts once they are over (a key is never processed twice
+ * at once), checked this often. */
+#define REACTIVATE_CHECK_MS 100
 
 struct controller_flags {
 	char *builder_image;
@@ -99,6 +106,7 @@ struct controller {
 	struct kube_event_recorder *events;
 	struct controller_reconciler *rec;
 	struct kube_queue *queue;
+	struct kube_queue *old_queue; /* paused, of a lost term: passes in flight */
 	struct kube_lease *lease;
 	struct metrics *metrics;
 	struct health_server *health;
@@ -106,6 +114,7 @@ struct controller {
 	uv_timer_t drain_timer;
 	uv_timer_t teardown_timer;
 	uv_timer_t trim_timer;
+	uv_timer_t reactivate_timer;
 	uint64_t drain_deadline;
 	struct metric *m_queue_depth;
 	struct metric *m_in_flight;
@@ -335,6 +344,19 @@ static void on_synced(void *data)
 	maybe_activate(data);
 }
 
+static void on_reactivate_check(uv_timer_t *t)
+{
+	struct controller *c = t->data;
+
+	if (c->old_queue && kube_queue_in_flight(c->old_queue) > 0)
+		return;
+	uv_timer_stop(&c->reactivate_timer);
+	kube_queue_destroy(c->old_queue);
+	c->old_queue = NULL;
+	if (c->leading)
+		maybe_activate(c);
+}
+
 /* ---------- leader election ---------- */
 
 static void on_started_leading(void *data)
@@ -343,6 +365,11 @@ static void on_started_leading(void *data)
 
 	c->leading = true;
 	update_gauges(c);
+	if (c->old_queue) {
+		/* The last term's passes finish first. */
+		uv_timer_start(&c->reactivate_timer, on_reactivate_check, 0, REACTIVATE_CHECK_MS);
+		return;
+	}
 	maybe_activate(c);
 }
 
@@ -351,10 +378,21 @@ static void on_stopped_leading(void *data)
 	struct controller *c = data;
 
 	c->leading = false;
+	uv_timer_stop(&c->reactivate_timer);
+	if (c->state == CONTROLLER_ACTIVE) {
+		/* Another replica may be acting already: no new pass from here
+		 * on. The paused queue stays until its passes in flight are
+		 * over; the cached objects are all queued again on winning. */
+		log_warnx("standing by: not reconciling until the lease is won again "
+		    "(%zu keys were queued)", c->queue ? kube_queue_depth(c->queue) : 0);
+		kube_queue_pause(c->queue);
+		if (c->old_queue)
+			kube_queue_destroy(c->old_queue);
+		c->old_queue = c->queue;
+		c->queue = NULL;
+		set_state(c, CONTROLLER_STANDBY);
+	}
 	update_gauges(c);
-	/* Another replica may be acting already: stop at once and let the
-	 * restart make this one a candidate again. */
-	controller_shutdown(c, "lost the leader lease", 1);
 }
 
 /* ---------- shutdown ---------- */
@@ -366,6 +404,8 @@ static void teardown(uv_timer_t *t)
 	set_state(c, CONTROLLER_STOPPED);
 	kube_queue_destroy(c->queue);
 	c->queue = NULL;
+	kube_queue_destroy(c->old_queue);
+	c->old_queue = NULL;
 	controller_reconciler_destroy(c->rec);
 	c->rec = NULL;
 	kube_lease_destroy(c->lease);
@@ -387,6 +427,7 @@ static void teardown(uv_timer_t *t)
 	uv_close((uv_handle_t *)&c->drain_timer, NULL);
 	uv_close((uv_handle_t *)&c->teardown_timer, NULL);
 	uv_close((uv_handle_t *)&c->trim_timer, NULL);
+	uv_close((uv_handle_t *)&c->reactivate_timer, NULL);
 }
 
 static void on_lease_released(void *data)
@@ -705,7 +746,9 @@ int controller_main(int argc, char **argv)
 	uv_timer_init(&c->loop, &c->drain_timer);
 	uv_timer_init(&c->loop, &c->teardown_timer);
 	uv_timer_init(&c->loop, &c->trim_timer);
+	uv_timer_init(&c->loop, &c->reactivate_timer);
 	c->drain_timer.data = c->teardown_timer.data = c->trim_timer.data = c;
+	c->reactivate_timer.data = c;
 	c->signals = signals_create(&c->loop, on_signal, c);
 	if (!c->signals || start_health(c) < 0 || start_kube(c) < 0) {
 		log_error("start-up failed");

@@ -11,7 +11,9 @@
 
 #define INFORMER_PAGE_SIZE 500
 #define INFORMER_BACKOFF_MIN_MS 200
-#define INFORMER_BACKOFF_MAX_MS 30000
+/* After an API outage, an informer is back within this (plus jitter) of the
+ * API answering again. */
+#define INFORMER_BACKOFF_MAX_MS 8000
 /* A watch that ends cleanly this fast without a single event is treated as
  * a failure, so a misbehaving server cannot make us spin. */
 #define INFORMER_SHORT_WATCH_MS 1000

@@ -230,11 +230,17 @@ static bool lease_expired(const struct kube_lease *l)
 	return uv_now(l->loop) - l->observed_at >= duration;
 }
 
+/* Leading ends, campaigning goes on: the owner stops acting at once, and
+ * gets started_leading again if this process wins the lease back (at once
+ * when the record still names it, e.g. after an API outage nobody else
+ * could act in; else once the other holder's record is seen unchanged for
+ * its lease duration). */
 static void lose(struct kube_lease *l, const char *why)
 {
-	log_error("lease %s/%s: leadership lost: %s", l->ns, l->name, why);
+	log_error("lease %s/%s: leadership lost: %s; campaigning again", l->ns, l->name, why);
 	uv_timer_stop(&l->timer);
-	set_state(l, LEASE_STOPPED);
+	set_state(l, LEASE_CANDIDATE);
+	schedule(l, jittered(l->retry_ms));
 	if (l->cb.stopped_leading)
 		l->cb.stopped_leading(l->data);
 }

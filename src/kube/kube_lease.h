@@ -3,7 +3,15 @@
  * lease over when the record has not changed for leaseDurationSeconds by
  * its own clock (so clocks need not agree) or when it is released (empty
  * holder). Every write carries the resourceVersion read, so two candidates
- * never both win: the loser gets 409. */
+ * never both win: the loser gets 409.
+ *
+ * Like client-go, expiry is judged only by the local observation time of
+ * the record, never by the renewTime written in it: a candidate that first
+ * sees a lease (even one renewed hours ago by another node's clock) waits
+ * one lease duration. A holder that stops releases the lease (empty
+ * holder), which candidates take at once; a holder that loses the API for
+ * longer than the renew deadline stops acting but keeps campaigning, and
+ * takes its own record back as soon as the API answers. */
 #ifndef NRBC_KUBE_LEASE_H
 #define NRBC_KUBE_LEASE_H
 
@@ -25,7 +33,9 @@ struct kube_lease_options {
 struct kube_lease_callbacks {
 	void (*started_leading)(void *data);
 	/* Leadership is lost (renewals failed past the deadline, or another
-	 * holder took over); the lease is not tried again. */
+	 * holder took over, or the lease was deleted): stop acting now. The
+	 * process stays a candidate; started_leading follows if it wins the
+	 * lease again. */
 	void (*stopped_leading)(void *data);
 };
 

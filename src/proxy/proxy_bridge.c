@@ -654,6 +654,13 @@ static void bridge_collect_exit(struct proxy_bridge *b, struct proxy_upstream *u
 	}
 	b->exit_status = libssh2_channel_get_exit_status(b->uch);
 	b->exit_pending = true;
+	/* Nix only says "unexpected end-of-file": say what happened. */
+	if (b->exit_signal && !b->message) {
+		log_info("session=%llu channel=%u: the command was killed by signal %s",
+		    (unsigned long long)b->env.session_id, b->env.channel_no, b->exit_signal);
+		b->message = str_printf("the command on the builder was killed (signal %s): "
+		    "was the builder pod deleted or out of memory?", b->exit_signal);
+	}
 }
 
 static size_t bridge_step_running(struct proxy_bridge *b, struct proxy_upstream *u)

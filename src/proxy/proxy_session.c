@@ -1,5 +1,7 @@
 #include "proxy_session.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <libssh/callbacks.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -53,6 +55,13 @@ struct proxy_session {
 	ssh_session ssh;
 	ssh_event event;
 	struct ssh_server_callbacks_struct server_cb;
+	/* The client socket as the uv_poll sees it: a duplicate of libssh's
+	 * descriptor, owned by the session and closed only after the poll
+	 * handle is closed. libssh closes its own descriptor by itself when a
+	 * write fails (ssh_socket_nonblocking_flush); the poll must never be
+	 * left on, or restarted on, a closed descriptor (epoll_ctl EBADF is an
+	 * abort() in libuv, and a reused number would be someone else's). */
+	int poll_fd;
 	uv_poll_t poll;
 	uv_timer_t timer;
 	uv_idle_t kick;
@@ -148,6 +157,9 @@ static void session_on_handle_closed(uv_handle_t *h)
 	/* Sends SSH_MSG_DISCONNECT if it can, and closes the socket. */
 	ssh_disconnect(s->ssh);
 	ssh_free(s->ssh);
+	/* The poll handle is closed: its descriptor may go now. */
+	if (s->poll_fd >= 0)
+		close(s->poll_fd);
 	s->env->on_closed(s->env->data, s->id, &stats);
 	free(s->user);
 	free(s->key_comment);
@@ -165,16 +177,76 @@ static void session_release_builder(struct proxy_session *s, bool ok, const char
 	proxy_builder_release(s->env->builder, s->id, ok, message);
 }
 
+static bool starts_with(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* What the request's status says when the session ends without a builder
+ * failure: words for the user, not libssh's. Heap string or NULL. */
+static char *session_outcome(const struct proxy_session *s, const char *reason)
+{
+	const char *why = strstr(reason, "Socket error: ");
+
+	if (s->failure)
+		return strdup(s->failure);
+	if (starts_with(reason, "client disconnected") || starts_with(reason, "client connection lost")) {
+		if (why && !strstr(why, "disconnected"))
+			return str_printf("%s; the connection to the Nix client was lost: %s",
+			    s->bridged ? "session ended" : "the Nix client left before its builder "
+			    "was ready", why + strlen("Socket error: "));
+		return strdup(s->bridged ? "session ended: the Nix client closed it" :
+		    "the Nix client left before its builder was ready");
+	}
+	return str_printf("session ended: %s", reason);
+}
+
+/* The session ends under channels still in use (shutdown, idle timeout):
+ * each is told why on its stderr, with exit status 1, as far as the socket
+ * takes it at once. */
+static void session_tell_channels(struct proxy_session *s, const char *why)
+{
+	bool told = false;
+
+	if (ssh_get_fd(s->ssh) == SSH_INVALID_SOCKET ||
+	    (ssh_get_status(s->ssh) & (SSH_CLOSED | SSH_CLOSED_ERROR)))
+		return;
+	for (int i = 0; i < s->n_bridges; i++) {
+		struct proxy_bridge *b = s->bridges[i];
+
+		if (proxy_bridge_is_done(b) ||
+		    (!proxy_bridge_wants_builder(b) && !proxy_bridge_ran(b)))
+			continue;
+		proxy_bridge_fail(b, why, 1);
+		proxy_bridge_run(b, NULL);
+		told = true;
+	}
+	/* A few hundred bytes into a socket that is normally writable. */
+	if (told)
+		ssh_blocking_flush(s->ssh, 100);
+}
+
 void proxy_session_close(struct proxy_session *s, const char *reason)
 {
 	uint64_t secs;
+	char *outcome;
 
 	if (s->state == SESSION_CLOSING)
 		return;
 	secs = (uv_now(s->env->loop) - s->created_at) / 1000;
 	log_info("session=%llu closed after %llus (%s): %s", (unsigned long long)s->id,
 	    (unsigned long long)secs, session_state_names[s->state], reason);
-	session_release_builder(s, !s->failure && s->bridged, reason);
+	if (starts_with(reason, "proxy ")) {
+		char *why = str_printf("the nrbc proxy is shutting down (%s): retry the build",
+		    reason);
+		session_tell_channels(s, why ? why : reason);
+		free(why);
+	} else if (starts_with(reason, "idle for")) {
+		session_tell_channels(s, reason);
+	}
+	outcome = session_outcome(s, reason);
+	session_release_builder(s, !s->failure && s->bridged, outcome ? outcome : reason);
+	free(outcome);
 	session_set_state(s, SESSION_CLOSING);
 	for (int i = 0; i < s->n_bridges; i++)
 		proxy_bridge_destroy(s->bridges[i], false);
@@ -290,7 +362,8 @@ static void session_on_timer(uv_timer_t *t)
 		session_run(s);
 		return;
 	default:
-		session_closef(s, "idle for %llus", (unsigned long long)s->env->idle_timeout_ms / 1000);
+		session_closef(s, "idle for %llus: closed (--idle-timeout)",
+		    (unsigned long long)s->env->idle_timeout_ms / 1000);
 		return;
 	}
 }
@@ -452,7 +525,11 @@ void proxy_session_builder_ready(struct proxy_session *s, const char *host, int 
 
 void proxy_session_builder_failed(struct proxy_session *s, const char *message)
 {
-	if (s->state != SESSION_WAIT_BUILDER && s->state != SESSION_CONNECTING)
+	/* While bridging too: the builder's pod was deleted or failed, the
+	 * commands on it cannot finish; the user hears why from us rather than
+	 * from a connection that breaks. */
+	if (s->state != SESSION_WAIT_BUILDER && s->state != SESSION_CONNECTING &&
+	    s->state != SESSION_BRIDGING)
 		return;
 	session_fail(s, message);
 	session_run(s);
@@ -542,10 +619,30 @@ static void session_step(struct proxy_session *s)
 	}
 }
 
+/* libssh closed its socket (a failed write) or gave up on the connection:
+ * the session cannot go on. Says why, once. */
+static bool session_client_lost(struct proxy_session *s)
+{
+	const char *why;
+
+	if (s->state == SESSION_CLOSING)
+		return true;
+	if (ssh_get_fd(s->ssh) != SSH_INVALID_SOCKET &&
+	    !(ssh_get_status(s->ssh) & (SSH_CLOSED | SSH_CLOSED_ERROR)))
+		return false;
+	why = ssh_get_error(s->ssh);
+	session_closef(s, "client connection lost%s%s", why && *why ? ": " : "", why ? why : "");
+	return true;
+}
+
 static void session_update_polls(struct proxy_session *s)
 {
 	int events = UV_READABLE;
 	bool want_read = false;
+
+	/* Never (re)start the poll for a client libssh has already let go. */
+	if (session_client_lost(s))
+		return;
 
 	/* Writable only while libssh holds unsent bytes: its poll flags ask for
 	 * POLLOUT after every send, which would cost a wakeup per write. */
@@ -586,7 +683,7 @@ static void session_run(struct proxy_session *s)
 		session_step(s);
 	} while (s->again && s->state != SESSION_CLOSING && ++rounds < SESSION_MAX_ROUNDS);
 	s->running = false;
-	if (s->state == SESSION_CLOSING)
+	if (s->state == SESSION_CLOSING || session_client_lost(s))
 		return;
 	/* Work left over (a long burst): continue on the next loop turn
 	 * rather than starve other sessions. */
@@ -683,7 +780,19 @@ struct proxy_session *proxy_session_create(const struct proxy_session_env *env, 
 		free(s);
 		return NULL;
 	}
-	uv_poll_init_socket(env->loop, &s->poll, fd);
+	s->poll_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (s->poll_fd < 0 || uv_poll_init_socket(env->loop, &s->poll, s->poll_fd) < 0) {
+		log_warn("session=%llu from %s: cannot watch the socket", (unsigned long long)id,
+		    peer);
+		if (s->poll_fd >= 0)
+			close(s->poll_fd);
+		ssh_event_remove_session(s->event, s->ssh);
+		ssh_event_free(s->event);
+		ssh_disconnect(s->ssh);
+		ssh_free(s->ssh);
+		free(s);
+		return NULL;
+	}
 	uv_timer_init(env->loop, &s->timer);
 	uv_idle_init(env->loop, &s->kick);
 	s->poll.data = s->timer.data = s->kick.data = s;

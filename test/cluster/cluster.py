@@ -237,7 +237,7 @@ class Cluster:
         ])
 
         self.server = "https://127.0.0.1:%d" % api_port
-        self._spawn("kube-apiserver", [
+        self._apiserver_argv = [
             os.path.join(self.bindir, "kube-apiserver"),
             "--etcd-servers", self.etcd_url,
             "--bind-address", "127.0.0.1",
@@ -256,7 +256,8 @@ class Cluster:
             "--endpoint-reconciler-type", "none",
             "--cert-dir", os.path.join(wd, "apiserver-certs"),
             "--profiling=false",
-        ])
+        ]
+        self._spawn("kube-apiserver", self._apiserver_argv)
 
         self.kubeconfig = write_kubeconfig(
             os.path.join(wd, "admin.kubeconfig"), self.server, self.ca_file,
@@ -295,6 +296,38 @@ class Cluster:
                 raise ClusterError("default service account never appeared")
             time.sleep(0.1)
         self._wait_gc(deadline)
+
+    # ---- outages ----------------------------------------------------------
+
+    def stop_apiserver(self, sig=signal.SIGKILL):
+        """An API outage: kube-apiserver goes (SIGKILL by default: every
+        connection resets, as when its node dies); etcd and the rest keep
+        running. start_apiserver() brings it back on the same port with the
+        same certificates."""
+        p = self.procs.pop("kube-apiserver", None)
+        if p is None or p.poll() is not None:
+            return
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=5)
+        self._log("kube-apiserver stopped")
+
+    def start_apiserver(self, timeout=90):
+        if "kube-apiserver" in self.procs and self.procs["kube-apiserver"].poll() is None:
+            return
+        self._spawn("kube-apiserver", self._apiserver_argv)
+        self._wait_ready(time.monotonic() + timeout)
+        self._log("kube-apiserver started again")
+
+    def apiserver_running(self):
+        p = self.procs.get("kube-apiserver")
+        return p is not None and p.poll() is None
 
     def _wait_gc(self, deadline):
         """Garbage collection works for NixBuildRequest owners (a canary):

@@ -5,6 +5,7 @@ no NixBuildRequest or pod outlives its session, even across kill -9."""
 import json
 import os
 import signal
+import struct
 import subprocess
 import time
 
@@ -93,6 +94,7 @@ def test_waiting_times_out_with_a_message(stack, no_controller):
         out, err = p.communicate(timeout=60)
         assert p.returncode != 0
         assert b"gave up waiting for a builder after 3s" in err, err
+        assert last_nrbc_line(err).startswith("nrbc: gave up waiting for a builder after 3s"), err
         wait_for(lambda: not stack.requests(), 15, what="the timed-out request to go")
     finally:
         quick.stop()
@@ -122,17 +124,63 @@ def test_progress_reaches_the_client(stack, no_controller):
     wait_for(lambda: not stack.requests(), 15, what="the failed request to go")
 
 
+def serve_hello(p):
+    """`nix-store --serve`'s handshake through the proxy: the session is
+    bridged to the builder."""
+    p.stdin.write(struct.pack("<QQ", 0x390c9deb, 0x205))
+    p.stdin.flush()
+    assert struct.unpack("<Q", p.stdout.read(8))[0] == 0x5452eecb
+    return struct.unpack("<Q", p.stdout.read(8))[0]
+
+
+def last_nrbc_line(err):
+    lines = [l for l in err.decode(errors="replace").splitlines() if l.startswith("nrbc: ")]
+    return lines[-1] if lines else None
+
+
 def test_builder_pod_killed_mid_session(stack):
     p = ssh_nix(stack)
     wait_for(lambda: (lambda r: r if r and phase(r) == "Running" else None)(
         one_request(stack)), 60, what="a Running request")
+    serve_hello(p)
     (pod,) = stack.builder_pods()
     st, _ = stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (
         NAMESPACE, pod["metadata"]["name"]))
     assert st == 200
     out, err = p.communicate(timeout=60)
     assert p.returncode != 0, (out, err)
+    # One line says why (the pod deleted, or its command killed with it, or
+    # the connection to it gone): not just Nix's "unexpected end-of-file".
+    line = last_nrbc_line(err)
+    print("the user saw: %s" % line)
+    assert line and "builder" in line, err
+    assert "Socket error" not in line and "SSH_MSG" not in line, line
     stack.wait_clean(30)
+
+
+def test_proxy_shutdown_tells_waiting_sessions(stack, no_controller):
+    quick = Role(stack, stack.deployment("nrbc-proxy"),
+                 ["--listen-address=" + PROXY_ADDRESS,
+                  "--port=%d" % free_port(PROXY_ADDRESS),
+                  "--health-port=%d" % free_port(PROXY_ADDRESS),
+                  "--shutdown-timeout=1s"])
+    quick.health_port = int(quick.overrides[2].split("=")[1])
+    quick.start()
+    try:
+        wait_for(quick.ready, 30, what="second proxy /readyz")
+        p = ssh_nix(stack, port=int(quick.overrides[1].split("=")[1]))
+        wait_for(lambda: one_request(stack), 30, what="the session's request")
+        assert quick.stop() == 0, quick.log()[-3000:]
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 1, err
+        assert last_nrbc_line(err) == ("nrbc: the nrbc proxy is shutting down (proxy shutdown "
+                                       "timeout): retry the build"), err
+    finally:
+        quick.stop()
+        stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (
+            NAMESPACE, quick.pod["metadata"]["name"]))
+    # The proxy's Pod gone, its requests go with it (ownerReference).
+    wait_for(lambda: not stack.requests(), 30, what="the request to go")
 
 
 def test_kill_9_of_the_proxy_leaves_nothing_behind(stack, no_controller):

@@ -51,6 +51,71 @@ bool log_enabled(enum log_level level)
 	return level <= log_max;
 }
 
+char *log_escape(char *out, size_t size, const char *s, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+
+	if (!size)
+		return out;
+	if (!s)
+		s = "(null)";
+	if (len == (size_t)-1)
+		len = strlen(s);
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		char tmp[4];
+		size_t n = 0;
+
+		if (c == '"' || c == '\\') {
+			tmp[n++] = '\\';
+			tmp[n++] = (char)c;
+		} else if (c >= 0x20 && c < 0x7f) {
+			tmp[n++] = (char)c;
+		} else {
+			tmp[n++] = '\\';
+			tmp[n++] = 'x';
+			tmp[n++] = hex[c >> 4];
+			tmp[n++] = hex[c & 15];
+		}
+		/* Room for this, "..." and the NUL, unless it is the last byte. */
+		if (o + n + (i + 1 < len ? 3 : 0) + 1 > size) {
+			while (o > 0 && o + 4 > size)
+				o--;
+			if (o + 4 <= size) {
+				memcpy(out + o, "...", 3);
+				o += 3;
+			}
+			break;
+		}
+		memcpy(out + o, tmp, n);
+		o += n;
+	}
+	out[o] = '\0';
+	return out;
+}
+
+/* Control bytes of a whole formatted line become \xHH (in place, bounded). */
+static void log_scrub(char *msg, size_t size)
+{
+	static const char hex[] = "0123456789abcdef";
+	char tmp[2048];
+	size_t o = 0;
+
+	for (const unsigned char *p = (const unsigned char *)msg; *p && o + 5 < sizeof(tmp); p++) {
+		if (*p < 0x20 || *p == 0x7f) {
+			tmp[o++] = '\\';
+			tmp[o++] = 'x';
+			tmp[o++] = hex[*p >> 4];
+			tmp[o++] = hex[*p & 15];
+		} else {
+			tmp[o++] = (char)*p;
+		}
+	}
+	tmp[o] = '\0';
+	snprintf(msg, size, "%s", tmp);
+}
+
 /* Writes s as the body of a JSON string: quotes, backslashes and control
  * characters escaped, so a log line never breaks a JSON consumer. */
 static void log_json_escape(FILE *f, const char *s)
@@ -78,6 +143,9 @@ static void log_emit(enum log_level level, const char *suffix, const char *fmt, 
 	if (!log_enabled(level))
 		return;
 	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (strpbrk(msg, "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10"
+	    "\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x7f"))
+		log_scrub(msg, sizeof(msg));
 	clock_gettime(CLOCK_REALTIME, &now);
 	gmtime_r(&now.tv_sec, &tm);
 	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);

@@ -51,45 +51,52 @@ bool log_enabled(enum log_level level)
 	return level <= log_max;
 }
 
-char *log_escape(char *out, size_t size, const char *s, size_t len)
+static size_t log_escape_one(unsigned char c, char tmp[4])
 {
 	static const char hex[] = "0123456789abcdef";
-	size_t o = 0;
+
+	if (c == '"' || c == '\\') {
+		tmp[0] = '\\';
+		tmp[1] = (char)c;
+		return 2;
+	}
+	if (c >= 0x20 && c < 0x7f) {
+		tmp[0] = (char)c;
+		return 1;
+	}
+	tmp[0] = '\\';
+	tmp[1] = 'x';
+	tmp[2] = hex[c >> 4];
+	tmp[3] = hex[c & 15];
+	return 4;
+}
+
+char *log_escape(char *out, size_t size, const char *s, size_t len)
+{
+	size_t o = 0, total = 0, room;
+	char tmp[4];
 
 	if (!size)
 		return out;
 	if (!s)
-		s = "(null)";
+		s = "";
 	if (len == (size_t)-1)
 		len = strlen(s);
+	for (size_t i = 0; i < len; i++)
+		total += log_escape_one((unsigned char)s[i], tmp);
+	/* All of it, or as much as leaves room for "..." (when that fits). */
+	room = total < size ? size - 1 : (size > 4 ? size - 4 : size - 1);
 	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		char tmp[4];
-		size_t n = 0;
+		size_t n = log_escape_one((unsigned char)s[i], tmp);
 
-		if (c == '"' || c == '\\') {
-			tmp[n++] = '\\';
-			tmp[n++] = (char)c;
-		} else if (c >= 0x20 && c < 0x7f) {
-			tmp[n++] = (char)c;
-		} else {
-			tmp[n++] = '\\';
-			tmp[n++] = 'x';
-			tmp[n++] = hex[c >> 4];
-			tmp[n++] = hex[c & 15];
-		}
-		/* Room for this, "..." and the NUL, unless it is the last byte. */
-		if (o + n + (i + 1 < len ? 3 : 0) + 1 > size) {
-			while (o > 0 && o + 4 > size)
-				o--;
-			if (o + 4 <= size) {
-				memcpy(out + o, "...", 3);
-				o += 3;
-			}
+		if (o + n > room)
 			break;
-		}
 		memcpy(out + o, tmp, n);
 		o += n;
+	}
+	if (total >= size && size > 4) {
+		memcpy(out + o, "...", 3);
+		o += 3;
 	}
 	out[o] = '\0';
 	return out;

@@ -526,6 +526,10 @@ static int session_on_subsystem(ssh_session ssh, ssh_channel channel, const char
 	for (int i = 0; i < s->n_bridges; i++) {
 		if (proxy_bridge_channel(s->bridges[i]) != channel)
 			continue;
+		/* A channel already running (or about to run) a command keeps it:
+		 * the late request is just refused. */
+		if (proxy_bridge_wants_builder(s->bridges[i]) || proxy_bridge_ran(s->bridges[i]))
+			return 1;
 		log_escape(n, 100, subsystem, (size_t)-1);
 		log_info("session=%llu refused subsystem \"%s\"", (unsigned long long)s->id, n);
 		msg = str_printf("subsystem \"%s\" is not available: this proxy only runs the "

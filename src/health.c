@@ -389,14 +389,24 @@ static void health_on_connection(uv_stream_t *listener, int status)
 	}
 	if (s->open_conns > s->max_conns) {
 		/* Full: the oldest connection still waiting for its request head
-		 * makes room. A probe sends its request at once and is answered
-		 * within a loop turn, so slow or idle clients cannot starve the
-		 * probes; they only push each other out. */
+		 * makes room (else the oldest lingering, else the oldest writing
+		 * one). A probe sends its request at once and is answered within a
+		 * loop turn, so slow or idle clients cannot starve the probes;
+		 * they only push each other out. */
 		struct health_conn *victim = NULL;
+		/* Waiting for a head first, then done but lingering, then
+		 * writing; the oldest of its kind (the list is newest first). */
+		static const int rank[] = {
+			[HEALTH_CONN_READING] = 3,
+			[HEALTH_CONN_DRAINING] = 2,
+			[HEALTH_CONN_WRITING] = 1,
+			[HEALTH_CONN_CLOSING] = 0,
+		};
 
 		for (struct health_conn *o = s->conns; o; o = o->next) {
-			if (o != c && o->state == HEALTH_CONN_READING)
-				victim = o; /* the list is newest first: the last is the oldest */
+			if (o != c && rank[o->state] > 0 &&
+			    (!victim || rank[o->state] >= rank[victim->state]))
+				victim = o;
 		}
 		metric_add(s->rejected, 1);
 		if (!victim) {

@@ -39,7 +39,8 @@ void health_server_set_live(struct health_server *s, health_check_fn live, void 
 /* Time a client has to send the whole request head (then 408). */
 void health_server_set_header_timeout(struct health_server *s, uint64_t ms);
 /* Connections beyond this: the oldest one still sending its request head is
- * closed to make room (the newcomer only when none is). */
+ * closed to make room (else the oldest already answered, else the oldest
+ * being answered). */
 void health_server_set_max_connections(struct health_server *s, unsigned max);
 
 int health_server_port(const struct health_server *s);

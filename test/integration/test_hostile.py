@@ -278,9 +278,18 @@ def test_slow_headers_do_not_starve_probes(hw):
         for _ in range(20):
             assert http_get(HEALTH_IP, port, "/readyz", timeout=5)[0] == 200
             answered += 1
+        # Clients that send whole requests and never read nor close.
+        for i in range(100):
+            s = socket.create_connection((HEALTH_IP, port), timeout=10)
+            s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            slow.append(s)
+            if i % 10 == 9:
+                assert http_get(HEALTH_IP, port, "/healthz", timeout=5)[0] == 200
+                answered += 1
         body = http_get(HEALTH_IP, port, "/metrics")[1]
         assert metric(body, "nrbc_http_rejected_connections_total") > 0
-        print("\n%d probes answered among 200 slow-header connections" % answered)
+        print("\n%d probes answered among 200 slow-header and 100 non-reading connections"
+              % answered)
     finally:
         for s in slow:
             s.close()

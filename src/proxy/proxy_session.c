@@ -516,6 +516,12 @@ static int session_on_env(ssh_session ssh, ssh_channel channel, const char *name
 	return 1;
 }
 
+/* libssh swallows agent requests (no reply is wanted); this only logs. */
+static void session_on_agent_req(ssh_session ssh, ssh_channel channel, void *userdata)
+{
+	session_log_refused_once(userdata, SESSION_REFUSED_AGENT, "agent forwarding");
+}
+
 static int session_on_subsystem(ssh_session ssh, ssh_channel channel, const char *subsystem,
     void *userdata)
 {
@@ -871,6 +877,7 @@ struct proxy_session *proxy_session_create(const struct proxy_session_env *env, 
 	s->guard_cb.userdata = s;
 	s->guard_cb.channel_env_request_function = session_on_env;
 	s->guard_cb.channel_subsystem_request_function = session_on_subsystem;
+	s->guard_cb.channel_auth_agent_req_function = session_on_agent_req;
 	ssh_callbacks_init(&s->guard_cb);
 	ssh_set_auth_methods(s->ssh, SSH_AUTH_METHOD_PUBLICKEY);
 	ssh_set_blocking(s->ssh, 0);

@@ -420,10 +420,28 @@ def test_per_key_session_limit(hw):
 
 # ---- 6. forwarding ---------------------------------------------------------------------
 
-def test_refused_forwarding_is_logged_once(hw):
+def test_refused_forwarding_is_logged(hw):
     p = hw.proxy("--allow-any-command")
     for _ in range(2):
         r = p.ssh(extra=["-W", "%s:%d" % (BUILDER_IP, 22)], input=b"", timeout=30)
         assert r.returncode == 255
     log = p.log()
     assert log.count('refused port forwarding (to "%s" port 22)' % BUILDER_IP) == 2  # 2 sessions
+    # Agent forwarding and remote forwarding, on one connection, twice each:
+    # one line each.
+    sock = os.path.join(hw.dir, "agent-%d" % os.getpid())
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: os.path.exists(sock), 10, what="ssh-agent")
+        env = dict(os.environ, SSH_AUTH_SOCK=sock)
+        r = subprocess.run(p.ssh_argv(extra=["-A", "-R", "0:127.0.0.1:9", "-R",
+                                             "0:127.0.0.1:10"]) + ["echo ok"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        assert r.stdout == b"ok\n", r.stderr
+    finally:
+        agent.terminate()
+        agent.wait(10)
+    wait_for(lambda: "refused agent forwarding" in p.log(), 10, what="agent line")
+    log = p.log()
+    assert log.count("refused agent forwarding") == 1
+    assert log.count("refused remote port forwarding") == 1

@@ -1,6 +1,8 @@
 /* The listening side of the proxy: accepts TCP connections, hands each to a
- * proxy_session, enforces --max-sessions, routes builder events to sessions
- * by id, and drains on shutdown (stop accepting, let sessions finish). */
+ * proxy_session, keeps the budgets (unauthenticated connections overall and
+ * per source address, authenticated sessions overall and per client key),
+ * routes builder events to sessions by id, and drains on shutdown (stop
+ * accepting, let sessions finish). */
 #ifndef NRBC_PROXY_SERVER_H
 #define NRBC_PROXY_SERVER_H
 

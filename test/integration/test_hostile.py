@@ -445,3 +445,12 @@ def test_refused_forwarding_is_logged(hw):
     log = p.log()
     assert log.count("refused agent forwarding") == 1
     assert log.count("refused remote port forwarding") == 1
+
+
+@pytest.mark.parametrize("value", ["10:30", "300:30:256", "10:101:20", "x", "0", "-1"])
+def test_bad_max_startups_is_refused_at_start(nrbc_bin, value):
+    r = subprocess.run([nrbc_bin, "proxy", "--max-startups", value, "--builder-address",
+                        "127.0.0.1:1", "--health-port", "-1"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=30)
+    assert r.returncode != 0
+    assert b"--max-startups" in r.stderr and b"START:RATE:FULL" in r.stderr, r.stderr

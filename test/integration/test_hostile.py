@@ -122,6 +122,8 @@ class Ssh2:
                 ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
             lib.libssh2_channel_get_exit_status.argtypes = [ctypes.c_void_p]
             lib.libssh2_channel_free.argtypes = [ctypes.c_void_p]
+            lib.libssh2_channel_close.argtypes = [ctypes.c_void_p]
+            lib.libssh2_channel_wait_closed.argtypes = [ctypes.c_void_p]
             lib.libssh2_session_disconnect_ex.argtypes = [
                 ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p]
             lib.libssh2_session_free.argtypes = [ctypes.c_void_p]
@@ -167,6 +169,12 @@ class Ssh2:
             if n <= 0:
                 return out
             out += buf.raw[:n]
+
+    def finish(self, ch):
+        """Close the channel both ways and free it."""
+        self.l.libssh2_channel_close(ch)
+        self.l.libssh2_channel_wait_closed(ch)
+        self.l.libssh2_channel_free(ch)
 
     def close(self):
         self.l.libssh2_session_disconnect_ex(self.s, 11, b"bye", b"")
@@ -368,11 +376,13 @@ def test_client_strings_cannot_forge_log_lines(hw):
         err = c.read_all(ch, 1)
         assert b"\x1b" not in err and b"\x07" not in err, err
         assert b'subsystem "sftp\\x0a2030' in err, err
+        c.finish(ch)
         ch = c.channel()
         assert c.startup(ch, b"exec", b"echo ok #" + FORGED) == 0
         out, err = c.read_all(ch, 0), c.read_all(ch, 1)
         # Control bytes make a command malformed, whatever the policy.
         assert out == b"" and b"refused the command" in err, (out, err)
+        c.finish(ch)
     finally:
         c.close()
     wait_for(lambda: "refused subsystem" in p.log(), 10, what="subsystem line")

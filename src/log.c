@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -102,21 +103,65 @@ char *log_escape(char *out, size_t size, const char *s, size_t len)
 	return out;
 }
 
-/* Control bytes of a whole formatted line become \xHH (in place, bounded). */
+/* Length of the valid UTF-8 sequence at p that is not a C1 control
+ * (U+0080..U+009F), or 0. Overlong forms and surrogates count as invalid. */
+static size_t log_utf8_len(const unsigned char *p, size_t left)
+{
+	uint32_t cp;
+	size_t n;
+
+	if (p[0] < 0xc2 || p[0] > 0xf4)
+		return 0;
+	n = p[0] < 0xe0 ? 2 : p[0] < 0xf0 ? 3 : 4;
+	if (left < n)
+		return 0;
+	cp = p[0] & (0x7f >> n);
+	for (size_t i = 1; i < n; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (p[i] & 0x3f);
+	}
+	if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+	    (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp <= 0x9f))
+		return 0;
+	return n;
+}
+
+static bool log_needs_scrub(const char *msg)
+{
+	for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
+		if (*p < 0x20 || *p >= 0x7f)
+			return true;
+	}
+	return false;
+}
+
+/* Control bytes (C0, DEL, C1) and bytes that are not valid UTF-8 in a whole
+ * formatted line become \xHH (in place, bounded); valid UTF-8 text stays. */
 static void log_scrub(char *msg, size_t size)
 {
 	static const char hex[] = "0123456789abcdef";
+	const unsigned char *p = (const unsigned char *)msg;
+	size_t len = strlen(msg), o = 0;
 	char tmp[2048];
-	size_t o = 0;
 
-	for (const unsigned char *p = (const unsigned char *)msg; *p && o + 5 < sizeof(tmp); p++) {
-		if (*p < 0x20 || *p == 0x7f) {
+	for (size_t i = 0; i < len && o + 5 < sizeof(tmp);) {
+		size_t n = p[i] >= 0x80 ? log_utf8_len(p + i, len - i) : 0;
+
+		if (n) {
+			if (o + n + 1 > sizeof(tmp))
+				break;
+			memcpy(tmp + o, p + i, n);
+			o += n;
+			i += n;
+		} else if (p[i] < 0x20 || p[i] >= 0x7f) {
 			tmp[o++] = '\\';
 			tmp[o++] = 'x';
-			tmp[o++] = hex[*p >> 4];
-			tmp[o++] = hex[*p & 15];
+			tmp[o++] = hex[p[i] >> 4];
+			tmp[o++] = hex[p[i] & 15];
+			i++;
 		} else {
-			tmp[o++] = (char)*p;
+			tmp[o++] = (char)p[i++];
 		}
 	}
 	tmp[o] = '\0';
@@ -150,8 +195,7 @@ static void log_emit(enum log_level level, const char *suffix, const char *fmt, 
 	if (!log_enabled(level))
 		return;
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	if (strpbrk(msg, "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10"
-	    "\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x7f"))
+	if (log_needs_scrub(msg))
 		log_scrub(msg, sizeof(msg));
 	clock_gettime(CLOCK_REALTIME, &now);
 	gmtime_r(&now.tv_sec, &tm);

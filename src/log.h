@@ -34,8 +34,9 @@ bool log_enabled(enum log_level level);
 #define LOG_ESCAPE_MAX 256
 char *log_escape(char *out, size_t size, const char *s, size_t len);
 
-/* Every line is also scrubbed as a whole (control bytes become \xHH), so
- * even a string that missed log_escape cannot break a line. */
+/* Every line is also scrubbed as a whole (control bytes, C1 controls and
+ * invalid UTF-8 become \xHH; valid UTF-8 stays), so even a string that
+ * missed log_escape cannot break a line or drive a terminal. */
 #define LOG_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
 void log_error(const char *fmt, ...) LOG_PRINTF(1, 2);

@@ -2,7 +2,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -44,12 +47,49 @@ static void test_escape_truncates_with_dots(void **state)
 	assert_string_equal(log_escape(out, 3, "abcdef", (size_t)-1), "ab");
 }
 
+/* What log_info writes for msg, with stderr sent to a file. */
+static char *logged(const char *msg)
+{
+	char path[] = "/tmp/nrbc-test-log-XXXXXX";
+	int fd = mkstemp(path), saved = dup(2);
+	static char out[4096];
+	ssize_t n;
+
+	assert_true(fd >= 0 && saved >= 0);
+	fflush(stderr);
+	dup2(fd, 2);
+	log_init("test", LOG_LEVEL_INFO, LOG_FORMAT_TEXT);
+	log_info("msg: %s", msg);
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	n = pread(fd, out, sizeof(out) - 1, 0);
+	close(fd);
+	unlink(path);
+	assert_true(n > 0);
+	out[n] = '\0';
+	return out;
+}
+
+static void test_lines_are_scrubbed(void **state)
+{
+	char *line = logged("a\nforged\x1b[31m \xc2\x9b \x9b caf\xc3\xa9 \xe2\x80\xa6 \xff\r");
+
+	assert_non_null(strstr(line, "msg: a\\x0aforged\\x1b[31m \\xc2\\x9b \\x9b "
+	    "caf\xc3\xa9 \xe2\x80\xa6 \\xff\\x0d\n"));
+	/* One line: the only newline is the last byte. */
+	assert_ptr_equal(strchr(line, '\n'), line + strlen(line) - 1);
+	line = logged("plain");
+	assert_non_null(strstr(line, "msg: plain\n"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_escape_keeps_printable),
 		cmocka_unit_test(test_escape_control_and_8bit),
 		cmocka_unit_test(test_escape_truncates_with_dots),
+		cmocka_unit_test(test_lines_are_scrubbed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -68,7 +68,7 @@ struct proxy_server {
 	void (*drained_cb)(void *data);
 	void *drained_data;
 	struct metric *m_active, *m_accepted, *m_refused_full, *m_ok, *m_failed, *m_unauth;
-	struct metric *m_refused_source, *m_dropped_startups, *m_unauth_now, *m_auth_now;
+	struct metric *m_dropped_source, *m_dropped_startups, *m_unauth_now, *m_auth_now;
 	struct metric *m_limited_key, *m_limited_total;
 };
 
@@ -232,8 +232,9 @@ static int server_on_authenticated(void *data, uint64_t id, int key_index, char 
 	return e->kind == ENTRY_AUTH ? 0 : -1;
 }
 
-/* An unauthenticated connection goes to make room for a newcomer. Logged at
- * debug only: a flood would fill the log; the metric counts them. */
+/* An unauthenticated connection goes to make room for a newcomer. The first
+ * drop is logged at info, the others at debug (a flood would fill the log;
+ * the metric counts them all); the session's own close line follows. */
 static void server_drop(struct proxy_server *srv, struct server_entry *e, struct metric *m,
     const char *budget)
 {
@@ -342,7 +343,7 @@ static void server_accept_one(struct proxy_server *srv, int fd, const struct soc
 				oldest = o;
 		}
 		if (oldest && same_source >= srv->opts.startups_per_source)
-			server_drop(srv, oldest, srv->m_refused_source, "--max-startups-per-source");
+			server_drop(srv, oldest, srv->m_dropped_source, "--max-startups-per-source");
 	}
 	server_maybe_drop_oldest(srv);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -521,7 +522,7 @@ struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_ser
 		srv->m_refused_full = metrics_counter(metrics,
 		    "nrbc_proxy_connections_refused_total",
 		    "Client connections refused at --max-sessions.", NULL);
-		srv->m_refused_source = metrics_counter(metrics,
+		srv->m_dropped_source = metrics_counter(metrics,
 		    "nrbc_proxy_preauth_dropped_total",
 		    "Unauthenticated connections dropped for newer ones, by budget.",
 		    "reason=\"per_source\"");

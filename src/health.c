@@ -388,9 +388,32 @@ static void health_on_connection(uv_stream_t *listener, int status)
 		return;
 	}
 	if (s->open_conns > s->max_conns) {
+		/* Full: the oldest connection still waiting for its request head
+		 * makes room (else the oldest lingering, else the oldest writing
+		 * one). A probe sends its request at once and is answered within a
+		 * loop turn, so slow or idle clients cannot starve the probes;
+		 * they only push each other out. */
+		struct health_conn *victim = NULL;
+		/* Waiting for a head first, then done but lingering, then
+		 * writing; the oldest of its kind (the list is newest first). */
+		static const int rank[] = {
+			[HEALTH_CONN_READING] = 3,
+			[HEALTH_CONN_DRAINING] = 2,
+			[HEALTH_CONN_WRITING] = 1,
+			[HEALTH_CONN_CLOSING] = 0,
+		};
+
+		for (struct health_conn *o = s->conns; o; o = o->next) {
+			if (o != c && rank[o->state] > 0 &&
+			    (!victim || rank[o->state] >= rank[victim->state]))
+				victim = o;
+		}
 		metric_add(s->rejected, 1);
-		health_conn_close(c, "too many connections");
-		return;
+		if (!victim) {
+			health_conn_close(c, "too many connections");
+			return;
+		}
+		health_conn_close(victim, "dropped for a newer connection (too many open)");
 	}
 	c->request = http_request_create(0, 0);
 	if (!c->request) {
@@ -462,7 +485,8 @@ struct health_server *health_server_create(uv_loop_t *loop, const char *host, in
 	s->header_timeout_ms = HEALTH_HEADER_TIMEOUT_MS;
 	s->max_conns = HEALTH_MAX_CONNECTIONS;
 	s->rejected = metrics_counter(metrics, "nrbc_http_rejected_connections_total",
-	    "Health server connections closed at once because too many were open.", NULL);
+	    "Health server connections closed because too many were open (the oldest "
+	    "one still sending its request goes first).", NULL);
 	rc = uv_tcp_init(loop, &s->listener);
 	if (rc < 0) {
 		if (err)

@@ -10,7 +10,7 @@
 
 #include "metrics.h"
 
-#define HEALTH_HEADER_TIMEOUT_MS 5000
+#define HEALTH_HEADER_TIMEOUT_MS 3000
 #define HEALTH_MAX_CONNECTIONS 64
 
 struct health_server;
@@ -38,7 +38,9 @@ void health_server_set_ready(struct health_server *s, health_check_fn ready, voi
 void health_server_set_live(struct health_server *s, health_check_fn live, void *data);
 /* Time a client has to send the whole request head (then 408). */
 void health_server_set_header_timeout(struct health_server *s, uint64_t ms);
-/* Connections beyond this are accepted and closed at once. */
+/* Connections beyond this: the oldest one still sending its request head is
+ * closed to make room (else the oldest already answered, else the oldest
+ * being answered). */
 void health_server_set_max_connections(struct health_server *s, unsigned max);
 
 int health_server_port(const struct health_server *s);

@@ -3,6 +3,7 @@
 #define NRBC_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 enum log_level {
 	LOG_LEVEL_ERROR,
@@ -22,6 +23,20 @@ int log_level_parse(const char *s, enum log_level *out);
 int log_format_parse(const char *s, enum log_format *out);
 bool log_enabled(enum log_level level);
 
+/*
+ * Client-supplied text (user names, commands, subsystem and env names) goes
+ * into logs and messages only through this: printable ASCII stays, '"' and
+ * '\\' get a backslash, every other byte (newline, ESC, DEL, 8-bit) becomes
+ * \xHH, so no client can forge a log line or drive a terminal. Writes at
+ * most size bytes (NUL included) to out, ending in "..." when cut; returns
+ * out. len: bytes of s ((size_t)-1: up to its NUL).
+ */
+#define LOG_ESCAPE_MAX 256
+char *log_escape(char *out, size_t size, const char *s, size_t len);
+
+/* Every line is also scrubbed as a whole (control bytes, C1 controls and
+ * invalid UTF-8 become \xHH; valid UTF-8 stays), so even a string that
+ * missed log_escape cannot break a line or drive a terminal. */
 #define LOG_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
 void log_error(const char *fmt, ...) LOG_PRINTF(1, 2);

@@ -94,6 +94,8 @@ static int has_control_chars(const char *s, const char *end)
 	return 0;
 }
 
+#define MAX_SESSIONS_OPT "nrbc-max-sessions="
+
 /* 1: key added; 0: line skipped (warning given); -1: out of memory. */
 static int parse_line(struct proxy_authorized_keys *out, struct buf *w, const char *s,
     const char *end, int line)
@@ -103,12 +105,32 @@ static int parse_line(struct proxy_authorized_keys *out, struct buf *w, const ch
 	size_t type_len, b64_len;
 	unsigned char *blob;
 	size_t blob_len;
+	long max_sessions = 0;
 
 	if (has_control_chars(s, end)) {
 		warn_line(out, w, line, "control characters in line");
 		return 0;
 	}
 	type = next_token(&p, end, &type_len);
+	/* Our one option: nrbc-max-sessions=N, alone, before the type. */
+	if (type && type_len > sizeof(MAX_SESSIONS_OPT) - 1 &&
+	    memcmp(type, MAX_SESSIONS_OPT, sizeof(MAX_SESSIONS_OPT) - 1) == 0) {
+		max_sessions = 0;
+		for (size_t i = sizeof(MAX_SESSIONS_OPT) - 1; i < type_len; i++) {
+			if (type[i] < '0' || type[i] > '9' ||
+			    max_sessions > PROXY_AUTHORIZED_KEYS_MAX_SESSIONS) {
+				max_sessions = -1;
+				break;
+			}
+			max_sessions = max_sessions * 10 + (type[i] - '0');
+		}
+		if (max_sessions < 1 || max_sessions > PROXY_AUTHORIZED_KEYS_MAX_SESSIONS) {
+			warn_line(out, w, line, "nrbc-max-sessions= wants a number from 1 to 10000; "
+			    "line ignored");
+			return 0;
+		}
+		type = next_token(&p, end, &type_len);
+	}
 	if (!type || !proxy_authorized_keys_type_known(type, type_len)) {
 		warn_line(out, w, line, mentions_known_type(p, end) ?
 		    "options before the key type are not supported; line ignored" :
@@ -144,6 +166,7 @@ static int parse_line(struct proxy_authorized_keys *out, struct buf *w, const ch
 	k->blob = blob;
 	k->blob_len = blob_len;
 	k->line = line;
+	k->max_sessions = max_sessions;
 	out->n++;
 	if (!k->type || !k->base64 || !k->comment)
 		return -1;

@@ -16,6 +16,7 @@
 struct proxy_client_key {
 	ssh_key key;
 	char *comment;
+	long max_sessions; /* nrbc-max-sessions=; 0: the default */
 };
 
 struct proxy_keys {
@@ -222,6 +223,7 @@ static int load_clients(struct proxy_keys *k, const char *text, char **err)
 			continue;
 		}
 		k->clients[k->n_clients].key = key;
+		k->clients[k->n_clients].max_sessions = a->max_sessions;
 		k->clients[k->n_clients].comment = strdup(a->comment);
 		if (!k->clients[k->n_clients].comment) {
 			k->n_clients++;
@@ -380,6 +382,13 @@ int proxy_keys_find_client(const struct proxy_keys *k, const ssh_key pub, const 
 		}
 	}
 	return -1;
+}
+
+long proxy_keys_client_max_sessions(const struct proxy_keys *k, int index)
+{
+	if (!k || index < 0 || (size_t)index >= k->n_clients)
+		return 0;
+	return k->clients[index].max_sessions;
 }
 
 size_t proxy_keys_client_count(const struct proxy_keys *k)

@@ -47,6 +47,8 @@ const char *proxy_keys_host_fingerprint(const struct proxy_keys *k);
 /* The index of the allowed key equal to pub, or -1. *comment: its comment. */
 int proxy_keys_find_client(const struct proxy_keys *k, const ssh_key pub, const char **comment);
 size_t proxy_keys_client_count(const struct proxy_keys *k);
+/* The key's nrbc-max-sessions= option; 0 when it has none. */
+long proxy_keys_client_max_sessions(const struct proxy_keys *k, int index);
 
 /* Upstream credentials in the text forms libssh2 takes. */
 const char *proxy_keys_upstream_private(const struct proxy_keys *k, size_t *len);

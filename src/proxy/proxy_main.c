@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -38,6 +39,11 @@ struct proxy_flags {
 	char *builder_image;
 	char *kubeconfig;
 	long max_sessions;
+	char *max_startups;
+	long max_startups_per_source;
+	long max_sessions_per_key;
+	char *client_user;
+	char *health_address;
 	uint64_t builder_timeout_ms;
 	uint64_t idle_timeout_ms;
 	uint64_t login_grace_ms;
@@ -207,6 +213,25 @@ static int proxy_parse_address(const char *s, char **host, int *port)
 	return *host ? 0 : -1;
 }
 
+/* Every session is a socket (two while bridged): the soft limit goes up to
+ * what the budgets need, within the hard limit. */
+static void proxy_raise_nofile(long want)
+{
+	struct rlimit rl;
+
+	want = want * 2 + 64;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    (long)rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || (long)rl.rlim_max >= want ?
+	    (rlim_t)want : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		log_warn("setrlimit(RLIMIT_NOFILE, %ld)", (long)rl.rlim_cur);
+	if ((long)rl.rlim_cur < want)
+		log_warnx("open files limit %ld is below the %ld the session budgets need",
+		    (long)rl.rlim_cur, want);
+}
+
 static int proxy_setup(struct proxy_app *a)
 {
 	struct proxy_server_options so;
@@ -215,10 +240,19 @@ static int proxy_setup(struct proxy_app *a)
 	bool need_kube = a->f.ssh_key_secret || !a->f.builder_address;
 
 	if (a->f.port < 0 || a->f.port > 65535 || a->f.remote_port < 1 ||
-	    a->f.remote_port > 65535 || a->f.max_sessions < 1 || a->f.health_port > 65535) {
-		log_error("a port or --max-sessions is out of range");
+	    a->f.remote_port > 65535 || a->f.max_sessions < 1 || a->f.health_port > 65535 ||
+	    a->f.max_startups_per_source < 1 || a->f.max_sessions_per_key < 0) {
+		log_error("a port, --max-sessions, --max-startups-per-source or "
+		    "--max-sessions-per-key is out of range");
 		return -1;
 	}
+	memset(&so, 0, sizeof(so));
+	if (proxy_server_parse_startups(a->f.max_startups, &so) < 0) {
+		log_error("--max-startups \"%s\": want START:RATE:FULL (e.g. 64:30:256) or FULL",
+		    a->f.max_startups);
+		return -1;
+	}
+	proxy_raise_nofile(a->f.max_sessions + so.startups_full + 256);
 	if (need_kube) {
 		a->kube_cfg = kube_config_load(a->f.kubeconfig, NULL, &err);
 		if (!a->kube_cfg)
@@ -256,14 +290,18 @@ static int proxy_setup(struct proxy_app *a)
 		    "shells included. For tests and benchmarks only. !!!");
 	a->metrics = metrics_create();
 	if (a->f.health_port >= 0) {
-		a->health = health_server_create(&a->loop, a->f.listen_address, (int)a->f.health_port,
+		a->health = health_server_create(&a->loop,
+		    a->f.health_address ? a->f.health_address : a->f.listen_address,
+		    (int)a->f.health_port,
 		    a->metrics, &err);
 		if (!a->health)
 			goto fail;
 		health_server_set_ready(a->health, proxy_ready, a);
 	}
-	memset(&so, 0, sizeof(so));
 	so.listen_address = a->f.listen_address;
+	so.startups_per_source = a->f.max_startups_per_source;
+	so.max_sessions_per_key = a->f.max_sessions_per_key;
+	so.client_user = a->f.client_user;
 	so.port = (int)a->f.port;
 	so.max_sessions = a->f.max_sessions;
 	so.login_grace_ms = a->f.login_grace_ms;
@@ -329,6 +367,8 @@ int proxy_main(int argc, char **argv)
 		  "0.0.0.0", "address for the SSH and health listeners", false },
 		{ "health-port", "NRBC_PROXY_HEALTH_PORT", FLAG_INT, &a->f.health_port, "8080",
 		  "health/metrics port (0: any free port, -1: off)", false },
+		{ "health-address", "NRBC_PROXY_HEALTH_ADDRESS", FLAG_STRING, &a->f.health_address,
+		  NULL, "address for the health listener (default: --listen-address)", false },
 		{ "namespace", "NRBC_PROXY_NAMESPACE", FLAG_STRING, &a->f.namespace, NULL,
 		  "namespace for NixBuildRequests (default: $POD_NAMESPACE, the kubeconfig's)", false },
 		{ "remote-user", "NRBC_PROXY_REMOTE_USER", FLAG_STRING, &a->f.remote_user, "nixbld",
@@ -355,15 +395,27 @@ int proxy_main(int argc, char **argv)
 		{ "kubeconfig", "KUBECONFIG", FLAG_STRING, &a->f.kubeconfig, NULL,
 		  "kubeconfig file (default: in-cluster)", false },
 		{ "max-sessions", "NRBC_PROXY_MAX_SESSIONS", FLAG_INT, &a->f.max_sessions, "1000",
-		  "client connections at once; more are refused", false },
+		  "authenticated client sessions at once; more are refused", false },
+		{ "max-startups", "NRBC_PROXY_MAX_STARTUPS", FLAG_STRING, &a->f.max_startups,
+		  "64:30:256", "unauthenticated connections START:RATE:FULL: from START, "
+		  "RATE% chance (100% at FULL) that the oldest one is dropped for a newcomer", false },
+		{ "max-startups-per-source", "NRBC_PROXY_MAX_STARTUPS_PER_SOURCE", FLAG_INT,
+		  &a->f.max_startups_per_source, "32",
+		  "unauthenticated connections from one address; more are refused", false },
+		{ "max-sessions-per-key", "NRBC_PROXY_MAX_SESSIONS_PER_KEY", FLAG_INT,
+		  &a->f.max_sessions_per_key, "16", "authenticated sessions of one client key at "
+		  "once (0: no limit; authorized_keys option nrbc-max-sessions=N overrides)", false },
+		{ "client-user", "NRBC_PROXY_CLIENT_USER", FLAG_STRING, &a->f.client_user, "nixbld",
+		  "the user name clients log in as (ssh://nixbld@proxy); others are refused", false },
 		{ "builder-timeout", "NRBC_PROXY_BUILDER_TIMEOUT", FLAG_DURATION,
 		  &a->f.builder_timeout_ms, "5m", "give up waiting for a builder after this", false },
 		{ "idle-timeout", "NRBC_PROXY_IDLE_TIMEOUT", FLAG_DURATION, &a->f.idle_timeout_ms,
 		  "30m", "close a session with no data either way for this long (0: never)", false },
 		{ "login-grace-time", "NRBC_PROXY_LOGIN_GRACE_TIME", FLAG_DURATION,
-		  &a->f.login_grace_ms, "30s", "time a client has to authenticate", false },
+		  &a->f.login_grace_ms, "20s", "time a client has to authenticate", false },
 		{ "max-auth-tries", "NRBC_PROXY_MAX_AUTH_TRIES", FLAG_INT, &a->f.max_auth_tries, "6",
-		  "refused keys before the connection is dropped", false },
+		  "failed authentication attempts (any method) before the connection is dropped",
+		  false },
 		{ "shutdown-timeout", "NRBC_PROXY_SHUTDOWN_TIMEOUT", FLAG_DURATION,
 		  &a->f.shutdown_timeout_ms, "30s", "time live sessions get after SIGTERM", false },
 		{ "allow-command", "NRBC_PROXY_ALLOW_COMMAND", FLAG_STRING, &a->f.allow_command, NULL,

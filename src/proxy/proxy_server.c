@@ -21,11 +21,27 @@
 #define SERVER_BACKLOG 511
 /* After EMFILE/ENFILE the listener rests instead of spinning. */
 #define SERVER_ACCEPT_PAUSE_MS 500
+/* --max-startups and --max-startups-per-source defaults. A real client
+ * authenticates in tens of milliseconds, so even a burst of CI jobs holds
+ * few unauthenticated connections at once. */
+#define SERVER_STARTUPS_BEGIN 64
+#define SERVER_STARTUPS_RATE 30
+#define SERVER_STARTUPS_FULL 256
+#define SERVER_STARTUPS_PER_SOURCE 32
 
 struct server_entry {
 	uint64_t id;
 	struct proxy_session *session;
 	struct server_entry *next;
+	char addr[INET6_ADDRSTRLEN]; /* source address, no port */
+	uint64_t accepted_at;        /* loop time */
+	enum {
+		ENTRY_UNAUTH,        /* counts toward the startups budgets */
+		ENTRY_AUTH,          /* counts toward --max-sessions and its key's */
+		ENTRY_LIMITED,       /* authenticated, refused by a limit */
+		ENTRY_DROPPED,       /* unauthenticated, closed to make room */
+	} kind;
+	int key_index;
 };
 
 struct proxy_server {
@@ -33,6 +49,7 @@ struct proxy_server {
 	struct proxy_server_options opts;
 	char *listen_address;
 	char *remote_user;
+	char *client_user;
 	int lfd;
 	int port;
 	uv_poll_t listener;
@@ -42,12 +59,17 @@ struct proxy_server {
 	ssh_bind bind;
 	struct proxy_session_env env;
 	struct server_entry *sessions;
-	size_t n_sessions;
+	size_t n_sessions;   /* every entry, closing ones included */
+	size_t n_unauth, n_auth;
+	uint64_t rng;
 	uint64_t next_id;
 	bool draining, destroying;
+	bool drop_logged;
 	void (*drained_cb)(void *data);
 	void *drained_data;
 	struct metric *m_active, *m_accepted, *m_refused_full, *m_ok, *m_failed, *m_unauth;
+	struct metric *m_dropped_source, *m_dropped_startups, *m_unauth_now, *m_auth_now;
+	struct metric *m_limited_key, *m_limited_total;
 };
 
 static struct server_entry *server_find(struct proxy_server *srv, uint64_t id)
@@ -67,6 +89,7 @@ static void server_maybe_free(struct proxy_server *srv)
 		ssh_bind_free(srv->bind);
 	free(srv->listen_address);
 	free(srv->remote_user);
+	free(srv->client_user);
 	free(srv);
 }
 
@@ -79,12 +102,18 @@ static void server_on_session_closed(void *data, uint64_t id,
 		if ((*pp)->id == id) {
 			struct server_entry *e = *pp;
 			*pp = e->next;
+			if (e->kind == ENTRY_UNAUTH)
+				srv->n_unauth--;
+			else if (e->kind == ENTRY_AUTH)
+				srv->n_auth--;
 			free(e);
 			srv->n_sessions--;
 			break;
 		}
 	}
 	metric_set(srv->m_active, (double)srv->n_sessions);
+	metric_set(srv->m_unauth_now, (double)srv->n_unauth);
+	metric_set(srv->m_auth_now, (double)srv->n_auth);
 	if (!stats->authenticated)
 		metric_add(srv->m_unauth, 1);
 	else if (stats->failed)
@@ -144,19 +173,120 @@ void proxy_server_set_builder(struct proxy_server *srv, struct proxy_builder *bu
 
 /* ---- accepting ---- */
 
-static void server_refuse(struct proxy_server *srv, int fd, const char *peer)
+static void server_refuse(struct proxy_server *srv, int fd, const char *peer, const char *msg,
+    struct metric *m, const char *why)
 {
-	static const char msg[] = "nrbc: the proxy is at its session limit; try again later\r\n";
 	ssize_t n;
 
-	/* Lines before the SSH banner are allowed; OpenSSH shows nothing of it
-	 * but the connection closing, the log and the metric say why. */
-	n = write(fd, msg, sizeof(msg) - 1);
+	/* Lines before the SSH banner are allowed (RFC 4253 4.2); OpenSSH
+	 * shows nothing of it but the connection closing, the log and the
+	 * metric say why. */
+	n = write(fd, msg, strlen(msg));
 	(void)n;
 	close(fd);
-	metric_add(srv->m_refused_full, 1);
-	log_warnx("refused a connection from %s: %zu sessions (--max-sessions %ld)", peer,
-	    srv->n_sessions, srv->opts.max_sessions);
+	metric_add(m, 1);
+	log_warnx("refused a connection from %s: %s", peer, why);
+}
+
+/* ---- authentication: budgets by kind, per key ---- */
+
+static int server_key_limit(const struct proxy_server *srv, int key_index)
+{
+	long n = proxy_keys_client_max_sessions(srv->env.keys, key_index);
+
+	return (int)(n > 0 ? n : srv->opts.max_sessions_per_key);
+}
+
+static int server_on_authenticated(void *data, uint64_t id, int key_index, char **refusal)
+{
+	struct proxy_server *srv = data;
+	struct server_entry *e = server_find(srv, id);
+	int limit = server_key_limit(srv, key_index), same = 0;
+
+	*refusal = NULL;
+	if (!e || e->kind != ENTRY_UNAUTH)
+		return 0;
+	srv->n_unauth--;
+	for (struct server_entry *o = srv->sessions; o; o = o->next) {
+		if (o->kind == ENTRY_AUTH && o->key_index == key_index)
+			same++;
+	}
+	if ((long)srv->n_auth >= srv->opts.max_sessions) {
+		e->kind = ENTRY_LIMITED;
+		metric_add(srv->m_limited_total, 1);
+		*refusal = str_printf("the proxy is at its session limit (%zu sessions, "
+		    "--max-sessions %ld); try again later", srv->n_auth, srv->opts.max_sessions);
+	} else if (limit > 0 && same >= limit) {
+		e->kind = ENTRY_LIMITED;
+		metric_add(srv->m_limited_key, 1);
+		*refusal = str_printf("this key already has %d session(s) open, its limit "
+		    "(--max-sessions-per-key or nrbc-max-sessions=); try again when one ends",
+		    same);
+	} else {
+		e->kind = ENTRY_AUTH;
+		e->key_index = key_index;
+		srv->n_auth++;
+	}
+	metric_set(srv->m_unauth_now, (double)srv->n_unauth);
+	metric_set(srv->m_auth_now, (double)srv->n_auth);
+	return e->kind == ENTRY_AUTH ? 0 : -1;
+}
+
+/* An unauthenticated connection goes to make room for a newcomer. The first
+ * drop is logged at info, the others at debug (a flood would fill the log;
+ * the metric counts them all); the session's own close line follows. */
+static void server_drop(struct proxy_server *srv, struct server_entry *e, struct metric *m,
+    const char *budget)
+{
+	char reason[96];
+
+	e->kind = ENTRY_DROPPED;
+	srv->n_unauth--;
+	metric_add(m, 1);
+	metric_set(srv->m_unauth_now, (double)srv->n_unauth);
+	snprintf(reason, sizeof(reason), "dropped for a newer connection (%s)", budget);
+	if (log_enabled(LOG_LEVEL_DEBUG) || !srv->drop_logged) {
+		srv->drop_logged = true;
+		log_info("session=%llu from %s %s; %zu unauthenticated connections left (further "
+		    "drops are counted in nrbc_proxy_preauth_dropped_total, logged at debug)",
+		    (unsigned long long)e->id, e->addr, reason, srv->n_unauth);
+	}
+	proxy_session_close(e->session, reason);
+}
+
+static uint64_t server_random(struct proxy_server *srv)
+{
+	/* xorshift64*: early drop needs no more than this. */
+	srv->rng ^= srv->rng >> 12;
+	srv->rng ^= srv->rng << 25;
+	srv->rng ^= srv->rng >> 27;
+	return srv->rng * 2685821657736338717ULL;
+}
+
+/* MaxStartups-like early drop: between begin and full the oldest
+ * unauthenticated connection goes with a probability rising from rate% to
+ * 100%, at full it always goes. Makes room for the newcomer. */
+static void server_maybe_drop_oldest(struct proxy_server *srv)
+{
+	const struct proxy_server_options *o = &srv->opts;
+	struct server_entry *oldest = NULL;
+	uint64_t pct;
+
+	if ((long)srv->n_unauth < o->startups_begin)
+		return;
+	if ((long)srv->n_unauth >= o->startups_full || o->startups_full <= o->startups_begin)
+		pct = 100;
+	else
+		pct = (uint64_t)(o->startups_rate + (100 - o->startups_rate) *
+		    ((long)srv->n_unauth - o->startups_begin) / (o->startups_full - o->startups_begin));
+	if (server_random(srv) % 100 >= pct)
+		return;
+	for (struct server_entry *e = srv->sessions; e; e = e->next) {
+		if (e->kind == ENTRY_UNAUTH && (!oldest || e->accepted_at <= oldest->accepted_at))
+			oldest = e;
+	}
+	if (oldest)
+		server_drop(srv, oldest, srv->m_dropped_startups, "--max-startups");
 }
 
 static void server_on_listener(uv_poll_t *h, int status, int events);
@@ -171,31 +301,51 @@ static void server_on_pause_end(uv_timer_t *t)
 
 static void server_accept_one(struct proxy_server *srv, int fd, const struct sockaddr *sa)
 {
-	char peer[64] = "?";
+	char peer[64] = "?", addr[INET6_ADDRSTRLEN] = "?";
 	struct proxy_session *s;
+	long same_source = 0;
 	struct server_entry *e;
 	int one = 1;
 	uint64_t id;
 
 	if (sa->sa_family == AF_INET) {
 		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-		char a[INET_ADDRSTRLEN];
-		if (inet_ntop(AF_INET, &in->sin_addr, a, sizeof(a)))
-			snprintf(peer, sizeof(peer), "%s:%d", a, ntohs(in->sin_port));
+		if (inet_ntop(AF_INET, &in->sin_addr, addr, sizeof(addr)))
+			snprintf(peer, sizeof(peer), "%s:%d", addr, ntohs(in->sin_port));
 	} else if (sa->sa_family == AF_INET6) {
 		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-		char a[INET6_ADDRSTRLEN];
-		if (inet_ntop(AF_INET6, &in6->sin6_addr, a, sizeof(a)))
-			snprintf(peer, sizeof(peer), "[%s]:%d", a, ntohs(in6->sin6_port));
+		if (inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof(addr)))
+			snprintf(peer, sizeof(peer), "[%s]:%d", addr, ntohs(in6->sin6_port));
 	}
 	if (srv->draining) {
 		close(fd);
 		return;
 	}
-	if ((long)srv->n_sessions >= srv->opts.max_sessions) {
-		server_refuse(srv, fd, peer);
+	if ((long)srv->n_auth >= srv->opts.max_sessions) {
+		char why[96];
+		snprintf(why, sizeof(why), "%zu sessions (--max-sessions %ld)", srv->n_auth,
+		    srv->opts.max_sessions);
+		server_refuse(srv, fd, peer, "nrbc: the proxy is at its session limit; try again "
+		    "later\r\n", srv->m_refused_full, why);
 		return;
 	}
+	/* Per address: the oldest unauthenticated connection from there makes
+	 * room, so a flood from one address only ever hurts that address, and a
+	 * real client behind it still gets its turn. */
+	{
+		struct server_entry *oldest = NULL;
+
+		for (struct server_entry *o = srv->sessions; o; o = o->next) {
+			if (o->kind != ENTRY_UNAUTH || strcmp(o->addr, addr) != 0)
+				continue;
+			same_source++;
+			if (!oldest || o->accepted_at <= oldest->accepted_at)
+				oldest = o;
+		}
+		if (oldest && same_source >= srv->opts.startups_per_source)
+			server_drop(srv, oldest, srv->m_dropped_source, "--max-startups-per-source");
+	}
+	server_maybe_drop_oldest(srv);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	e = calloc(1, sizeof(*e));
 	if (!e) {
@@ -203,18 +353,29 @@ static void server_accept_one(struct proxy_server *srv, int fd, const struct soc
 		return;
 	}
 	id = ++srv->next_id;
-	s = proxy_session_create(&srv->env, id, fd, peer);
-	if (!s) {
-		free(e);
-		return;
-	}
+	/* Listed before the session exists: its callbacks may look for it. */
 	e->id = id;
-	e->session = s;
+	e->kind = ENTRY_UNAUTH;
+	e->key_index = -1;
+	e->accepted_at = uv_now(srv->loop);
+	snprintf(e->addr, sizeof(e->addr), "%s", addr);
 	e->next = srv->sessions;
 	srv->sessions = e;
 	srv->n_sessions++;
+	srv->n_unauth++;
+	s = proxy_session_create(&srv->env, id, fd, peer);
+	if (!s) {
+		srv->sessions = e->next;
+		srv->n_sessions--;
+		if (e->kind == ENTRY_UNAUTH)
+			srv->n_unauth--;
+		free(e);
+		return;
+	}
+	e->session = s;
 	metric_add(srv->m_accepted, 1);
 	metric_set(srv->m_active, (double)srv->n_sessions);
+	metric_set(srv->m_unauth_now, (double)srv->n_unauth);
 	log_debug("session=%llu accepted from %s (%zu active)", (unsigned long long)id, peer,
 	    srv->n_sessions);
 }
@@ -293,6 +454,8 @@ static int server_setup_bind(struct proxy_server *srv, const struct proxy_keys *
 	/* No system libssh configuration: what the proxy does is in its flags. */
 	ssh_bind_options_set(srv->bind, SSH_BIND_OPTIONS_PROCESS_CONFIG, &no);
 	ssh_bind_options_set(srv->bind, SSH_BIND_OPTIONS_LOG_VERBOSITY, &verbosity);
+	/* "SSH-2.0-nrbc": no library name or version for scanners. */
+	ssh_bind_options_set(srv->bind, SSH_BIND_OPTIONS_BANNER, "nrbc");
 	if (ssh_bind_options_set(srv->bind, SSH_BIND_OPTIONS_IMPORT_KEY, key) != SSH_OK) {
 		*err = str_printf("host key rejected by libssh: %s", ssh_get_error(srv->bind));
 		ssh_key_free(key);
@@ -319,10 +482,19 @@ struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_ser
 	}
 	srv->loop = loop;
 	srv->opts = *opts;
+	if (srv->opts.startups_full <= 0) {
+		srv->opts.startups_begin = SERVER_STARTUPS_BEGIN;
+		srv->opts.startups_rate = SERVER_STARTUPS_RATE;
+		srv->opts.startups_full = SERVER_STARTUPS_FULL;
+	}
+	if (srv->opts.startups_per_source <= 0)
+		srv->opts.startups_per_source = SERVER_STARTUPS_PER_SOURCE;
+	srv->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ULL;
 	srv->lfd = -1;
 	srv->listen_address = strdup(opts->listen_address);
 	srv->remote_user = strdup(opts->remote_user);
-	if (!srv->listen_address || !srv->remote_user) {
+	srv->client_user = strdup(opts->client_user ? opts->client_user : "");
+	if (!srv->listen_address || !srv->remote_user || !srv->client_user) {
 		*err = str_printf("out of memory");
 		goto bad;
 	}
@@ -337,6 +509,9 @@ struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_ser
 	srv->env.builder_timeout_ms = opts->builder_timeout_ms;
 	srv->env.idle_timeout_ms = opts->idle_timeout_ms;
 	srv->env.max_auth_tries = opts->max_auth_tries > 0 ? opts->max_auth_tries : 6;
+	srv->env.client_user = srv->client_user;
+	srv->env.metrics = metrics;
+	srv->env.on_authenticated = server_on_authenticated;
 	srv->env.on_closed = server_on_session_closed;
 	srv->env.data = srv;
 	if (metrics) {
@@ -347,6 +522,24 @@ struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_ser
 		srv->m_refused_full = metrics_counter(metrics,
 		    "nrbc_proxy_connections_refused_total",
 		    "Client connections refused at --max-sessions.", NULL);
+		srv->m_dropped_source = metrics_counter(metrics,
+		    "nrbc_proxy_preauth_dropped_total",
+		    "Unauthenticated connections dropped for newer ones, by budget.",
+		    "reason=\"per_source\"");
+		srv->m_dropped_startups = metrics_counter(metrics,
+		    "nrbc_proxy_preauth_dropped_total",
+		    "Unauthenticated connections dropped for newer ones, by budget.",
+		    "reason=\"max_startups\"");
+		srv->m_unauth_now = metrics_gauge(metrics, "nrbc_proxy_unauthenticated_connections",
+		    "Client connections not authenticated yet.", NULL);
+		srv->m_auth_now = metrics_gauge(metrics, "nrbc_proxy_authenticated_sessions",
+		    "Authenticated client sessions open now (--max-sessions).", NULL);
+		srv->m_limited_key = metrics_counter(metrics, "nrbc_proxy_sessions_limited_total",
+		    "Authenticated sessions refused a builder by a limit, by limit.",
+		    "limit=\"per_key\"");
+		srv->m_limited_total = metrics_counter(metrics, "nrbc_proxy_sessions_limited_total",
+		    "Authenticated sessions refused a builder by a limit, by limit.",
+		    "limit=\"max_sessions\"");
 		srv->m_ok = metrics_counter(metrics, "nrbc_proxy_sessions_total",
 		    "Client sessions ended, by outcome.", "outcome=\"ok\"");
 		srv->m_failed = metrics_counter(metrics, "nrbc_proxy_sessions_total",
@@ -379,8 +572,42 @@ bad:
 		ssh_bind_free(srv->bind);
 	free(srv->listen_address);
 	free(srv->remote_user);
+	free(srv->client_user);
 	free(srv);
 	return NULL;
+}
+
+int proxy_server_parse_startups(const char *text, struct proxy_server_options *opts)
+{
+	long v[3];
+	int n = 0;
+	const char *p = text;
+	char *end;
+
+	while (n < 3) {
+		errno = 0;
+		v[n] = strtol(p, &end, 10);
+		if (end == p || errno || v[n] < 0)
+			return -1;
+		n++;
+		if (*end == '\0')
+			break;
+		if (*end != ':')
+			return -1;
+		p = end + 1;
+	}
+	if (*end != '\0' || n == 2)
+		return -1;
+	if (n == 1) {
+		v[2] = v[0];
+		v[1] = 100;
+	}
+	if (v[2] < 1 || v[1] > 100 || v[0] > v[2])
+		return -1;
+	opts->startups_begin = v[0];
+	opts->startups_rate = v[1];
+	opts->startups_full = v[2];
+	return 0;
 }
 
 int proxy_server_port(const struct proxy_server *srv)

@@ -1,6 +1,8 @@
 /* The listening side of the proxy: accepts TCP connections, hands each to a
- * proxy_session, enforces --max-sessions, routes builder events to sessions
- * by id, and drains on shutdown (stop accepting, let sessions finish). */
+ * proxy_session, keeps the budgets (unauthenticated connections overall and
+ * per source address, authenticated sessions overall and per client key),
+ * routes builder events to sessions by id, and drains on shutdown (stop
+ * accepting, let sessions finish). */
 #ifndef NRBC_PROXY_SERVER_H
 #define NRBC_PROXY_SERVER_H
 
@@ -20,13 +22,26 @@ struct metrics;
 struct proxy_server_options {
 	const char *listen_address; /* numeric IPv4 or IPv6 */
 	int port;                   /* 0: ephemeral (see proxy_server_port) */
-	long max_sessions;
+	long max_sessions;           /* authenticated sessions */
+	/* Unauthenticated connections, as OpenSSH's MaxStartups start:rate:full:
+	 * from startups_begin on, each new connection makes a random early drop
+	 * of the oldest unauthenticated one with probability startups_rate%,
+	 * rising linearly to 100% at startups_full (the newcomer is kept: an idle
+	 * holder is the likelier attacker, a real client authenticates in
+	 * milliseconds). 0s: defaults. */
+	long startups_begin, startups_rate, startups_full;
+	long startups_per_source;    /* unauthenticated connections per address */
+	long max_sessions_per_key;   /* default for keys without nrbc-max-sessions */
+	const char *client_user;     /* the user name clients log in as */
 	uint64_t login_grace_ms;
 	uint64_t builder_timeout_ms;
 	uint64_t idle_timeout_ms;
 	int max_auth_tries;
 	const char *remote_user;
 };
+
+/* Parses "start:rate:full" (or "full") into opts; -1 when malformed. */
+int proxy_server_parse_startups(const char *text, struct proxy_server_options *opts);
 
 /* keys and policy must outlive the server. NULL with *err (heap). */
 struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_server_options *opts,

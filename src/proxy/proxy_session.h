@@ -20,6 +20,7 @@
 #include <uv.h>
 
 struct metric;
+struct metrics;
 
 struct proxy_builder;
 struct proxy_command_policy;
@@ -43,11 +44,18 @@ struct proxy_session_env {
 	uint64_t builder_timeout_ms;
 	uint64_t idle_timeout_ms;    /* 0: none */
 	int max_auth_tries;
+	/* The user name clients must log in as (any other is refused). */
+	const char *client_user;
 	/* Metrics (each may be NULL). */
+	struct metrics *metrics;      /* for labelled counters made on use */
 	struct metric *auth_failures;
 	struct metric *builder_wait;  /* histogram, seconds */
 	struct metric *bytes_up;
 	struct metric *bytes_down;
+	/* A client key passed authentication (key_index: its index in the
+	 * proxy's keys). 0: admitted; -1: refused by a session limit, with
+	 * *refusal (heap) the line the client is shown. */
+	int (*on_authenticated)(void *data, uint64_t id, int key_index, char **refusal);
 	/* The session is gone (memory freed); called once, from a uv close
 	 * callback. */
 	void (*on_closed)(void *data, uint64_t id, const struct proxy_session_stats *stats);

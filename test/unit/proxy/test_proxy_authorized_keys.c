@@ -66,6 +66,29 @@ static void test_bad_lines_are_skipped_with_warnings(void **state)
 	proxy_authorized_keys_finish(&k);
 }
 
+static void test_max_sessions_option(void **state)
+{
+	struct proxy_authorized_keys k;
+
+	parse_ok("nrbc-max-sessions=4 ssh-ed25519 " KEY_A " limited\n"
+	         "ssh-ed25519 " KEY_B " default\n"
+	         "nrbc-max-sessions=0 ssh-ed25519 " KEY_A " zero\n"
+	         "nrbc-max-sessions=10001 ssh-ed25519 " KEY_A " big\n"
+	         "nrbc-max-sessions=4,from=\"x\" ssh-ed25519 " KEY_A " more\n"
+	         "nrbc-max-sessions=99999999999999999999 ssh-ed25519 " KEY_A " huge\n"
+	         "nrbc-max-sessions= ssh-ed25519 " KEY_A " empty\n", &k);
+	assert_int_equal(k.n, 2);
+	assert_string_equal(k.keys[0].comment, "limited");
+	assert_int_equal(k.keys[0].max_sessions, 4);
+	assert_int_equal(k.keys[1].max_sessions, 0);
+	assert_int_equal(k.skipped, 5);
+	assert_non_null(strstr(k.warnings, "line 3: nrbc-max-sessions="));
+	assert_non_null(strstr(k.warnings, "line 4: nrbc-max-sessions="));
+	assert_non_null(strstr(k.warnings, "line 5: nrbc-max-sessions="));
+	assert_non_null(strstr(k.warnings, "line 6: nrbc-max-sessions="));
+	proxy_authorized_keys_finish(&k);
+}
+
 static void test_whole_text_errors(void **state)
 {
 	struct proxy_authorized_keys k;
@@ -123,6 +146,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plain_lines),
 		cmocka_unit_test(test_bad_lines_are_skipped_with_warnings),
+		cmocka_unit_test(test_max_sessions_option),
 		cmocka_unit_test(test_whole_text_errors),
 		cmocka_unit_test(test_too_many_keys),
 		cmocka_unit_test(test_empty_and_unterminated),

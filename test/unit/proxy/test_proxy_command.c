@@ -35,6 +35,15 @@ static void test_default_policy(void **state)
 	assert_int_equal(check(p, "   "), PROXY_COMMAND_MALFORMED);
 	assert_int_equal(check(p, "nix-store --serve\n"), PROXY_COMMAND_MALFORMED);
 	assert_int_equal(proxy_command_check(p, "nix-store --serve\0x", 19), PROXY_COMMAND_MALFORMED);
+	/* C1 controls (raw or UTF-8 encoded) and bytes that are not UTF-8. */
+	assert_int_equal(check(p, "nix-store \xc2\x9b" "31m--serve"), PROXY_COMMAND_MALFORMED);
+	assert_int_equal(check(p, "nix-store \x9b" "31m--serve"), PROXY_COMMAND_MALFORMED);
+	assert_int_equal(check(p, "nix-store --serve \xff"), PROXY_COMMAND_MALFORMED);
+	assert_int_equal(check(p, "nix-store --serve \xc0\xaf"), PROXY_COMMAND_MALFORMED);
+	assert_int_equal(check(p, "nix-store --serve \xe2\x80"), PROXY_COMMAND_MALFORMED);
+	/* UTF-8 text is well-formed (and then not on the list). */
+	assert_int_equal(check(p, "nix-store --serve caf\xc3\xa9 \xe2\x80\xa6 \xf0\x9f\x98\x80"),
+	    PROXY_COMMAND_DENIED);
 	assert_non_null(strstr(proxy_command_refusal(PROXY_COMMAND_DENIED), "nix-daemon --stdio"));
 	proxy_command_policy_destroy(p);
 }

@@ -83,6 +83,18 @@ def test_two_identities_never_share_a_builder(stack, tmp_path):
         ident = nbd["spec"]["identity"]
         if nbd["metadata"]["name"] in a | b:
             assert nbd["metadata"]["name"] in seen.by_identity[ident], nbd["metadata"]
+    # A third key, while the first two's builders sit idle: it is not kept
+    # waiting by them; its first session takes a warm pool builder.
+    third = NixClient(tmp_path / "c2")
+    (tmp_path / "c2").mkdir()
+    with Sampler(stack) as seen3:
+        third.build("graph.nix", builders=stack.builders("ssh-ng"),
+                    sshopts=stack.sshopts(user=2), args={"salt": salt(), "n": 2})
+    mine = [v for k, v in seen3.by_identity.items() if k not in seen.by_identity]
+    assert len(mine) == 1, seen3.by_identity
+    mine = mine[0]
+    assert not (mine & (a | b)), seen3.by_identity
+    assert any(n.startswith("nb-pool-") for n in mine), mine
     stack.wait_clean()
 
 

@@ -35,6 +35,7 @@ second, so Ready is coarse).
 Usage: test/bench/bench_nix_closure.py [--nrbc build/src/nrbc] [--runs 1]
            [--n 10] [--size-mib 64] [--scheme ssh-ng] [--max-jobs 4]
            [--pod-starts 5]
+Its work directory goes at exit, unless NRBC_KEEP_BENCH_DIR=1.
 """
 
 import argparse
@@ -316,6 +317,9 @@ def main():
         if kubelet:
             kubelet.stop()
         cluster.stop()
+        # Client stores hold several copies of the input.
+        if os.environ.get("NRBC_KEEP_BENCH_DIR") != "1":
+            conftest.kubelet_mod.remove_tree(work)
 
 
 if __name__ == "__main__":

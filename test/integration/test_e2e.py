@@ -83,8 +83,12 @@ def test_parallel_sessions_share_one_builder(stack, nix_client):
     t = threading.Thread(target=watch)
     t.start()
     try:
+        # Nix starts the four remote builds one after another, seconds
+        # apart, and each session waits for a fresh pod (1-4 s on a loaded
+        # machine, each pod with a store of its own): a build must outlast
+        # that for four sessions to overlap.
         nix_client.build("parallel.nix", builders=stack.builders("ssh", max_jobs=4),
-                         sshopts=stack.sshopts(), args={"salt": salt(), "n": 8, "seconds": 8})
+                         sshopts=stack.sshopts(), args={"salt": salt(), "n": 8, "seconds": 15})
     finally:
         stop.set()
         t.join()

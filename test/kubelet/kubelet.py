@@ -322,8 +322,11 @@ def ensure_pod_build_users():
 
 
 def in_pod_namespaces(nix_dir, argv):
+    # --kill-child: if unshare dies (SIGKILL: it ignores SIGTERM while it
+    # waits), so does the pod's PID 1 and with it the whole namespace --
+    # also when the kubelet itself is killed (setpriv --pdeathsig).
     return ["/usr/bin/unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-            "--mount-proc", "/bin/sh", "-c", POD_INIT, "pod-init", nix_dir] + list(argv)
+            "--kill-child", "--mount-proc", "/bin/sh", "-c", POD_INIT, "pod-init", nix_dir] + list(argv)
 
 
 def read_pidfile(path):

@@ -1,6 +1,5 @@
 #include "proxy_session.h"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <libssh/callbacks.h>
 #include <stdarg.h>
@@ -203,7 +202,8 @@ static char *session_outcome(const struct proxy_session *s, const char *reason)
 
 	if (s->failure)
 		return strdup(s->failure);
-	if (starts_with(reason, "client disconnected") || starts_with(reason, "client connection lost")) {
+	if (starts_with(reason, "client disconnected") ||
+	    starts_with(reason, "client connection lost")) {
 		if (why && !strstr(why, "disconnected"))
 			return str_printf("%s; the connection to the Nix client was lost: %s",
 			    s->bridged ? "session ended" : "the Nix client left before its builder "

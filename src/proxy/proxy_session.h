@@ -3,9 +3,10 @@
  * id) and its builder connection (proxy_upstream).
  *
  * KEX -> AUTH -> READY -> WAIT_BUILDER -> CONNECTING -> BRIDGING, with
- * FAILED (the builder could not be had; channels get the reason and exit 1,
- * the client decides when to leave) and CLOSING (torn down, memory freed
- * after the uv close callbacks). Every way out goes through
+ * FAILED (the builder could not be had, or was lost while bridging: its pod
+ * deleted or failed, its connection broken; channels get the reason on
+ * stderr and exit 1, the client decides when to leave) and CLOSING (torn
+ * down, memory freed after the uv close callbacks). Every way out goes through
  * proxy_session_close() with a reason. Timeouts: login grace until
  * authenticated, the builder timeout while waiting for and connecting to the
  * builder, the idle timeout otherwise. */

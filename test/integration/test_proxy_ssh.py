@@ -520,7 +520,9 @@ def test_idle_timeout(world):
     p = world.proxy("--allow-any-command", "--idle-timeout", "1s")
     t0 = time.monotonic()
     r = p.ssh("sleep 4; echo late")
-    assert r.returncode == 255
+    # The user is told why, on the channel's stderr, with exit status 1.
+    assert r.returncode == 1, r.stderr
+    assert b"nrbc: idle for 1s: closed (--idle-timeout)\n" in r.stderr, r.stderr
     assert b"late" not in r.stdout
     assert time.monotonic() - t0 < 4
     wait_for(lambda: "idle for 1s" in p.log(), 5, what="idle log line")

@@ -290,5 +290,10 @@ class Stack:
         return [p for p in body["items"] if p["metadata"]["name"] not in pool]
 
     def wait_clean(self, timeout=60):
-        wait_for(lambda: not self.requests() and not self.builder_pods(), timeout,
+        """No request and no builder pod left (but unclaimed pool ones):
+        builders outlive their sessions by the idle timeout, so that is
+        added to the wait."""
+        idle = self.builder_idle_timeout
+        idle_s = float(idle[:-1]) * {"s": 1, "m": 60, "h": 3600}[idle[-1]]
+        wait_for(lambda: not self.requests() and not self.builder_pods(), timeout + idle_s,
                  what="no NixBuildRequest and no builder pod left")

@@ -62,7 +62,7 @@ def test_session_waits_then_runs_and_cleans_up(stack):
     # Owned by the proxy's Pod: if the proxy goes for good, so do its requests.
     (ref,) = req["metadata"]["ownerReferences"]
     assert ref["kind"] == "Pod" and ref["name"] == stack.proxy.pod["metadata"]["name"]
-    assert len(stack.builder_pods()) == 1
+    assert req["status"]["podName"] in {p["metadata"]["name"] for p in stack.builder_pods()}
     p.stdin.close()
     p.wait(30)
     stack.wait_clean(30)
@@ -143,9 +143,8 @@ def test_builder_pod_killed_mid_session(stack):
     wait_for(lambda: (lambda r: r if r and phase(r) == "Running" else None)(
         one_request(stack)), 60, what="a Running request")
     serve_hello(p)
-    (pod,) = stack.builder_pods()
-    st, _ = stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (
-        NAMESPACE, pod["metadata"]["name"]))
+    pod = one_request(stack)["status"]["podName"]
+    st, _ = stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (NAMESPACE, pod))
     assert st == 200
     out, err = p.communicate(timeout=60)
     assert p.returncode != 0, (out, err)

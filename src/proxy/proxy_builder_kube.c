@@ -37,6 +37,13 @@ struct kube_wait {
 	enum kube_wait_state state;
 	uint64_t started_ms;
 	char *last_progress;
+	/* Until the create went through: the object to create again when the
+	 * API could not be reached (an outage), when to, and how long the
+	 * next wait is. */
+	json_t *create_body;
+	uint64_t retry_at;
+	uint64_t retry_delay;
+	unsigned attempts;
 	/* Set when the session ended before its create request answered. */
 	bool released;
 	bool release_ok;
@@ -75,7 +82,14 @@ struct proxy_builder_kube {
 	struct kube_wait *waits;
 	struct kube_op *ops;
 	bool synced;
+	uv_timer_t *retry_timer;   /* own allocation: freed in its close callback */
 };
+
+/* Creates that failed because the API was not there are tried again after
+ * 1 s, doubling up to 8 s, until they go through or the session ends (its
+ * --builder-timeout bounds the wait). */
+#define KUBE_RETRY_FIRST_MS 1000
+#define KUBE_RETRY_MAX_MS 8000
 
 static void kube_wait_set_state(struct kube_wait *w, enum kube_wait_state state)
 {
@@ -110,6 +124,7 @@ static void kube_wait_remove(struct proxy_builder_kube *k, struct kube_wait *w)
 	}
 	free(w->last_progress);
 	free(w->release_message);
+	json_decref(w->create_body);
 	free(w);
 }
 
@@ -211,19 +226,56 @@ static void kube_deliver_failed(struct proxy_builder_kube *k, struct kube_wait *
 	k->base.events->failed(id, message, k->base.data);
 }
 
+/* No answer, or one that says the API is not serving now: worth trying
+ * again, unlike a refusal (403, 422). */
+static bool kube_status_transient(long status)
+{
+	return status == 0 || status == 429 || status >= 500;
+}
+
+static void kube_progress(struct proxy_builder_kube *k, struct kube_wait *w, char *text)
+{
+	if (text && (!w->last_progress || strcmp(text, w->last_progress) != 0)) {
+		free(w->last_progress);
+		w->last_progress = text;
+		k->base.events->progress(w->session_id, text, k->base.data);
+		return;
+	}
+	free(text);
+}
+
+static void kube_retry_arm(struct proxy_builder_kube *k);
+
 static void kube_on_create(struct proxy_builder_kube *k, struct kube_op *op,
     const struct kube_response *resp)
 {
 	struct kube_wait *w = kube_wait_by_name(k, op->name);
+	bool created = resp->status == 201 || resp->status == 200 ||
+	    (resp->status == 409 && w && w->attempts > 1); /* an earlier try went through */
 	char *msg;
 
 	if (!w || w->state != KUBE_WAIT_CREATING)
 		return;
-	if (resp->status != 201 && resp->status != 200) {
+	if (!created && kube_status_transient(resp->status) && !w->released) {
+		log_warnx("session=%llu nbr=%s/%s: the Kubernetes API did not answer the create "
+		    "(HTTP %ld %s); trying again in %llu ms", (unsigned long long)w->session_id,
+		    k->namespace, op->name, resp->status, resp->message,
+		    (unsigned long long)w->retry_delay);
+		kube_progress(k, w, str_printf("waiting for the Kubernetes API: %s",
+		    resp->message[0] ? resp->message : resp->reason[0] ? resp->reason :
+		    "no answer"));
+		w->retry_at = kube_now_ms(k) + w->retry_delay;
+		kube_retry_arm(k);
+		return;
+	}
+	if (!created) {
 		log_error("session=%llu nbr=%s/%s: create failed: HTTP %ld %s: %s",
 		    (unsigned long long)w->session_id, k->namespace, op->name, resp->status,
 		    resp->reason, resp->message);
 		if (w->released) {
+			/* A create that got lost on the way may still have been made. */
+			if (kube_status_transient(resp->status))
+				kube_delete_request(k, w->name);
 			kube_wait_remove(k, w);
 			return;
 		}
@@ -234,17 +286,16 @@ static void kube_on_create(struct proxy_builder_kube *k, struct kube_op *op,
 		free(msg);
 		return;
 	}
+	json_decref(w->create_body);
+	w->create_body = NULL;
 	if (w->released) {
 		kube_finish_request(k, w->name, w->release_ok, w->release_message);
 		kube_wait_remove(k, w);
 		return;
 	}
 	kube_wait_set_state(w, KUBE_WAIT_WAITING);
-	msg = str_printf("requested a builder (NixBuildRequest %s/%s)", k->namespace,
-	    w->name);
-	if (msg)
-		k->base.events->progress(w->session_id, msg, k->base.data);
-	free(msg);
+	kube_progress(k, w, str_printf("requested a builder (NixBuildRequest %s/%s)",
+	    k->namespace, w->name));
 	/* The informer may have seen it already; nothing more to do until it does. */
 }
 
@@ -341,14 +392,7 @@ static void kube_observe(struct proxy_builder_kube *k, json_t *obj)
 		k->base.events->ready(w->session_id, ip, k->remote_port, k->base.data);
 		return;
 	}
-	text = kube_progress_text(pod, phase, reason, message);
-	if (text && (!w->last_progress || strcmp(text, w->last_progress) != 0)) {
-		free(w->last_progress);
-		w->last_progress = text;
-		k->base.events->progress(w->session_id, text, k->base.data);
-		return;
-	}
-	free(text);
+	kube_progress(k, w, kube_progress_text(pod, phase, reason, message));
 }
 
 static void kube_on_add(json_t *obj, void *data)
@@ -424,14 +468,70 @@ static json_t *kube_request_object(struct proxy_builder_kube *k, const char *nam
 	return obj;
 }
 
+/* Sends (again) the create of w's request. 0, or -1 when it cannot start. */
+static int kube_send_create(struct proxy_builder_kube *k, struct kube_wait *w)
+{
+	struct kube_op *op = kube_op_new(k, KUBE_OP_CREATE, w->name);
+
+	if (!op)
+		return -1;
+	op->id = kube_create(k->client, &kube_resource_nixbuildrequests, k->namespace,
+	    w->create_body, kube_on_op_response, op);
+	if (!op->id) {
+		kube_op_remove(k, op);
+		return -1;
+	}
+	w->attempts++;
+	w->retry_delay = w->retry_delay ? w->retry_delay * 2 : KUBE_RETRY_FIRST_MS;
+	if (w->retry_delay > KUBE_RETRY_MAX_MS)
+		w->retry_delay = KUBE_RETRY_MAX_MS;
+	return 0;
+}
+
+static void kube_on_retry(uv_timer_t *t)
+{
+	struct proxy_builder_kube *k = t->data;
+	uint64_t now = kube_now_ms(k);
+	struct kube_wait *w, *next;
+
+	for (w = k->waits; w; w = next) {
+		next = w->next;
+		if (!w->retry_at || w->retry_at > now || w->state != KUBE_WAIT_CREATING)
+			continue;
+		w->retry_at = 0;
+		if (kube_send_create(k, w) < 0)
+			kube_deliver_failed(k, w, "cannot request a builder (see the proxy's log)");
+	}
+	kube_retry_arm(k);
+}
+
+static void kube_retry_arm(struct proxy_builder_kube *k)
+{
+	uint64_t first = 0, now = kube_now_ms(k);
+
+	if (!k->retry_timer)
+		return;
+	for (struct kube_wait *w = k->waits; w; w = w->next) {
+		if (w->retry_at && (!first || w->retry_at < first))
+			first = w->retry_at;
+	}
+	if (!first)
+		uv_timer_stop(k->retry_timer);
+	else
+		uv_timer_start(k->retry_timer, kube_on_retry, first > now ? first - now : 0, 0);
+}
+
+static void kube_free_handle(uv_handle_t *h)
+{
+	free(h);
+}
+
 static int kube_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity)
 {
 	struct proxy_builder_kube *k = (struct proxy_builder_kube *)b;
 	unsigned char rnd[6];
 	char session[16];
 	struct kube_wait *w;
-	struct kube_op *op;
-	json_t *obj;
 
 	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
 		return -1;
@@ -444,24 +544,16 @@ static int kube_acquire(struct proxy_builder *b, uint64_t session_id, const char
 	w->started_ms = kube_now_ms(k);
 	w->state = KUBE_WAIT_CREATING;
 	snprintf(w->name, sizeof(w->name), "build-%s", session);
-	obj = kube_request_object(k, w->name, session, identity);
-	op = obj ? kube_op_new(k, KUBE_OP_CREATE, w->name) : NULL;
-	if (!op)
+	w->create_body = kube_request_object(k, w->name, session, identity);
+	if (!w->create_body || kube_send_create(k, w) < 0)
 		goto fail;
-	op->id = kube_create(k->client, &kube_resource_nixbuildrequests, k->namespace, obj,
-	    kube_on_op_response, op);
-	if (!op->id) {
-		kube_op_remove(k, op);
-		goto fail;
-	}
-	json_decref(obj);
 	w->next = k->waits;
 	k->waits = w;
 	log_info("session=%llu nbr=%s/%s: requesting a builder", (unsigned long long)session_id,
 	    k->namespace, w->name);
 	return 0;
 fail:
-	json_decref(obj);
+	json_decref(w->create_body);
 	free(w);
 	return -1;
 }
@@ -474,6 +566,14 @@ static void kube_release(struct proxy_builder *b, uint64_t session_id, bool ok,
 
 	if (!w)
 		return;
+	if (w->state == KUBE_WAIT_CREATING && w->retry_at) {
+		/* Between tries: nothing in flight. An earlier try that got lost
+		 * on the way may still have made it. */
+		kube_delete_request(k, w->name);
+		kube_wait_remove(k, w);
+		kube_retry_arm(k);
+		return;
+	}
 	if (w->state == KUBE_WAIT_CREATING) {
 		/* Finished when the create answers (see kube_on_create). */
 		w->released = true;
@@ -496,6 +596,9 @@ static void kube_destroy(struct proxy_builder *b)
 
 	kube_informer_destroy(k->informer);
 	k->informer = NULL;
+	if (k->retry_timer)
+		uv_close((uv_handle_t *)k->retry_timer, kube_free_handle);
+	k->retry_timer = NULL;
 	while (k->ops) {
 		kube_client_cancel(k->client, k->ops->id);
 		kube_op_remove(k, k->ops);
@@ -567,6 +670,13 @@ struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_cli
 	k->remote_port = opts->remote_port;
 	if (!k->namespace || !k->proxy_id)
 		goto fail;
+	k->retry_timer = calloc(1, sizeof(*k->retry_timer));
+	if (!k->retry_timer || uv_timer_init(loop, k->retry_timer) < 0) {
+		free(k->retry_timer);
+		k->retry_timer = NULL;
+		goto fail;
+	}
+	k->retry_timer->data = k;
 	selector = str_printf("nix.io/proxy=%s", k->proxy_id);
 	if (!selector)
 		goto fail;

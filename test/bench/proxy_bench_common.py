@@ -96,7 +96,9 @@ class Setup:
                 "--health-port", "-1", "--builder-address",
                 "%s:%d" % (self.builder_ip, self.builder_port), "--host-key", self.host,
                 "--authorized-keys", self.client + ".pub", "--private-key", self.upstream,
-                "--allow-any-command", "--log-level", "warn", "--idle-timeout", "0"]
+                "--allow-any-command", "--log-level", "warn", "--idle-timeout", "0",
+                # one key plays every client (P5 holds 1,000 sessions)
+                "--max-sessions-per-key", "0"]
         argv += list(proxy_args)
         self.proxy = self._spawn(self.pin(argv, proxy_cpus), dict(os.environ), self.proxy_log)
         # The port is in the info line; at warn level ask the kernel instead.

@@ -62,8 +62,10 @@ def health_port(p):
 
 def test_soak_static_builder(soak_world):
     w = soak_world
+    # One key plays every client here: no per-key session limit.
     p = Proxy(w.nrbc, w.dir, w.keys, w.builder, "--allow-any-command", "--health-port", "0",
-              "--builder-timeout", "20s", "--log-level", "info", ip=NET + ".10")
+              "--builder-timeout", "20s", "--log-level", "info",
+              "--max-sessions-per-key", "0", ip=NET + ".10")
     try:
         health = (p.ip, health_port(p))
         argv = p.ssh_argv()

@@ -585,9 +585,15 @@ void reconcile_builder(struct reconcile_op *op)
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	if (reconcile_being_deleted(op->nbr) || controller_builder_state(b) == BUILDER_DELETING) {
+	if (reconcile_being_deleted(op->nbr)) {
 		reconcile_enqueue_served(r, op->q, b);
 		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
+		return;
+	}
+	if (controller_builder_state(b) == BUILDER_DELETING) {
+		/* Our delete failed (or its effect is not cached yet): send it
+		 * again; a 404 is fine. */
+		delete_builder(op, b, "deleting again");
 		return;
 	}
 	pod_name = controller_pod_name(kube_object_name(op->nbr));

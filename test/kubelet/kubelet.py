@@ -39,6 +39,7 @@ import base64
 import ctypes
 import fcntl
 import grp
+import http.client
 import json
 import os
 import pwd
@@ -1305,7 +1306,10 @@ class Kubelet:
                 if e.status == 410:
                     rv = None
                 time.sleep(0.5)
-            except (OSError, ValueError, urllib.error.URLError) as e:
+            except (OSError, ValueError, urllib.error.URLError,
+                    http.client.HTTPException) as e:
+                # HTTPException: a stream cut mid-chunk (IncompleteRead) when
+                # the API server goes away, as in an outage drill.
                 if self.stopping.is_set():
                     return
                 log("watch disconnected: %s; resuming" % e)

@@ -566,7 +566,11 @@ void reconcile_builder(struct reconcile_op *op)
 
 	update_gauges(r);
 	if (!op->nbr) {
-		if (b && controller_builder_state(b) == BUILDER_CREATING &&
+		/* Made by us and not in the cache yet (the create's reply may
+		 * come before the watch event): the event brings us back. Only a
+		 * deletion the informer saw, or an expectation that never came
+		 * true, ends the entry. */
+		if (b && controller_builder_state(b) != BUILDER_DELETING &&
 		    uv_now(r->loop) - controller_builder_added_at(b) < EXPECTATION_TTL_MS) {
 			reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
 			return;

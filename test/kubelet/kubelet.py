@@ -233,7 +233,10 @@ def kill_tree(roots, grace):
     Returns once all are gone."""
     sessions = dict(roots)
     known = descendants(roots, sessions)
-    _signal_all(known, signal.SIGTERM)
+    # Grace 0 is a forced deletion: SIGKILL at once, as a kubelet does (a
+    # SIGTERM first would let a process see its peers go and end "cleanly").
+    if grace > 0:
+        _signal_all(known, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         known = {p: t for p, t in known.items() if alive(p, t)}

@@ -103,9 +103,7 @@ char *log_escape(char *out, size_t size, const char *s, size_t len)
 	return out;
 }
 
-/* Length of the valid UTF-8 sequence at p that is not a C1 control
- * (U+0080..U+009F), or 0. Overlong forms and surrogates count as invalid. */
-static size_t log_utf8_len(const unsigned char *p, size_t left)
+size_t log_utf8_char_len(const unsigned char *p, size_t left)
 {
 	uint32_t cp;
 	size_t n;
@@ -146,7 +144,7 @@ static void log_scrub(char *msg, size_t size)
 	char tmp[2048];
 
 	for (size_t i = 0; i < len && o + 5 < sizeof(tmp);) {
-		size_t n = p[i] >= 0x80 ? log_utf8_len(p + i, len - i) : 0;
+		size_t n = p[i] >= 0x80 ? log_utf8_char_len(p + i, len - i) : 0;
 
 		if (n) {
 			if (o + n + 1 > sizeof(tmp))

@@ -46,4 +46,9 @@ void log_warnx(const char *fmt, ...) LOG_PRINTF(1, 2);
 void log_info(const char *fmt, ...) LOG_PRINTF(1, 2);
 void log_debug(const char *fmt, ...) LOG_PRINTF(1, 2);
 
+/* Length of the valid UTF-8 sequence at p (left bytes available) that is
+ * not a C1 control (U+0080..U+009F, e.g. 0xc2 0x9b, a CSI), or 0. Overlong
+ * forms and surrogates count as invalid. */
+size_t log_utf8_char_len(const unsigned char *p, size_t left);
+
 #endif

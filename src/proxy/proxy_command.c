@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "log.h"
 
 static const char *const default_commands[] = {
 	"nix-store --serve",
@@ -67,30 +68,6 @@ static bool words_equal(const char *a, size_t alen, const char *b, size_t blen)
 	return true;
 }
 
-/* Length of the valid UTF-8 sequence at p that is not a C1 control
- * (U+0080..U+009F, e.g. 0xc2 0x9b, a CSI), or 0. */
-static size_t utf8_len(const unsigned char *p, size_t left)
-{
-	uint32_t cp;
-	size_t n;
-
-	if (p[0] < 0xc2 || p[0] > 0xf4)
-		return 0;
-	n = p[0] < 0xe0 ? 2 : p[0] < 0xf0 ? 3 : 4;
-	if (left < n)
-		return 0;
-	cp = p[0] & (0x7f >> n);
-	for (size_t i = 1; i < n; i++) {
-		if ((p[i] & 0xc0) != 0x80)
-			return 0;
-		cp = (cp << 6) | (p[i] & 0x3f);
-	}
-	if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-	    (cp >= 0xd800 && cp <= 0xdfff) || cp <= 0x9f)
-		return 0;
-	return n;
-}
-
 /* Empty, too long, a control byte (C0, DEL, C1) or bytes that are not UTF-8:
  * such a command is never run, logged or echoed. */
 static bool is_malformed(const char *cmd, size_t len)
@@ -105,7 +82,7 @@ static bool is_malformed(const char *cmd, size_t len)
 		size_t n = 1;
 
 		if (c >= 0x80) {
-			n = utf8_len(p + i, len - i);
+			n = log_utf8_char_len(p + i, len - i);
 			if (!n)
 				return true;
 		} else if ((c < 0x20 && c != '\t') || c == 0x7f) {

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import wait_for
-from controller_fixtures import (Controller, builder_pods, create_nbr, install_config,
+from controller_fixtures import (builder_pods, controllers, create_nbr, install_config,
                                  install_rbac, phase_is, wait_nbr)
 
 
@@ -28,19 +28,6 @@ def setup(cluster, kubelet, namespace, ssh_keys):
     yield {"cluster": cluster, "ns": namespace}
     # Whatever happened, the next test gets an API.
     cluster.start_apiserver()
-
-
-@pytest.fixture
-def controllers(nrbc_bin, cluster, namespace, tmp_path):
-    made = []
-
-    def make(name):
-        c = Controller(nrbc_bin, cluster, namespace, tmp_path, name)
-        made.append(c)
-        return c
-    yield make
-    for c in made:
-        c.stop()
 
 
 def leaders(replicas):

@@ -68,9 +68,9 @@ def rss_kib(pid):
     return 0
 
 
-def children(pid):
-    """Direct children of pid (the builder sshd's per-connection processes)."""
-    out = []
+def proc_stats():
+    """(pid, command name, the /proc/PID/stat fields after the name) of
+    every process that is still there when read."""
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -78,31 +78,25 @@ def children(pid):
             stat = open("/proc/%s/stat" % d).read()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            out.append(int(d))
-    return out
+        yield int(d), stat.split("(", 1)[1].rsplit(")", 1)[0], stat.rsplit(")", 1)[1].split()
+
+
+def children(pid):
+    """Direct children of pid (the builder sshd's per-connection processes)."""
+    return [p for p, _, fields in proc_stats() if int(fields[1]) == pid]
 
 
 def sshd_pid(builder_pgid):
     """The builder's listening sshd: the process group's `sshd` whose parent
     is not an sshd."""
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = open("/proc/%s/stat" % d).read()
-        except OSError:
-            continue
-        name = stat.split("(", 1)[1].rsplit(")", 1)[0]
-        fields = stat.rsplit(")", 1)[1].split()
+    for p, name, fields in proc_stats():
         if name == "sshd" and int(fields[2]) == builder_pgid:
             try:
                 pname = open("/proc/%s/comm" % fields[1]).read().strip()
             except OSError:
                 pname = ""
             if pname != "sshd":
-                return int(d)
+                return p
     return None
 
 

@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 
 from conftest import wait_for
-from test_proxy_ssh import Builder, Keys, Proxy, keygen
+from test_proxy_ssh import Builder, Keys, Proxy, keygen, stop_world
 
 NET = "127.83.%d" % (20 + os.getpid() % 200)
 BUILDER_IP = NET + ".2"
@@ -52,14 +52,10 @@ def hw(nrbc_bin, tmp_path_factory):
         w.proxies.append(p)
         return p
     w.proxy = proxy
-    codes = []
     try:
         yield w
     finally:
-        for p in w.proxies:
-            codes.append((p.stop(), p.log_path))
-        builder.stop()
-    bad = [(c, open(path, errors="replace").read()[-2000:]) for c, path in codes if c != 0]
+        bad = stop_world(w.proxies, builder)
     assert not bad, bad
 
 

@@ -176,6 +176,19 @@ class Proxy:
             raise AssertionError("proxy did not exit after SIGTERM:\n" + self.log()[-3000:])
 
 
+def stop_world(proxies, builder):
+    """Stops every proxy (SIGTERM) and the builder; returns the proxies that
+    did not exit 0, with their log's tail (a sanitizer build also exits
+    non-zero on leaks or errors)."""
+    codes = []
+    try:
+        for p in proxies:
+            codes.append((p.stop(), p.log_path))
+    finally:
+        builder.stop()
+    return [(c, open(path, errors="replace").read()[-2000:]) for c, path in codes if c != 0]
+
+
 @pytest.fixture(scope="module")
 def world(nrbc_bin, tmp_path_factory):
     """Keys, a builder, a proxy that lets any command through (tests need
@@ -202,16 +215,10 @@ def world(nrbc_bin, tmp_path_factory):
         return p
     w.proxy = proxy
     w.main = proxy("--allow-any-command")
-    codes = []
     try:
         yield w
     finally:
-        for p in w.proxies:
-            codes.append((p.stop(), p.log_path))
-        builder.stop()
-    # A clean exit after SIGTERM (a sanitizer build also exits non-zero on
-    # leaks or errors).
-    bad = [(c, open(path, errors="replace").read()[-2000:]) for c, path in codes if c != 0]
+        bad = stop_world(w.proxies, builder)
     shutil.rmtree(d, ignore_errors=True)
     assert not bad, bad
 

@@ -19,6 +19,11 @@
 #                                its socket before sshd listens)
 #   NRBC_BUILDER_SSHD            sshd binary (/usr/sbin/sshd, else from PATH)
 #   NRBC_BUILDER_LOG_LEVEL       sshd LogLevel (INFO)
+#   NRBC_BUILDER_MAX_STARTUPS    sshd MaxStartups (64:30:256): every connection
+#                                comes from the proxy, which already rations
+#                                unauthenticated clients; sshd's default
+#                                (10:30:100) drops the proxy's handshakes
+#                                whenever more than 10 sessions start at once
 #
 # Inputs: $ROOT/etc/nrbc/ssh/public (Secret key `public`: the key allowed to
 # log in), $ROOT/etc/nrbc/ssh/host-key (Secret key `host-key`, optional),
@@ -32,6 +37,7 @@ LISTEN=${NRBC_BUILDER_LISTEN_ADDRESS:-0.0.0.0}
 PORT=${NRBC_BUILDER_PORT:-22}
 NIX_DAEMON=${NRBC_BUILDER_NIX_DAEMON:-start}
 LOG_LEVEL=${NRBC_BUILDER_LOG_LEVEL:-INFO}
+MAX_STARTUPS=${NRBC_BUILDER_MAX_STARTUPS:-64:30:256}
 
 SSH_DIR=$ROOT/etc/nrbc/ssh
 NIX_DIR=$ROOT/etc/nix
@@ -43,6 +49,9 @@ die() { log "error: $*"; exit 1; }
 
 case $PORT in
 '' | *[!0-9]*) die "NRBC_BUILDER_PORT '$PORT' is not a port number" ;;
+esac
+case $MAX_STARTUPS in
+'' | *[!0-9:]*) die "NRBC_BUILDER_MAX_STARTUPS '$MAX_STARTUPS' is not start[:rate:full]" ;;
 esac
 case $BUILDER_USER in
 '' | *[!a-z0-9_-]*) die "NRBC_BUILDER_USER '$BUILDER_USER' is not a plain user name" ;;
@@ -216,10 +225,10 @@ PermitTTY no
 PermitUserEnvironment no
 PrintMotd no
 UseDNS no
+MaxStartups $MAX_STARTUPS
 LogLevel $LOG_LEVEL
 $setenv
 EOF
-mv "$CONFIG.tmp" "$CONFIG"
 
 SSHD=${NRBC_BUILDER_SSHD:-}
 if [ -z "$SSHD" ]; then
@@ -233,6 +242,14 @@ case $SSHD in
 /*) ;;
 *) die "sshd must be an absolute path (it re-executes itself): $SSHD" ;;
 esac
+# OpenSSH 9.8 and later penalise a source address whose connections end
+# before authentication, and all of ours come from the proxy's one address:
+# a few Nix clients that vanish mid-connect would lock every user out of this
+# builder. Older sshd does not know the option (Debian 12 has 9.2).
+if "$SSHD" -t -f "$CONFIG.tmp" -o PerSourcePenalties=no >/dev/null 2>&1; then
+	echo "PerSourcePenalties no" >>"$CONFIG.tmp"
+fi
+mv "$CONFIG.tmp" "$CONFIG"
 "$SSHD" -t -f "$CONFIG" || die "sshd rejects $CONFIG"
 
 # --- nix-daemon --------------------------------------------------------------

@@ -15,9 +15,15 @@
 #include "log.h"
 #include "proxy_keys.h"
 
+/* Handshakes the builder ends before its SSH banner are tried again: that is
+ * how sshd sheds load (MaxStartups), and nothing has run on the builder yet. */
+#define UPSTREAM_ATTEMPTS 3
+#define UPSTREAM_RETRY_MS 50 /* then 4x per attempt */
+
 enum upstream_state {
 	UPSTREAM_CONNECTING,
 	UPSTREAM_HANDSHAKE,
+	UPSTREAM_RETRY_WAIT,
 	UPSTREAM_AUTH,
 	UPSTREAM_READY,
 	UPSTREAM_FAILED,
@@ -27,23 +33,35 @@ enum upstream_state {
 static const char *const upstream_state_names[] = {
 	[UPSTREAM_CONNECTING] = "CONNECTING",
 	[UPSTREAM_HANDSHAKE] = "HANDSHAKE",
+	[UPSTREAM_RETRY_WAIT] = "RETRY_WAIT",
 	[UPSTREAM_AUTH] = "AUTH",
 	[UPSTREAM_READY] = "READY",
 	[UPSTREAM_FAILED] = "FAILED",
 	[UPSTREAM_CLOSED] = "CLOSED",
 };
 
+/* One TCP connection to the builder, with its own poll handle: a retry closes
+ * it (its close callback frees it) and opens the next. */
+struct upstream_conn {
+	uv_poll_t poll; /* first: the close callback casts back */
+	int fd;
+	struct proxy_upstream *u;
+};
+
 struct proxy_upstream {
 	uv_loop_t *loop;
 	uint64_t session_id;
 	enum upstream_state state;
-	int fd;
-	uv_poll_t poll;
-	bool poll_init;
+	struct upstream_conn *conn;
 	int poll_events;
+	uv_timer_t retry;
+	int attempts;
+	int pending_closes; /* handles whose close callbacks have not run */
 	LIBSSH2_SESSION *ssh;
 	char *host;
 	int port;
+	struct sockaddr_storage addr;
+	socklen_t addr_len;
 	char *user;
 	const struct proxy_keys *keys;
 	struct proxy_upstream_events events;
@@ -52,6 +70,15 @@ struct proxy_upstream {
 	const void *open_owner;
 	int connect_errno;
 };
+
+static void upstream_release(struct proxy_upstream *u)
+{
+	if (--u->pending_closes > 0 || u->state != UPSTREAM_CLOSED)
+		return;
+	free(u->host);
+	free(u->user);
+	free(u);
+}
 
 static void upstream_set_state(struct proxy_upstream *u, enum upstream_state state)
 {
@@ -63,16 +90,18 @@ static void upstream_set_state(struct proxy_upstream *u, enum upstream_state sta
 }
 
 static void upstream_on_poll(uv_poll_t *h, int status, int events);
+static void upstream_close_conn(struct proxy_upstream *u);
+static void upstream_handshake_lost(struct proxy_upstream *u, const char *why);
 
 static void upstream_set_events(struct proxy_upstream *u, int events)
 {
-	if (!u->poll_init || events == u->poll_events)
+	if (!u->conn || events == u->poll_events)
 		return;
 	u->poll_events = events;
 	if (events)
-		uv_poll_start(&u->poll, events, upstream_on_poll);
+		uv_poll_start(&u->conn->poll, events, upstream_on_poll);
 	else
-		uv_poll_stop(&u->poll);
+		uv_poll_stop(&u->conn->poll);
 }
 
 /* One way out for every failure: stop watching, tell the owner once. */
@@ -179,10 +208,15 @@ static void upstream_step_connecting(struct proxy_upstream *u)
 
 	if (u->connect_errno)
 		err = u->connect_errno;
-	else if (getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+	else if (getsockopt(u->conn->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
 		err = errno;
 	if (err == EINPROGRESS || err == EALREADY) {
 		upstream_set_events(u, UV_WRITABLE);
+		return;
+	}
+	if (err == ECONNRESET) {
+		/* Accepted, then reset before we saw it: shed like a closed banner. */
+		upstream_handshake_lost(u, strerror(err));
 		return;
 	}
 	if (err) {
@@ -215,12 +249,49 @@ static void upstream_step_connecting(struct proxy_upstream *u)
 	upstream_step(u);
 }
 
+static bool upstream_open(struct proxy_upstream *u);
+
+static void upstream_on_retry(uv_timer_t *t)
+{
+	struct proxy_upstream *u = t->data;
+
+	if (u->state == UPSTREAM_RETRY_WAIT && !upstream_open(u))
+		upstream_fail(u, "cannot connect to builder %s:%d: %s", u->host, u->port,
+		    strerror(errno));
+}
+
+/* The connection ended during the handshake: again on a new connection while
+ * attempts remain, else the session fails with why. */
+static void upstream_handshake_lost(struct proxy_upstream *u, const char *why)
+{
+	uint64_t delay = UPSTREAM_RETRY_MS;
+
+	if (u->attempts >= UPSTREAM_ATTEMPTS) {
+		upstream_fail(u, "SSH handshake with builder %s:%d failed: %s (%d attempts)",
+		    u->host, u->port, why, u->attempts);
+		return;
+	}
+	for (int i = 1; i < u->attempts; i++)
+		delay *= 4;
+	log_info("session=%llu builder %s:%d ended the SSH handshake (%s): trying again in "
+	    "%llu ms", (unsigned long long)u->session_id, u->host, u->port, why,
+	    (unsigned long long)delay);
+	upstream_close_conn(u);
+	upstream_set_state(u, UPSTREAM_RETRY_WAIT);
+	uv_timer_start(&u->retry, upstream_on_retry, delay, 0);
+}
+
 static void upstream_step_handshake(struct proxy_upstream *u)
 {
-	int rc = libssh2_session_handshake(u->ssh, u->fd);
+	int rc = libssh2_session_handshake(u->ssh, u->conn->fd);
 
 	if (rc == LIBSSH2_ERROR_EAGAIN) {
 		upstream_wait(u);
+		return;
+	}
+	if (rc == LIBSSH2_ERROR_SOCKET_DISCONNECT || rc == LIBSSH2_ERROR_SOCKET_RECV ||
+	    rc == LIBSSH2_ERROR_SOCKET_SEND || rc == LIBSSH2_ERROR_BANNER_RECV) {
+		upstream_handshake_lost(u, proxy_upstream_error(u));
 		return;
 	}
 	if (rc) {
@@ -271,6 +342,7 @@ static void upstream_step(struct proxy_upstream *u)
 	case UPSTREAM_READY:
 		u->events.io(u->data);
 		break;
+	case UPSTREAM_RETRY_WAIT:
 	case UPSTREAM_FAILED:
 	case UPSTREAM_CLOSED:
 		break;
@@ -281,95 +353,48 @@ static void upstream_on_poll(uv_poll_t *h, int status, int events)
 {
 	struct proxy_upstream *u = h->data;
 
+	(void)events;
 	if (status < 0 && u->state != UPSTREAM_CONNECTING) {
 		/* libuv reports POLLERR as EBADF; the socket knows the real cause. */
 		int soerr = 0;
 		socklen_t len = sizeof(soerr);
 		const char *why = uv_strerror(status);
-		if (status == UV_EBADF && getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 &&
-		    soerr)
+		if (status == UV_EBADF &&
+		    getsockopt(u->conn->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr)
 			why = strerror(soerr);
-		upstream_fail(u, "connection to builder %s:%d lost: %s", u->host, u->port, why);
+		if (u->state == UPSTREAM_HANDSHAKE)
+			upstream_handshake_lost(u, why);
+		else
+			upstream_fail(u, "connection to builder %s:%d lost: %s", u->host, u->port, why);
 		return;
 	}
 	upstream_step(u);
 }
 
-struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_id,
-    const char *host, int port, const char *user, const struct proxy_keys *keys,
-    const struct proxy_upstream_events *events, void *data)
+static void upstream_conn_on_close(uv_handle_t *h)
 {
-	struct proxy_upstream *u = calloc(1, sizeof(*u));
-	struct sockaddr_storage ss;
-	socklen_t ss_len;
-	int one = 1;
+	struct upstream_conn *c = (struct upstream_conn *)h;
+	struct proxy_upstream *u = c->u;
 
-	if (!u)
-		return NULL;
-	u->loop = loop;
-	u->session_id = session_id;
-	u->fd = -1;
-	u->port = port;
-	u->keys = keys;
-	u->events = *events;
-	u->data = data;
-	u->host = strdup(host);
-	u->user = strdup(user);
-	if (!u->host || !u->user)
-		goto bad;
-	memset(&ss, 0, sizeof(ss));
-	if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) == 0) {
-		ss_len = sizeof(struct sockaddr_in);
-	} else if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) == 0) {
-		ss_len = sizeof(struct sockaddr_in6);
-	} else {
-		log_error("session=%llu builder address \"%s\" is not a numeric IP address",
-		    (unsigned long long)session_id, host);
-		goto bad;
-	}
-	u->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (u->fd < 0) {
-		log_warn("session=%llu socket", (unsigned long long)session_id);
-		goto bad;
-	}
-	setsockopt(u->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (uv_poll_init_socket(loop, &u->poll, u->fd) < 0)
-		goto bad;
-	u->poll_init = true;
-	u->poll.data = u;
-	/* Connection errors (refused, unreachable) surface through SO_ERROR once
-	 * the socket turns writable; an immediate one is kept for that moment,
-	 * so both take the one failure path. */
-	if (connect(u->fd, (struct sockaddr *)&ss, ss_len) < 0 && errno != EINPROGRESS)
-		u->connect_errno = errno;
-	upstream_set_events(u, UV_WRITABLE);
-	upstream_set_state(u, UPSTREAM_CONNECTING);
-	return u;
-bad:
-	if (u->poll_init) {
-		/* Not started yet; closing here is safe, the close cb frees. */
-		proxy_upstream_destroy(u);
-		return NULL;
-	}
-	if (u->fd >= 0)
-		close(u->fd);
-	free(u->host);
-	free(u->user);
-	free(u);
-	return NULL;
+	if (c->fd >= 0)
+		close(c->fd);
+	free(c);
+	upstream_release(u);
 }
 
-static void upstream_on_close(uv_handle_t *h)
+/* Frees the SSH session on the connection, then the connection itself once
+ * its poll handle has closed (the descriptor must outlive the handle). */
+static void upstream_close_conn(struct proxy_upstream *u)
 {
-	struct proxy_upstream *u = h->data;
+	struct upstream_conn *c = u->conn;
 	int rc = 0;
 
 	if (u->ssh) {
 		/* A non-blocking libssh2_session_free() returns EAGAIN while it
 		 * still has channels to close politely. With the socket shut
 		 * down those closes fail at once, and the free goes through. */
-		if (u->fd >= 0)
-			shutdown(u->fd, SHUT_RDWR);
+		if (c)
+			shutdown(c->fd, SHUT_RDWR);
 		for (int i = 0; i < 16; i++) {
 			rc = libssh2_session_free(u->ssh);
 			if (rc != LIBSSH2_ERROR_EAGAIN)
@@ -378,12 +403,93 @@ static void upstream_on_close(uv_handle_t *h)
 		if (rc == LIBSSH2_ERROR_EAGAIN)
 			log_warnx("session=%llu cannot free the builder SSH session",
 			    (unsigned long long)u->session_id);
+		u->ssh = NULL;
 	}
-	if (u->fd >= 0)
-		close(u->fd);
-	free(u->host);
-	free(u->user);
-	free(u);
+	if (!c)
+		return;
+	u->conn = NULL;
+	u->poll_events = 0;
+	u->pending_closes++;
+	uv_poll_stop(&c->poll);
+	uv_close((uv_handle_t *)&c->poll, upstream_conn_on_close);
+}
+
+/* A new connection attempt: CONNECTING, the result arrives by the poll. */
+static bool upstream_open(struct proxy_upstream *u)
+{
+	struct upstream_conn *c = calloc(1, sizeof(*c));
+	int one = 1;
+
+	if (!c)
+		return false;
+	c->u = u;
+	c->fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (c->fd < 0 || uv_poll_init_socket(u->loop, &c->poll, c->fd) < 0) {
+		int saved = errno;
+		if (c->fd >= 0)
+			close(c->fd);
+		free(c);
+		errno = saved;
+		return false;
+	}
+	c->poll.data = u;
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	u->conn = c;
+	u->attempts++;
+	u->connect_errno = 0;
+	/* Connection errors (refused, unreachable) surface through SO_ERROR once
+	 * the socket turns writable; an immediate one is kept for that moment,
+	 * so both take the one failure path. */
+	if (connect(c->fd, (struct sockaddr *)&u->addr, u->addr_len) < 0 && errno != EINPROGRESS)
+		u->connect_errno = errno;
+	upstream_set_state(u, UPSTREAM_CONNECTING);
+	upstream_set_events(u, UV_WRITABLE);
+	return true;
+}
+
+struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_id,
+    const char *host, int port, const char *user, const struct proxy_keys *keys,
+    const struct proxy_upstream_events *events, void *data)
+{
+	struct proxy_upstream *u = calloc(1, sizeof(*u));
+
+	if (!u)
+		return NULL;
+	u->loop = loop;
+	u->session_id = session_id;
+	u->port = port;
+	u->keys = keys;
+	u->events = *events;
+	u->data = data;
+	uv_timer_init(loop, &u->retry);
+	u->retry.data = u;
+	u->host = strdup(host);
+	u->user = strdup(user);
+	if (!u->host || !u->user)
+		goto bad;
+	if (uv_ip4_addr(host, port, (struct sockaddr_in *)&u->addr) == 0) {
+		u->addr_len = sizeof(struct sockaddr_in);
+	} else if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)&u->addr) == 0) {
+		u->addr_len = sizeof(struct sockaddr_in6);
+	} else {
+		log_error("session=%llu builder address \"%s\" is not a numeric IP address",
+		    (unsigned long long)session_id, host);
+		goto bad;
+	}
+	if (!upstream_open(u)) {
+		log_warn("session=%llu socket", (unsigned long long)session_id);
+		goto bad;
+	}
+	return u;
+bad:
+	/* The timer is initialised: memory goes after its close callback. */
+	proxy_upstream_destroy(u);
+	return NULL;
+}
+
+static void upstream_timer_on_close(uv_handle_t *h)
+{
+	upstream_release(h->data);
 }
 
 void proxy_upstream_destroy(struct proxy_upstream *u)
@@ -394,12 +500,10 @@ void proxy_upstream_destroy(struct proxy_upstream *u)
 		/* One non-blocking try; the builder notices the TCP close anyway. */
 		libssh2_session_disconnect(u->ssh, "nrbc proxy session closed");
 	upstream_set_state(u, UPSTREAM_CLOSED);
-	if (u->poll_init) {
-		uv_poll_stop(&u->poll);
-		uv_close((uv_handle_t *)&u->poll, upstream_on_close);
-	} else {
-		upstream_on_close((uv_handle_t *)&u->poll);
-	}
+	upstream_close_conn(u);
+	u->pending_closes++;
+	uv_timer_stop(&u->retry);
+	uv_close((uv_handle_t *)&u->retry, upstream_timer_on_close);
 }
 
 bool proxy_upstream_is_ready(const struct proxy_upstream *u)

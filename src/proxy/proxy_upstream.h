@@ -1,6 +1,9 @@
 /* The proxy's SSH connection to one builder: libssh2, non-blocking, on a
  * socket watched by a uv_poll. CONNECTING -> HANDSHAKE -> AUTH -> READY, with
- * the builder's host key checked between handshake and auth.
+ * the builder's host key checked between handshake and auth. A builder that
+ * ends the connection before its SSH banner (sshd shedding load past
+ * MaxStartups) is tried again on a new connection, three attempts in all
+ * (HANDSHAKE -> RETRY_WAIT -> CONNECTING); nothing has run on it by then.
  *
  * Channels on the connection belong to proxy_bridge; this module arbitrates
  * the one rule libssh2's non-blocking mode imposes on several channels: once

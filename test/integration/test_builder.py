@@ -126,6 +126,22 @@ def test_ssh_refuses_unknown_client_key(builder, tmp_path):
     assert "PTY allocation request failed" in r.stderr, r.stderr
 
 
+
+def test_many_pending_handshakes_do_not_shed_logins(builder):
+    """Every connection to a builder comes from the proxy, which rations
+    unauthenticated clients itself: the builder's sshd must not drop the
+    proxy's handshakes when many sessions start at once. With sshd's default
+    MaxStartups (10:30:100) 60 pending connections drop each new one with
+    probability 0.69, so five logins in a row would almost surely see one."""
+    held = [socket.create_connection((builder["ip"], 22), timeout=5) for _ in range(60)]
+    try:
+        for i in range(5):
+            r = ssh(builder["keys"], builder["ip"], "echo", "login-%d" % i)
+            assert r.returncode == 0, r.stderr
+    finally:
+        for c in held:
+            c.close()
+
 @pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
 def test_remote_build_matches_local_build(builder, nix_client, scheme):
     keys, ip = builder["keys"], builder["ip"]

@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -521,6 +522,86 @@ def test_builder_timeout(world):
         assert time.monotonic() - t0 < 15
     finally:
         mute.close()
+
+
+class SheddingBuilder:
+    """A front for the real builder that closes the first `drop` connections
+    before the SSH banner, as sshd does past MaxStartups (reset=True: with a
+    TCP reset), and relays the rest to the builder."""
+
+    def __init__(self, ip, target, drop, reset=False):
+        self.ip, self.target, self.drop, self.reset = ip, target, drop, reset
+        self.accepted = 0
+        self.sock = socket.socket()
+        self.sock.bind((ip, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.accepted <= self.drop:
+                if self.reset:
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+                continue
+            up = socket.create_connection((self.target.ip, self.target.port))
+            for a, b in ((c, up), (up, c)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                b.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
+def test_handshake_dropped_before_the_banner_is_tried_again(world, reset):
+    """sshd past MaxStartups closes new connections before its banner: the
+    proxy connects again (three attempts in all) instead of failing the
+    session."""
+    front = SheddingBuilder(OTHER_BUILDER_IP, world.builder, drop=2, reset=reset)
+    try:
+        p = world.proxy("--allow-any-command", "--log-level", "info", builder=front)
+        r = p.ssh("echo", "third time")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == b"third time\n"
+        assert front.accepted == 3
+        assert len(re.findall(r"ended the SSH handshake .*trying again", p.log())) == 2, p.log()
+    finally:
+        front.close()
+
+
+def test_handshake_dropped_every_time_fails_with_a_message(world):
+    front = SheddingBuilder(OTHER_BUILDER_IP, world.builder, drop=1000)
+    try:
+        p = world.proxy("--allow-any-command", builder=front)
+        r = p.ssh("echo", "never")
+        assert r.returncode == 1
+        assert b"nrbc: SSH handshake with builder" in r.stderr, r.stderr
+        assert b"(3 attempts)" in r.stderr, r.stderr
+        assert front.accepted == 3
+    finally:
+        front.close()
 
 
 def test_idle_timeout(world):

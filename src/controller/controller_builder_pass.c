@@ -657,7 +657,7 @@ static void on_pool_builder_created(const struct kube_response *resp, void *data
 
 struct pool_scan {
 	struct controller_reconciler *r;
-	const json_t *surplus;
+	json_t *surplus; /* a reference: foreach lends each object for one call */
 };
 
 static void scan_surplus(json_t *obj, void *data)
@@ -673,8 +673,10 @@ static void scan_surplus(json_t *obj, void *data)
 	    controller_builder_state(b) == BUILDER_FAILED)
 		return;
 	/* Not-ready ones first: they have cost least so far. */
-	if (!ps->surplus || controller_builder_state(b) != BUILDER_READY)
-		ps->surplus = obj;
+	if (!ps->surplus || controller_builder_state(b) != BUILDER_READY) {
+		json_decref(ps->surplus);
+		ps->surplus = json_incref(obj);
+	}
 }
 
 /* Keeps warm_pool_size unclaimed builders: makes one when short, removes
@@ -722,10 +724,11 @@ void reconcile_pool(struct reconcile_op *op)
 		free(key);
 		if (b) {
 			json_decref(op->nbr);
-			op->nbr = json_incref((json_t *)ps.surplus);
+			op->nbr = ps.surplus;
 			delete_builder(op, b, "more unclaimed pool builders than --warm-pool-size");
 			return;
 		}
+		json_decref(ps.surplus);
 	}
 	reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
 }

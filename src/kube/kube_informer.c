@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "kube_store.h"
 #include "kube_watch.h"
 #include "log.h"
 
@@ -43,8 +44,10 @@ struct kube_informer {
 	struct kube_informer_handlers h;
 	void *data;
 	enum informer_state state;
-	json_t *cache;   /* key -> object */
-	json_t *listing; /* pages of a list in progress */
+	struct kube_store *cache;   /* key -> object */
+	struct kube_store *listing; /* pages of a list in progress */
+	uv_check_t turn_end;        /* ends the cache's loans once per loop turn */
+	int pending_closes;
 	char *rv;        /* last resourceVersion seen: list, event or bookmark */
 	char *cont;      /* continue token of the next list page */
 	uint64_t list_req;
@@ -180,53 +183,70 @@ static json_t *informer_transform(struct kube_informer *inf, json_t *obj)
 
 /* ---------- list ---------- */
 
+struct listing_diff {
+	struct kube_informer *inf;
+	struct kube_store *old;
+	size_t adds, updates, deletes;
+};
+
+static bool diff_added_or_updated(const char *key, json_t *obj, void *data)
+{
+	struct listing_diff *d = data;
+	struct kube_informer *inf = d->inf;
+	json_t *prev = kube_store_get(d->old, key);
+
+	if (!prev) {
+		d->adds++;
+		if (inf->h.on_add)
+			inf->h.on_add(obj, inf->data);
+	} else if (strcmp(kube_object_resource_version(prev),
+	    kube_object_resource_version(obj)) != 0) {
+		d->updates++;
+		if (inf->h.on_update)
+			inf->h.on_update(prev, obj, inf->data);
+	}
+	kube_store_release(d->old);
+	return !inf->destroyed;
+}
+
+static bool diff_deleted(const char *key, json_t *obj, void *data)
+{
+	struct listing_diff *d = data;
+	struct kube_informer *inf = d->inf;
+
+	if (kube_store_has(inf->cache, key))
+		return true;
+	d->deletes++;
+	if (inf->h.on_delete)
+		inf->h.on_delete(obj, inf->data);
+	return !inf->destroyed;
+}
+
 static void informer_apply_listing(struct kube_informer *inf)
 {
-	json_t *old = inf->cache, *obj, *prev;
-	const char *key;
-	size_t adds = 0, updates = 0, deletes = 0;
+	struct listing_diff d = { .inf = inf, .old = inf->cache };
 
 	/* Handlers see the final cache, as client-go's do. */
 	inf->cache = inf->listing;
 	inf->listing = NULL;
-	json_object_foreach(inf->cache, key, obj) {
-		prev = json_object_get(old, key);
-		if (!prev) {
-			adds++;
-			if (inf->h.on_add)
-				inf->h.on_add(obj, inf->data);
-		} else if (strcmp(kube_object_resource_version(prev),
-		    kube_object_resource_version(obj)) != 0) {
-			updates++;
-			if (inf->h.on_update)
-				inf->h.on_update(prev, obj, inf->data);
-		}
-		if (inf->destroyed)
-			goto out;
-	}
-	json_object_foreach(old, key, obj) {
-		if (json_object_get(inf->cache, key))
-			continue;
-		deletes++;
-		if (inf->h.on_delete)
-			inf->h.on_delete(obj, inf->data);
-		if (inf->destroyed)
-			goto out;
-	}
-	log_debug("kube: informer %s: list at resourceVersion %s: %zu objects, %zu added, "
-	    "%zu updated, %zu deleted", inf->desc, inf->rv ? inf->rv : "",
-	    json_object_size(inf->cache), adds, updates, deletes);
-out:
-	json_decref(old);
+	kube_store_foreach(inf->cache, diff_added_or_updated, &d);
+	if (!inf->destroyed)
+		kube_store_foreach(d.old, diff_deleted, &d);
+	if (!inf->destroyed)
+		log_debug("kube: informer %s: list at resourceVersion %s: %zu objects, %zu added, "
+		    "%zu updated, %zu deleted", inf->desc, inf->rv ? inf->rv : "",
+		    kube_store_size(inf->cache), d.adds, d.updates, d.deletes);
+	kube_store_destroy(d.old);
 }
 
 static void informer_on_list(const struct kube_response *resp, void *data)
 {
 	struct kube_informer *inf = data;
-	json_t *items, *item, *meta;
+	json_t *items, *item, *meta, *kept;
 	const char *cont, *rv;
 	char *key, *why;
 	size_t i;
+	int rc;
 
 	inf->list_req = 0;
 	items = json_object_get(resp->body, "items");
@@ -255,13 +275,14 @@ static void informer_on_list(const struct kube_response *resp, void *data)
 			    json_sprintf("%s/%s", inf->r->group, inf->r->version) :
 			    json_string(inf->r->version));
 		key = kube_object_key(item);
-		if (!key || json_object_set_new(inf->listing, key,
-		    informer_transform(inf, item)) < 0) {
-			free(key);
+		kept = informer_transform(inf, item);
+		rc = key ? kube_store_put(inf->listing, key, kept) : -1;
+		json_decref(kept);
+		free(key);
+		if (rc < 0) {
 			informer_backoff(inf, true, "out of memory while listing");
 			return;
 		}
-		free(key);
 	}
 	meta = json_object_get(resp->body, "metadata");
 	cont = json_string_value(json_object_get(meta, "continue"));
@@ -279,8 +300,8 @@ static void informer_on_list(const struct kube_response *resp, void *data)
 		return;
 	if (!inf->synced) {
 		inf->synced = true;
-		log_info("kube: informer %s: synced, %zu objects", inf->desc,
-		    json_object_size(inf->cache));
+		log_info("kube: informer %s: synced, %zu objects (%zu KiB cached)", inf->desc,
+		    kube_store_size(inf->cache), kube_store_text_bytes(inf->cache) / 1024);
 		if (inf->h.on_synced)
 			inf->h.on_synced(inf->data);
 		if (inf->destroyed)
@@ -293,8 +314,8 @@ static void informer_list_start(struct kube_informer *inf)
 {
 	set_state(inf, INFORMER_LISTING);
 	if (!inf->cont) {
-		json_decref(inf->listing);
-		inf->listing = json_object();
+		kube_store_destroy(inf->listing);
+		inf->listing = kube_store_create();
 		if (!inf->listing) {
 			informer_backoff(inf, true, "out of memory");
 			return;
@@ -323,15 +344,14 @@ static void informer_on_upsert(struct kube_informer *inf, json_t *obj)
 		log_error("kube: informer %s: out of memory", inf->desc);
 		return;
 	}
-	old = json_incref(json_object_get(inf->cache, key));
+	old = kube_store_get(inf->cache, key); /* a loan: outlives the put below */
 	if (old && strcmp(kube_object_resource_version(old),
 	    kube_object_resource_version(obj)) == 0) {
 		/* Already seen (a resumed watch may repeat the edge). */
-		json_decref(old);
 		free(key);
 		return;
 	}
-	if (json_object_set(inf->cache, key, obj) < 0) {
+	if (kube_store_put(inf->cache, key, obj) < 0) {
 		log_error("kube: informer %s: out of memory caching %s", inf->desc, key);
 	} else if (old) {
 		if (inf->h.on_update)
@@ -339,25 +359,21 @@ static void informer_on_upsert(struct kube_informer *inf, json_t *obj)
 	} else if (inf->h.on_add) {
 		inf->h.on_add(obj, inf->data);
 	}
-	json_decref(old);
 	free(key);
 }
 
 static void informer_on_remove(struct kube_informer *inf, json_t *obj)
 {
-	json_t *old;
 	char *key = kube_object_key(obj);
 
 	if (!key) {
 		log_error("kube: informer %s: out of memory", inf->desc);
 		return;
 	}
-	old = json_incref(json_object_get(inf->cache, key));
-	if (old) {
-		json_object_del(inf->cache, key);
+	if (kube_store_has(inf->cache, key)) {
+		kube_store_del(inf->cache, key);
 		if (inf->h.on_delete)
 			inf->h.on_delete(obj, inf->data);
-		json_decref(old);
 	}
 	free(key);
 }
@@ -441,6 +457,14 @@ static void informer_watch_start(struct kube_informer *inf)
 
 /* ---------- lifecycle ---------- */
 
+/* Objects lent by kube_informer_get live until the loop turn ends. */
+static void informer_on_turn_end(uv_check_t *h)
+{
+	struct kube_informer *inf = h->data;
+
+	kube_store_release(inf->cache);
+}
+
 struct kube_informer *kube_informer_create(struct kube_client *c,
     const struct kube_resource *r, const char *ns, const char *label_selector,
     const struct kube_informer_handlers *handlers, void *data)
@@ -464,7 +488,7 @@ struct kube_informer *kube_informer_create(struct kube_client *c,
 		goto fail;
 	inf->desc = str_printf("%s in %s%s%s", r->plural, inf->ns ? inf->ns : "all namespaces",
 	    inf->selector ? " with " : "", inf->selector ? inf->selector : "");
-	inf->cache = json_object();
+	inf->cache = kube_store_create();
 	if (!inf->desc || !inf->cache)
 		goto fail;
 	rc = uv_timer_init(kube_client_loop(c), &inf->timer);
@@ -473,12 +497,17 @@ struct kube_informer *kube_informer_create(struct kube_client *c,
 		goto fail;
 	}
 	inf->timer.data = inf;
+	/* Cannot fail once the loop exists; does not keep the loop alive. */
+	uv_check_init(kube_client_loop(c), &inf->turn_end);
+	inf->turn_end.data = inf;
+	uv_check_start(&inf->turn_end, informer_on_turn_end);
+	uv_unref((uv_handle_t *)&inf->turn_end);
 	return inf;
 fail:
 	free(inf->ns);
 	free(inf->selector);
 	free(inf->desc);
-	json_decref(inf->cache);
+	kube_store_destroy(inf->cache);
 	free(inf);
 	return NULL;
 }
@@ -495,8 +524,10 @@ static void informer_on_closed(uv_handle_t *h)
 {
 	struct kube_informer *inf = h->data;
 
-	json_decref(inf->cache);
-	json_decref(inf->listing);
+	if (--inf->pending_closes > 0)
+		return;
+	kube_store_destroy(inf->cache);
+	kube_store_destroy(inf->listing);
 	free(inf->ns);
 	free(inf->selector);
 	free(inf->desc);
@@ -514,8 +545,10 @@ void kube_informer_destroy(struct kube_informer *inf)
 	kube_client_cancel(inf->c, inf->list_req);
 	inf->list_req = 0;
 	informer_stop_watch(inf);
-	/* Memory goes in the close callback: a handler may be on the stack. */
+	/* Memory goes in the close callbacks: a handler may be on the stack. */
+	inf->pending_closes = 2;
 	uv_close((uv_handle_t *)&inf->timer, informer_on_closed);
+	uv_close((uv_handle_t *)&inf->turn_end, informer_on_closed);
 }
 
 bool kube_informer_synced(const struct kube_informer *inf)
@@ -534,22 +567,39 @@ json_t *kube_informer_get(const struct kube_informer *inf, const char *ns, const
 		key = strdup(name);
 	if (!key)
 		return NULL;
-	obj = json_object_get(inf->cache, key);
+	obj = kube_store_get(inf->cache, key);
 	free(key);
 	return obj;
 }
 
 size_t kube_informer_size(const struct kube_informer *inf)
 {
-	return json_object_size(inf->cache);
+	return kube_store_size(inf->cache);
+}
+
+size_t kube_informer_cached_bytes(const struct kube_informer *inf)
+{
+	return kube_store_text_bytes(inf->cache);
+}
+
+struct foreach_call {
+	void (*fn)(json_t *obj, void *data);
+	void *data;
+};
+
+static bool foreach_one(const char *key, json_t *obj, void *data)
+{
+	struct foreach_call *call = data;
+
+	(void)key;
+	call->fn(obj, call->data);
+	return true;
 }
 
 void kube_informer_foreach(const struct kube_informer *inf,
     void (*fn)(json_t *obj, void *data), void *data)
 {
-	const char *key;
-	json_t *obj;
+	struct foreach_call call = { fn, data };
 
-	json_object_foreach(inf->cache, key, obj)
-		fn(obj, data);
+	kube_store_foreach(inf->cache, foreach_one, &call);
 }

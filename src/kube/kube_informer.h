@@ -1,7 +1,9 @@
 /* List + watch with a local cache keyed by "namespace/name": relists on 410
  * Gone and emits the difference, resumes on disconnect with backoff, never
  * loses an event. Objects handed to handlers are borrowed for the call;
- * json_incref to keep one. */
+ * json_incref to keep one. The cache holds objects as compact text
+ * (kube_store.h): what kube_informer_get returns is parsed on demand and
+ * lives until the current event-loop turn ends. */
 #ifndef NRBC_KUBE_INFORMER_H
 #define NRBC_KUBE_INFORMER_H
 
@@ -36,10 +38,14 @@ int kube_informer_start(struct kube_informer *inf);
 void kube_informer_destroy(struct kube_informer *inf);
 
 bool kube_informer_synced(const struct kube_informer *inf);
-/* Borrowed; NULL when absent. */
+/* Lent until the current loop turn ends (json_incref to keep it); NULL when
+ * absent. Each call parses anew: two calls give two objects. */
 json_t *kube_informer_get(const struct kube_informer *inf, const char *ns, const char *name);
 size_t kube_informer_size(const struct kube_informer *inf);
-/* Calls fn for each cached object; fn must not modify the informer. */
+/* Bytes of object text the cache holds. */
+size_t kube_informer_cached_bytes(const struct kube_informer *inf);
+/* Calls fn for each cached object, borrowed for the call only (json_incref
+ * to keep it); fn must not modify the informer. */
 void kube_informer_foreach(const struct kube_informer *inf,
     void (*fn)(json_t *obj, void *data), void *data);
 

@@ -13,7 +13,7 @@ measured in the same run on the same API server:
        with 5,000.
 
 Usage: test/bench/bench_controller.py [--nrbc build/src/nrbc] [--latency-n 200]
-       [--burst 100] [--big 5000] [--keep]
+       [--burst 100] [--big 5000[,20000...]] [--keep]
 The controller runs with its own ServiceAccount token and the shipped Role.
 """
 
@@ -34,6 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "test", "cluster"))
 import cluster as cluster_mod  # noqa: E402
+sys.path.insert(0, os.path.join(REPO, "test", "integration"))
+from procmem import describe as mem, private_dirty_kib  # noqa: E402
 
 NS = "bench"
 SELECTOR = "app.kubernetes.io%2Fname%3Dnrbc-builder"
@@ -157,14 +159,6 @@ def metric(port, name):
     return 0.0
 
 
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def create_many(c, names, threads=4):
     """Creates requests from a few connections at once; returns the
     monotonic time the last create answered."""
@@ -196,7 +190,9 @@ def main():
     ap.add_argument("--nrbc", default=os.path.join(REPO, "build", "src", "nrbc"))
     ap.add_argument("--latency-n", type=int, default=200)
     ap.add_argument("--burst", type=int, default=100)
-    ap.add_argument("--big", type=int, default=5000)
+    ap.add_argument("--big", default="5000",
+                    help="comma-separated request counts to measure memory at; with more "
+                    "than one, the growth per request + pod between them is printed")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     args = ap.parse_args()
 
@@ -219,7 +215,7 @@ def main():
                                 str(health_port), "--log-level", "info"],
                                stdout=log, stderr=subprocess.STDOUT)
         time.sleep(1.0)
-        print("controller RSS idle: %.1f MB" % (rss_kib(ctl.pid) / 1024.0))
+        print("controller idle: " + mem(ctl.pid))
 
         pods = Watch(c, "/api/v1/namespaces/%s/pods?labelSelector=%s" % (NS, SELECTOR),
                      key=lambda o: o["metadata"]["ownerReferences"][0]["name"])
@@ -247,7 +243,7 @@ def main():
             assert st == 201, body
             lat.append(pods.wait(name) - t0)
             if i + 1 == 120:
-                rss120 = rss_kib(ctl.pid)
+                rss120 = mem(ctl.pid)
         print("P3  CR created -> pod created, %d one at a time:" % args.latency_n)
         print("      controller: %s" % fmt(lat))
         print("      baseline  : %s   (ConfigMap created -> seen on a watch)" % fmt(base))
@@ -257,8 +253,7 @@ def main():
         print("      inside the controller (request seen -> pod create answered, its own "
               "histogram, %d samples): p50 <= %g ms, p99 <= %g ms" % (n, q50, q99))
         if rss120:
-            print("P4  controller RSS with 120 requests + 120 pods cached: %.1f MB" % (
-                rss120 / 1024.0))
+            print("P4  controller with 120 requests + 120 pods cached: " + rss120)
 
         # -- P3b: a burst
         names = ["burst-%04d" % i for i in range(args.burst)]
@@ -294,8 +289,9 @@ def main():
               % (args.burst, t_seen - t_last_cm))
 
         # -- P4: RSS at 120 and at --big requests
-        for target in (args.big,):
-            have = len(pods.seen)
+        steps = []
+        have = len(pods.seen)  # the watch is still exact here; later it lags
+        for target in [int(n) for n in args.big.split(",")]:
             if have < target:
                 more = ["big-%05d" % i for i in range(have, target)]
                 t0 = time.monotonic()
@@ -310,9 +306,15 @@ def main():
                     time.sleep(0.5)
                 print("      (%d more requests and their pods in %.1f s)" % (
                     len(more), time.monotonic() - t0))
+                have = target
             time.sleep(2.0)
-            print("P4  controller RSS with %d requests + %d pods cached: %.1f MB" % (
-                target, target, rss_kib(ctl.pid) / 1024.0))
+            print("P4  controller with %d requests + %d pods cached: %s" % (
+                target, target, mem(ctl.pid)))
+            steps.append((target, private_dirty_kib(ctl.pid)))
+            if len(steps) > 1:
+                (n0, k0), (n1, k1) = steps[-2], steps[-1]
+                print("      growth %d -> %d: %.2f KiB private per request + pod" % (
+                    n0, n1, (k1 - k0) / float(n1 - n0)))
         print("controller metrics:")
         print(metrics(health_port))
     finally:

@@ -56,6 +56,7 @@ def main():
     try:
         time.sleep(0.5)
         rss_start = setup.proxy_rss_kib()
+        pss_start = common.pss_kib(setup.proxy.pid)
         first_byte_ms(setup, False)
         first_byte_ms(setup, True)
         for kex, label in ((None, "OpenSSH default key exchange"),
@@ -71,9 +72,10 @@ def main():
             print("  added   p50 %+6.1f ms" % (p50 - d50))
         time.sleep(0.5)
         rss_idle = setup.proxy_rss_kib()
+        pss_idle = common.pss_kib(setup.proxy.pid)
         priv_idle = setup.proxy_private_kib()
-        # In waves: the one builder sshd here drops unauthenticated
-        # connections beyond its MaxStartups (10), direct or not; a real
+        # In waves of 8, as these figures were first measured (the builder
+        # sshd's MaxStartups was then sshd's default, 10); a real
         # builder pod serves one session.
         t0 = time.monotonic()
         for first in range(0, args.sessions, 8):
@@ -92,9 +94,9 @@ def main():
         rss_busy = setup.proxy_rss_kib()
         priv_busy = setup.proxy_private_kib()
         print("P4 proxy RSS")
-        print("  idle after start       %6d KiB" % rss_start)
-        print("  idle after %3d setups  %6d KiB (private dirty %d KiB; the rest is shared "
-              "library pages)" % (4 * args.runs + 2, rss_idle, priv_idle))
+        print("  idle after start       %6d KiB (PSS %d KiB)" % (rss_start, pss_start))
+        print("  idle after %3d setups  %6d KiB (PSS %d KiB, private dirty %d KiB; the rest "
+              "is shared library pages)" % (4 * args.runs + 2, rss_idle, pss_idle, priv_idle))
         print("  %d bridged sessions   %6d KiB  -> %.1f KiB per session (private dirty "
               "%.1f KiB per session)" %
               (args.sessions, rss_busy, (rss_busy - rss_idle) / args.sessions,

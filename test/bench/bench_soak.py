@@ -66,8 +66,8 @@ def main():
         via = setup.ssh(True, "", kex=kex)[:-1]
         # Baseline: the completing commands straight to the builder, and the
         # same through the proxy without the drill (also the warm-up: its
-        # RSS is the memory baseline). 8 clients at a time: sshd's
-        # MaxStartups drops unauthenticated connections past 10 at once.
+        # RSS is the memory baseline). 8 clients at a time, as S1 was first
+        # measured (when the builder sshd kept MaxStartups' default of 10).
         n_base = max(args.workers * 4, args.sessions // 10)
         base_workers = min(args.workers, 8)
         base = soak.Soak(direct, n_base, base_workers, args.seed, kill_share=0.0,

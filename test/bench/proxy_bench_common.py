@@ -11,10 +11,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "test", "integration"))
+from procmem import private_dirty_kib, pss_kib, rss_kib  # noqa: E402,F401
 ENTRYPOINT = os.path.join(REPO, "builder", "entrypoint.sh")
 NET = "127.82.%d" % (20 + os.getpid() % 200)
 CIPHER = "aes128-gcm@openssh.com"
@@ -37,22 +40,6 @@ def wait_for(fn, timeout, what):
         if time.monotonic() > deadline:
             raise SystemExit("timed out waiting for " + what)
         time.sleep(0.05)
-
-
-def rss_kib(pid):
-    for line in open("/proc/%d/status" % pid):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def private_dirty_kib(pid):
-    """Memory the process itself wrote (heap, stacks, library data): RSS
-    minus the shared library pages every process on the host shares."""
-    for line in open("/proc/%d/smaps_rollup" % pid):
-        if line.startswith("Private_Dirty:"):
-            return int(line.split()[1])
-    return 0
 
 
 class Setup:

@@ -4,7 +4,6 @@ shipped RBAC (manifests/controller/) and its own ServiceAccount token."""
 import json
 import random
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -204,12 +203,6 @@ def wait_event(cluster, namespace, name, reason, type_=None, timeout=15):
                 return e
         return None
     return wait_for(check, timeout, what="Event %s on %s" % (reason, name))
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)
-    return int(m.group(1)) if m else None
 
 
 def now():

@@ -61,13 +61,6 @@ def metrics(host, port):
     return out
 
 
-def rss_kib(pid):
-    for line in open("/proc/%d/status" % pid):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def proc_stats():
     """(pid, command name, the /proc/PID/stat fields after the name) of
     every process that is still there when read."""

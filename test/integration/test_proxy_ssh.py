@@ -23,6 +23,8 @@ import time
 
 import pytest
 
+import procmem
+
 from conftest import REPO, NixClient, salt, wait_for
 
 ENTRYPOINT = os.path.join(REPO, "builder", "entrypoint.sh")
@@ -147,9 +149,7 @@ class Proxy:
         return open(self.log_path, errors="replace").read()
 
     def rss_kib(self):
-        for line in open("/proc/%d/status" % self.proc.pid):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        return procmem.rss_kib(self.proc.pid)
         raise AssertionError("no VmRSS")
 
     def ssh_argv(self, key=None, extra=()):

@@ -22,7 +22,8 @@ import time
 import pytest
 
 from conftest import wait_for
-from soak import STREAM, Soak, check_proxy, rss_kib
+from procmem import rss_kib
+from soak import STREAM, Soak, check_proxy
 from test_proxy_ssh import Builder, Keys, Proxy
 
 NET = "127.83.%d" % (20 + os.getpid() % 200)

@@ -121,6 +121,7 @@ struct controller {
 	struct metric *m_leader;
 	struct metric *m_requests_cached;
 	struct metric *m_pods_cached;
+	struct metric *m_cache_bytes;
 };
 
 static void controller_shutdown(struct controller *c, const char *why, int exit_code);
@@ -143,6 +144,9 @@ static void update_gauges(struct controller *c)
 	metric_set(c->m_requests_cached, c->requests ?
 	    (double)kube_informer_size(c->requests) : 0);
 	metric_set(c->m_pods_cached, c->pods ? (double)kube_informer_size(c->pods) : 0);
+	metric_set(c->m_cache_bytes, (double)((c->requests ? kube_informer_cached_bytes(c->requests) :
+	    0) + (c->builders ? kube_informer_cached_bytes(c->builders) : 0) +
+	    (c->pods ? kube_informer_cached_bytes(c->pods) : 0)));
 }
 
 static void enqueue(struct controller *c, const char *key)
@@ -501,6 +505,8 @@ static int start_health(struct controller *c)
 	    "NixBuildRequests in the informer cache.", NULL);
 	c->m_pods_cached = metrics_gauge(c->metrics, "nrbc_controller_pods_cached",
 	    "Builder pods in the informer cache.", NULL);
+	c->m_cache_bytes = metrics_gauge(c->metrics, "nrbc_controller_cache_bytes",
+	    "Bytes of object text the informer caches hold (requests, builders, pods).", NULL);
 	c->health = health_server_create(&c->loop, c->f.health_address, (int)c->f.health_port,
 	    c->metrics, &err);
 	if (!c->health) {

@@ -115,6 +115,11 @@ def test_request_gets_one_running_pod(setup, controller):
     assert m["nrbc_controller_pods_created_total"] == 1
     assert m['nrbc_controller_phase_transitions_total{phase="Running"}'] == 1
     assert m["nrbc_controller_leader"] == 1
+    # The caches hold the request and its pod as text: a few hundred bytes
+    # each, not the whole objects (a pod as the API sends it is ~5 KB).
+    assert m["nrbc_controller_requests_cached"] >= 1 and m["nrbc_controller_pods_cached"] >= 1
+    assert 200 <= m["nrbc_controller_cache_bytes"] <= 2048 * (
+        m["nrbc_controller_requests_cached"] + m["nrbc_controller_pods_cached"]), m
 
 
 def test_health_endpoints_and_idempotence(setup, controller):

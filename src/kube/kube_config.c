@@ -1229,9 +1229,12 @@ int kube_config_apply(struct kube_config *cfg, CURL *easy, struct curl_slist **h
 	if (cfg->connect_to &&
 	    curl_easy_setopt(easy, CURLOPT_CONNECT_TO, cfg->connect_to) != CURLE_OK)
 		goto curl_fail;
-	/* Without proxy-url libcurl still honours https_proxy/no_proxy, as
-	 * client-go does with its environment. */
-	if (cfg->proxy_url && curl_easy_setopt(easy, CURLOPT_PROXY, cfg->proxy_url) != CURLE_OK)
+	/* Without proxy-url libcurl honours https_proxy and no_proxy, as
+	 * client-go does; with it, every request goes through it (an empty
+	 * CURLOPT_NOPROXY overrides $no_proxy), as in client-go. */
+	if (cfg->proxy_url &&
+	    (curl_easy_setopt(easy, CURLOPT_PROXY, cfg->proxy_url) != CURLE_OK ||
+	    curl_easy_setopt(easy, CURLOPT_NOPROXY, "") != CURLE_OK))
 		goto curl_fail;
 	if (cfg->token_file && token_refresh(cfg, err) < 0)
 		return -1;

@@ -290,6 +290,10 @@ class ConnectProxy:
         pump(c, up)
 
     def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
         self.sock.close()
 
 
@@ -307,8 +311,15 @@ def test_proxy_url(cluster, namespace, reader, kubetool, tmp_path):
     finally:
         proxy.close()
     # A proxy that is not there: the request fails, it does not go direct.
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed_port = s.getsockname()[1]
+    s.close()
+    kc = kubeconfig(tmp_path / "kc-closed", cluster, admin_user(cluster),
+                    "    proxy-url: http://127.0.0.1:%d\n" % closed_port, namespace)
     rc, body, err = run([kubetool, "--kubeconfig", kc, "get", "configmaps", namespace, "cm"])
     assert rc == 1, (rc, err)
+    assert str(closed_port) in err or "proxy" in err.lower(), err
 
 
 # ---- nrbc client-config on the whole stack ------------------------------------

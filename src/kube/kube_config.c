@@ -601,7 +601,7 @@ static int parse_exec(struct kc_parse *kp, yaml_node_t *exec, const char *user_p
 			goto nomem;
 		spec.cluster_json = cluster;
 	}
-	origin = str_printf("%s (%s)", kp->origin, user_path);
+	origin = str_printf("%s: %s", kp->origin, user_path);
 	if (!origin)
 		goto nomem;
 	cfg->exec = kube_exec_create(&spec, origin, kp->err);

@@ -6,6 +6,8 @@
 
 #include "kube/kube_exec.h"
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char *token, *cert, *key, *err = NULL, *text;

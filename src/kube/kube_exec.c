@@ -455,11 +455,15 @@ static int run_plugin(struct kube_exec *x, char **err)
 		set_err(err, "%s: exec plugin %s: out of memory", x->origin, x->command);
 		goto fail_pipes;
 	}
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-	posix_spawn_file_actions_adddup2(&fa, errp[1], 2);
+	/* Never a terminal: stdin is /dev/null (interactive is false). */
+	rc = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	if (rc == 0)
+		rc = posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+	if (rc == 0)
+		rc = posix_spawn_file_actions_adddup2(&fa, errp[1], 2);
 	x->runs++;
-	rc = posix_spawnp(&pid, x->command, &fa, NULL, x->argv, x->env);
+	if (rc == 0)
+		rc = posix_spawnp(&pid, x->command, &fa, NULL, x->argv, x->env);
 	posix_spawn_file_actions_destroy(&fa);
 	if (rc != 0) {
 		set_err(err, "%s: exec plugin \"%s\" %s%s%s", x->origin, x->command,

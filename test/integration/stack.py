@@ -239,12 +239,18 @@ class Stack:
         """What a cloud load balancer does for the LoadBalancer Service: an
         external address in its status. Here that is the proxy's own
         loopback address, and the Service's port is the one it listens on."""
+        # `kubectl apply` (not a patch), so that the next `kubectl apply -k
+        # manifests` sees this port in last-applied and puts 22 back cleanly.
+        svc = self.objects[("Service", "nrbc-proxy")]
+        spec = {k: svc["spec"][k] for k in ("type", "externalTrafficPolicy", "selector")}
+        spec["ports"] = [{"name": "ssh", "port": self.proxy_port, "targetPort": "ssh"}]
+        self.cluster.apply(json.dumps(
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "nrbc-proxy", "namespace": NAMESPACE,
+                          "labels": svc["metadata"].get("labels") or {}},
+             "spec": spec}))
         merge = {"Content-Type": "application/merge-patch+json"}
         path = "/api/v1/namespaces/%s/services/nrbc-proxy" % NAMESPACE
-        st, body = self.cluster.api("PATCH", path, json.dumps(
-            {"spec": {"ports": [{"name": "ssh", "port": self.proxy_port,
-                                 "targetPort": "ssh"}]}}).encode(), headers=merge)
-        assert st == 200, body
         st, body = self.cluster.api("PATCH", path + "/status", json.dumps(
             {"status": {"loadBalancer": {"ingress": [{"ip": PROXY_ADDRESS}]}}}).encode(),
             headers=merge)

@@ -16,6 +16,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "rfc3339.h"
 
 #define KUBE_EXEC_MAX_STDOUT (1u << 20)
 #define KUBE_EXEC_MAX_STDERR (16u << 10)
@@ -70,62 +71,6 @@ static void drop_credential(struct kube_exec *x)
 
 /* ---------- parsing the plugin's answer ---------- */
 
-static int digits(const char *s, int n, int *out)
-{
-	int v = 0;
-
-	for (int i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return -1;
-		v = v * 10 + (s[i] - '0');
-	}
-	*out = v;
-	return 0;
-}
-
-int kube_exec_parse_time(const char *s, time_t *out)
-{
-	struct tm tm = { 0 };
-	int y, mo, d, h, mi, sec, oh = 0, om = 0;
-	long offset = 0;
-	time_t t;
-
-	if (strlen(s) < 20 || digits(s, 4, &y) < 0 || s[4] != '-' ||
-	    digits(s + 5, 2, &mo) < 0 || s[7] != '-' || digits(s + 8, 2, &d) < 0 ||
-	    (s[10] != 'T' && s[10] != 't') || digits(s + 11, 2, &h) < 0 || s[13] != ':' ||
-	    digits(s + 14, 2, &mi) < 0 || s[16] != ':' || digits(s + 17, 2, &sec) < 0)
-		return -1;
-	if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
-		return -1;
-	s += 19;
-	if (*s == '.') {
-		s++;
-		if (*s < '0' || *s > '9')
-			return -1;
-		while (*s >= '0' && *s <= '9')
-			s++;
-	}
-	if ((*s == 'Z' || *s == 'z') && s[1] == '\0') {
-		offset = 0;
-	} else if ((*s == '+' || *s == '-') && strlen(s) == 6 && digits(s + 1, 2, &oh) == 0 &&
-	    s[3] == ':' && digits(s + 4, 2, &om) == 0 && oh < 24 && om < 60) {
-		offset = (oh * 60L + om) * 60L * (*s == '+' ? 1 : -1);
-	} else {
-		return -1;
-	}
-	tm.tm_year = y - 1900;
-	tm.tm_mon = mo - 1;
-	tm.tm_mday = d;
-	tm.tm_hour = h;
-	tm.tm_min = mi;
-	tm.tm_sec = sec;
-	t = timegm(&tm);
-	if (t == (time_t)-1)
-		return -1;
-	*out = t - offset;
-	return 0;
-}
-
 static void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void set_err(char **err, const char *fmt, ...)
@@ -174,6 +119,7 @@ int kube_exec_parse(const char *text, size_t len, const char *expected_version,
 {
 	const char *kind, *version, *tok, *crt, *k, *exp;
 	json_error_t jerr;
+	int64_t ms = 0;
 	json_t *root, *status;
 
 	*token = *cert = *key = NULL;
@@ -224,10 +170,12 @@ int kube_exec_parse(const char *text, size_t len, const char *expected_version,
 		set_err(err, "status.token contains control characters");
 		goto fail;
 	}
-	if (exp && kube_exec_parse_time(exp, expiry) < 0) {
+	if (exp && (ms = rfc3339_parse_ms(exp)) < 0) {
 		set_err(err, "status.expirationTimestamp \"%.64s\" is not an RFC 3339 time", exp);
 		goto fail;
 	}
+	if (exp)
+		*expiry = (time_t)(ms / 1000);
 	if ((tok && !(*token = strdup(tok))) || (crt && !(*cert = strdup(crt))) ||
 	    (k && !(*key = strdup(k)))) {
 		set_err(err, "out of memory");

@@ -58,8 +58,4 @@ unsigned kube_exec_runs(const struct kube_exec *x);
 int kube_exec_parse(const char *text, size_t len, const char *expected_version,
     char **token, char **cert, char **key, time_t *expiry, char **err);
 
-/* RFC 3339 ("2026-12-01T12:00:00Z", fractions and offsets allowed) to a
- * Unix time. Returns 0 or -1. */
-int kube_exec_parse_time(const char *s, time_t *out);
-
 #endif

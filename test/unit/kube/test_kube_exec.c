@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "kube/kube_exec.h"
+#include "rfc3339.h"
 
 #define V1 "client.authentication.k8s.io/v1"
 #define V1BETA1 "client.authentication.k8s.io/v1beta1"
@@ -102,20 +103,16 @@ static void test_parse(void **state)
 	    "not an RFC 3339 time");
 }
 
+/* The shared RFC 3339 parser, as expirationTimestamp uses it. */
 static void test_parse_time(void **state)
 {
-	time_t t;
-
-	assert_int_equal(kube_exec_parse_time("1970-01-01T00:00:00Z", &t), 0);
-	assert_int_equal(t, 0);
-	assert_int_equal(kube_exec_parse_time("2026-12-01T12:00:00.123456Z", &t), 0);
-	assert_int_equal(t, 1796126400);
-	assert_int_equal(kube_exec_parse_time("2026-12-01T13:30:00+01:30", &t), 0);
-	assert_int_equal(t, 1796126400);
-	assert_int_equal(kube_exec_parse_time("2026-12-01 12:00:00Z", &t), -1);
-	assert_int_equal(kube_exec_parse_time("2026-13-01T12:00:00Z", &t), -1);
-	assert_int_equal(kube_exec_parse_time("2026-12-01T12:00:00", &t), -1);
-	assert_int_equal(kube_exec_parse_time("2026-12-01T12:00:00Zjunk", &t), -1);
+	assert_int_equal(rfc3339_parse_ms("1970-01-01T00:00:00Z"), 0);
+	assert_int_equal(rfc3339_parse_ms("2026-12-01T12:00:00.123456Z"), 1796126400123LL);
+	assert_int_equal(rfc3339_parse_ms("2026-12-01T13:30:00+01:30"), 1796126400000LL);
+	assert_int_equal(rfc3339_parse_ms("2026-12-01 12:00:00Z"), -1);
+	assert_int_equal(rfc3339_parse_ms("2026-13-01T12:00:00Z"), -1);
+	assert_int_equal(rfc3339_parse_ms("2026-12-01T12:00:00"), -1);
+	assert_int_equal(rfc3339_parse_ms("2026-12-01T12:00:00Zjunk"), -1);
 }
 
 static struct kube_exec *make(const char *command, const char *const *args, size_t nargs,

@@ -1,5 +1,6 @@
 /* Where the Kubernetes API is and how to authenticate to it: in-cluster
- * service-account files or a kubeconfig file (parsed with libyaml). */
+ * service-account files, or kubeconfig files (kube_kubeconfig.c parses and
+ * merges them; kube_exec.c runs their credential plugins). */
 #ifndef NRBC_KUBE_CONFIG_H
 #define NRBC_KUBE_CONFIG_H
 

@@ -439,6 +439,17 @@ def test_client_config_end_to_end(cluster, stack, nrbc_bin, nix_client, tmp_path
     assert rc == 1, (out, err)
     assert "check: key refused" in out, out
 
+    # --address overrides the Service; nothing listens there: unreachable.
+    s = socket.socket()
+    s.bind((PROXY_ADDRESS, 0))
+    closed = s.getsockname()[1]
+    s.close()
+    rc, out, err = u.run("--identity", key, "--address", "%s:%d" % (PROXY_ADDRESS, closed),
+                         "--check")
+    assert rc == 1, (out, err)
+    assert "  Port %d\n" % closed in out, out
+    assert "check: unreachable" in out, out
+
     # --system writes /etc's files (under --etc-dir here).
     etc = os.path.join(str(tmp_path), "etc")
     rc, out, err = u.run("--identity", key, "--system", "--etc-dir", etc, "--write")

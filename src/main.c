@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "client/client.h"
 #include "controller/controller.h"
 #include "nrbc_version.h"
 #include "proxy/proxy.h"
@@ -16,6 +17,7 @@ static const struct command {
 } command_table[] = {
 	{ "proxy", proxy_main, "SSH front door: one builder pod per Nix connection" },
 	{ "controller", controller_main, "turn NixBuildRequests into builder pods" },
+	{ "client-config", client_config_main, "set up this machine's Nix to build through the proxy" },
 	{ "version", version_main, "print the version" },
 	{ "help", help_main, "show this help" },
 };
@@ -31,7 +33,7 @@ static int help_main(int argc, char **argv)
 	printf("nrbc %s: elastic Nix remote builders on Kubernetes\n\n"
 	       "Usage: nrbc <command> [flags]\n\nCommands:\n", NRBC_VERSION);
 	for (size_t i = 0; i < sizeof(command_table) / sizeof(command_table[0]); i++)
-		printf("  %-12s %s\n", command_table[i].name, command_table[i].summary);
+		printf("  %-14s %s\n", command_table[i].name, command_table[i].summary);
 	printf("\nRun \"nrbc <command> --help\" for the flags of a command.\n");
 	return 0;
 }

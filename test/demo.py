@@ -10,7 +10,6 @@ pods shown as they come and go.
 """
 
 import argparse
-import base64
 import os
 import signal
 import subprocess
@@ -25,7 +24,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(HERE, "integration"))
 
 import conftest  # noqa: E402  (the fixtures' classes, used directly)
-from stack import NAMESPACE, PROXY_ADDRESS, Stack  # noqa: E402
+from stack import NAMESPACE, Stack  # noqa: E402
 
 
 def say(msg):
@@ -82,16 +81,38 @@ def main():
         watchers.append(watch(cluster, "pods", "app.kubernetes.io/name=nrbc-builder"))
         time.sleep(1)
 
-        say("nix-build of an 11-derivation graph through ssh-ng://nixbld@%s:%d"
-            % (PROXY_ADDRESS, stack.proxy_port))
+        say("nrbc client-config --write --check: the user's nix.conf, known_hosts and "
+            "ssh_config, from the cluster")
+        home = os.path.join(work, "home")
+        os.makedirs(home)
+        argv = [args.nrbc, "client-config", "--identity", stack.keys["user-key"],
+                "--write", "--check"]
+        print("   $ HOME=%s KUBECONFIG=%s %s" % (home, cluster.kubeconfig,
+                                                " ".join(argv[1:])), flush=True)
+        c = subprocess.run(argv, env=dict(os.environ, HOME=home, KUBECONFIG=cluster.kubeconfig),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in c.stdout.splitlines():
+            print("   " + line)
+        if c.returncode != 0:
+            say("nrbc client-config FAILED (exit %d)" % c.returncode)
+            return 1
+        nix_conf = dict(line.split(" = ", 1) for line in open(
+            os.path.join(home, ".config", "nix", "nix.conf")).read().splitlines()
+            if " = " in line)
+        ssh_config = os.path.join(home, ".ssh", "config")
+
+        say("nix-build of an 11-derivation graph with those settings")
         store = os.path.join(work, "client-store")
         argv = ["nix-build", os.path.join(conftest.NIX_DIR, "graph.nix"), "--no-out-link",
                 "--store", store, "--max-jobs", "0", "--option", "substituters", "",
-                "--builders", stack.builders("ssh-ng"),
+                "--builders", nix_conf["builders"],
                 "--argstr", "salt", uuid.uuid4().hex, "--arg", "n", "10"]
-        print("   $ NIX_SSHOPTS='%s' %s" % (stack.sshopts(), " ".join(
+        # ssh reads ~/.ssh/config from the passwd entry's home, not $HOME:
+        # point it at the file client-config wrote.
+        sshopts = "-F %s" % ssh_config
+        print("   $ NIX_SSHOPTS='%s' %s" % (sshopts, " ".join(
             "'%s'" % a if " " in a or not a else a for a in argv)), flush=True)
-        env = dict(os.environ, NIX_SSHOPTS=stack.sshopts())
+        env = dict(os.environ, NIX_SSHOPTS=sshopts)
         env.pop("NIX_REMOTE", None)
         t0 = time.monotonic()
         b = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True)
@@ -114,22 +135,17 @@ def main():
         say("afterwards: %d NixBuildRequests, %d builder pods left"
             % (len(stack.requests()), len(stack.builder_pods())))
 
-        host_pub = open(stack.keys["host-key"] + ".pub").read().strip()
         print()
-        say("to use it from nix.conf (the proxy's host key is pinned, base64):")
-        print("   builders = ssh-ng://nixbld@%s x86_64-linux %s 4 1 - - %s"
-              % (PROXY_ADDRESS, stack.keys["user-key"],
-                 base64.b64encode(host_pub.encode()).decode()))
-        print("   NIX_SSHOPTS='-p %d'   # Nix 2.8 store URIs take no port; a real"
-              " proxy Service listens on 22" % stack.proxy_port)
+        say("on a real cluster: `nrbc client-config --write` (see the README's quick start)")
         ok = True
         if args.keep:
             say("the stack keeps running; press Ctrl-C to stop it. Try:")
             print("   export KUBECONFIG=%s" % cluster.kubeconfig)
             print("   kubectl -n %s get nbr,pods -w" % NAMESPACE)
+            print("   HOME=%s %s client-config --check" % (home, args.nrbc))
             print("   NIX_SSHOPTS='%s' nix-build %s/test/integration/nix/graph.nix "
                   "--store %s/mystore --max-jobs 0 --builders '%s'"
-                  % (stack.sshopts(), REPO, work, stack.builders("ssh-ng")))
+                  % (sshopts, REPO, work, nix_conf["builders"]))
             signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGTERM])
             signal.sigwait([signal.SIGINT, signal.SIGTERM])
         return 0

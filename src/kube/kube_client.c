@@ -558,6 +558,7 @@ static void request_finish(struct kube_client *c, struct kube_request *r, CURLco
 	request_detach(c, r);
 	request_unlink(c, r);
 	curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &resp.status);
+	kube_config_note_status(c->cfg, resp.status);
 	if (r->resp.len > 0) {
 		body = json_loadb(r->resp.data, r->resp.len, 0, &jerr);
 		if (!body && res == CURLE_OK && !r->too_big)
@@ -680,7 +681,7 @@ static int request_setup(struct kube_client *c, struct kube_request *r,
 	CURL *e = r->easy;
 	int rc = -1;
 
-	url = str_printf("%s%s", kube_config_server(c->cfg), r->path);
+	url = str_printf("%s%s", kube_config_request_base(c->cfg), r->path);
 	if (!url)
 		goto out;
 	if (curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK ||

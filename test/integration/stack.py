@@ -25,6 +25,7 @@ from conftest import REPO, NixClient, wait_for
 NAMESPACE = "nrbc"
 SECRET = "nix-builder-ssh-keys"
 PROXY_ADDRESS = "127.0.0.9"
+HOST_KEY_CONFIG_MAP = "nrbc-host-key"
 
 
 def free_port(host="127.0.0.1"):
@@ -194,6 +195,11 @@ class Stack:
                                  "authorized-keys": "".join(
                                      open(k[u] + ".pub").read() for u in self.USERS)}}
         self.cluster.apply(json.dumps(secret))
+        # What the operator publishes for `nrbc client-config` (README step 2).
+        self.cluster.apply(json.dumps(
+            {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": HOST_KEY_CONFIG_MAP, "namespace": NAMESPACE},
+             "data": {"host-key.pub": open(k["host-key"] + ".pub").read()}}))
         self.delete_builders()
         return self
 
@@ -226,7 +232,29 @@ class Stack:
         self.proxy.start()
         wait_for(self.controller.ready, 30, what="controller /readyz")
         wait_for(self.proxy.ready, 30, what="proxy /readyz")
+        self.publish_service()
         return self
+
+    def publish_service(self):
+        """What a cloud load balancer does for the LoadBalancer Service: an
+        external address in its status. Here that is the proxy's own
+        loopback address, and the Service's port is the one it listens on."""
+        # `kubectl apply` (not a patch), so that the next `kubectl apply -k
+        # manifests` sees this port in last-applied and puts 22 back cleanly.
+        svc = self.objects[("Service", "nrbc-proxy")]
+        spec = {k: svc["spec"][k] for k in ("type", "externalTrafficPolicy", "selector")}
+        spec["ports"] = [{"name": "ssh", "port": self.proxy_port, "targetPort": "ssh"}]
+        self.cluster.apply(json.dumps(
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "nrbc-proxy", "namespace": NAMESPACE,
+                          "labels": svc["metadata"].get("labels") or {}},
+             "spec": spec}))
+        merge = {"Content-Type": "application/merge-patch+json"}
+        path = "/api/v1/namespaces/%s/services/nrbc-proxy" % NAMESPACE
+        st, body = self.cluster.api("PATCH", path + "/status", json.dumps(
+            {"status": {"loadBalancer": {"ingress": [{"ip": PROXY_ADDRESS}]}}}).encode(),
+            headers=merge)
+        assert st == 200, body
 
     def stop(self):
         for role in (self.proxy, self.controller):

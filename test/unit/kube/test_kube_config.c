@@ -259,7 +259,39 @@ static void test_broken_configs(void **state)
 	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
 	    "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
 	    "users: [{name: u, user: {exec: {command: aws}}}]\n", NULL,
-	    "exec and auth-provider credentials are not supported");
+	    "exec.apiVersion \"\" is not supported");
+	expect_parse_error(
+	    "current-context: c\n"
+	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+	    "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+	    "users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1, "
+	    "command: aws, args: {a: b}}}}]\n", NULL,
+	    "users[0].user.exec.args: expected a list of strings");
+	expect_parse_error(
+	    "current-context: c\n"
+	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+	    "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+	    "users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1, "
+	    "command: aws, env: [{name: A}]}}}]\n", NULL,
+	    "users[0].user.exec.env: expected a list of {name, value}");
+	expect_parse_error(
+	    "current-context: c\n"
+	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+	    "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+	    "users: [{name: u, user: {auth-provider: {name: gcp}}}]\n", NULL,
+	    "auth-provider credentials are not supported");
+	expect_parse_error(
+	    "current-context: c\n"
+	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1', "
+	    "tls-server-name: 'a:b'}}]\n"
+	    "contexts: [{name: c, context: {cluster: k}}]\n", NULL,
+	    "clusters[0].cluster.tls-server-name: \"a:b\" is not a host name");
+	expect_parse_error(
+	    "current-context: c\n"
+	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1', "
+	    "proxy-url: '127.0.0.1:3128'}}]\n"
+	    "contexts: [{name: c, context: {cluster: k}}]\n", NULL,
+	    "clusters[0].cluster.proxy-url: \"127.0.0.1:3128\" is not a URL");
 	expect_parse_error(
 	    "current-context: c\n"
 	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
@@ -367,6 +399,164 @@ static void test_in_cluster(void **state)
 	unsetenv("KUBERNETES_SERVICE_PORT");
 }
 
+static void write_at(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	assert_non_null(f);
+	assert_int_equal(fputs(text, f) >= 0, 1);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* $KUBECONFIG as kubectl merges it: current-context from the first file
+ * that sets one, each context/cluster/user whole from the first file that
+ * names it, relative paths against their own file, missing files skipped. */
+static void test_kubeconfig_list_merges(void **state)
+{
+	char a[512], b[512], sub[512], list[2048], *err = NULL, *auth;
+	struct kube_config *cfg;
+
+	snprintf(a, sizeof(a), "%s/kubeconfig", tmpdir);
+	snprintf(sub, sizeof(sub), "%s/sub", tmpdir);
+	assert_int_equal(mkdir(sub, 0700), 0);
+	snprintf(b, sizeof(b), "%s/sub/kc", tmpdir);
+	/* a: no current-context; its cluster "k" wins over b's; user only in b. */
+	write_at(a, "contexts: [{name: other, context: {cluster: k}}]\n"
+	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1111'}}]\n");
+	write_at(b, "current-context: c\n"
+	    "contexts: [{name: c, context: {cluster: k, user: u, namespace: nsb}},\n"
+	    "           {name: other, context: {cluster: nope}}]\n"
+	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.2:2222'}}]\n"
+	    "users: [{name: u, user: {tokenFile: tok}}]\n");
+	{
+		char tok[512];
+
+		snprintf(tok, sizeof(tok), "%s/sub/tok", tmpdir);
+		write_at(tok, "token-from-b\n");
+	}
+	snprintf(list, sizeof(list), "%s/missing::%s:%s", tmpdir, a, b);
+	setenv("KUBECONFIG", list, 1);
+	unsetenv("KUBERNETES_SERVICE_HOST");
+	cfg = kube_config_load(NULL, NULL, &err);
+	if (!cfg)
+		fail_msg("load failed: %s", err);
+	assert_string_equal(kube_config_server(cfg), "https://127.0.0.1:1111");
+	assert_string_equal(kube_config_namespace(cfg), "nsb");
+	auth = auth_header(cfg);
+	assert_string_equal(auth, "Authorization: Bearer token-from-b");
+	free(auth);
+	kube_config_destroy(cfg);
+
+	/* "other" is defined in a first: b's broken one is never looked at. */
+	cfg = kube_config_load(NULL, "other", &err);
+	if (!cfg)
+		fail_msg("load failed: %s", err);
+	assert_string_equal(kube_config_server(cfg), "https://127.0.0.1:1111");
+	kube_config_destroy(cfg);
+
+	/* A name found nowhere names the whole list. */
+	cfg = kube_config_load(NULL, "absent", &err);
+	assert_null(cfg);
+	assert_non_null(strstr(err, "context \"absent\" not found"));
+	assert_non_null(strstr(err, b));
+	free(err);
+	err = NULL;
+
+	snprintf(list, sizeof(list), "%s/missing:%s/missing2", tmpdir, tmpdir);
+	setenv("KUBECONFIG", list, 1);
+	cfg = kube_config_load(NULL, NULL, &err);
+	assert_null(cfg);
+	assert_non_null(strstr(err, "none of its files exists"));
+	free(err);
+	unsetenv("KUBECONFIG");
+	{
+		char tok[512];
+
+		snprintf(tok, sizeof(tok), "%s/sub/tok", tmpdir);
+		unlink(tok);
+	}
+	unlink(b);
+	rmdir(sub);
+}
+
+static void test_tls_server_name_and_proxy(void **state)
+{
+	struct kube_config *cfg = parse_ok(
+	    "current-context: c\n"
+	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443/prefix', "
+	    "tls-server-name: kubernetes.default, proxy-url: 'http://127.0.0.1:3128'}}]\n"
+	    "contexts: [{name: c, context: {cluster: k}}]\n", NULL);
+
+	assert_string_equal(kube_config_server(cfg), "https://127.0.0.1:6443/prefix");
+	assert_string_equal(kube_config_request_base(cfg), "https://kubernetes.default:6443/prefix");
+	assert_string_equal(kube_config_tls_server_name(cfg), "kubernetes.default");
+	assert_string_equal(kube_config_proxy_url(cfg), "http://127.0.0.1:3128");
+	kube_config_destroy(cfg);
+
+	cfg = parse_ok(
+	    "current-context: c\n"
+	    "clusters: [{name: k, cluster: {server: 'https://[::1]', tls-server-name: api}}]\n"
+	    "contexts: [{name: c, context: {cluster: k}}]\n", NULL);
+	assert_string_equal(kube_config_request_base(cfg), "https://api:443");
+	assert_null(kube_config_proxy_url(cfg));
+	kube_config_destroy(cfg);
+
+	cfg = parse_ok(
+	    "current-context: c\n"
+	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+	    "contexts: [{name: c, context: {cluster: k}}]\n", NULL);
+	assert_string_equal(kube_config_request_base(cfg), "https://127.0.0.1:6443");
+	assert_null(kube_config_tls_server_name(cfg));
+	kube_config_destroy(cfg);
+}
+
+/* kube_config_parse never runs the plugin; apply does, and a 401 makes the
+ * next apply run it again. */
+static void test_exec_plugin_via_config(void **state)
+{
+	char script[512], text[2048], count[512], *auth;
+	struct kube_config *cfg;
+	FILE *f;
+
+	snprintf(script, sizeof(script), "%s/plugin.sh", tmpdir);
+	snprintf(count, sizeof(count), "%s/plugin.count", tmpdir);
+	write_at(script, "#!/bin/sh\n"
+	    "echo run >> \"$COUNT_FILE\"\n"
+	    "n=$(wc -l < \"$COUNT_FILE\")\n"
+	    "echo \"{\\\"apiVersion\\\":\\\"client.authentication.k8s.io/v1\\\","
+	    "\\\"kind\\\":\\\"ExecCredential\\\","
+	    "\\\"status\\\":{\\\"token\\\":\\\"$1-$n\\\"}}\"\n");
+	assert_int_equal(chmod(script, 0755), 0);
+	snprintf(text, sizeof(text),
+	    "current-context: c\n"
+	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+	    "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+	    "users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1, "
+	    "command: ./plugin.sh, args: [tok], env: [{name: COUNT_FILE, value: '%s'}]}}}]\n",
+	    count);
+	cfg = parse_ok(text, NULL);
+	assert_int_equal(kube_config_exec_runs(cfg), 0);
+	auth = auth_header(cfg);
+	assert_string_equal(auth, "Authorization: Bearer tok-1");
+	free(auth);
+	auth = auth_header(cfg);
+	assert_string_equal(auth, "Authorization: Bearer tok-1");
+	free(auth);
+	assert_int_equal(kube_config_exec_runs(cfg), 1);
+	kube_config_note_status(cfg, 403);
+	kube_config_note_status(cfg, 401);
+	auth = auth_header(cfg);
+	assert_string_equal(auth, "Authorization: Bearer tok-2");
+	free(auth);
+	assert_int_equal(kube_config_exec_runs(cfg), 2);
+	kube_config_destroy(cfg);
+	f = fopen(count, "r");
+	assert_non_null(f);
+	fclose(f);
+	unlink(count);
+	unlink(script);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -378,6 +568,9 @@ int main(void)
 		cmocka_unit_test(test_broken_configs),
 		cmocka_unit_test(test_load_names_the_file),
 		cmocka_unit_test(test_in_cluster),
+		cmocka_unit_test(test_kubeconfig_list_merges),
+		cmocka_unit_test(test_tls_server_name_and_proxy),
+		cmocka_unit_test(test_exec_plugin_via_config),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,0 +1,43 @@
+/* What a Nix client needs, rendered as text: the nix.conf settings, the
+ * known_hosts line and the ssh_config block for the proxy. Pure functions
+ * over the facts read from the cluster, so they are unit-tested. */
+#ifndef NRBC_CLIENT_RENDER_H
+#define NRBC_CLIENT_RENDER_H
+
+#include <stdbool.h>
+
+/* What the cluster publishes (see client_cluster.h); all strings borrowed. */
+struct client_facts {
+	const char *address;   /* the proxy Service's external IP or host name */
+	long port;             /* its SSH port */
+	const char *host_key;  /* "ssh-ed25519 AAAA... comment" */
+	const char *user;      /* the user clients log in as (nixbld) */
+	const char *systems;   /* "x86_64-linux" */
+	const char *features;  /* supported features, "" or NULL for none */
+	long slots;            /* the controller's --builder-slots = maxJobs */
+};
+
+/* The value of nix.conf's `builders`: "ssh-ng://USER@ADDRESS SYSTEMS
+ * IDENTITY SLOTS 1 FEATURES - HOSTKEY". Nix (2.8 and later) store URIs
+ * take no port, so the port comes from the ssh_config block; the base64
+ * host key is pinned only on port 22, because Nix writes it to a
+ * known_hosts file under the bare address, which ssh does not consult
+ * for any other port. Heap string. */
+char *client_render_builders(const struct client_facts *f, const char *identity);
+
+/* The known_hosts host field: "ADDRESS" on port 22, else "[ADDRESS]:PORT". */
+char *client_render_known_hosts_host(const struct client_facts *f);
+/* "HOST KEYTYPE KEY" (the key's comment dropped), no newline. */
+char *client_render_known_hosts_line(const struct client_facts *f);
+
+/* An ssh_config block, "Host ADDRESS" with HostName, Port, User,
+ * IdentityFile, IdentitiesOnly, UserKnownHostsFile and keepalives,
+ * newline-terminated. */
+char *client_render_ssh_config(const struct client_facts *f, const char *identity,
+    const char *known_hosts_file);
+
+/* A host key's "TYPE BASE64" without comment, or NULL when it is not one
+ * line of that shape. Heap string. */
+char *client_render_host_key(const char *key);
+
+#endif

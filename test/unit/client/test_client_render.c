@@ -1,0 +1,159 @@
+/* What client-config prints: the builders line, known_hosts and ssh_config;
+ * the facts read from the Service and ConfigMaps; the check's verdicts. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "base64.h"
+#include "client/client_check.h"
+#include "client/client_cluster.h"
+#include "client/client_render.h"
+
+#define KEY "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBc7x5mFJ8yK0iYkX2R9Qwn1m9yF0u1k2hVQ3y7g9Z2a"
+
+static struct client_facts facts(long port)
+{
+	struct client_facts f = { .address = "203.0.113.7", .port = port,
+		.host_key = KEY " nrbc-host\n", .user = "nixbld", .systems = "x86_64-linux",
+		.features = "", .slots = 4 };
+
+	return f;
+}
+
+static void test_builders_pins_host_key_on_port_22(void **state)
+{
+	struct client_facts f = facts(22);
+	char *b = client_render_builders(&f, "/home/u/.ssh/id_ed25519"), *want, *b64;
+
+	b64 = base64_encode(KEY, strlen(KEY));
+	want = malloc(1024);
+	snprintf(want, 1024, "ssh-ng://nixbld@203.0.113.7 x86_64-linux /home/u/.ssh/id_ed25519 "
+	    "4 1 - - %s", b64);
+	assert_string_equal(b, want);
+	free(b);
+	free(want);
+	free(b64);
+
+	f = facts(2222);
+	f.features = "kvm,big-parallel";
+	b = client_render_builders(&f, "/k");
+	assert_string_equal(b, "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 kvm,big-parallel - -");
+	free(b);
+}
+
+static void test_known_hosts_and_ssh_config(void **state)
+{
+	struct client_facts f = facts(22);
+	char *l = client_render_known_hosts_line(&f), *c;
+
+	assert_string_equal(l, "203.0.113.7 " KEY);
+	free(l);
+	f = facts(2222);
+	l = client_render_known_hosts_line(&f);
+	assert_string_equal(l, "[203.0.113.7]:2222 " KEY);
+	free(l);
+	c = client_render_ssh_config(&f, "/k", "/h/known_hosts");
+	assert_non_null(strstr(c, "Host 203.0.113.7\n  HostName 203.0.113.7\n  Port 2222\n"
+	    "  User nixbld\n  IdentityFile /k\n  IdentitiesOnly yes\n"
+	    "  UserKnownHostsFile /h/known_hosts\n"));
+	assert_null(strstr(c, "ControlMaster"));
+	free(c);
+}
+
+static void test_bad_host_keys(void **state)
+{
+	const char *bad[] = { "", "ssh-ed25519", "ssh-ed25519 not*base64",
+		KEY " one\n" KEY " two\n", "SSH ED25519 AAAA" };
+	struct client_facts f = facts(22);
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_null(client_render_host_key(bad[i]));
+		f.host_key = bad[i];
+		assert_null(client_render_builders(&f, "/k"));
+		assert_null(client_render_known_hosts_line(&f));
+	}
+}
+
+static void test_facts_from_objects(void **state)
+{
+	struct client_cluster_names n = { "nrbc", "nrbc-proxy", "nrbc-client", "nrbc-host-key",
+		NULL, 0 };
+	json_t *svc = json_loads("{\"spec\":{\"ports\":[{\"name\":\"metrics\",\"port\":9},"
+	    "{\"name\":\"ssh\",\"port\":22}]},\"status\":{\"loadBalancer\":{\"ingress\":"
+	    "[{\"hostname\":\"lb.example.com\"}]}}}", 0, NULL);
+	json_t *cm = json_loads("{\"data\":{\"user\":\"nixbld\",\"systems\":\"x86_64-linux\","
+	    "\"builder-slots\":\"6\"}}", 0, NULL);
+	json_t *hk = json_pack("{s:{s:s}}", "data", "host-key.pub", KEY);
+	json_t *pending = json_loads("{\"spec\":{\"ports\":[{\"port\":22}]},\"status\":{}}", 0,
+	    NULL);
+	json_t *badcm = json_loads("{\"data\":{\"user\":\"nixbld\",\"systems\":\"x86_64-linux\","
+	    "\"builder-slots\":\"many\"}}", 0, NULL);
+	struct client_facts f;
+	char *err = NULL;
+
+	assert_int_equal(client_cluster_facts_from(svc, cm, hk, &n, &f, &err), 0);
+	assert_string_equal(f.address, "lb.example.com");
+	assert_int_equal(f.port, 22);
+	assert_int_equal(f.slots, 6);
+	assert_string_equal(f.host_key, KEY);
+
+	assert_int_equal(client_cluster_facts_from(pending, cm, hk, &n, &f, &err), -1);
+	assert_non_null(strstr(err, "Service nrbc/nrbc-proxy has no external address yet"));
+	assert_non_null(strstr(err, "--address"));
+	free(err);
+	err = NULL;
+	n.address = "127.0.0.9";
+	n.port = 2222;
+	assert_int_equal(client_cluster_facts_from(pending, cm, hk, &n, &f, &err), 0);
+	assert_string_equal(f.address, "127.0.0.9");
+	assert_int_equal(f.port, 2222);
+
+	assert_int_equal(client_cluster_facts_from(svc, badcm, hk, &n, &f, &err), -1);
+	assert_non_null(strstr(err, "ConfigMap nrbc/nrbc-client: needs user"));
+	free(err);
+	err = NULL;
+	assert_int_equal(client_cluster_facts_from(svc, cm, cm, &n, &f, &err), -1);
+	assert_non_null(strstr(err, "ConfigMap nrbc/nrbc-host-key has no data \"host-key.pub\""));
+	free(err);
+	json_decref(svc);
+	json_decref(cm);
+	json_decref(hk);
+	json_decref(pending);
+	json_decref(badcm);
+}
+
+static void test_check_verdicts(void **state)
+{
+	assert_int_equal(client_check_classify(0, "Store URL: ssh-ng://x\n"), CLIENT_CHECK_OK);
+	assert_int_equal(client_check_classify(1, "nixbld@1.2.3.4: Permission denied "
+	    "(publickey).\nerror: cannot connect"), CLIENT_CHECK_KEY_REFUSED);
+	assert_int_equal(client_check_classify(1, "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS "
+	    "CHANGED! @@@\nHost key verification failed.\n"), CLIENT_CHECK_HOST_KEY);
+	assert_int_equal(client_check_classify(1, "ssh: connect to host 127.0.0.9 port 2: "
+	    "Connection refused\n"), CLIENT_CHECK_UNREACHABLE);
+	assert_int_equal(client_check_classify(1, "nrbc: waiting for builder pod x: "
+	    "Unschedulable\nnrbc: gave up\nerror: cannot open connection\n"),
+	    CLIENT_CHECK_NO_BUILDER);
+	assert_int_equal(client_check_classify(127, "cannot run nix: No such file or directory\n"),
+	    CLIENT_CHECK_NO_NIX);
+	assert_string_equal(client_check_verdict_name(CLIENT_CHECK_HOST_KEY), "host key mismatch");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_builders_pins_host_key_on_port_22),
+		cmocka_unit_test(test_known_hosts_and_ssh_config),
+		cmocka_unit_test(test_bad_host_keys),
+		cmocka_unit_test(test_facts_from_objects),
+		cmocka_unit_test(test_check_verdicts),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -14,6 +14,7 @@ unreachable and back); every request it serves is logged, so a test can see
 which NARs were fetched.
 """
 
+import collections
 import os
 import re
 import socket
@@ -62,6 +63,10 @@ def builders_nix_conf(text, cache=None):
         "substituters": cache.url if cache else "",
         "trusted-public-keys": cache.public_key if cache else "",
     })
+
+
+# What the builders' nix.conf needs of a cache.
+CacheRef = collections.namedtuple("CacheRef", "url public_key")
 
 
 def free_port(host):
@@ -128,6 +133,12 @@ class BinaryCache:
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+    def unreachable(self):
+        """The same cache (URL host and key) on a port nothing listens on:
+        connections are refused, as when the cache is down."""
+        return CacheRef("http://%s:%d" % (self.address, free_port(self.address)),
+                        self.public_key)
 
     def served(self, what="/nar/"):
         """Request lines served with status 200 whose path starts with `what`."""

@@ -15,8 +15,10 @@ input itself too, so it can always upload it.
            builder receives the input from the client through the proxy
   cache    builders-use-substitutes = true: the builder fetches the input
            from the cache; the client sends only what the cache lacks
-  down     (--down) builders-use-substitutes = true with the cache server
-           stopped: the builder's look-ups fail, and the client uploads
+  down     (--down) builders-use-substitutes = true, the builders' nix.conf
+           naming the cache on a port where connections are refused (down
+           from the builder's start): the builder's nix-daemon tries it,
+           drops it, and the client uploads
 
 Each variant uses a client key of its own (so its own builder: a builder
 that already has the input would prove nothing), and a fresh input per run.
@@ -107,6 +109,13 @@ def nar_bytes(cache, served):
     return sum(os.path.getsize(os.path.join(cache.nar_dir, p.lstrip("/"))) for p in served)
 
 
+def fresh_builders(stack, cache):
+    """The builders' nix.conf names `cache`; the builders made before go."""
+    stack.set_builder_substituters(cache)
+    stack.delete_builders()
+    conftest.wait_for(lambda: not stack.builder_pods(), 120, what="old builders gone")
+
+
 def client_with_input(work, name, args):
     c = conftest.NixClient(os.path.join(work, name))
     os.makedirs(c.dir, exist_ok=True)
@@ -165,7 +174,7 @@ def main():
                               extra=["--option", "sandbox-paths", sandbox_paths()])
                 want = outputs(c, ref.store, ref.out)
                 if v == "down":
-                    cache.stop()
+                    fresh_builders(stack, cache.unreachable())
                 served0 = len(cache.served("/nar/"))
                 up0, _, conns0 = fwd.counts()
                 m0 = proxy_bytes_up(stack)
@@ -186,7 +195,7 @@ def main():
                 finally:
                     secs = time.monotonic() - t0
                     if v == "down":
-                        cache.start()
+                        fresh_builders(stack, cache)
                 up, _, conns = fwd.counts()
                 payload = proxy_bytes_up(stack) - m0
                 served = cache.served("/nar/")[served0:]

@@ -30,6 +30,7 @@ are compared with a local build of the same expression.
 
 Usage: test/bench/bench_nix_cache.py [--nrbc build/src/nrbc] [--runs 3]
            [--n 10] [--size-mib 64] [--parts 8] [--uplink-mbit 0] [--down]
+           [--download-attempts N]
 """
 
 import argparse
@@ -133,7 +134,9 @@ def main():
     ap.add_argument("--parts", type=int, default=8)
     ap.add_argument("--uplink-mbit", type=float, default=0,
                     help="cap on the client's upload rate (0: none)")
-    ap.add_argument("--down", action="store_true", help="also: cache server stopped")
+    ap.add_argument("--down", action="store_true", help="also: the cache unreachable")
+    ap.add_argument("--download-attempts", type=int, default=0,
+                    help="download-attempts in the builders' nix.conf (0: Nix's default)")
     args = ap.parse_args()
     size = args.size_mib * MIB
     variants = ["upload", "cache"] + (["down"] if args.down else [])
@@ -150,7 +153,10 @@ def main():
         kubelet = conftest.KubeletProc(cluster).start()
         cache = BinaryCache(work).start()
         stack = Stack(cluster, kubelet, args.nrbc, work, builder_idle_timeout="5m",
-                      cache=cache).install().start()
+                      cache=cache)
+        if args.download_attempts:
+            stack.builder_nix_settings["download-attempts"] = str(args.download_attempts)
+        stack.install().start()
         fwd = ThrottledForwarder(FWD_NET + ".2", (PROXY_ADDRESS, stack.proxy_port),
                                  args.uplink_mbit * 1e6 / 8)
         kh = os.path.join(work, "fwd_known_hosts")

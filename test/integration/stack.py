@@ -23,7 +23,7 @@ import urllib.request
 import tempfile
 import time
 
-from binary_cache import builders_nix_conf
+from binary_cache import builders_nix_conf, set_nix_conf
 from conftest import REPO, NixClient, wait_for
 
 NAMESPACE = "nrbc"
@@ -163,6 +163,7 @@ class Stack:
                  cache=None):
         self.builder_idle_timeout = builder_idle_timeout
         self.cache = cache      # a binary_cache.BinaryCache the builders trust, or None
+        self.builder_nix_settings = {}
         self.cluster = cluster
         self.kubelet = kubelet
         self.nrbc_bin = nrbc_bin
@@ -210,6 +211,8 @@ class Stack:
         on read it; running ones keep what they started with."""
         cm = self.objects[("ConfigMap", "nix-config")]
         conf = builders_nix_conf(cm["data"]["nix.conf"], cache)
+        if self.builder_nix_settings:     # benchmarks' variations
+            conf = set_nix_conf(conf, self.builder_nix_settings)
         self.cluster.apply(json.dumps({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "nix-config", "namespace": NAMESPACE,

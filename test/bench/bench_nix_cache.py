@@ -19,6 +19,8 @@ input itself too, so it can always upload it.
            naming the cache on a port where connections are refused (down
            from the builder's start): the builder's nix-daemon tries it,
            drops it, and the client uploads
+  downN    (--down-attempts N) the same with download-attempts = N in the
+           builders' nix.conf (Nix's default is 5)
 
 Each variant uses a client key of its own (so its own builder: a builder
 that already has the input would prove nothing), and a fresh input per run.
@@ -30,7 +32,7 @@ are compared with a local build of the same expression.
 
 Usage: test/bench/bench_nix_cache.py [--nrbc build/src/nrbc] [--runs 3]
            [--n 10] [--size-mib 64] [--parts 8] [--uplink-mbit 0] [--down]
-           [--download-attempts N]
+           [--down-attempts N] [--download-attempts N]
 """
 
 import argparse
@@ -135,12 +137,17 @@ def main():
     ap.add_argument("--uplink-mbit", type=float, default=0,
                     help="cap on the client's upload rate (0: none)")
     ap.add_argument("--down", action="store_true", help="also: the cache unreachable")
+    ap.add_argument("--down-attempts", type=int, default=0,
+                    help="also: the cache unreachable, the builders' download-attempts = N")
     ap.add_argument("--download-attempts", type=int, default=0,
                     help="download-attempts in the builders' nix.conf (0: Nix's default)")
     args = ap.parse_args()
     size = args.size_mib * MIB
     variants = ["upload", "cache"] + (["down"] if args.down else [])
-    user_of = {v: i for i, v in enumerate(variants)}
+    if args.down_attempts:
+        variants.append("down%d" % args.down_attempts)
+    # Down variants start from fresh builders anyway: they share a key.
+    user_of = {v: min(i, 2) for i, v in enumerate(variants)}
 
     work = tempfile.mkdtemp(prefix="nrbc-bench-cache-")
     os.chmod(work, 0o755)
@@ -179,7 +186,9 @@ def main():
                               store=os.path.join(c.dir, "local-store"),
                               extra=["--option", "sandbox-paths", sandbox_paths()])
                 want = outputs(c, ref.store, ref.out)
-                if v == "down":
+                if v.startswith("down"):
+                    if v != "down":
+                        stack.builder_nix_settings["download-attempts"] = str(args.down_attempts)
                     fresh_builders(stack, cache.unreachable())
                 served0 = len(cache.served("/nar/"))
                 up0, _, conns0 = fwd.counts()
@@ -200,14 +209,18 @@ def main():
                         raise SystemExit("%s: nix-build failed:\n%s" % (v, r.stderr[-4000:]))
                 finally:
                     secs = time.monotonic() - t0
-                    if v == "down":
+                    if v.startswith("down"):
+                        stack.builder_nix_settings.pop("download-attempts", None)
+                        if args.download_attempts:
+                            stack.builder_nix_settings["download-attempts"] = \
+                                str(args.download_attempts)
                         fresh_builders(stack, cache)
                 up, _, conns = fwd.counts()
                 payload = proxy_bytes_up(stack) - m0
                 served = cache.served("/nar/")[served0:]
                 if r.out != ref.out or outputs(c, c.store, r.out) != want:
                     raise SystemExit("%s: outputs differ from the local build" % v)
-                fetched = nar_bytes(cache, served) if v != "down" else 0
+                fetched = nar_bytes(cache, served)
                 results[v].append((secs, up - up0, payload, fetched))
                 line.append("%s %.2f s, up %.1f MiB (wire), proxy payload %.1f MiB, "
                             "%.1f MiB from the cache, %d connections"

@@ -59,10 +59,14 @@ def builders_nix_conf(text, cache=None):
     """The builders' nix.conf of the tests: the shipped one with its
     substituters replaced by `cache` (a BinaryCache) or by none at all, so
     no builder ever tries the public cache."""
-    return set_nix_conf(text, {
+    text = "".join(line + "\n" for line in text.splitlines()
+                   if not re.match(r"\s*extra-(substituters|trusted-public-keys)\s*=", line))
+    conf = set_nix_conf(text, {
         "substituters": cache.url if cache else "",
         "trusted-public-keys": cache.public_key if cache else "",
     })
+    assert "cache.nixos.org" not in conf, conf
+    return conf
 
 
 # What the builders' nix.conf needs of a cache.

@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from binary_cache import builders_nix_conf
 from conftest import REPO, wait_for
 
 MANIFESTS = os.path.join(REPO, "manifests")
@@ -40,8 +41,15 @@ def install_rbac(cluster, namespace):
 
 
 def install_config(cluster, namespace, keys):
+    """The Secret, and the shipped nix-config ConfigMap with its
+    substituters emptied (tests never reach the public cache)."""
     keys.create_secret(cluster, namespace, name=SECRET)
-    cluster.kubectl("apply", "-n", namespace, "-f", os.path.join(MANIFESTS, "nix-config.yaml"))
+    r = cluster.kubectl("apply", "-n", namespace, "-f", os.path.join(MANIFESTS, "nix-config.yaml"),
+                        "--dry-run=client", "-o", "json")
+    cm = json.loads(r.stdout)
+    cm["metadata"]["namespace"] = namespace
+    cm["data"]["nix.conf"] = builders_nix_conf(cm["data"]["nix.conf"])
+    cluster.apply(json.dumps(cm))
 
 
 class Controller:

@@ -8,7 +8,10 @@ scheduled: the test kubelet only runs builder pods) whose name, uid and
 namespace fill the downward-API variables; the process runs in-cluster mode
 with a token of the template's ServiceAccount, so the shipped RBAC is what
 is exercised. The only changes to the manifests' arguments are the ones a
-shared machine forces: listen addresses on loopback and free ports.
+shared machine forces: listen addresses on loopback and free ports. The
+only change to the builders' nix.conf (ConfigMap nix-config): the tests
+never reach the internet, so its substituters (https://cache.nixos.org as
+shipped) become the stack's test binary cache on loopback, or none.
 """
 
 import json
@@ -20,6 +23,7 @@ import urllib.request
 import tempfile
 import time
 
+from binary_cache import builders_nix_conf, set_nix_conf
 from conftest import REPO, NixClient, wait_for
 
 NAMESPACE = "nrbc"
@@ -156,8 +160,11 @@ class Role:
 
 
 class Stack:
-    def __init__(self, cluster, kubelet, nrbc_bin, workdir, builder_idle_timeout="10s"):
+    def __init__(self, cluster, kubelet, nrbc_bin, workdir, builder_idle_timeout="10s",
+                 cache=None):
         self.builder_idle_timeout = builder_idle_timeout
+        self.cache = cache      # a binary_cache.BinaryCache the builders trust, or None
+        self.builder_nix_settings = {}
         self.cluster = cluster
         self.kubelet = kubelet
         self.nrbc_bin = nrbc_bin
@@ -185,6 +192,7 @@ class Stack:
         applied = json.loads(r.stdout)
         for obj in applied.get("items", [applied]):
             self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
+        self.set_builder_substituters(self.cache)
         k = self.keys
         secret = {"apiVersion": "v1", "kind": "Secret",
                   "metadata": {"name": SECRET, "namespace": NAMESPACE},
@@ -202,6 +210,21 @@ class Stack:
              "data": {"host-key.pub": open(k["host-key"] + ".pub").read()}}))
         self.delete_builders()
         return self
+
+    def set_builder_substituters(self, cache):
+        """The builders' nix.conf substitutes from `cache` only (None: from
+        nowhere), never from the shipped public cache. Pods made from now
+        on read it; running ones keep what they started with."""
+        cm = self.objects[("ConfigMap", "nix-config")]
+        conf = builders_nix_conf(cm["data"]["nix.conf"], cache)
+        if self.builder_nix_settings:     # benchmarks' variations
+            conf = set_nix_conf(conf, self.builder_nix_settings)
+        self.cluster.apply(json.dumps({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "nix-config", "namespace": NAMESPACE,
+                         "labels": cm["metadata"].get("labels") or {}},
+            "data": {"nix.conf": conf}}))
+        self.builder_nix_conf = conf
 
     def deployment(self, name):
         return self.objects[("Deployment", name)]

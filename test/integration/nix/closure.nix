@@ -8,9 +8,30 @@
 # false; a local (sandboxed) build needs /usr/bin in sandbox-paths.
 # `big` is deterministic (a repeated line), so a local build of the whole
 # expression gives the same outputs byte for byte.
-{ salt ? "", n ? 10, size ? 67108864 }:
+#
+# parts > 1 makes `big` the top of a chain of `parts` store paths of
+# size/parts bytes each, every one referring to the one before (its path on
+# the first line), the shape of a real input's closure (a program, its
+# libraries, theirs): a builder needs all of them. For test_cache.py and
+# the binary-cache benchmark, which serve that closure from a binary cache.
+{ salt ? "", n ? 10, size ? 67108864, parts ? 1 }:
 let
-  big = derivation {
+  partSize = size / parts;
+  # part 0 refers to nothing; part i to part i-1; `big` is the last part.
+  part = i: derivation ({
+    name = if i == parts - 1 then "nrbc-closure-input" else "nrbc-closure-input-${toString i}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" ''
+      # Deterministic bytes that do not compress, as programs and
+      # libraries hardly do: AES-CTR of zeros under a key from the salt.
+      { if [ -n "$prev" ]; then echo "$prev"; fi
+        /usr/bin/openssl enc -aes-128-ctr -pbkdf2 -nosalt -pass "pass:nrbc ${toString i} $salt" \
+          < /dev/zero 2>/dev/null; } | /usr/bin/head -c ${toString partSize} > "$out"
+    '' ];
+    inherit salt;
+  } // (if i > 0 then { prev = part (i - 1); } else { }));
+  big = if parts > 1 then part (parts - 1) else derivation {
     name = "nrbc-closure-input";
     system = builtins.currentSystem;
     builder = "/bin/sh";

@@ -879,7 +879,14 @@ class PodWorker(threading.Thread):
 
     def environment(self, c):
         pod = self.latest()
-        env = {"PATH": BASE_PATH, "HOME": "/root", "HOSTNAME": self.name}
+        # A container's /root is its own: the pod's nix-daemon keeps its
+        # binary-cache lookups (negative ones for an hour) in $HOME/.cache,
+        # which must not be the host's or another pod's.
+        home = "/root"
+        if not self.host_store:
+            home = os.path.join(self.dir, "root", "root")
+            os.makedirs(home, mode=0o700, exist_ok=True)
+        env = {"PATH": BASE_PATH, "HOME": home, "HOSTNAME": self.name}
         fields = {
             "metadata.name": self.name, "metadata.namespace": self.ns,
             "metadata.uid": self.uid, "spec.nodeName": self.k.node,

@@ -59,6 +59,44 @@ char *base64_decode(const char *in, size_t in_len, size_t *out_len)
 	return (char *)out;
 }
 
+char *base64_decode_lenient(const char *in, size_t in_len, size_t *out_len)
+{
+	uint32_t acc = 0;
+	size_t bits = 0, n = 0, pad = 0;
+	char *out = malloc(in_len / 4 * 3 + 4);
+
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < in_len; i++) {
+		unsigned char c = (unsigned char)in[i];
+		int d;
+
+		if (c == ' ' || c == '\n' || c == '\r' || c == '\t')
+			continue;
+		if (c == '=') {
+			pad++;
+			continue;
+		}
+		d = base64_value(c);
+		if (d < 0 || pad > 0)
+			goto bad;
+		acc = (acc << 6) | (uint32_t)d;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out[n++] = (char)((acc >> bits) & 0xff);
+		}
+	}
+	if (pad > 2 || bits >= 6)
+		goto bad;
+	out[n] = '\0';
+	*out_len = n;
+	return out;
+bad:
+	free(out);
+	return NULL;
+}
+
 char *base64_encode(const void *in, size_t len)
 {
 	const unsigned char *p = in;

@@ -21,63 +21,6 @@ static char *resolve_path(const char *base_dir, const char *path)
 	return str_printf("%s/%s", base_dir, path);
 }
 
-static int b64_value(unsigned char ch)
-{
-	if (ch >= 'A' && ch <= 'Z')
-		return ch - 'A';
-	if (ch >= 'a' && ch <= 'z')
-		return ch - 'a' + 26;
-	if (ch >= '0' && ch <= '9')
-		return ch - '0' + 52;
-	if (ch == '+')
-		return 62;
-	if (ch == '/')
-		return 63;
-	return -1;
-}
-
-/* Standard base64 with padding optional; whitespace is skipped because
- * hand-edited kubeconfigs sometimes wrap long lines. */
-static int base64_decode_lenient(const char *in, size_t len, struct kube_blob *out)
-{
-	uint32_t acc = 0;
-	size_t bits = 0, o = 0, pad = 0;
-	char *data;
-
-	data = malloc(len / 4 * 3 + 4);
-	if (!data)
-		return -1;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char ch = (unsigned char)in[i];
-		int v;
-
-		if (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t')
-			continue;
-		if (ch == '=') {
-			pad++;
-			continue;
-		}
-		v = b64_value(ch);
-		if (v < 0 || pad > 0)
-			goto bad;
-		acc = (acc << 6) | (uint32_t)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			data[o++] = (char)((acc >> bits) & 0xff);
-		}
-	}
-	if (pad > 2 || bits >= 6)
-		goto bad;
-	data[o] = '\0';
-	out->data = data;
-	out->len = o;
-	return 0;
-bad:
-	free(data);
-	return -1;
-}
-
 /* ---------- YAML navigation ---------- */
 
 struct kc_parse {
@@ -184,7 +127,8 @@ static int load_blob(struct kc_parse *kp, yaml_node_t *map, const char *path,
 	    get_str(kp, map, path, data_key, &data) < 0)
 		return -1;
 	if (data) {
-		if (base64_decode_lenient(data, strlen(data), out) < 0) {
+		out->data = base64_decode_lenient(data, strlen(data), &out->len);
+		if (!out->data) {
 			kube_config_set_err(kp->err, "%s: %s.%s: invalid base64", kp->origin, path, data_key);
 			return -1;
 		}

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 
 NIXOS_CACHE = "https://cache.nixos.org"
 NIXOS_CACHE_KEY = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
@@ -71,14 +71,6 @@ def builders_nix_conf(text, cache=None):
 
 # What the builders' nix.conf needs of a cache.
 CacheRef = collections.namedtuple("CacheRef", "url public_key")
-
-
-def free_port(host):
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class BinaryCache:

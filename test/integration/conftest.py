@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,13 @@ NIX_DIR = os.path.join(REPO, "test", "integration", "nix")
 BUILDER_LABEL = "app.kubernetes.io/name=nrbc-builder"
 NODE_NAME = kubelet_mod.NODE_NAME
 NIX_SYSTEM = "x86_64-linux"
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port free on host right now (the caller binds it soon after)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def wait_for(fn, timeout=30, interval=0.1, what="condition"):

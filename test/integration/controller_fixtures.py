@@ -5,7 +5,6 @@ import json
 import random
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,7 +12,7 @@ import urllib.request
 import pytest
 
 from binary_cache import builders_nix_conf
-from conftest import REPO, wait_for
+from conftest import REPO, free_port, wait_for
 
 MANIFESTS = os.path.join(REPO, "manifests")
 SA = "nrbc-controller"
@@ -25,12 +24,6 @@ NBR_PATH = "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests"
 # runs hand out the same 127.0.x.y addresses, so a per-run port keeps one
 # run's builders from answering for another's.
 REMOTE_PORT = random.randrange(20000, 40000)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def install_rbac(cluster, namespace):

@@ -24,20 +24,12 @@ import tempfile
 import time
 
 from binary_cache import builders_nix_conf, set_nix_conf
-from conftest import REPO, NixClient, wait_for
+from conftest import REPO, NixClient, free_port, wait_for
 
 NAMESPACE = "nrbc"
 SECRET = "nix-builder-ssh-keys"
 PROXY_ADDRESS = "127.0.0.9"
 HOST_KEY_CONFIG_MAP = "nrbc-host-key"
-
-
-def free_port(host="127.0.0.1"):
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def port_taken(host, port):

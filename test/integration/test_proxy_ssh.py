@@ -25,7 +25,7 @@ import pytest
 
 import procmem
 
-from conftest import REPO, NixClient, salt, wait_for
+from conftest import REPO, NixClient, free_port, salt, wait_for
 
 ENTRYPOINT = os.path.join(REPO, "builder", "entrypoint.sh")
 # Private loopback addresses for this module; the octet varies with the pid
@@ -39,14 +39,6 @@ BIG = 256 * MIB
 # Sanitizer builds (ASan's shadow memory and quarantine) need a higher bound
 # for the proxy's RSS; the bytes are checked all the same.
 RSS_LIMIT_KIB = int(os.environ.get("NRBC_TEST_PROXY_RSS_LIMIT_KIB", 50 * 1024))
-
-
-def free_port(ip):
-    s = socket.socket()
-    s.bind((ip, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def keygen(path, comment):

@@ -54,9 +54,30 @@ static void test_rejects_malformed(void **state)
 		assert_null(base64_decode(bad[i], strlen(bad[i]), &len));
 }
 
+static void test_lenient_skips_space_and_missing_padding(void **state)
+{
+	const char *ok[] = { "Zm9v", "Zm9v\n", " Zm\n9v\r\n", "Zg==", "Zg", "Zm8", "Zm8=" };
+	const char *want[] = { "foo", "foo", "foo", "f", "f", "fo", "fo" };
+	const char *bad[] = { "Z", "Zm9v*A==", "Zg==Zg", "Zg===", "Z\x80" };
+	size_t len;
+	char *d;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		d = base64_decode_lenient(ok[i], strlen(ok[i]), &len);
+		assert_non_null(d);
+		assert_int_equal(len, strlen(want[i]));
+		assert_string_equal(d, want[i]);
+		free(d);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_null(base64_decode_lenient(bad[i], strlen(bad[i]), &len));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_lenient_skips_space_and_missing_padding),
 		cmocka_unit_test(test_round_trip),
 		cmocka_unit_test(test_binary),
 		cmocka_unit_test(test_rejects_malformed),

@@ -401,6 +401,20 @@ def test_entrypoint_is_posix_sh():
 
 # ---- private stores ----------------------------------------------------------------
 
+def nix_daemon_homes():
+    """HOME of every nix-daemon process on the machine."""
+    homes = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open("/proc/%s/comm" % pid).read().strip() != "nix-daemon":
+                continue
+            env = open("/proc/%s/environ" % pid, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        homes.update(e[5:].decode() for e in env if e.startswith(b"HOME="))
+    return homes
+
+
 def test_pods_have_separate_stores(cluster, kubelet, namespace, ssh_keys, nix_client):
     """Each pod has its own empty store and nix-daemon, as a container has:
     an input the client uploads to one pod is in that pod's store only --
@@ -432,6 +446,11 @@ def test_pods_have_separate_stores(cluster, kubelet, namespace, ssh_keys, nix_cl
     assert not os.path.exists(big)
     r2 = subprocess.run(["nix-store", "--check-validity", big], stderr=subprocess.PIPE)
     assert r2.returncode != 0      # the host's own store (daemon) lacks it too
+    # Its own HOME too: a daemon keeps its binary-cache lookups (negative
+    # ones for an hour) in ~/.cache/nix, which must be the pod's.
+    homes = nix_daemon_homes()
+    for d in (a_dir, b_dir):
+        assert os.path.join(d, "root", "root") in homes, homes
     # Deleting a pod removes its store, read-only paths and all.
     assert os.stat(a_copy).st_mode & 0o222 == 0    # read-only, as store paths are
     cluster.kubectl("delete", "pod", "store-a", "-n", namespace, "--wait=false")

@@ -51,6 +51,23 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
+def relay(a, b):
+    """Copies socket a to socket b until a ends, then ends b's sending side
+    (a TCP relay: run one per direction)."""
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    try:
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 def wait_for(fn, timeout=30, interval=0.1, what="condition"):
     """Poll fn() until it returns something truthy, and return that."""
     deadline = time.monotonic() + timeout

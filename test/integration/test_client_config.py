@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import salt
+from conftest import relay, salt
 from stack import NAMESPACE, PROXY_ADDRESS, Stack
 from test_kube import Tool, find_kubetool, run
 
@@ -272,22 +272,8 @@ class ConnectProxy:
         up = socket.create_connection((host, int(port)))
         c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
 
-        def pump(a, b):
-            try:
-                while True:
-                    data = a.recv(65536)
-                    if not data:
-                        break
-                    b.sendall(data)
-            except OSError:
-                pass
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        threading.Thread(target=pump, args=(up, c), daemon=True).start()
-        pump(c, up)
+        threading.Thread(target=relay, args=(up, c), daemon=True).start()
+        relay(c, up)
 
     def close(self):
         try:

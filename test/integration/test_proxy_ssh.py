@@ -25,7 +25,7 @@ import pytest
 
 import procmem
 
-from conftest import REPO, NixClient, free_port, salt, wait_for
+from conftest import REPO, NixClient, free_port, relay, salt, wait_for
 
 ENTRYPOINT = os.path.join(REPO, "builder", "entrypoint.sh")
 # Private loopback addresses for this module; the octet varies with the pid
@@ -544,23 +544,7 @@ class SheddingBuilder:
                 continue
             up = socket.create_connection((self.target.ip, self.target.port))
             for a, b in ((c, up), (up, c)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a, b):
-        try:
-            while True:
-                data = a.recv(65536)
-                if not data:
-                    break
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                b.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+                threading.Thread(target=relay, args=(a, b), daemon=True).start()
 
     def close(self):
         self.sock.close()

@@ -415,12 +415,39 @@ static void on_builder_deleted(const struct kube_response *resp, void *data)
 	reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 }
 
+static void on_builder_pod_deleted(const struct kube_response *resp, void *data)
+{
+	(void)data;
+	if (resp->status >= 300 && resp->status != 404 && resp->status != 409)
+		log_warnx("deleting the pod of a deleted builder failed: HTTP %ld %s; the "
+		    "garbage collector will", resp->status, resp->message);
+}
+
+/* The garbage collector deletes a builder's pod once the builder is gone, but
+ * in its own time (it lags whenever the CRD was re-created, for one);
+ * deleting it at once frees the node now. Only the pod the cache shows as
+ * this builder's, and only that uid. */
+static void delete_builder_pod(struct controller_reconciler *r, struct controller_builder *b)
+{
+	const char *ns = controller_builder_namespace(b);
+	char *name = controller_pod_name(controller_builder_name(b));
+	json_t *pod = name ? kube_informer_get(r->pods, ns, name) : NULL;
+
+	if (pod && *controller_builder_uid(b) &&
+	    controller_pod_owned_by_builder(pod, controller_builder_uid(b)) &&
+	    !reconcile_being_deleted(pod))
+		kube_delete(r->client, &kube_resource_pods, ns, name, kube_object_uid(pod),
+		    "Background", on_builder_pod_deleted, NULL);
+	free(name);
+}
+
 static void delete_builder(struct reconcile_op *op, struct controller_builder *b,
     const char *why)
 {
 	struct controller_reconciler *r = op->r;
 
 	log_info("builder=%s: deleting: %s", controller_builder_key(b), why);
+	delete_builder_pod(r, b);
 	controller_builder_deleting(b);
 	if (op->nbr)
 		reconcile_record_event(r, op->nbr, &kube_resource_nixbuilders, false,

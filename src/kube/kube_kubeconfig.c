@@ -168,11 +168,17 @@ static int dup_opt(const char *s, char **out)
 static int set_tls_server_name(struct kc_parse *kp, const char *path, struct kube_config *cfg,
     const char *name)
 {
-	const char *auth = strstr(cfg->server, "://") + 3, *end, *host_end, *rest;
+	const char *scheme_end = strstr(cfg->server, "://"), *auth, *end, *host_end, *rest;
 	char *host = NULL, *port = NULL, *connect;
 	struct curl_slist *l;
 	bool https = strncmp(cfg->server, "https://", 8) == 0;
 
+	if (!scheme_end) {
+		kube_config_set_err(kp->err, "%s: %s.server: \"%s\" has no host", kp->origin, path,
+		    cfg->server);
+		return -1;
+	}
+	auth = scheme_end + 3;
 	if (strpbrk(name, ":/[]@ ?#")) {
 		kube_config_set_err(kp->err, "%s: %s.tls-server-name: \"%s\" is not a host name", kp->origin,
 		    path, name);
@@ -252,6 +258,12 @@ static int parse_cluster(struct kc_parse *kp, yaml_node_t *cluster, const char *
 	n = strlen(cfg->server);
 	while (n > 0 && cfg->server[n - 1] == '/')
 		cfg->server[--n] = '\0';
+	if (!strstr(cfg->server, "://")) {
+		/* "https:///" is all slashes after the scheme. */
+		kube_config_set_err(kp->err, "%s: %s.server: \"%s\" has no host", kp->origin, path,
+		    server);
+		return -1;
+	}
 	if (get_str(kp, cluster, path, "insecure-skip-tls-verify", &insecure) < 0)
 		return -1;
 	if (insecure && strcmp(insecure, "true") == 0)

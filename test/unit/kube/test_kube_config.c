@@ -280,6 +280,12 @@ static void test_broken_configs(void **state)
 	    "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
 	    "users: [{name: u, user: {auth-provider: {name: gcp}}}]\n", NULL,
 	    "auth-provider credentials are not supported");
+	/* Found by fuzz_kube_config: nothing but slashes after the scheme. */
+	expect_parse_error(
+	    "current-context: c\n"
+	    "clusters: [{name: k, cluster: {server: 'https:///', tls-server-name: api}}]\n"
+	    "contexts: [{name: c, context: {cluster: k}}]\n", NULL,
+	    "clusters[0].cluster.server: \"https:///\" has no host");
 	expect_parse_error(
 	    "current-context: c\n"
 	    "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1', "

@@ -284,6 +284,15 @@ class Stack:
         st, body = self.cluster.api(
             "DELETE", "/apis/nix.io/v1alpha1/namespaces/%s/nixbuilders" % NAMESPACE)
         assert st == 200, body
+        # Their pods too, and wait: the garbage collector would delete them in
+        # its own time (tens of seconds after another module re-created the
+        # CRD), and the next module's wait_clean would count them.
+        pods = "/api/v1/namespaces/%s/pods?labelSelector=%s" % (
+            NAMESPACE, "app.kubernetes.io%2Fname%3Dnrbc-builder")
+        st, body = self.cluster.api("DELETE", pods)
+        assert st == 200, body
+        wait_for(lambda: not self.cluster.api("GET", pods)[1]["items"], 60,
+                 what="the builder pods of deleted builders to go")
 
     # -- what a Nix user needs
     def known_hosts(self):

@@ -287,11 +287,16 @@ class Stack:
         # Their pods too, and wait: the garbage collector would delete them in
         # its own time (tens of seconds after another module re-created the
         # CRD), and the next module's wait_clean would count them.
+        # Only the pods there now: a running controller makes new pool ones.
         pods = "/api/v1/namespaces/%s/pods?labelSelector=%s" % (
             NAMESPACE, "app.kubernetes.io%2Fname%3Dnrbc-builder")
+
+        def uids():
+            return {p["metadata"]["uid"] for p in self.cluster.api("GET", pods)[1]["items"]}
+        old = uids()
         st, body = self.cluster.api("DELETE", pods)
         assert st == 200, body
-        wait_for(lambda: not self.cluster.api("GET", pods)[1]["items"], 60,
+        wait_for(lambda: not (old & uids()), 60,
                  what="the builder pods of deleted builders to go")
 
     # -- what a Nix user needs

@@ -249,15 +249,16 @@ static void upstream_step_connecting(struct proxy_upstream *u)
 	upstream_step(u);
 }
 
-static bool upstream_open(struct proxy_upstream *u);
+static int upstream_open(struct proxy_upstream *u);
 
 static void upstream_on_retry(uv_timer_t *t)
 {
 	struct proxy_upstream *u = t->data;
+	int rc;
 
-	if (u->state == UPSTREAM_RETRY_WAIT && !upstream_open(u))
+	if (u->state == UPSTREAM_RETRY_WAIT && (rc = upstream_open(u)) < 0)
 		upstream_fail(u, "cannot connect to builder %s:%d: %s", u->host, u->port,
-		    strerror(errno));
+		    uv_strerror(rc));
 }
 
 /* The connection ended during the handshake: again on a new connection while
@@ -414,23 +415,24 @@ static void upstream_close_conn(struct proxy_upstream *u)
 	uv_close((uv_handle_t *)&c->poll, upstream_conn_on_close);
 }
 
-/* A new connection attempt: CONNECTING, the result arrives by the poll. */
-static bool upstream_open(struct proxy_upstream *u)
+/* A new connection attempt: CONNECTING, the result arrives by the poll.
+ * 0, or a libuv error code. */
+static int upstream_open(struct proxy_upstream *u)
 {
 	struct upstream_conn *c = calloc(1, sizeof(*c));
-	int one = 1;
+	int one = 1, rc;
 
 	if (!c)
-		return false;
+		return UV_ENOMEM;
 	c->u = u;
 	c->fd = socket(u->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (c->fd < 0 || uv_poll_init_socket(u->loop, &c->poll, c->fd) < 0) {
-		int saved = errno;
+	rc = c->fd < 0 ? uv_translate_sys_error(errno) :
+	    uv_poll_init_socket(u->loop, &c->poll, c->fd);
+	if (rc < 0) {
 		if (c->fd >= 0)
 			close(c->fd);
 		free(c);
-		errno = saved;
-		return false;
+		return rc;
 	}
 	c->poll.data = u;
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -444,7 +446,7 @@ static bool upstream_open(struct proxy_upstream *u)
 		u->connect_errno = errno;
 	upstream_set_state(u, UPSTREAM_CONNECTING);
 	upstream_set_events(u, UV_WRITABLE);
-	return true;
+	return 0;
 }
 
 struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_id,
@@ -452,6 +454,7 @@ struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_i
     const struct proxy_upstream_events *events, void *data)
 {
 	struct proxy_upstream *u = calloc(1, sizeof(*u));
+	int rc;
 
 	if (!u)
 		return NULL;
@@ -476,8 +479,10 @@ struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_i
 		    (unsigned long long)session_id, host);
 		goto bad;
 	}
-	if (!upstream_open(u)) {
-		log_warn("session=%llu socket", (unsigned long long)session_id);
+	rc = upstream_open(u);
+	if (rc < 0) {
+		log_error("session=%llu cannot open a connection to builder %s:%d: %s",
+		    (unsigned long long)session_id, host, port, uv_strerror(rc));
 		goto bad;
 	}
 	return u;

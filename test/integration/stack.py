@@ -165,6 +165,10 @@ class Stack:
         self.controller = None
         self.proxy = None
         self.keys = {}
+        # Where Nix clients reach the proxy, and what `kubectl apply -k` is
+        # given: a subclass running the real Deployments changes both.
+        self.proxy_address = PROXY_ADDRESS
+        self.kustomize_dir = os.path.join(REPO, "manifests")
 
     # -- keys: the builders' shared pair, one host key, one user key
     def _keygen(self, name, comment):
@@ -176,15 +180,28 @@ class Stack:
         return path
 
     def install(self):
+        self.make_keys()
+        self.apply_manifests()
+        self.set_builder_substituters(self.cache)
+        self.create_secrets()
+        self.delete_builders()
+        return self
+
+    def make_keys(self):
         for name, comment in (("builder-key", "nix-builder"), ("host-key", "nrbc-host"),
                               ("user-key", "nix-user"), ("user-key-2", "nix-user-2"),
                               ("user-key-3", "nix-user-3")):
             self._keygen(name, comment)
-        r = self.cluster.kubectl("apply", "-k", os.path.join(REPO, "manifests"), "-o", "json")
+
+    def apply_manifests(self):
+        r = self.cluster.kubectl("apply", "-k", self.kustomize_dir, "-o", "json")
         applied = json.loads(r.stdout)
         for obj in applied.get("items", [applied]):
             self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
-        self.set_builder_substituters(self.cache)
+
+    def create_secrets(self):
+        """The Secret the README has the operator create, and the host key's
+        public half the operator publishes for `nrbc client-config`."""
         k = self.keys
         secret = {"apiVersion": "v1", "kind": "Secret",
                   "metadata": {"name": SECRET, "namespace": NAMESPACE},
@@ -195,13 +212,10 @@ class Stack:
                                  "authorized-keys": "".join(
                                      open(k[u] + ".pub").read() for u in self.USERS)}}
         self.cluster.apply(json.dumps(secret))
-        # What the operator publishes for `nrbc client-config` (README step 2).
         self.cluster.apply(json.dumps(
             {"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": HOST_KEY_CONFIG_MAP, "namespace": NAMESPACE},
              "data": {"host-key.pub": open(k["host-key"] + ".pub").read()}}))
-        self.delete_builders()
-        return self
 
     def set_builder_substituters(self, cache):
         """The builders' nix.conf substitutes from `cache` only (None: from
@@ -303,7 +317,7 @@ class Stack:
     def known_hosts(self):
         path = os.path.join(self.dir, "known_hosts")
         with open(path, "w") as f:
-            f.write("[%s]:%d %s" % (PROXY_ADDRESS, self.proxy_port,
+            f.write("[%s]:%d %s" % (self.proxy_address, self.proxy_port,
                                     open(self.keys["host-key"] + ".pub").read()))
         return path
 
@@ -315,7 +329,7 @@ class Stack:
                                  self.known_hosts())
 
     def builders(self, scheme="ssh", max_jobs=4):
-        return NixClient.builders(PROXY_ADDRESS, scheme=scheme, max_jobs=max_jobs)
+        return NixClient.builders(self.proxy_address, scheme=scheme, max_jobs=max_jobs)
 
     def requests(self):
         st, body = self.cluster.api(

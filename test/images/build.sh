@@ -13,6 +13,8 @@
 # host's Debian mirror and tagged docker.io/library/debian:12-slim in a
 # private containers-storage, and every build runs with --pull=never.
 # Run as root. Needs mmdebstrap, podman (with buildah inside), runc.
+#   --check             build nothing: print the directory and exit 0 if it
+#                       is up to date, else exit 1 (for tests)
 #   NRBC_IMAGES_CACHE   cache directory (default: <repo>/.cache/images)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -22,14 +24,17 @@ cache=${NRBC_IMAGES_CACHE:-$top/.cache/images}
 # --- key: every file that goes into either image, and this script ----------
 inputs=(Containerfile meson.build meson_options.txt builder/Containerfile
 	builder/entrypoint.sh test/images/build.sh test/images/containers.conf)
-key=$( (for f in "${inputs[@]}"; do echo "$f"; cat "$f"; done
-	find src -type f | LC_ALL=C sort | while read -r f; do echo "$f"; cat "$f"; done) |
-	sha256sum | cut -c1-16)
+# sha256sum lists names and contents: a renamed file changes the key too.
+key=$(sha256sum "${inputs[@]}" $(find src -type f | LC_ALL=C sort) | sha256sum | cut -c1-16)
 out=$cache/$key
 if [ -s "$out/nrbc.tar" ] && [ -s "$out/nrbc-builder.tar" ]; then
 	echo "images: up to date"
 	echo "$out"
 	exit 0
+fi
+if [ "${1:-}" = --check ]; then
+	echo "images: out of date (run test/images/build.sh)" >&2
+	exit 1
 fi
 
 # --- podman, set up for this machine -------------------------------------

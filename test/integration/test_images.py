@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 
 import pytest
 
@@ -66,6 +67,11 @@ class Containerd:
         wait_for(lambda: self.ctr("version", check=False).returncode == 0, 20,
                  what="containerd up")
         self.running = []
+        self.tag = uuid.uuid4().hex[:8]
+
+    def exec(self, name, *argv):
+        return self.ctr("task", "exec", "--exec-id", "x" + uuid.uuid4().hex[:8],
+                        "%s-%s" % (name, self.tag), *argv)
 
     def ctr(self, *args, check=True, timeout=120):
         r = subprocess.run(["ctr", "-a", self.sock, "-n", "k8s.io"] + list(args),
@@ -76,6 +82,9 @@ class Containerd:
         return r
 
     def run(self, image, name, *args, opts=(), detach=False):
+        # ctr names the container's cgroup after it (/k8s.io/<name>), which
+        # is machine-wide: unique names let two runs coexist.
+        name = "%s-%s" % (name, self.tag)
         if detach:
             self.running.append(name)
             return self.ctr("run", "-d", *opts, image, name, *args)
@@ -165,8 +174,7 @@ def builder(containerd, tmp_path_factory):
 
 
 def test_builder_runs_with_the_pods_capabilities_only(containerd, builder):
-    r = containerd.ctr("task", "exec", "--exec-id", "caps", "builder",
-                       "grep", "^CapEff", "/proc/1/status")
+    r = containerd.exec("builder", "grep", "^CapEff", "/proc/1/status")
     eff = int(r.stdout.split()[1], 16)
     assert eff == sum(1 << b for b in POD_CAPS.values()), hex(eff)
 

@@ -370,24 +370,47 @@ def test_active_deadline_exceeded(cluster, kubelet, namespace, ssh_keys):
     assert refused(st["podIP"], 22)
 
 
-def test_containerfile_structure():
-    path = os.path.join(REPO, "builder", "Containerfile")
-    lines = [line.strip() for line in open(path) if line.strip() and not line.startswith("#")]
+def containerfile_lines(path):
+    """Instructions of a Containerfile, continuation lines joined, comments
+    dropped; every keyword must be one we know (no hadolint here)."""
+    joined = re.sub(r"\\\n\s*", " ", open(path).read())
+    lines = [ln.strip() for ln in joined.splitlines()
+             if ln.strip() and not ln.strip().startswith("#")]
+    known = {"FROM", "RUN", "COPY", "EXPOSE", "ENTRYPOINT", "ENV", "LABEL", "WORKDIR",
+             "ARG", "USER", "CMD"}
+    for ln in lines:
+        assert ln.split()[0] in known, ln
+    return lines
+
+
+@pytest.mark.parametrize("name,base", [
+    ("Containerfile", r"debian:12-slim"),
+    ("Containerfile.nixos", r"\S*nixos/nix:\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?"),
+])
+def test_builder_containerfile_structure(name, base):
+    lines = containerfile_lines(os.path.join(REPO, "builder", name))
     from_ = [line for line in lines if line.upper().startswith("FROM ")]
     assert len(from_) == 1
-    assert re.fullmatch(r"FROM\s+\S*nixos/nix:\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", from_[0]), \
-        from_[0]
+    assert re.fullmatch(r"FROM\s+" + base, from_[0]), from_[0]
     assert any(re.fullmatch(r"COPY\s+(--chmod=\d+\s+)?entrypoint\.sh\s+\S+", ln) for ln in lines)
     assert "EXPOSE 22" in lines
     entry = [ln for ln in lines if ln.startswith("ENTRYPOINT")]
     assert len(entry) == 1 and json.loads(entry[0][len("ENTRYPOINT"):].strip())
-    known = {"FROM", "RUN", "COPY", "EXPOSE", "ENTRYPOINT", "ENV", "LABEL", "WORKDIR",
-             "ARG", "USER", "CMD"}
-    joined = re.sub(r"\\\n\s*", " ", open(path).read())
-    for ln in joined.splitlines():
-        ln = ln.strip()
-        if ln and not ln.startswith("#"):
-            assert ln.split()[0] in known, ln
+    for ln in lines:
+        if ln.startswith("RUN") and "apt-get install" in ln:
+            # Small and without stale package lists.
+            assert "--no-install-recommends" in ln and "rm -rf /var/lib/apt/lists/" in ln, ln
+
+
+def test_nrbc_containerfile_structure():
+    lines = containerfile_lines(os.path.join(REPO, "Containerfile"))
+    from_ = [line for line in lines if line.upper().startswith("FROM ")]
+    assert from_ == ["FROM debian:12-slim AS build", "FROM debian:12-slim"], from_
+    # The final stage runs as the non-root uid the manifests expect.
+    assert lines[-2:] == ["USER 65532:65532", 'ENTRYPOINT ["/usr/local/bin/nrbc"]'], lines[-2:]
+    for ln in lines:
+        if ln.startswith("RUN") and "apt-get install" in ln:
+            assert "--no-install-recommends" in ln and "rm -rf /var/lib/apt/lists/" in ln, ln
 
 
 def test_entrypoint_is_posix_sh():

@@ -25,6 +25,9 @@ import proxy_bench_common as common
 
 CLIENTS = [
     ("libssh2", "aes128-ctr"),
+    # the other secure choices libssh2 1.10 has for the proxy's builder leg
+    ("libssh2", "aes128-ctr/hmac-sha1"),
+    ("libssh2", "aes256-ctr"),
     ("libssh", "aes128-ctr"),
     ("libssh", "aes128-gcm@openssh.com"),
     ("libssh", "chacha20-poly1305@openssh.com"),

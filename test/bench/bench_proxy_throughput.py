@@ -10,24 +10,25 @@ Both client legs use aes128-gcm@openssh.com; the proxy's leg to the builder
 is libssh2 1.10 (aes128-ctr + hmac-sha2-256: it has no AES-GCM). Prints MiB/s
 (median of --runs), the ratio proxy/direct, and the proxy's CPU seconds per
 GiB. --pinned runs the proxy on CPU 0 and the client and builder on CPU 1
-(target P1b). --profile DIR records the proxy with `perf record -g` during
-one more proxy transfer each way and prints where its CPU went, by library
-and by function (`perf report --no-children`); DIR keeps perf-up.data and
-perf-down.data.
+(target P1b). --profile DIR records the proxy with `perf record` (DWARF
+call graphs) during one more proxy transfer each way, of --profile-mib, and
+prints where its CPU went by leg (libssh2 to the builder, libssh to the
+client) and by what it did (proxy_profile.py); DIR keeps perf-up.data and
+perf-down.data for `perf report`.
 
 Usage: test/bench/bench_proxy_throughput.py [--nrbc build/src/nrbc]
-       [--size-mib 1024] [--runs 3] [--pinned] [--profile DIR]
+       [--size-mib 1024] [--runs 3] [--pinned] [--profile DIR [--profile-mib 256]]
 """
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
 
 import proxy_bench_common as common
+import proxy_profile
 
 
 def transfer(setup, via_proxy, direction, size, cpus):
@@ -52,31 +53,15 @@ def transfer(setup, via_proxy, direction, size, cpus):
     return took
 
 
-def perf_report(data, sort, limit):
-    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
-                          "--percent-limit", str(limit), "--sort", sort, "-g", "none"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
-    return [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
-
-
 def profile(setup, direction, size, cpus, out_dir):
-    """One proxy transfer under `perf record -g`; prints the top of it."""
+    """One more proxy transfer under perf; prints where the proxy's CPU went."""
     data = os.path.join(out_dir, "perf-%s.data" % direction)
-    rec = subprocess.Popen(["perf", "record", "-q", "-g", "-o", data, "-p",
-                            str(setup.proxy.pid)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # perf attaches before the first byte
-    took = transfer(setup, True, direction, size, cpus)
-    rec.send_signal(signal.SIGINT)
-    rec.wait()
-    print("  profile, %s through the proxy (%.1f MiB/s under perf), %s" %
+    took = proxy_profile.record(setup.proxy.pid, data,
+                                lambda: transfer(setup, True, direction, size, cpus))
+    print("  profile, %s through the proxy (%.1f MiB/s under perf), %s:" %
           (direction, size / 1048576 / took, data))
-    print("    by library:")
-    for line in perf_report(data, "dso", 1):
-        print("     " + line)
-    print("    by function:")
-    for line in perf_report(data, "dso,symbol", 1.5):
-        print("     " + line)
+    for line in proxy_profile.summary(data):
+        print("    " + line)
 
 
 def main():
@@ -88,6 +73,8 @@ def main():
                     help="proxy on CPU 0, client and builder on CPU 1")
     ap.add_argument("--profile", metavar="DIR",
                     help="perf record the proxy during one more transfer each way")
+    ap.add_argument("--profile-mib", type=int, default=256,
+                    help="size of the profiled transfers (DWARF stacks are big)")
     args = ap.parse_args()
     size = args.size_mib * 1024 * 1024
     proxy_cpus, other_cpus = ("0", "1") if args.pinned else (None, None)
@@ -120,7 +107,7 @@ def main():
         if args.profile:
             os.makedirs(args.profile, exist_ok=True)
             for direction in ("up", "down"):
-                profile(setup, direction, size, other_cpus, args.profile)
+                profile(setup, direction, args.profile_mib << 20, other_cpus, args.profile)
     finally:
         setup.close()
 

@@ -10,19 +10,25 @@ Both client legs use aes128-gcm@openssh.com; the proxy's leg to the builder
 is libssh2 1.10 (aes128-ctr + hmac-sha2-256: it has no AES-GCM). Prints MiB/s
 (median of --runs), the ratio proxy/direct, and the proxy's CPU seconds per
 GiB. --pinned runs the proxy on CPU 0 and the client and builder on CPU 1
-(target P1b).
+(target P1b). --profile DIR records the proxy with `perf record` (DWARF
+call graphs) during one more proxy transfer each way, of --profile-mib, and
+prints where its CPU went by leg (libssh2 to the builder, libssh to the
+client) and by what it did (proxy_profile.py); DIR keeps perf-up.data and
+perf-down.data for `perf report`.
 
 Usage: test/bench/bench_proxy_throughput.py [--nrbc build/src/nrbc]
-       [--size-mib 1024] [--runs 3] [--pinned]
+       [--size-mib 1024] [--runs 3] [--pinned] [--profile DIR [--profile-mib 256]]
 """
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import time
 
 import proxy_bench_common as common
+import proxy_profile
 
 
 def transfer(setup, via_proxy, direction, size, cpus):
@@ -47,6 +53,17 @@ def transfer(setup, via_proxy, direction, size, cpus):
     return took
 
 
+def profile(setup, direction, size, cpus, out_dir):
+    """One more proxy transfer under perf; prints where the proxy's CPU went."""
+    data = os.path.join(out_dir, "perf-%s.data" % direction)
+    took = proxy_profile.record(setup.proxy.pid, data,
+                                lambda: transfer(setup, True, direction, size, cpus))
+    print("  profile, %s through the proxy (%.1f MiB/s under perf), %s:" %
+          (direction, size / 1048576 / took, data))
+    for line in proxy_profile.summary(data):
+        print("    " + line)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nrbc", default=common.default_nrbc())
@@ -54,6 +71,10 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--pinned", action="store_true",
                     help="proxy on CPU 0, client and builder on CPU 1")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="perf record the proxy during one more transfer each way")
+    ap.add_argument("--profile-mib", type=int, default=256,
+                    help="size of the profiled transfers (DWARF stacks are big)")
     args = ap.parse_args()
     size = args.size_mib * 1024 * 1024
     proxy_cpus, other_cpus = ("0", "1") if args.pinned else (None, None)
@@ -83,6 +104,10 @@ def main():
                    ", ".join("%.1f" % (args.size_mib / t) for t in times[False]),
                    ", ".join("%.1f" % (args.size_mib / t) for t in times[True])))
         print("  proxy RSS after the runs: %d KiB" % setup.proxy_rss_kib())
+        if args.profile:
+            os.makedirs(args.profile, exist_ok=True)
+            for direction in ("up", "down"):
+                profile(setup, direction, args.profile_mib << 20, other_cpus, args.profile)
     finally:
         setup.close()
 

@@ -5,7 +5,8 @@ the same builder sshd, beside OpenSSH's ssh in the same run.
 The proxy's leg to the builder is libssh2 (1.10 on Debian 12: no AES-GCM,
 no chacha20-poly1305, no encrypt-then-MAC); its client-facing leg is
 libssh's server side. This measures one channel of bulk bytes with
-test/tools/sshpush: libssh2 with aes128-ctr, libssh (0.10) with aes128-ctr,
+test/tools/sshpush: libssh2 with aes128-ctr (with hmac-sha2-256, and with
+hmac-sha1) and aes256-ctr, its other secure choices; libssh (0.10) with aes128-ctr,
 aes128-gcm and chacha20-poly1305, and OpenSSH's ssh with aes128-gcm, both
 directions, median of --runs, interleaved. A library that cannot reach the
 rate asked of the proxy bounds the proxy, whatever the bridging code does.
@@ -25,6 +26,9 @@ import proxy_bench_common as common
 
 CLIENTS = [
     ("libssh2", "aes128-ctr"),
+    # the other secure choices libssh2 1.10 has for the proxy's builder leg
+    ("libssh2", "aes128-ctr/hmac-sha1"),
+    ("libssh2", "aes256-ctr"),
     ("libssh", "aes128-ctr"),
     ("libssh", "aes128-gcm@openssh.com"),
     ("libssh", "chacha20-poly1305@openssh.com"),

@@ -1,0 +1,120 @@
+"""nrbc deployed as it ships, on a real node (real_stack.py): the images
+built from the repository's Containerfiles, the controller and proxy as
+their Deployments in containers, builder pods as containers with the
+securityContext, probes and resources the controller sets, and a real Nix
+client building through the proxy's pod."""
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import salt, wait_for
+from real_stack import BUILDER_IMAGE, IMAGE, RealStack, containerd_ids
+from stack import NAMESPACE
+
+from test_e2e import closure
+
+
+@pytest.fixture(scope="module")
+def stack(real_cluster, tmp_path_factory):
+    c = real_cluster
+    api_port = int(c.server.rsplit(":", 1)[1])
+    s = RealStack(c, tmp_path_factory.mktemp("real-stack"), c.node.gateway, api_port)
+    s.install().start()
+    yield s
+    s.stop()
+
+
+def builder_pods(stack):
+    return stack.pods("nrbc-builder")
+
+
+def test_deployments_run_as_shipped(stack):
+    controllers = stack.pods("nrbc-controller")
+    proxies = stack.pods("nrbc-proxy")
+    assert len(controllers) == 2 and len(proxies) == 1
+    for p in controllers + proxies:
+        (c,) = p["spec"]["containers"]
+        assert c["image"] == IMAGE
+        ids = containerd_ids(p)
+        assert ids and all(i.startswith("containerd://") for i in ids), ids
+        assert p["status"]["podIP"].startswith(stack.cluster.node.subnet + "."), p["status"]
+    # Not root, as the manifests and the image say.
+    r = stack.exec(proxies[0]["metadata"]["name"], "id", "-u")
+    assert r.stdout.strip() == "65532"
+    # One leader, one standby, both ready (the standby's caches are synced).
+    leader, _ = stack.wait_leader()
+    assert leader in {p["metadata"]["name"] for p in controllers}
+    for p in controllers:
+        cond = {c["type"]: c["status"] for c in p["status"]["conditions"]}
+        assert cond.get("Ready") == "True", p["status"]
+
+
+@pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
+def test_nix_build_through_the_proxy_pod(stack, nix_client, scheme):
+    args = {"salt": salt(), "n": 4}
+    remote = nix_client.build("graph.nix", builders=stack.builders(scheme),
+                              sshopts=stack.sshopts(), args=args)
+    local = nix_client.build_local("graph.nix", args=args)
+    assert remote.out == local.out
+    paths = closure(nix_client.store, remote.out)
+    assert len(paths) == 5, paths
+    for path in paths:
+        assert nix_client.read(path) == nix_client.read(path, store=local.store), path
+
+    served = [b for b in stack.nixbuilders() if b["spec"].get("identity")]
+    assert served, stack.nixbuilders()
+    pods = {p["metadata"]["name"]: p for p in builder_pods(stack)}
+    for b in served:
+        pod = pods[b["status"]["pod"]] if b.get("status", {}).get("pod") in pods else None
+        assert pod is not None, (b, list(pods))
+        assert pod["spec"]["containers"][0]["image"] == BUILDER_IMAGE
+        assert all(i.startswith("containerd://") for i in containerd_ids(pod))
+    stack.wait_clean()
+
+
+def test_builder_pod_is_the_container_the_controller_asked_for(stack):
+    wait_for(lambda: builder_pods(stack) and all(
+        (p["status"].get("containerStatuses") or [{}])[0].get("ready")
+        for p in builder_pods(stack)), 120, what="ready warm-pool builder pods")
+    pod = builder_pods(stack)[0]
+    name = pod["metadata"]["name"]
+    (spec,) = pod["spec"]["containers"]
+    # The readiness probe the controller set is what made it ready.
+    assert spec["readinessProbe"]["tcpSocket"]["port"] == 22
+    # The capabilities the container really has are the ones asked for
+    # (all dropped, a few added back), as the kernel reports them.
+    added = set(spec["securityContext"]["capabilities"]["add"])
+    status = stack.exec(name, "cat", "/proc/1/status").stdout
+    capeff = int(next(line.split()[1] for line in status.splitlines()
+                      if line.startswith("CapEff:")), 16)
+    assert bin(capeff).count("1") == len(added), (hex(capeff), added)
+    assert spec["securityContext"]["allowPrivilegeEscalation"] is False
+    nnp = next(line.split()[1] for line in status.splitlines()
+               if line.startswith("NoNewPrivs:"))
+    assert nnp == "1"
+    # Resources the controller set reach the container's cgroup.
+    limit = spec["resources"]["limits"]["memory"]
+    assert limit
+
+
+def test_leader_failover(stack, nix_client):
+    leader, holder = stack.wait_leader()
+    stack.cluster.kubectl("-n", NAMESPACE, "delete", "pod", leader, "--wait=false")
+    new, _ = stack.wait_leader(timeout=90, not_=holder)
+    assert new != leader
+    # The new leader serves: a session gets a builder and a build works.
+    args = {"salt": salt()}
+    remote = nix_client.build("simple.nix", builders=stack.builders("ssh-ng"),
+                              sshopts=stack.sshopts(), args=args)
+    local = nix_client.build_local("simple.nix", args=args)
+    assert remote.out == local.out
+    # The Deployment replaces the deleted replica.
+    wait_for(lambda: len([p for p in stack.pods("nrbc-controller")
+                          if p["status"].get("phase") == "Running"]) == 2, 120,
+             what="two running controller replicas again")
+
+
+def _unused(*a):
+    return json, subprocess

@@ -192,7 +192,7 @@ atexit.register(_stop_all)
 
 
 class Cluster:
-    def __init__(self, bindir=None, log=None, real_node=False, node_subnet="127.203.0"):
+    def __init__(self, bindir=None, log=None, real_node=False, node_subnet=None):
         """real_node: also run a real node (node.py: containerd, kubelet,
         kube-scheduler; needs root), whose gateway address the API server
         then binds instead of 127.0.0.1 so pods can reach it."""

@@ -6,7 +6,7 @@ cluster.py's Cluster(real_node=True); everything lives under
 <cluster workdir>/node and is torn down by stop().
 
 Only loopback addresses (tests may use nothing else):
-  - the gateway G (default 127.203.0.1) is the host side of every pod's veth
+  - the gateway G (127.203.N.1, the first N free on this machine) is the host side of every pod's veth
     (cni/nrbc-loopback); the API server binds G so pods reach it, and the
     kubelet serves on G:<free port>;
   - the node's name and InternalIP are G: kubelet refuses a loopback
@@ -26,6 +26,7 @@ import glob
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,10 +48,14 @@ class NodeError(Exception):
 
 
 class RealNode:
-    def __init__(self, cluster, subnet="127.203.0"):
+    def __init__(self, cluster, subnet=None):
         """subnet: the first three octets of the pods' /24 (127.x.y); .1 is
-        the gateway. Two clusters running at once need different ones."""
+        the gateway. Default: the first free 127.203.N (see _claim_subnet),
+        so test runs on one machine at the same time do not clash."""
         self.cluster = cluster
+        self._claim = None
+        if subnet is None:
+            subnet = self._claim_subnet()
         self.gateway = subnet + ".1"
         self.subnet = subnet + ".0/24"
         self.name = self.gateway          # see the module comment
@@ -59,6 +64,21 @@ class RealNode:
         self.image = None                 # name of the test image (also the sandbox)
         self.kubelet_port = None
         self.ready_seconds = None
+
+    def _claim_subnet(self):
+        """Holds an abstract unix socket named after the subnet while this
+        object lives: the kernel frees the name when the process dies, so a
+        crashed run leaves no stale claim (and no file) behind."""
+        for n in range(256):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.bind("\0nrbc-real-node-127.203.%d" % n)
+            except OSError:
+                s.close()
+                continue
+            self._claim = s
+            return "127.203.%d" % n
+        raise NodeError("no free 127.203.N subnet")
 
     # ---- called by Cluster ------------------------------------------------
 
@@ -169,6 +189,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
   # Without CAP_SYS_RESOURCE in this sandbox, runc may not lower
   # oom_score_adj below our own (the sandbox asks for -998).
   restrict_oom_score_adj = true
+  # would need apparmor_parser and a loaded profile wherever AppArmor is on
+  disable_apparmor = true
   [{cri}.cni]
     bin_dir = "{cnibin}"
     conf_dir = "{cniconf}"
@@ -242,9 +264,16 @@ nodeStatusReportFrequency: 10s
         (so it restarts nothing), then every container through containerd,
         then containerd; then whatever survived is killed by its root
         directory, mounts under the node dir are undone and recorded veths
-        deleted."""
-        if self.dir is None:
-            return
+        deleted. Then the subnet is free for another run."""
+        try:
+            if self.dir is not None:
+                self._teardown()
+        finally:
+            if self._claim is not None:
+                self._claim.close()
+                self._claim = None
+
+    def _teardown(self):
         c = self.cluster
         c._stop_proc("node-kubelet", grace=5)
         c._stop_proc("kube-scheduler", grace=1)

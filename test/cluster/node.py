@@ -6,9 +6,9 @@ cluster.py's Cluster(real_node=True); everything lives under
 <cluster workdir>/node and is torn down by stop().
 
 Only loopback addresses (tests may use nothing else):
-  - the gateway G (127.203.N.1, the first N free on this machine) is the host side of every pod's veth
-    (cni/nrbc-loopback); the API server binds G so pods reach it, and the
-    kubelet serves on G:<free port>;
+  - the gateway G (127.203.N.1, the first N free on this machine) is the
+    host side of every pod's veth (cni/nrbc-loopback); the API server binds
+    G so pods reach it, and the kubelet serves on G:<free port>;
   - the node's name and InternalIP are G: kubelet refuses a loopback
     --node-ip (validateNodeIP) but takes an IP given as --hostname-override
     as the InternalIP unchecked (pkg/kubelet/nodestatus/setters.go);
@@ -18,13 +18,17 @@ config and plugin dir; the kubelet's root dir and pod logs. Not private:
 containerd's shim sockets (/run/containerd/s/<hash>, removed as shims exit)
 and the kubelet's /var/log/containers links (removed in stop()).
 
+Attributes for tests: name (the Node's name), gateway, subnet (pods' /24),
+image (the locally made test image, also the sandbox image: image/tool.c),
+sock (containerd's socket, for `ctr --address SOCK -n k8s.io ...`), dir,
+kubelet_port, ready_seconds (start until Ready and schedulable).
+
 Runtime choices forced by this kind of VM (hybrid cgroup v1/v2): runc with
 the cgroupfs driver, no QoS cgroups / node allocatable enforcement.
 """
 
 import glob
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -147,7 +151,12 @@ class RealNode:
         if st != 200:
             return False
         conds = node.get("status", {}).get("conditions", [])
-        return any(x["type"] == "Ready" and x["status"] == "True" for x in conds)
+        # The kubelet registers the node with a not-ready taint, which the
+        # node-lifecycle-controller removes; until then nothing schedules.
+        taints = [t for t in node.get("spec", {}).get("taints", [])
+                  if t.get("key") == "node.kubernetes.io/not-ready"]
+        return not taints and any(x["type"] == "Ready" and x["status"] == "True"
+                                  for x in conds)
 
     # ---- files -------------------------------------------------------------
 

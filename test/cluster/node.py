@@ -109,6 +109,8 @@ class RealNode:
         t0 = time.monotonic()
         c = self.cluster
         self.dir = os.path.join(c.workdir, "node")
+        for d in clean_stale():
+            c._log("cleaned up after a killed real node in %s" % d)
         for sub in ("containerd", "cni/bin", "cni/net.d", "cni/state", "kubelet", "pod-logs"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
         path, self.image = image.build(IMAGE_CACHE)
@@ -289,22 +291,7 @@ nodeStatusReportFrequency: 10s
         if c.procs.get("node-containerd") is not None and self.sock:
             self._remove_containers()
         c._stop_proc("node-containerd", grace=5)
-        state = os.path.join(self.dir, "containerd", "state")
-        for pid in self._pids(lambda pid: self._in_state(pid, state)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._unmount_all()
-        subprocess.run([CNI_PLUGIN, "cleanup", os.path.join(self.dir, "cni", "state")],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        logs = os.path.join(self.dir, "pod-logs")
-        for link in glob.glob(os.path.join(CONTAINER_LOG_LINKS, "*.log")):
-            try:
-                if os.readlink(link).startswith(logs + "/"):
-                    os.unlink(link)
-            except OSError:
-                pass
+        clean_dir(self.dir)
 
     def _remove_containers(self):
         ns = ("-n", "k8s.io")
@@ -320,37 +307,97 @@ nodeStatusReportFrequency: 10s
         except (subprocess.TimeoutExpired, OSError):
             pass
 
-    @staticmethod
-    def _pids(pred):
-        out = []
-        for e in os.listdir("/proc"):
-            if e.isdigit() and pred(int(e)):
-                out.append(int(e))
-        return out
 
-    def _in_state(self, pid, state):
-        """A shim of this containerd (its command line names our socket) or a
-        container process (its root is a rootfs under our state dir)."""
+# ---- what a node leaves when its containerd is gone ----------------------------
+
+def _node_sock(node_dir):
+    return os.path.join(node_dir, "containerd", "containerd.sock")
+
+
+def clean_dir(node_dir):
+    """Kills what survives containerd (its shims, named by their -address,
+    and container processes, named by their cgroup: runc puts each in
+    .../<container id>, and the ids are the task dirs under state/),
+    unmounts everything under node_dir (overlay rootfs, netns bind mounts,
+    the kubelet's rshared root dir, volumes; deepest first, lazily if busy),
+    deletes the veths still recorded and the kubelet's log links."""
+    sock = _node_sock(node_dir).encode()
+    tasks = os.path.join(node_dir, "containerd", "state", "io.containerd.runtime.v2.task")
+    ids = [os.path.basename(t) for t in glob.glob(os.path.join(tasks, "*", "*"))]
+    for e in os.listdir("/proc"):
+        if not e.isdigit() or int(e) == os.getpid():
+            continue
         try:
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                if self.sock and self.sock.encode() in f.read():
-                    return pid != os.getpid()
-            return os.readlink("/proc/%d/root" % pid).startswith(state + "/")
+            with open("/proc/%s/cmdline" % e, "rb") as f:
+                mine = sock in f.read().split(b"\0")
+            if not mine and ids:
+                with open("/proc/%s/cgroup" % e) as f:
+                    cg = f.read()
+                mine = any("/" + i + "\n" in cg for i in ids)
+            if mine:
+                os.kill(int(e), signal.SIGKILL)
         except OSError:
-            return False
+            pass
+    for _ in range(5):
+        mounts = set()
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                mp = line.split()[4].replace("\\040", " ")
+                if mp == node_dir or mp.startswith(node_dir + "/"):
+                    mounts.add(mp)
+        if not mounts:
+            break
+        for mp in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", mp], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    if os.path.isdir(os.path.join(node_dir, "cni", "state")):
+        subprocess.run([CNI_PLUGIN, "cleanup", os.path.join(node_dir, "cni", "state")],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs = os.path.join(node_dir, "pod-logs") + "/"
+    for link in glob.glob(os.path.join(CONTAINER_LOG_LINKS, "*.log")):
+        try:
+            if os.readlink(link).startswith(logs):
+                os.unlink(link)
+        except OSError:
+            pass
 
-    def _unmount_all(self):
-        """Overlay rootfs, netns bind mounts, the kubelet's rshared root dir
-        and volume mounts: deepest first, lazily if busy."""
-        for _ in range(5):
-            mounts = []
-            with open("/proc/self/mountinfo") as f:
-                for line in f:
-                    mp = line.split()[4].replace("\\040", " ")
-                    if mp == self.dir or mp.startswith(self.dir + "/"):
-                        mounts.append(mp)
-            if not mounts:
-                return
-            for mp in sorted(set(mounts), key=len, reverse=True):
-                subprocess.run(["umount", "-l", mp], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+
+def _alive(sock):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(sock)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def clean_stale():
+    """What a run killed with SIGKILL left: its containerd and kubelet died
+    with it (PDEATHSIG), but shims, containers, mounts and veths do not.
+    Found by the paths this module uses (shims' -address .../node/containerd/
+    containerd.sock, mounts under .../node/{containerd,kubelet}) whose
+    containerd no longer answers. Returns the node dirs cleaned."""
+    dirs = set()
+    suffix = "/node/containerd/containerd.sock"
+    for e in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % e, "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith("containerd-shim-runc-v2") and "-address" in argv:
+            a = argv[argv.index("-address") + 1:][:1]
+            if a and a[0].endswith(suffix):
+                dirs.add(a[0][:-len(suffix)] + "/node")
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4]
+            for mark in ("/node/containerd/", "/node/kubelet"):
+                if mark in mp:
+                    dirs.add(mp[:mp.index(mark)] + "/node")
+    stale = sorted(d for d in dirs if not _alive(_node_sock(d)))
+    for d in stale:
+        clean_dir(d)
+    return stale

@@ -83,6 +83,19 @@ def ctr(rc, *args):
     return p.stdout
 
 
+def pod_containers(rc, uid):
+    """{container id: kind ("sandbox" or "container")} of pod uid in containerd."""
+    out = {}
+    for cid in ctr(rc, "containers", "ls", "-q").split():
+        try:
+            labels = json.loads(ctr(rc, "containers", "info", cid))["Labels"]
+        except AssertionError:
+            continue                 # removed since the listing (e.g. by the kubelet)
+        if labels.get("io.kubernetes.pod.uid") == uid:
+            out[cid] = labels.get("io.cri-containerd.kind")
+    return out
+
+
 def pod_tasks(rc, uid):
     """{container id: pid} of the running tasks of pod uid (sandbox included)."""
     tasks = {}
@@ -90,12 +103,7 @@ def pod_tasks(rc, uid):
         tid, pid, status = line.split()
         if status == "RUNNING":
             tasks[tid] = int(pid)
-    out = {}
-    for cid in ctr(rc, "containers", "ls", "-q").split():
-        info = json.loads(ctr(rc, "containers", "info", cid))
-        if info["Labels"].get("io.kubernetes.pod.uid") == uid and cid in tasks:
-            out[cid] = tasks[cid]
-    return out
+    return {cid: tasks[cid] for cid in pod_containers(rc, uid) if cid in tasks}
 
 
 def link_exists(name):
@@ -196,14 +204,19 @@ def test_delete_pod_removes_container_veth_and_ip(rc):
     assert link_exists(veth)
     tasks = pod_tasks(rc, uid)
     assert len(tasks) == 2, tasks            # sandbox + container
+    assert sorted(pod_containers(rc, uid).values()) == ["container", "sandbox"]
     for pid in tasks.values():
         os.kill(pid, 0)
 
     rc.kubectl("delete", "pod", "web2", "--wait=true")
 
     def gone():
-        return not pod_tasks(rc, uid) and not os.path.exists(state) and not link_exists(veth)
-    wait_for(gone, timeout=30, what="web2's tasks, IP and veth gone")
+        # The kubelet removes the app container at once, the stopped
+        # sandbox's record only in its periodic garbage collection.
+        return (not pod_tasks(rc, uid) and not os.path.exists(state)
+                and not link_exists(veth)
+                and list(pod_containers(rc, uid).values()) in ([], ["sandbox"]))
+    wait_for(gone, timeout=30, what="web2's container, tasks, IP and veth gone")
     for pid in tasks.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

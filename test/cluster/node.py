@@ -165,6 +165,8 @@ class RealNode:
     def _write_containerd_config(self):
         d = os.path.join(self.dir, "containerd")
         self.sock = os.path.join(d, "containerd.sock")
+        if len(self.sock + ".ttrpc") >= 108:     # sun_path
+            raise NodeError("workdir too long for containerd's socket: " + self.sock)
         bindir = os.path.join(self.dir, "cni", "bin")
         # containerd's CRI adds a loopback network itself (plugin "loopback").
         for name, target in (("loopback", os.path.join(SYSTEM_CNI, "loopback")),

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds (once) the binaries of the local test cluster -- etcd,
-# kube-apiserver, kube-controller-manager and kubectl -- from the Go modules
+# kube-apiserver, kube-controller-manager, kubectl, and for the optional
+# real node (node.py) kubelet and kube-scheduler -- from the Go modules
 # in test/cluster/{etcd,k8s} and prints the directory that holds them.
 #
 # The directory is a cache keyed by the module files and the link flags:
@@ -20,7 +21,7 @@ repo=$(cd "$here/../.." && pwd)
 
 K8S_VERSION=v1.32.13
 LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=32"
-BINARIES="etcd kube-apiserver kube-controller-manager kubectl"
+BINARIES="etcd kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler"
 
 key=$(
 	{
@@ -80,7 +81,9 @@ echo "build.sh: building test cluster binaries into $dir (cold: ~6 min on 2 core
 (cd "$here/k8s" && go build -trimpath -ldflags "$LDFLAGS" -o "$tmp/" \
 	k8s.io/kubernetes/cmd/kube-apiserver \
 	k8s.io/kubernetes/cmd/kube-controller-manager \
-	k8s.io/kubernetes/cmd/kubectl) >&2
+	k8s.io/kubernetes/cmd/kubectl \
+	k8s.io/kubernetes/cmd/kubelet \
+	k8s.io/kubernetes/cmd/kube-scheduler) >&2
 complete "$tmp" || { echo "build.sh: binaries missing after build" >&2; exit 1; }
 rm -rf "$dir"
 mv "$tmp" "$dir"

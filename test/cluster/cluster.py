@@ -4,7 +4,8 @@
 etcd + kube-apiserver + kube-controller-manager, built by build.sh from the
 official Go modules, started on 127.0.0.1 with random free ports, RBAC on,
 service-account token signing (TokenRequest works), certificates made with
-the openssl CLI. There is no kubelet or scheduler: see test/kubelet/.
+the openssl CLI. There is no kubelet or scheduler unless real_node (see
+node.py); tests of nrbc use the test kubelet in test/kubelet/.
 
 Library (stdlib only):
 
@@ -18,8 +19,10 @@ Library (stdlib only):
     c.sa_kubeconfig(sa, namespace, path)          -> path of a kubeconfig using it
     c.stop()                                      # always kills every process
 
-CLI:  python3 test/cluster/cluster.py up DIR [--kubelet]
-      starts a cluster (and the test kubelet), prints `export KUBECONFIG=...`,
+    Cluster(real_node=True)     # also a real node (node.py): pods really run
+
+CLI:  python3 test/cluster/cluster.py up DIR [--kubelet] [--real-node]
+      starts a cluster (and the test kubelet, or a real node), prints `export KUBECONFIG=...`,
       runs until SIGINT/SIGTERM, then stops everything.
 """
 
@@ -48,6 +51,9 @@ CONTROLLERS = ",".join([
     "serviceaccount-controller",
     "namespace-controller",
 ])
+# With a real node, Deployments run too; node-lifecycle-controller takes the
+# not-ready taint the kubelet registers its node with off once it is Ready.
+NODE_CONTROLLERS = ",deployment-controller,replicaset-controller,node-lifecycle-controller"
 
 _PR_SET_PDEATHSIG = 1
 _libc = None
@@ -86,37 +92,47 @@ def _openssl(*args, cwd):
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def make_pki(d):
-    """CA, apiserver serving cert, admin client cert (system:masters) and the
-    service-account signing key pair, all in directory d."""
+_EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+CLIENT_EXT = ("basicConstraints=critical,CA:FALSE\n"
+              "keyUsage=critical,digitalSignature,keyEncipherment\n"
+              "extendedKeyUsage=clientAuth\n"
+              "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+
+
+def server_ext(san):
+    return ("basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth\n"
+            "subjectAltName=%s\n"
+            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n" % san)
+
+
+def make_leaf(d, name, subj, ext):
+    """d/name.{key,crt}: an EC key and a cert for it signed by d/ca.*."""
+    with open(os.path.join(d, name + ".ext"), "w") as f:
+        f.write(ext)
+    _openssl("req", "-new", *_EC, "-keyout", name + ".key", "-out",
+             name + ".csr", "-subj", subj, cwd=d)
+    _openssl("x509", "-req", "-in", name + ".csr", "-CA", "ca.crt",
+             "-CAkey", "ca.key", "-CAcreateserial", "-days", "3650",
+             "-extfile", name + ".ext", "-out", name + ".crt", cwd=d)
+
+
+def make_pki(d, extra_ips=()):
+    """CA, apiserver serving cert (also for extra_ips), admin client cert
+    (system:masters) and the service-account signing key pair, all in
+    directory d."""
     os.makedirs(d, exist_ok=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt",
+    _openssl("req", "-x509", *_EC, "-keyout", "ca.key", "-out", "ca.crt",
              "-days", "3650", "-subj", "/CN=nrbc-test-ca",
              "-addext", "basicConstraints=critical,CA:TRUE",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
              cwd=d)
 
-    def leaf(name, subj, ext):
-        with open(os.path.join(d, name + ".ext"), "w") as f:
-            f.write(ext)
-        _openssl("req", "-new", *ec, "-keyout", name + ".key", "-out",
-                 name + ".csr", "-subj", subj, cwd=d)
-        _openssl("x509", "-req", "-in", name + ".csr", "-CA", "ca.crt",
-                 "-CAkey", "ca.key", "-CAcreateserial", "-days", "3650",
-                 "-extfile", name + ".ext", "-out", name + ".crt", cwd=d)
-
-    leaf("apiserver", "/CN=kube-apiserver",
-         "basicConstraints=critical,CA:FALSE\n"
-         "keyUsage=critical,digitalSignature,keyEncipherment\n"
-         "extendedKeyUsage=serverAuth\n"
-         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n"
-         "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
-    leaf("admin", "/O=system:masters/CN=admin",
-         "basicConstraints=critical,CA:FALSE\n"
-         "keyUsage=critical,digitalSignature,keyEncipherment\n"
-         "extendedKeyUsage=clientAuth\n"
-         "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    sans = "".join(",IP:" + ip for ip in extra_ips)
+    make_leaf(d, "apiserver", "/CN=kube-apiserver", server_ext(
+        "IP:127.0.0.1" + sans + ",DNS:localhost,DNS:kubernetes.default.svc"))
+    make_leaf(d, "admin", "/O=system:masters/CN=admin", CLIENT_EXT)
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
              "-out", "sa.key", cwd=d)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
@@ -176,8 +192,15 @@ atexit.register(_stop_all)
 
 
 class Cluster:
-    def __init__(self, bindir=None, log=None):
+    def __init__(self, bindir=None, log=None, real_node=False, node_subnet=None):
+        """real_node: also run a real node (node.py: containerd, kubelet,
+        kube-scheduler; needs root), whose gateway address the API server
+        then binds instead of 127.0.0.1 so pods can reach it."""
         self.bindir = bindir
+        self.node = None
+        if real_node:
+            import node as node_mod
+            self.node = node_mod.RealNode(self, node_subnet)
         self.workdir = None
         self.server = None
         self.kubeconfig = None
@@ -214,7 +237,9 @@ class Cluster:
     def _start(self, timeout):
         wd = self.workdir
         pki = os.path.join(wd, "pki")
-        make_pki(pki)
+        make_pki(pki, [self.node.gateway] if self.node else [])
+        if self.node:
+            self.node.make_pki(pki)
         self.ca_file = os.path.join(pki, "ca.crt")
         self.client_cert = os.path.join(pki, "admin.crt")
         self.client_key = os.path.join(pki, "admin.key")
@@ -236,12 +261,15 @@ class Cluster:
             "--log-level", "warn",
         ])
 
-        self.server = "https://127.0.0.1:%d" % api_port
+        host = self.node.gateway if self.node else "127.0.0.1"
+        if self.node:
+            api_port = free_port(host)
+        self.server = "https://%s:%d" % (host, api_port)
         self._apiserver_argv = [
             os.path.join(self.bindir, "kube-apiserver"),
             "--etcd-servers", self.etcd_url,
-            "--bind-address", "127.0.0.1",
-            "--advertise-address", "127.0.0.1",
+            "--bind-address", host,
+            "--advertise-address", host,
             "--secure-port", str(api_port),
             "--tls-cert-file", os.path.join(pki, "apiserver.crt"),
             "--tls-private-key-file", os.path.join(pki, "apiserver.key"),
@@ -256,7 +284,7 @@ class Cluster:
             "--endpoint-reconciler-type", "none",
             "--cert-dir", os.path.join(wd, "apiserver-certs"),
             "--profiling=false",
-        ]
+        ] + (self.node.apiserver_args() if self.node else [])
         self._spawn("kube-apiserver", self._apiserver_argv)
 
         self.kubeconfig = write_kubeconfig(
@@ -276,7 +304,7 @@ class Cluster:
         self._spawn("kube-controller-manager", [
             os.path.join(self.bindir, "kube-controller-manager"),
             "--kubeconfig", self.kubeconfig,
-            "--controllers", CONTROLLERS,
+            "--controllers", CONTROLLERS + (NODE_CONTROLLERS if self.node else ""),
             "--service-account-private-key-file", os.path.join(pki, "sa.key"),
             "--root-ca-file", self.ca_file,
             "--leader-elect=false",
@@ -296,6 +324,9 @@ class Cluster:
                 raise ClusterError("default service account never appeared")
             time.sleep(0.1)
         self._wait_gc(deadline)
+        if self.node:
+            self.node.start(deadline + 60)
+            self._log("node %s Ready in %.1f s" % (self.node.name, self.node.ready_seconds))
 
     # ---- outages ----------------------------------------------------------
 
@@ -401,7 +432,13 @@ class Cluster:
 
     def stop(self, grace=3.0):
         """SIGTERM every process group, SIGKILL what is left after `grace`.
-        A kubelet started by the CLI goes first, given time to stop its pods."""
+        A real node goes first (it removes its containers), then a kubelet
+        started by the CLI, given time to stop its pods."""
+        if self.node is not None:
+            try:
+                self.node.stop()
+            except Exception as e:
+                self._log("stopping the node: %r" % e)
         k = self.procs.pop("kubelet", None)
         if k is not None and k.poll() is None:
             k.terminate()
@@ -441,6 +478,27 @@ class Cluster:
         self.procs = {}
         with _live_lock:
             _live.discard(self)
+
+    def _stop_proc(self, name, grace):
+        """Stop one process group: SIGTERM, SIGKILL after grace seconds."""
+        p = self.procs.pop(name, None)
+        if p is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout=wait)
+                if sig == signal.SIGKILL or p.returncode is not None:
+                    break
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(p.pid, signal.SIGKILL)   # the group may outlive its leader
+        except ProcessLookupError:
+            pass
 
     def __enter__(self):
         return self
@@ -544,9 +602,12 @@ def _main(argv):
                     help="also run the test kubelet (test/kubelet/kubelet.py), state in "
                          "DIR/kubelet; needs root, and the host's Nix set up as in "
                          "test/integration/conftest.py (HostNix)")
+    up.add_argument("--real-node", action="store_true",
+                    help="also run a real node (node.py: containerd, kubelet, "
+                         "kube-scheduler); needs root")
     args = ap.parse_args(argv[1:])
 
-    c = Cluster()
+    c = Cluster(real_node=args.real_node)
     stop = threading.Event()
 
     def on_signal(signum, frame):

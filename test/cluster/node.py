@@ -1,0 +1,405 @@
+"""An optional real node for the local test cluster (test code, stdlib only).
+
+containerd 1.6 (Debian, CRI plugin) + runc + kubelet and kube-scheduler built
+by build.sh from the pinned Kubernetes module, so pods really run. Used by
+cluster.py's Cluster(real_node=True); everything lives under
+<cluster workdir>/node and is torn down by stop().
+
+Only loopback addresses (tests may use nothing else):
+  - the gateway G (127.203.N.1, the first N free on this machine) is the
+    host side of every pod's veth (cni/nrbc-loopback); the API server binds
+    G so pods reach it, and the kubelet serves on G:<free port>;
+  - the node's name and InternalIP are G: kubelet refuses a loopback
+    --node-ip (validateNodeIP) but takes an IP given as --hostname-override
+    as the InternalIP unchecked (pkg/kubelet/nodestatus/setters.go);
+  - pods get G's /24 (.2-.254); containerd's stream server is 127.0.0.1.
+Private to this node: containerd's root, state, sockets, runc root, CNI
+config and plugin dir; the kubelet's root dir and pod logs. Not private:
+containerd's shim sockets (/run/containerd/s/<hash>, removed as shims exit)
+and the kubelet's /var/log/containers links (removed in stop()).
+
+Attributes for tests: name (the Node's name), gateway, subnet (pods' /24),
+image (the locally made test image, also the sandbox image: image/tool.c),
+sock (containerd's socket, for `ctr --address SOCK -n k8s.io ...`), dir,
+kubelet_port, ready_seconds (start until Ready and schedulable).
+
+Runtime choices forced by this kind of VM (hybrid cgroup v1/v2): runc with
+the cgroupfs driver, no QoS cgroups / node allocatable enforcement.
+"""
+
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(HERE, "image"))
+import image  # noqa: E402
+
+CNI_PLUGIN = os.path.join(HERE, "cni", "nrbc-loopback")
+SYSTEM_CNI = "/usr/lib/cni"
+IMAGE_CACHE = os.path.join(REPO, ".cache", "node-images")
+# kubelet's hard-coded link directory (kubelet.ContainerLogsDir)
+CONTAINER_LOG_LINKS = "/var/log/containers"
+
+
+class NodeError(Exception):
+    pass
+
+
+class RealNode:
+    def __init__(self, cluster, subnet=None):
+        """subnet: the first three octets of the pods' /24 (127.x.y); .1 is
+        the gateway. Default: the first free 127.203.N (see _claim_subnet),
+        so test runs on one machine at the same time do not clash."""
+        self.cluster = cluster
+        self._claim = None
+        if subnet is None:
+            subnet = self._claim_subnet()
+        self.gateway = subnet + ".1"
+        self.subnet = subnet + ".0/24"
+        self.name = self.gateway          # see the module comment
+        self.dir = None
+        self.sock = None
+        self.image = None                 # name of the test image (also the sandbox)
+        self.kubelet_port = None
+        self.ready_seconds = None
+
+    def _claim_subnet(self):
+        """Holds an abstract unix socket named after the subnet while this
+        object lives: the kernel frees the name when the process dies, so a
+        crashed run leaves no stale claim (and no file) behind."""
+        for n in range(256):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.bind("\0nrbc-real-node-127.203.%d" % n)
+            except OSError:
+                s.close()
+                continue
+            self._claim = s
+            return "127.203.%d" % n
+        raise NodeError("no free 127.203.N subnet")
+
+    # ---- called by Cluster ------------------------------------------------
+
+    def make_pki(self, pki):
+        """Kubelet client (system:node:<name>) and serving certs, and the
+        API server's client cert for the kubelet. After cluster.make_pki."""
+        import cluster as cm
+        cm.make_leaf(pki, "kubelet", "/O=system:nodes/CN=system:node:" + self.name,
+                     cm.CLIENT_EXT)
+        cm.make_leaf(pki, "kubelet-serving", "/CN=" + self.name,
+                     cm.server_ext("IP:" + self.gateway))
+        cm.make_leaf(pki, "apiserver-kubelet-client",
+                     "/O=system:masters/CN=kube-apiserver-kubelet-client", cm.CLIENT_EXT)
+        self.pki = pki
+
+    def apiserver_args(self):
+        p = self.pki
+        return ["--kubelet-client-certificate", os.path.join(p, "apiserver-kubelet-client.crt"),
+                "--kubelet-client-key", os.path.join(p, "apiserver-kubelet-client.key"),
+                "--kubelet-certificate-authority", os.path.join(p, "ca.crt"),
+                "--kubelet-preferred-address-types", "InternalIP"]
+
+    def start(self, deadline):
+        t0 = time.monotonic()
+        c = self.cluster
+        self.dir = os.path.join(c.workdir, "node")
+        for d in clean_stale():
+            c._log("cleaned up after a killed real node in %s" % d)
+        for sub in ("containerd", "cni/bin", "cni/net.d", "cni/state", "kubelet", "pod-logs"):
+            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        path, self.image = image.build(IMAGE_CACHE)
+        self._write_containerd_config()
+        c._spawn("node-containerd", ["containerd", "--config",
+                                     os.path.join(self.dir, "containerd.toml")])
+        while self._ctr("version", check=False).returncode != 0:
+            c._check_alive()
+            if time.monotonic() > deadline:
+                raise NodeError("containerd did not start")
+            time.sleep(0.1)
+        self._ctr("-n", "k8s.io", "images", "import", path)
+
+        self._write_kubelet_files()
+        c._spawn("node-kubelet", [
+            os.path.join(c.bindir, "kubelet"),
+            "--config", os.path.join(self.dir, "kubelet.yaml"),
+            "--kubeconfig", os.path.join(self.dir, "kubelet.kubeconfig"),
+            "--hostname-override", self.name,
+            "--root-dir", os.path.join(self.dir, "kubelet"),
+            "--cert-dir", os.path.join(self.dir, "kubelet", "pki"),
+            "--v", "1",
+        ])
+        c._spawn("kube-scheduler", [
+            os.path.join(c.bindir, "kube-scheduler"),
+            "--kubeconfig", c.kubeconfig,
+            "--leader-elect=false",
+            "--bind-address", "127.0.0.1",
+            "--secure-port", "0",
+        ])
+        while not self.ready():
+            c._check_alive()
+            if time.monotonic() > deadline:
+                raise NodeError("node %s not Ready in time" % self.name)
+            time.sleep(0.2)
+        self.ready_seconds = time.monotonic() - t0
+
+    def ready(self):
+        st, node = self.cluster.api("GET", "/api/v1/nodes/" + self.name)
+        if st != 200:
+            return False
+        conds = node.get("status", {}).get("conditions", [])
+        # The kubelet registers the node with a not-ready taint, which the
+        # node-lifecycle-controller removes; until then nothing schedules.
+        taints = [t for t in node.get("spec", {}).get("taints", [])
+                  if t.get("key") == "node.kubernetes.io/not-ready"]
+        return not taints and any(x["type"] == "Ready" and x["status"] == "True"
+                                  for x in conds)
+
+    # ---- files -------------------------------------------------------------
+
+    def _write_containerd_config(self):
+        d = os.path.join(self.dir, "containerd")
+        self.sock = os.path.join(d, "containerd.sock")
+        if len(self.sock + ".ttrpc") >= 108:     # sun_path
+            raise NodeError("workdir too long for containerd's socket: " + self.sock)
+        bindir = os.path.join(self.dir, "cni", "bin")
+        # containerd's CRI adds a loopback network itself (plugin "loopback").
+        for name, target in (("loopback", os.path.join(SYSTEM_CNI, "loopback")),
+                             ("nrbc-loopback", CNI_PLUGIN)):
+            link = os.path.join(bindir, name)
+            if not os.path.lexists(link):
+                os.symlink(target, link)
+        with open(os.path.join(self.dir, "cni", "net.d", "10-nrbc.conflist"), "w") as f:
+            f.write('{"cniVersion": "1.0.0", "name": "nrbc-loopback", "plugins": '
+                    '[{"type": "nrbc-loopback", "subnet": "%s", "gateway": "%s", '
+                    '"stateDir": "%s"}]}\n' % (self.subnet, self.gateway,
+                                               os.path.join(self.dir, "cni", "state")))
+        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        with open(os.path.join(self.dir, "containerd.toml"), "w") as f:
+            f.write("""version = 2
+root = "{d}/root"
+state = "{d}/state"
+# opt would install into /opt/containerd; the others are unusable here.
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[{cri}]
+  sandbox_image = "{image}"
+  # pod network namespaces under state, not /var/run/netns
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_tcp_service = true
+  # Without CAP_SYS_RESOURCE in this sandbox, runc may not lower
+  # oom_score_adj below our own (the sandbox asks for -998).
+  restrict_oom_score_adj = true
+  # would need apparmor_parser and a loaded profile wherever AppArmor is on
+  disable_apparmor = true
+  [{cri}.cni]
+    bin_dir = "{cnibin}"
+    conf_dir = "{cniconf}"
+  [{cri}.containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [{cri}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [{cri}.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{d}/runc"
+""".format(d=d, sock=self.sock, cri=cri, image=self.image,
+           cnibin=bindir, cniconf=os.path.join(self.dir, "cni", "net.d")))
+
+    def _write_kubelet_files(self):
+        import cluster as cm
+        c, p = self.cluster, self.pki
+        cm.write_kubeconfig(os.path.join(self.dir, "kubelet.kubeconfig"), c.server,
+                            c.ca_file, {"client-certificate": os.path.join(p, "kubelet.crt"),
+                                        "client-key": os.path.join(p, "kubelet.key")})
+        resolv = os.path.join(self.dir, "resolv.conf")
+        with open(resolv, "w") as f:
+            f.write("# nrbc test node: pods have no DNS\n")
+        self.kubelet_port = cm.free_port(self.gateway)
+        with open(os.path.join(self.dir, "kubelet.yaml"), "w") as f:
+            f.write("""apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: {gw}
+port: {port}
+readOnlyPort: 0
+healthzPort: 0
+tlsCertFile: {p}/kubelet-serving.crt
+tlsPrivateKeyFile: {p}/kubelet-serving.key
+authentication:
+  anonymous: {{enabled: false}}
+  webhook: {{enabled: false}}
+  x509: {{clientCAFile: {p}/ca.crt}}
+# Only holders of a cluster-CA certificate get here (the API server).
+authorization: {{mode: AlwaysAllow}}
+containerRuntimeEndpoint: unix://{sock}
+imageServiceEndpoint: unix://{sock}
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+failSwapOn: false
+makeIPTablesUtilChains: false
+hairpinMode: none
+resolvConf: {resolv}
+podLogsDir: {dir}/pod-logs
+# A nearly full disk must not evict the test pods or their image.
+evictionHard: {{memory.available: "1Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+rotateCertificates: false
+nodeStatusReportFrequency: 10s
+""".format(gw=self.gateway, port=self.kubelet_port, p=p, sock=self.sock,
+           resolv=resolv, dir=self.dir))
+
+    def _ctr(self, *args, check=True):
+        p = subprocess.run(["ctr", "--address", self.sock, *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=60)
+        if check and p.returncode != 0:
+            raise NodeError("ctr %s: %s" % (" ".join(args), p.stderr.strip()))
+        return p
+
+    # ---- teardown -----------------------------------------------------------
+
+    def stop(self):
+        """Leaves nothing behind, also after a failed start: kubelet first
+        (so it restarts nothing), then every container through containerd,
+        then containerd; then whatever survived is killed by its root
+        directory, mounts under the node dir are undone and recorded veths
+        deleted. Then the subnet is free for another run."""
+        try:
+            if self.dir is not None:
+                self._teardown()
+        finally:
+            if self._claim is not None:
+                self._claim.close()
+                self._claim = None
+
+    def _teardown(self):
+        c = self.cluster
+        c._stop_proc("node-kubelet", grace=5)
+        c._stop_proc("kube-scheduler", grace=1)
+        if c.procs.get("node-containerd") is not None and self.sock:
+            self._remove_containers()
+        c._stop_proc("node-containerd", grace=5)
+        clean_dir(self.dir)
+
+    def _remove_containers(self):
+        ns = ("-n", "k8s.io")
+        try:
+            tasks = self._ctr(*ns, "tasks", "ls", "-q", check=False).stdout.split()
+            for t in tasks:
+                self._ctr(*ns, "tasks", "kill", "-a", "-s", "SIGKILL", t, check=False)
+            for t in tasks:
+                self._ctr(*ns, "tasks", "delete", "-f", t, check=False)
+            ids = self._ctr(*ns, "containers", "ls", "-q", check=False).stdout.split()
+            if ids:
+                self._ctr(*ns, "containers", "delete", *ids, check=False)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+
+
+# ---- what a node leaves when its containerd is gone ----------------------------
+
+def _node_sock(node_dir):
+    return os.path.join(node_dir, "containerd", "containerd.sock")
+
+
+def clean_dir(node_dir):
+    """Kills what survives containerd (its shims, named by their -address,
+    and container processes, named by their cgroup: runc puts each in
+    .../<container id>, and the ids are the task dirs under state/),
+    unmounts everything under node_dir (overlay rootfs, netns bind mounts,
+    the kubelet's rshared root dir, volumes; deepest first, lazily if busy),
+    deletes the veths still recorded and the kubelet's log links."""
+    sock = _node_sock(node_dir).encode()
+    tasks = os.path.join(node_dir, "containerd", "state", "io.containerd.runtime.v2.task")
+    ids = [os.path.basename(t) for t in glob.glob(os.path.join(tasks, "*", "*"))]
+    for e in os.listdir("/proc"):
+        if not e.isdigit() or int(e) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % e, "rb") as f:
+                mine = sock in f.read().split(b"\0")
+            if not mine and ids:
+                with open("/proc/%s/cgroup" % e) as f:
+                    cg = f.read()
+                mine = any("/" + i + "\n" in cg for i in ids)
+            if mine:
+                os.kill(int(e), signal.SIGKILL)
+        except OSError:
+            pass
+    for _ in range(5):
+        mounts = set()
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                mp = line.split()[4].replace("\\040", " ")
+                if mp == node_dir or mp.startswith(node_dir + "/"):
+                    mounts.add(mp)
+        if not mounts:
+            break
+        for mp in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", mp], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    if os.path.isdir(os.path.join(node_dir, "cni", "state")):
+        subprocess.run([CNI_PLUGIN, "cleanup", os.path.join(node_dir, "cni", "state")],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs = os.path.join(node_dir, "pod-logs") + "/"
+    for link in glob.glob(os.path.join(CONTAINER_LOG_LINKS, "*.log")):
+        try:
+            if os.readlink(link).startswith(logs):
+                os.unlink(link)
+        except OSError:
+            pass
+
+
+def _alive(sock):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(sock)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def clean_stale():
+    """What a run killed with SIGKILL left: its containerd and kubelet died
+    with it (PDEATHSIG), but shims, containers, mounts and veths do not.
+    Found by the paths this module uses (shims' -address .../node/containerd/
+    containerd.sock, mounts under .../node/{containerd,kubelet}) whose
+    containerd no longer answers. Returns the node dirs cleaned."""
+    dirs = set()
+    suffix = "/node/containerd/containerd.sock"
+    for e in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % e, "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith("containerd-shim-runc-v2") and "-address" in argv:
+            a = argv[argv.index("-address") + 1:][:1]
+            if a and a[0].endswith(suffix):
+                dirs.add(a[0][:-len(suffix)] + "/node")
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4]
+            for mark in ("/node/containerd/", "/node/kubelet"):
+                if mark in mp:
+                    dirs.add(mp[:mp.index(mark)] + "/node")
+    stale = sorted(d for d in dirs if not _alive(_node_sock(d)))
+    for d in stale:
+        clean_dir(d)
+    return stale

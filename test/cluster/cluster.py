@@ -53,7 +53,10 @@ CONTROLLERS = ",".join([
 ])
 # With a real node, Deployments run too; node-lifecycle-controller takes the
 # not-ready taint the kubelet registers its node with off once it is Ready.
-NODE_CONTROLLERS = ",deployment-controller,replicaset-controller,node-lifecycle-controller"
+# root-ca-certificate-publisher-controller: the kube-root-ca.crt ConfigMap
+# every service-account token volume includes.
+NODE_CONTROLLERS = (",deployment-controller,replicaset-controller,node-lifecycle-controller"
+                    ",root-ca-certificate-publisher-controller")
 
 _PR_SET_PDEATHSIG = 1
 _libc = None
@@ -280,11 +283,14 @@ class Cluster:
             "--authorization-mode", "Node,RBAC",
             "--service-cluster-ip-range", "10.0.0.0/24",
             "--allow-privileged",
-            "--disable-admission-plugins", "ServiceAccount",
             "--endpoint-reconciler-type", "none",
             "--cert-dir", os.path.join(wd, "apiserver-certs"),
             "--profiling=false",
-        ] + (self.node.apiserver_args() if self.node else [])
+        ] + (self.node.apiserver_args() if self.node else
+             # Pods nobody runs need no service-account token volume (and
+             # could not be made before their ServiceAccount exists). A real
+             # node's pods are in-cluster clients and get one, as anywhere.
+             ["--disable-admission-plugins", "ServiceAccount"])
         self._spawn("kube-apiserver", self._apiserver_argv)
 
         self.kubeconfig = write_kubeconfig(

@@ -6,6 +6,9 @@ builder/entrypoint.sh for each builder pod (test/kubelet/), OpenSSH and Nix.
 
 Fixtures
   cluster     (session)  test/cluster/cluster.py Cluster, started in a tmp dir
+  real_cluster (session) a second Cluster with a real node (kubelet, containerd:
+                         test/cluster/node.py), the images of test/images/build.sh
+                         loaded into its containerd
   host_nix    (session)  HostNix: nix.conf, nix-daemon and user nixbld ready
   kubelet     (session)  KubeletProc: the test kubelet, Node Ready
   ssh_keys    (function) SSHKeys: client + host ed25519 key pairs, Secret helper
@@ -92,6 +95,37 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.stop()
+
+
+IMAGES_BUILD = os.path.join(REPO, "test", "images", "build.sh")
+
+
+def image_archives():
+    """The OCI archives test/images/build.sh made (test/setup runs it), as
+    {"nrbc": path, "nrbc-builder": path}; fails if they are missing or stale."""
+    r = subprocess.run([IMAGES_BUILD, "--check"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 0, "images missing or stale: run test/setup\n" + r.stderr
+    d = r.stdout.strip().splitlines()[-1]
+    return {n: os.path.join(d, n + ".tar") for n in ("nrbc", "nrbc-builder")}
+
+
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory):
+    archives = image_archives()
+    bindir = os.environ.get("NRBC_CLUSTER_BIN") or cluster_mod.build_binaries()
+    c = cluster_mod.Cluster(bindir, real_node=True)
+    try:
+        # Short: containerd's socket path must fit a unix socket address.
+        c.start(tempfile.mkdtemp(prefix="nrbc-rn-", dir="/tmp"))
+        for path in archives.values():
+            subprocess.run(["ctr", "--address", c.node.sock, "-n", "k8s.io", "images",
+                            "import", path], check=True, stdout=subprocess.DEVNULL)
+        yield c
+    finally:
+        c.stop()
+        if c.workdir:
+            shutil.rmtree(c.workdir, ignore_errors=True)
 
 
 # ---- host Nix --------------------------------------------------------------------

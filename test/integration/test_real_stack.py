@@ -4,8 +4,7 @@ their Deployments in containers, builder pods as containers with the
 securityContext, probes and resources the controller sets, and a real Nix
 client building through the proxy's pod."""
 
-import json
-import subprocess
+import ipaddress
 
 import pytest
 
@@ -39,7 +38,8 @@ def test_deployments_run_as_shipped(stack):
         assert c["image"] == IMAGE
         ids = containerd_ids(p)
         assert ids and all(i.startswith("containerd://") for i in ids), ids
-        assert p["status"]["podIP"].startswith(stack.cluster.node.subnet + "."), p["status"]
+        assert (ipaddress.ip_address(p["status"]["podIP"])
+                in ipaddress.ip_network(stack.cluster.node.subnet)), p["status"]
     # Not root, as the manifests and the image say.
     r = stack.exec(proxies[0]["metadata"]["name"], "id", "-u")
     assert r.stdout.strip() == "65532"
@@ -67,8 +67,8 @@ def test_nix_build_through_the_proxy_pod(stack, nix_client, scheme):
     assert served, stack.nixbuilders()
     pods = {p["metadata"]["name"]: p for p in builder_pods(stack)}
     for b in served:
-        pod = pods[b["status"]["pod"]] if b.get("status", {}).get("pod") in pods else None
-        assert pod is not None, (b, list(pods))
+        pod = pods.get("nix-builder-" + b["metadata"]["name"])
+        assert pod is not None, (b["metadata"]["name"], list(pods))
         assert pod["spec"]["containers"][0]["image"] == BUILDER_IMAGE
         assert all(i.startswith("containerd://") for i in containerd_ids(pod))
     stack.wait_clean()
@@ -94,9 +94,13 @@ def test_builder_pod_is_the_container_the_controller_asked_for(stack):
     nnp = next(line.split()[1] for line in status.splitlines()
                if line.startswith("NoNewPrivs:"))
     assert nnp == "1"
-    # Resources the controller set reach the container's cgroup.
+    # The memory limit the controller set is the container's cgroup's.
     limit = spec["resources"]["limits"]["memory"]
-    assert limit
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    want = int(limit[:-2]) * units[limit[-2:]] if limit[-2:] in units else int(limit)
+    r = stack.exec(name, "sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+                   "2>/dev/null || cat /sys/fs/cgroup/memory.max")
+    assert int(r.stdout.split()[0]) == want, (r.stdout, limit)
 
 
 def test_leader_failover(stack, nix_client):
@@ -114,7 +118,3 @@ def test_leader_failover(stack, nix_client):
     wait_for(lambda: len([p for p in stack.pods("nrbc-controller")
                           if p["status"].get("phase") == "Running"]) == 2, 120,
              what="two running controller replicas again")
-
-
-def _unused(*a):
-    return json, subprocess

@@ -1,12 +1,16 @@
 """nrbc's main job on one machine: a local Kubernetes (real kube-apiserver,
-etcd, controller-manager; a test kubelet that runs builder pods as local
-processes), nrbc installed with `kubectl apply -k manifests`, the controller
-and proxy running as the manifests say, and a real `nix-build` of an
-11-derivation graph through the proxy, with the NixBuildRequests and builder
-pods shown as they come and go.
+etcd, controller-manager, scheduler, and a real node: kubelet + containerd +
+runc), the images built from the repository's Containerfiles, nrbc installed
+with `kubectl apply -k` (the manifests, plus an overlay for what this machine
+lacks: test/integration/real_stack.py), the controller and proxy running as
+their Deployments, and a real `nix-build` of an 11-derivation graph through
+the proxy, with the NixBuildRequests and builder pods shown as they come and go.
 
-    test/run-demo            run it and tear everything down
-    test/run-demo --keep     leave the stack running to try by hand
+    test/run-demo                  run it and tear everything down
+    test/run-demo --keep           leave the stack running to try by hand
+    test/run-demo --test-kubelet   no containers: the test kubelet runs builder
+                                   pods as local processes, the controller and
+                                   proxy run from their pod templates
 """
 
 import argparse
@@ -24,6 +28,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(HERE, "integration"))
 
 import conftest  # noqa: E402  (the fixtures' classes, used directly)
+from real_stack import RealStack  # noqa: E402
 from stack import NAMESPACE, Stack  # noqa: E402
 
 
@@ -51,6 +56,8 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", action="store_true", help="keep the stack running afterwards")
     ap.add_argument("--nrbc", default=os.path.join(REPO, "build", "src", "nrbc"))
+    ap.add_argument("--test-kubelet", action="store_true",
+                    help="no real node: builder pods as local processes")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="nrbc-demo-")
@@ -59,22 +66,42 @@ def main():
     watchers = []
     ok = False
     try:
-        say("starting a local Kubernetes API (etcd, kube-apiserver, controller-manager)")
         bindir = os.environ.get("NRBC_CLUSTER_BIN") or conftest.cluster_mod.build_binaries()
-        cluster = conftest.cluster_mod.Cluster(bindir)
-        cluster.start(os.path.join(work, "cluster"))
-        say("preparing Nix and the test kubelet (each builder pod gets a store of its own)")
+        say("preparing Nix (the client)")
         conftest.HostNix().prepare()
-        kubelet = conftest.KubeletProc(cluster).start()
-
-        say("kubectl apply -k manifests; Secret %s with the keys" % "nix-builder-ssh-keys")
-        stack = Stack(cluster, kubelet, args.nrbc, work).install()
-        for (kind, name) in sorted(stack.objects):
-            print("   %s/%s" % (kind, name))
-        say("starting nrbc controller and nrbc proxy from their Deployments' pod templates")
-        stack.start()
-        print("   controller: %s" % " ".join(stack.controller.argv()[1:]))
-        print("   proxy:      %s" % " ".join(stack.proxy.argv()[1:]))
+        if args.test_kubelet:
+            say("starting a local Kubernetes API (etcd, kube-apiserver, controller-manager)")
+            cluster = conftest.cluster_mod.Cluster(bindir)
+            cluster.start(os.path.join(work, "cluster"))
+            say("starting the test kubelet (each builder pod gets a store of its own)")
+            kubelet = conftest.KubeletProc(cluster).start()
+            say("kubectl apply -k manifests; Secret %s with the keys" % "nix-builder-ssh-keys")
+            stack = Stack(cluster, kubelet, args.nrbc, work).install()
+            for (kind, name) in sorted(stack.objects):
+                print("   %s/%s" % (kind, name))
+            say("starting nrbc controller and nrbc proxy from their Deployments' pod templates")
+            stack.start()
+            print("   controller: %s" % " ".join(stack.controller.argv()[1:]))
+            print("   proxy:      %s" % " ".join(stack.proxy.argv()[1:]))
+        else:
+            say("starting a local Kubernetes with a real node (etcd, kube-apiserver, "
+                "controller-manager, scheduler, kubelet, containerd)")
+            # Short: containerd's socket path must fit a unix socket address.
+            cluster = conftest.cluster_mod.Cluster(bindir, real_node=True)
+            cluster.start(tempfile.mkdtemp(prefix="nrbc-rn-", dir="/tmp"))
+            say("loading the images test/images/build.sh made into the node's containerd")
+            conftest.load_images(cluster)
+            api_port = int(cluster.server.rsplit(":", 1)[1])
+            stack = RealStack(cluster, work, cluster.node.gateway, api_port)
+            say("Secret %s with the keys; kubectl apply -k %s (base: manifests)"
+                % ("nix-builder-ssh-keys", stack.kustomize_dir))
+            stack.install()
+            for (kind, name) in sorted(stack.objects):
+                print("   %s/%s" % (kind, name))
+            say("waiting for the Deployments (2 controller replicas, 1 proxy) to roll out")
+            stack.start()
+            print(cluster.kubectl("-n", NAMESPACE, "get", "pods", "-o", "wide").stdout,
+                  flush=True)
 
         watchers.append(watch(cluster, "nixbuildrequests"))
         watchers.append(watch(cluster, "nixbuilders"))

@@ -110,6 +110,13 @@ def image_archives():
     return {n: os.path.join(d, n + ".tar") for n in ("nrbc", "nrbc-builder")}
 
 
+def load_images(cluster, archives=None):
+    """What a registry pull would do: the images into the node's containerd."""
+    for path in (archives or image_archives()).values():
+        subprocess.run(["ctr", "--address", cluster.node.sock, "-n", "k8s.io", "images",
+                        "import", path], check=True, stdout=subprocess.DEVNULL)
+
+
 @pytest.fixture(scope="session")
 def real_cluster(tmp_path_factory):
     archives = image_archives()
@@ -118,9 +125,7 @@ def real_cluster(tmp_path_factory):
     try:
         # Short: containerd's socket path must fit a unix socket address.
         c.start(tempfile.mkdtemp(prefix="nrbc-rn-", dir="/tmp"))
-        for path in archives.values():
-            subprocess.run(["ctr", "--address", c.node.sock, "-n", "k8s.io", "images",
-                            "import", path], check=True, stdout=subprocess.DEVNULL)
+        load_images(c, archives)
         yield c
     finally:
         c.stop()

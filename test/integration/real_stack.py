@@ -13,6 +13,9 @@ What the overlay changes, and why (everything else is as shipped):
   - --default-cpu-request: the shipped 1 CPU per builder would fit two
     builders on this 2-core node;
   - --builder-idle-timeout: seconds, so a test sees builders go.
+The LoadBalancer Service gets what a cloud's load balancer would give it: an
+external address (here the proxy pod's own, reachable from this machine)
+and the port the proxy listens on (no load balancer maps 22 to it).
 The builders' nix.conf gets no substituters, as in every test (no internet).
 """
 
@@ -122,6 +125,7 @@ class RealStack(Stack):
             self.cluster.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/" + d,
                                  "--timeout=%ds" % timeout, timeout=timeout + 10)
         self.proxy_address = self.pods("nrbc-proxy")[0]["status"]["podIP"]
+        self.publish_service()
         return self
 
     def stop(self):

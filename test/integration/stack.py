@@ -281,7 +281,7 @@ class Stack:
         merge = {"Content-Type": "application/merge-patch+json"}
         path = "/api/v1/namespaces/%s/services/nrbc-proxy" % NAMESPACE
         st, body = self.cluster.api("PATCH", path + "/status", json.dumps(
-            {"status": {"loadBalancer": {"ingress": [{"ip": PROXY_ADDRESS}]}}}).encode(),
+            {"status": {"loadBalancer": {"ingress": [{"ip": self.proxy_address}]}}}).encode(),
             headers=merge)
         assert st == 200, body
 

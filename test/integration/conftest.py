@@ -6,7 +6,7 @@ builder/entrypoint.sh for each builder pod (test/kubelet/), OpenSSH and Nix.
 
 Fixtures
   cluster     (session)  test/cluster/cluster.py Cluster, started in a tmp dir
-  real_cluster (session) a second Cluster with a real node (kubelet, containerd:
+  real_cluster (module)  a second Cluster with a real node (kubelet, containerd:
                          test/cluster/node.py), the images of test/images/build.sh
                          loaded into its containerd
   host_nix    (session)  HostNix: nix.conf, nix-daemon and user nixbld ready
@@ -117,7 +117,7 @@ def load_images(cluster, archives=None):
                         "import", path], check=True, stdout=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_cluster(tmp_path_factory):
     archives = image_archives()
     bindir = os.environ.get("NRBC_CLUSTER_BIN") or cluster_mod.build_binaries()

@@ -14,7 +14,12 @@ later runs find the key's builder warm. Prints wall times, the ratios, and
 how much of the nrbc time sessions spent waiting for their builder (from
 the proxy's log: "ready after N ms").
 
+With --real-node both sides run in containers on a real node (kubelet,
+containerd): nrbc's Deployments as shipped, and the direct builder a copy
+of a builder pod the controller made, reached at its pod IP.
+
 Usage: test/bench/bench_nix_build.py [--nrbc build/src/nrbc] [--runs 3] [--n 10]
+       [--real-node]
 """
 
 import argparse
@@ -30,9 +35,10 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "test", "integration"))
+sys.path.insert(0, HERE)
 
 import conftest  # noqa: E402
-from stack import NAMESPACE, Stack  # noqa: E402
+from substrate import Substrate  # noqa: E402
 
 
 def build(client, builders, sshopts, n):
@@ -51,45 +57,35 @@ def main():
     ap.add_argument("--nrbc", default=os.path.join(REPO, "build", "src", "nrbc"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--real-node", action="store_true",
+                    help="nrbc's Deployments and the builder pods (the direct one "
+                         "too) as containers on a real node")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="nrbc-bench-build-")
     os.chmod(work, 0o755)
-    cluster = conftest.cluster_mod.Cluster(os.environ.get("NRBC_CLUSTER_BIN")
-                                           or conftest.cluster_mod.build_binaries())
-    kubelet = stack = None
+    sub = None
     try:
-        cluster.start(os.path.join(work, "cluster"))
-        conftest.HostNix().prepare()
-        kubelet = conftest.KubeletProc(cluster).start()
-        stack = Stack(cluster, kubelet, args.nrbc, work,
-                      builder_idle_timeout="5m").install().start()
-
-        # The baseline builder: a pod like the controller's, made by hand,
+        # The idle timeout as shipped (5m): later runs find the key's builder.
+        sub = Substrate(args.real_node, args.nrbc, work, builder_idle_timeout="5m")
+        stack = sub.stack
+        # The baseline builder: a pod made by hand like the controller's,
         # with the same Secret and ConfigMap; Nix reaches it directly.
-        cluster.apply(__import__("json").dumps(conftest.builder_pod(
-            "direct-builder", NAMESPACE, secret="nix-builder-ssh-keys",
-            configmap="nix-config")))
-        pod = conftest.wait_pod(cluster, NAMESPACE, "direct-builder", conftest.pod_ready, 60)
-        ip = pod["status"]["podIP"]
-        kh = os.path.join(work, "direct_known_hosts")
-        with open(kh, "w") as f:
-            f.write("%s %s" % (ip, open(stack.keys["host-key"] + ".pub").read()))
-        direct_opts = conftest.NixClient.sshopts(22, stack.keys["builder-key"], kh)
-        direct_builders = conftest.NixClient.builders(ip, scheme="ssh-ng", max_jobs=4)
+        _, direct_opts, direct_builders = sub.builder_pod("direct-builder")
+        print("substrate: %s" % sub.name, flush=True)
 
         direct, through = [], []
         for i in range(args.runs):
             c = conftest.NixClient(os.path.join(work, "client-%d" % i))
             os.makedirs(c.dir, exist_ok=True)
             direct.append(build(c, direct_builders, direct_opts, args.n))
-            before = len(waits_ms(stack.proxy.log()))
+            before = len(waits_ms(sub.proxy_log()))
             through.append(build(c, stack.builders("ssh-ng"), stack.sshopts(), args.n))
-            waits = waits_ms(stack.proxy.log())[before:]
+            waits = waits_ms(sub.proxy_log())[before:]
             print("run %d: direct %.2f s, nrbc %.2f s (%d sessions, pod wait %.2f s in all)"
                   % (i + 1, direct[-1], through[-1], len(waits), sum(waits) / 1000),
                   flush=True)
-        all_waits = waits_ms(stack.proxy.log())
+        all_waits = waits_ms(sub.proxy_log())
         d, t = statistics.median(direct), statistics.median(through)
         wait_share = sum(all_waits) / 1000 / sum(through)
         print()
@@ -103,11 +99,8 @@ def main():
               "(p50 %d ms per session, %d sessions)"
               % (100 * wait_share, statistics.median(all_waits), len(all_waits)))
     finally:
-        if stack:
-            stack.stop()
-        if kubelet:
-            kubelet.stop()
-        cluster.stop()
+        if sub:
+            sub.stop()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ the proxy, with the NixBuildRequests and builder pods shown as they come and go.
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,7 +186,15 @@ def main():
             kubelet.stop()
         if cluster:
             cluster.stop()
-        say("demo %s; logs were in %s" % ("done" if ok else "failed", work))
+        logs = [work]
+        if cluster and cluster.node and cluster.workdir:
+            # The real node's directory (containerd, kubelet) is large: kept
+            # only when something failed.
+            if ok:
+                shutil.rmtree(cluster.workdir, ignore_errors=True)
+            else:
+                logs.append(cluster.workdir)
+        say("demo %s; logs were in %s" % ("done" if ok else "failed", " and ".join(logs)))
 
 
 if __name__ == "__main__":

@@ -39,17 +39,24 @@ def test_nix_build_through_nrbc(stack, nix_client, scheme):
     stack.wait_clean()
 
 
-@pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
-def test_graph_of_eleven_derivations(stack, nix_client, scheme):
-    args = {"salt": salt(), "n": 10}
+def build_graph(stack, nix_client, scheme, n):
+    """graph.nix of n + 1 derivations through `stack`; every path of the
+    closure equal to a local build's."""
+    args = {"salt": salt(), "n": n}
     remote = nix_client.build("graph.nix", builders=stack.builders(scheme),
                               sshopts=stack.sshopts(), args=args)
     local = nix_client.build_local("graph.nix", args=args)
     assert remote.out == local.out
     paths = closure(nix_client.store, remote.out)
-    assert len(paths) == 11, paths
+    assert len(paths) == n + 1, paths
     for path in paths:
         assert nix_client.read(path) == nix_client.read(path, store=local.store), path
+    return remote
+
+
+@pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
+def test_graph_of_eleven_derivations(stack, nix_client, scheme):
+    build_graph(stack, nix_client, scheme, 10)
     stack.wait_clean()
 
 

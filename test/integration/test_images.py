@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO, NixClient, SSHKeys, salt, wait_for
+from conftest import REPO, NixClient, SSHKeys, free_port, salt, wait_for
 
 BUILD = os.path.join(REPO, "test", "images", "build.sh")
 # The pod template's capabilities (src/controller/controller_pod.c) are the
@@ -28,12 +28,6 @@ DROP = ["CAP_FSETID", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETFCAP", "CAP_SETPCAP",
         "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"]
 POD_CAPS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "KILL": 5, "SETGID": 6,
             "SETUID": 7, "SYS_CHROOT": 18}
-
-
-def free_port(host):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from conftest import salt, wait_for
 from real_stack import BUILDER_IMAGE, IMAGE, RealStack, containerd_ids
 from stack import NAMESPACE
 
-from test_e2e import closure
+from test_e2e import build_graph
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +53,7 @@ def test_deployments_run_as_shipped(stack):
 
 @pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
 def test_nix_build_through_the_proxy_pod(stack, nix_client, scheme):
-    args = {"salt": salt(), "n": 4}
-    remote = nix_client.build("graph.nix", builders=stack.builders(scheme),
-                              sshopts=stack.sshopts(), args=args)
-    local = nix_client.build_local("graph.nix", args=args)
-    assert remote.out == local.out
-    paths = closure(nix_client.store, remote.out)
-    assert len(paths) == 5, paths
-    for path in paths:
-        assert nix_client.read(path) == nix_client.read(path, store=local.store), path
+    build_graph(stack, nix_client, scheme, 4)
 
     served = [b for b in stack.nixbuilders() if b["spec"].get("identity")]
     assert served, stack.nixbuilders()

@@ -533,6 +533,12 @@ def test_http2_and_shell(kc, ns, kubetool):
         t.wait(lambda ls: len(ls) >= 6, what="6 shell replies")
     finally:
         t.p.stdin.close()
+        # End of input ends the shell; give it the time to see that before
+        # stop() signals it (a busy machine took longer than a poll).
+        try:
+            t.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
         rc = t.stop()
     out = t.events()
     assert [o["status"] for o in out[:6]] == [201, 201, 201, 200, 404, -1]

@@ -326,16 +326,15 @@ static void kube_on_op_response(const struct kube_response *resp, void *data)
 	kube_op_remove(k, op);
 }
 
-/* "builder pod P: Phase - Reason: message" (or "waiting for a builder:
- * Phase ..." before one is bound), what the Nix user sees. */
+/* "builder pod P: Phase - Reason: message", what the Nix user sees. */
 static char *kube_progress_text(const char *pod, const char *phase, const char *reason,
     const char *message)
 {
 	struct buf t;
 
 	buf_init(&t, 1024);
-	if ((pod[0] ? buf_printf(&t, "builder pod %s: %s", pod, phase[0] ? phase : "Pending") :
-	    buf_printf(&t, "waiting for a builder: %s", phase[0] ? phase : "Pending")) < 0)
+	if (buf_printf(&t, "builder pod %s: %s", pod[0] ? pod : "(not created yet)",
+	    phase[0] ? phase : "Pending") < 0)
 		goto fail;
 	if ((reason[0] || message[0]) && buf_printf(&t, " - %s%s%s", reason,
 	    reason[0] && message[0] ? ": " : "", message) < 0)

@@ -95,7 +95,6 @@ struct proxy_session {
 	/* builder */
 	bool builder_acquired, builder_released;
 	char *builder_status;
-	bool status_withheld; /* builder_status not yet shown to the client */
 	struct proxy_upstream *upstream;
 	char *upstream_failure;
 	char *failure;
@@ -120,8 +119,6 @@ static void session_set_state(struct proxy_session *s, enum session_state state)
 	s->state_since = uv_now(s->env->loop);
 	if (state == SESSION_READY || state == SESSION_BRIDGING)
 		s->last_activity = s->state_since;
-	if (state == SESSION_WAIT_BUILDER)
-		s->status_withheld = false;
 	if (state != SESSION_CLOSING)
 		session_arm_timer(s);
 }
@@ -317,17 +314,6 @@ static void session_fail(struct proxy_session *s, const char *message)
 
 /* ---- timers ---- */
 
-/* Most sessions get a reused or pooled builder within milliseconds; telling
- * the user each step of that would print lines on every derivation of a
- * build. A wait's status is shown once it has lasted this long (or at once
- * if the wait fails), and every change after that as it comes. */
-#define SESSION_STATUS_QUIET_MS 1000
-
-static uint64_t session_earlier(uint64_t a, uint64_t b)
-{
-	return !a ? b : !b ? a : a < b ? a : b;
-}
-
 static uint64_t session_deadline(const struct proxy_session *s)
 {
 	const struct proxy_session_env *e = s->env;
@@ -337,8 +323,6 @@ static uint64_t session_deadline(const struct proxy_session *s)
 	case SESSION_AUTH:
 		return s->created_at + e->login_grace_ms;
 	case SESSION_WAIT_BUILDER:
-		return session_earlier(e->builder_timeout_ms ? s->state_since + e->builder_timeout_ms : 0,
-		    s->status_withheld ? s->state_since + SESSION_STATUS_QUIET_MS : 0);
 	case SESSION_CONNECTING:
 		return e->builder_timeout_ms ? s->state_since + e->builder_timeout_ms : 0;
 	case SESSION_READY:
@@ -352,15 +336,6 @@ static uint64_t session_deadline(const struct proxy_session *s)
 }
 
 static void session_on_timer(uv_timer_t *t);
-
-static void session_show_status(struct proxy_session *s)
-{
-	s->status_withheld = false;
-	if (!s->builder_status)
-		return;
-	for (int i = 0; i < s->n_bridges; i++)
-		proxy_bridge_notify(s->bridges[i], s->builder_status);
-}
 
 static void session_arm_timer(struct proxy_session *s)
 {
@@ -376,17 +351,9 @@ static void session_arm_timer(struct proxy_session *s)
 static void session_on_timer(uv_timer_t *t)
 {
 	struct proxy_session *s = t->data;
-	uint64_t deadline;
+	uint64_t deadline = session_deadline(s);
 	char *msg;
 
-	if (s->state == SESSION_WAIT_BUILDER && s->status_withheld &&
-	    uv_now(s->env->loop) >= s->state_since + SESSION_STATUS_QUIET_MS) {
-		session_show_status(s);
-		session_arm_timer(s); /* the builder deadline, now alone */
-		session_run(s);
-		return;
-	}
-	deadline = session_deadline(s);
 	if (!deadline || uv_now(s->env->loop) < deadline) {
 		session_arm_timer(s);
 		return;
@@ -760,14 +727,8 @@ void proxy_session_builder_progress(struct proxy_session *s, const char *message
 		s->builder_status = strdup(message);
 		log_info("session=%llu builder: %s", (unsigned long long)s->id, message);
 	}
-	if (uv_now(s->env->loop) < s->state_since + SESSION_STATUS_QUIET_MS) {
-		if (!s->status_withheld) {
-			s->status_withheld = true;
-			session_arm_timer(s);
-		}
-		return;
-	}
-	session_show_status(s);
+	for (int i = 0; i < s->n_bridges; i++)
+		proxy_bridge_notify(s->bridges[i], message);
 	session_run(s);
 }
 
@@ -799,9 +760,6 @@ void proxy_session_builder_failed(struct proxy_session *s, const char *message)
 	if (s->state != SESSION_WAIT_BUILDER && s->state != SESSION_CONNECTING &&
 	    s->state != SESSION_BRIDGING)
 		return;
-	/* What led to the failure (an Unschedulable pod, say) explains it. */
-	if (s->state == SESSION_WAIT_BUILDER && s->status_withheld)
-		session_show_status(s);
 	session_fail(s, message);
 	session_run(s);
 }

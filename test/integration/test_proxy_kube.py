@@ -7,7 +7,6 @@ import os
 import signal
 import struct
 import subprocess
-import threading
 import time
 
 import pytest
@@ -101,33 +100,6 @@ def test_waiting_times_out_with_a_message(stack, no_controller):
         quick.stop()
         stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (
             NAMESPACE, quick.pod["metadata"]["name"]))
-
-
-def test_a_wait_is_told_only_once_it_lasts(stack, no_controller):
-    # Most waits end within milliseconds (a reused or pooled builder), and
-    # Nix opens a session per derivation: the proxy says nothing for the
-    # first second of a wait, then tells where it stands. Here the wait
-    # lasts (no controller), so the first line comes, but not before.
-    t0 = time.monotonic()
-    p = ssh_nix(stack)
-    first = {}
-
-    def read():
-        line = p.stderr.readline()
-        first["t"] = time.monotonic() - t0
-        first["line"] = line
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        reader.join(30)
-        assert "line" in first, "no status within 30 s"
-        # The latest status at that moment (no controller: nothing bound).
-        assert first["line"] == b"nrbc: waiting for a builder: Pending\n", first
-        assert first["t"] >= 1.0, first
-    finally:
-        p.kill()
-        p.wait(10)
-    wait_for(lambda: not stack.requests(), 30, what="the request to go")
 
 
 def test_progress_reaches_the_client(stack, no_controller):

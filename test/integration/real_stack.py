@@ -21,7 +21,6 @@ The builders' nix.conf gets no substituters, as in every test (no internet).
 
 import json
 import os
-import subprocess
 
 from binary_cache import builders_nix_conf
 from conftest import REPO, wait_for
@@ -30,11 +29,6 @@ from stack import NAMESPACE, Stack
 IMAGE = "localhost/nrbc:dev"
 BUILDER_IMAGE = "localhost/nrbc-builder:dev"
 PROXY_PORT = 2222           # the proxy Deployment's --port
-
-
-def _yaml_list(items):
-    # JSON is YAML: the overlay is written without a YAML library.
-    return json.dumps(items, indent=2)
 
 
 class RealStack(Stack):
@@ -106,7 +100,8 @@ class RealStack(Stack):
             "patches": patches,
         }
         with open(os.path.join(d, "kustomization.yaml"), "w") as f:
-            f.write(_yaml_list(kustomization) + "\n")
+            # JSON is YAML: no YAML library needed.
+            f.write(json.dumps(kustomization, indent=2) + "\n")
         return d
 
     def install(self):
@@ -170,12 +165,3 @@ class RealStack(Stack):
 def containerd_ids(pod):
     """The runtime's container IDs of a pod (what only a real kubelet fills)."""
     return [c.get("containerID", "") for c in pod["status"].get("containerStatuses") or []]
-
-
-def kubectl_json(cluster, *args):
-    r = cluster.kubectl(*args, "-o", "json")
-    return json.loads(r.stdout)
-
-
-def run(argv, **kw):
-    return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)

@@ -226,6 +226,11 @@ PermitUserEnvironment no
 PrintMotd no
 UseDNS no
 MaxStartups $MAX_STARTUPS
+# Probes the proxy every 15 s of silence: the proxy hears that this builder
+# lives even during a silent build, and a proxy connection that is gone is
+# dropped after 45 s.
+ClientAliveInterval 15
+ClientAliveCountMax 3
 LogLevel $LOG_LEVEL
 $setenv
 EOF

@@ -10,6 +10,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy_command.h"
+#include "proxy_pipebuf.h"
 #include "proxy_upstream.h"
 
 /* Buffer sizes. Output from the builder is read in big batches: fewer
@@ -40,7 +41,8 @@ enum bridge_state {
 	BRIDGE_UP_ENV,       /* replaying env requests */
 	BRIDGE_UP_EXEC,      /* replaying the exec */
 	BRIDGE_RUNNING,      /* pumping */
-	BRIDGE_ENDING,       /* closing both channels, delivering exit status */
+	BRIDGE_HOLD,         /* the builder's channel ended uncleanly: told nothing yet */
+	BRIDGE_ENDING,       /* closing both channels, delivering the exit */
 	BRIDGE_DONE,
 };
 
@@ -51,13 +53,58 @@ static const char *const bridge_state_names[] = {
 	[BRIDGE_UP_ENV] = "UP_ENV",
 	[BRIDGE_UP_EXEC] = "UP_EXEC",
 	[BRIDGE_RUNNING] = "RUNNING",
+	[BRIDGE_HOLD] = "HOLD",
 	[BRIDGE_ENDING] = "ENDING",
 	[BRIDGE_DONE] = "DONE",
 };
 
-struct pbuf {
-	char *data;
-	size_t off, len, cap;
+/* What a peer has sent on its channel; only ever moves down the list. */
+enum bridge_in {
+	BRIDGE_IN_OPEN,
+	BRIDGE_IN_EOF,    /* no more data will come */
+	BRIDGE_IN_CLOSED, /* its CLOSE: the channel is over (the builder's exit is known) */
+	BRIDGE_IN_LOST,   /* its connection broke: nothing more comes, nothing goes */
+};
+
+static const char *const bridge_in_names[] = {
+	[BRIDGE_IN_OPEN] = "OPEN",
+	[BRIDGE_IN_EOF] = "EOF",
+	[BRIDGE_IN_CLOSED] = "CLOSED",
+	[BRIDGE_IN_LOST] = "LOST",
+};
+
+/* What we have sent a peer; only ever moves down the list. */
+enum bridge_out {
+	BRIDGE_OUT_OPEN,
+	BRIDGE_OUT_EOF,
+	BRIDGE_OUT_CLOSED,
+};
+
+static const char *const bridge_out_names[] = {
+	[BRIDGE_OUT_OPEN] = "OPEN",
+	[BRIDGE_OUT_EOF] = "EOF",
+	[BRIDGE_OUT_CLOSED] = "CLOSED",
+};
+
+/* One side of the bridged channel, closing in halves. */
+struct bridge_side {
+	const char *name;
+	enum bridge_in in;
+	enum bridge_out out;
+};
+
+/* What the client is told when its channel ends. */
+enum bridge_exit_kind {
+	BRIDGE_EXIT_NONE,
+	BRIDGE_EXIT_STATUS,
+	BRIDGE_EXIT_SIGNAL,
+};
+
+struct bridge_exit {
+	enum bridge_exit_kind kind;
+	int status;
+	char *signal;
+	char *message; /* a "nrbc: " line on stderr first, or NULL */
 };
 
 struct bridge_env_var {
@@ -76,17 +123,13 @@ struct proxy_bridge {
 	char *command;
 	struct bridge_env_var envs[BRIDGE_MAX_ENV];
 	size_t n_env, env_next, env_bytes;
-	struct pbuf up, down[2];
-	/* client side */
-	bool c_eof_in, c_closed_in, c_leftover, c_eof_out, c_close_out, c_broken;
-	/* builder side */
-	bool u_eof_out, u_eof_in, u_closed_in;
+	struct proxy_pipebuf up, down[2];
+	/* libssh holds more of the client's data than the up buffer took. */
+	bool up_leftover;
+	struct bridge_side client, builder;
 	bool ran;
-	/* what the client is told at the end */
-	char *message;
-	bool exit_pending;
-	int exit_status;
-	char *exit_signal;
+	struct bridge_exit exit;
+	char *lost_reason;
 	int forwarded_status;
 	char *last_notice;
 	/* operation identities for proxy_upstream's arbitration */
@@ -102,50 +145,38 @@ static void bridge_set_state(struct proxy_bridge *b, enum bridge_state state)
 	b->state = state;
 }
 
-/* ---- bounded buffers ---- */
-
-/* Free space at the tail, at most want bytes, allocating on first use. */
-static char *pbuf_reserve(struct pbuf *p, size_t want, size_t *space)
+static void bridge_side_in(struct proxy_bridge *b, struct bridge_side *side, enum bridge_in in)
 {
-	if (!p->data) {
-		p->data = malloc(want);
-		if (!p->data)
-			return NULL;
-		p->cap = want;
-		p->off = p->len = 0;
-	}
-	if (p->cap - p->off - p->len < want && p->off) {
-		memmove(p->data, p->data + p->off, p->len);
-		p->off = 0;
-	}
-	if (p->cap - p->len < want) {
-		char *n = realloc(p->data, p->len + want);
-		if (!n)
-			return NULL;
-		p->data = n;
-		p->cap = p->len + want;
-	}
-	*space = p->cap - p->off - p->len;
-	if (*space > want)
-		*space = want;
-	return p->data + p->off + p->len;
+	if (in <= side->in)
+		return;
+	log_debug("session=%llu channel=%u: %s in %s => %s", (unsigned long long)b->env.session_id,
+	    b->env.channel_no, side->name, bridge_in_names[side->in], bridge_in_names[in]);
+	side->in = in;
 }
 
-static void pbuf_consume(struct pbuf *p, size_t n)
+static void bridge_side_out(struct proxy_bridge *b, struct bridge_side *side,
+    enum bridge_out out)
 {
-	p->off += n;
-	p->len -= n;
-	if (p->len == 0) {
-		free(p->data);
-		p->data = NULL;
-		p->off = p->cap = 0;
-	}
+	if (out <= side->out)
+		return;
+	log_debug("session=%llu channel=%u: %s out %s => %s", (unsigned long long)b->env.session_id,
+	    b->env.channel_no, side->name, bridge_out_names[side->out], bridge_out_names[out]);
+	side->out = out;
 }
 
-static void pbuf_finish(struct pbuf *p)
+/* The exit the client will get; the first one set wins. */
+static void bridge_set_exit(struct proxy_bridge *b, enum bridge_exit_kind kind, int status,
+    char *signal, const char *message)
 {
-	free(p->data);
-	memset(p, 0, sizeof(*p));
+	if (b->exit.kind != BRIDGE_EXIT_NONE) {
+		free(signal);
+		return;
+	}
+	b->exit.kind = kind;
+	b->exit.status = status;
+	b->exit.signal = signal;
+	free(b->exit.message);
+	b->exit.message = message ? strdup(message) : NULL;
 }
 
 /* ---- libssh callbacks: record and wake, nothing else ---- */
@@ -157,17 +188,14 @@ static void bridge_wake(struct proxy_bridge *b)
 
 static bool bridge_accepts_requests(const struct proxy_bridge *b)
 {
-	return b->state == BRIDGE_OPEN && !b->message;
+	return b->state == BRIDGE_OPEN && b->exit.kind == BRIDGE_EXIT_NONE;
 }
 
 static void bridge_refuse(struct proxy_bridge *b, const char *message)
 {
 	/* Accepting the request and then explaining beats a bare "request
 	 * failed": the Nix user sees why. */
-	free(b->message);
-	b->message = strdup(message);
-	b->exit_pending = true;
-	b->exit_status = 1;
+	bridge_set_exit(b, BRIDGE_EXIT_STATUS, 1, NULL, message);
 	bridge_wake(b);
 }
 
@@ -178,24 +206,24 @@ static int bridge_on_data(ssh_session session, ssh_channel channel, void *data, 
 	size_t take, space;
 	char *tail;
 
-	if (is_stderr || b->state >= BRIDGE_ENDING || b->message)
+	if (is_stderr || b->state >= BRIDGE_HOLD || b->exit.kind != BRIDGE_EXIT_NONE)
 		return (int)len; /* nobody will read it: drop */
 	if (b->up.len >= BRIDGE_UP_SOFT) {
-		b->c_leftover = true;
+		b->up_leftover = true;
 		return 0;
 	}
 	take = BRIDGE_UP_SOFT - b->up.len;
 	if (take > len)
 		take = len;
-	tail = pbuf_reserve(&b->up, take, &space);
+	tail = proxy_pipebuf_reserve(&b->up, take, &space);
 	if (!tail) {
-		b->c_leftover = true;
+		b->up_leftover = true;
 		return 0;
 	}
 	memcpy(tail, data, space);
 	b->up.len += space;
 	if (space < len)
-		b->c_leftover = true;
+		b->up_leftover = true;
 	bridge_wake(b);
 	return (int)space;
 }
@@ -204,7 +232,7 @@ static void bridge_on_eof(ssh_session session, ssh_channel channel, void *userda
 {
 	struct proxy_bridge *b = userdata;
 
-	b->c_eof_in = true;
+	bridge_side_in(b, &b->client, BRIDGE_IN_EOF);
 	bridge_wake(b);
 }
 
@@ -212,10 +240,9 @@ static void bridge_on_close(ssh_session session, ssh_channel channel, void *user
 {
 	struct proxy_bridge *b = userdata;
 
-	b->c_closed_in = true;
+	bridge_side_in(b, &b->client, BRIDGE_IN_CLOSED);
 	bridge_wake(b);
 }
-
 static int bridge_on_write_wontblock(ssh_session session, ssh_channel channel, uint32_t bytes,
     void *userdata)
 {
@@ -327,11 +354,11 @@ struct proxy_bridge *proxy_bridge_create(ssh_session ssh, const struct proxy_bri
 	b->env = *env;
 	b->ssh = ssh;
 	b->forwarded_status = -1;
+	b->client.name = "client";
+	b->builder.name = "builder";
 	b->cch = ssh_channel_new(ssh);
-	if (!b->cch) {
-		free(b);
-		return NULL;
-	}
+	if (!b->cch)
+		goto bad;
 	b->cb.userdata = b;
 	b->cb.channel_data_function = bridge_on_data;
 	b->cb.channel_eof_function = bridge_on_eof;
@@ -343,12 +370,14 @@ struct proxy_bridge *proxy_bridge_create(ssh_session ssh, const struct proxy_bri
 	b->cb.channel_subsystem_request_function = bridge_on_subsystem;
 	b->cb.channel_pty_request_function = bridge_on_pty;
 	ssh_callbacks_init(&b->cb);
-	if (ssh_set_channel_callbacks(b->cch, &b->cb) != SSH_OK) {
-		ssh_channel_free(b->cch);
-		free(b);
-		return NULL;
-	}
+	if (ssh_set_channel_callbacks(b->cch, &b->cb) != SSH_OK)
+		goto bad;
 	return b;
+bad:
+	if (b->cch)
+		ssh_channel_free(b->cch);
+	free(b);
+	return NULL;
 }
 
 ssh_channel proxy_bridge_channel(const struct proxy_bridge *b)
@@ -356,7 +385,7 @@ ssh_channel proxy_bridge_channel(const struct proxy_bridge *b)
 	return b->cch;
 }
 
-void proxy_bridge_destroy(struct proxy_bridge *b, bool upstream_alive)
+void proxy_bridge_destroy(struct proxy_bridge *b)
 {
 	if (!b)
 		return;
@@ -364,25 +393,37 @@ void proxy_bridge_destroy(struct proxy_bridge *b, bool upstream_alive)
 		ssh_remove_channel_callbacks(b->cch, &b->cb);
 		ssh_channel_free(b->cch);
 	}
-	/* A channel still held here could not be freed without blocking; the
-	 * session free takes it with it. */
-	if (b->uch && upstream_alive)
+	/* Only a channel on a live connection is still held here: one whose
+	 * close would not go through at once is taken by the session free. */
+	if (b->uch)
 		libssh2_channel_free(b->uch);
 	free(b->command);
 	for (size_t i = 0; i < b->n_env; i++) {
 		free(b->envs[i].name);
 		free(b->envs[i].value);
 	}
-	pbuf_finish(&b->up);
-	pbuf_finish(&b->down[0]);
-	pbuf_finish(&b->down[1]);
-	free(b->message);
-	free(b->exit_signal);
+	proxy_pipebuf_finish(&b->up);
+	proxy_pipebuf_finish(&b->down[0]);
+	proxy_pipebuf_finish(&b->down[1]);
+	free(b->exit.message);
+	free(b->exit.signal);
+	free(b->lost_reason);
 	free(b->last_notice);
 	free(b);
 }
 
 /* ---- messages to the client ---- */
+
+/* The client still reads what we send on the channel. */
+static bool bridge_client_listens(const struct proxy_bridge *b)
+{
+	return b->client.in < BRIDGE_IN_CLOSED && b->client.out == BRIDGE_OUT_OPEN;
+}
+
+static void bridge_client_broken(struct proxy_bridge *b)
+{
+	bridge_side_in(b, &b->client, BRIDGE_IN_LOST);
+}
 
 static void bridge_write_stderr_line(struct proxy_bridge *b, const char *message)
 {
@@ -390,7 +431,7 @@ static void bridge_write_stderr_line(struct proxy_bridge *b, const char *message
 	uint32_t win;
 	size_t len;
 
-	if (b->c_closed_in || b->c_eof_out || b->c_broken)
+	if (!bridge_client_listens(b))
 		return;
 	line = str_printf("nrbc: %s\n", message);
 	if (!line)
@@ -401,7 +442,7 @@ static void bridge_write_stderr_line(struct proxy_bridge *b, const char *message
 	if (len > win)
 		len = win;
 	if (len && ssh_channel_write_stderr(b->cch, line, (uint32_t)len) == SSH_ERROR)
-		b->c_broken = true;
+		bridge_client_broken(b);
 	free(line);
 }
 
@@ -420,11 +461,32 @@ void proxy_bridge_fail(struct proxy_bridge *b, const char *message, int exit_sta
 {
 	if (b->state >= BRIDGE_ENDING)
 		return;
-	free(b->message);
-	b->message = message ? strdup(message) : NULL;
-	b->exit_pending = true;
-	b->exit_status = exit_status;
+	bridge_set_exit(b, BRIDGE_EXIT_STATUS, exit_status, NULL, message);
 	bridge_set_state(b, BRIDGE_ENDING);
+}
+
+void proxy_bridge_builder_lost(struct proxy_bridge *b, const char *why)
+{
+	/* libssh2_session_free takes the channel with the connection. */
+	b->uch = NULL;
+	b->open_claimed = false;
+	switch (b->state) {
+	case BRIDGE_UP_OPEN:
+	case BRIDGE_UP_ENV:
+	case BRIDGE_UP_EXEC:
+		/* Nothing ran: the command may yet get a builder. */
+		b->env_next = 0;
+		bridge_set_state(b, BRIDGE_WAIT_BUILDER);
+		break;
+	case BRIDGE_RUNNING:
+		bridge_side_in(b, &b->builder, BRIDGE_IN_LOST);
+		if (!b->lost_reason && why)
+			b->lost_reason = strdup(why);
+		bridge_set_state(b, BRIDGE_HOLD);
+		break;
+	default:
+		break;
+	}
 }
 
 /* ---- the builder side ---- */
@@ -434,14 +496,26 @@ static bool upstream_usable(struct proxy_upstream *u)
 	return u && proxy_upstream_is_ready(u);
 }
 
-static void bridge_fail_upstream(struct proxy_bridge *b, struct proxy_upstream *u,
+/* A call on the builder's channel failed. Before the command runs, a
+ * builder that is still connected has refused: that is the answer. A
+ * running command, or a connection that went with the call, is held: its
+ * fate is for the session to find out. */
+static void bridge_upstream_error(struct proxy_bridge *b, struct proxy_upstream *u,
     const char *what, int rc)
 {
 	char *msg = str_printf("%s on the builder failed: %s", what, proxy_upstream_error(u));
 
 	log_info("session=%llu channel=%u: %s (rc %d)", (unsigned long long)b->env.session_id,
 	    b->env.channel_no, msg ? msg : what, rc);
-	proxy_bridge_fail(b, msg ? msg : what, 1);
+	if (b->state == BRIDGE_RUNNING) {
+		bridge_side_in(b, &b->builder, BRIDGE_IN_LOST);
+		if (!b->lost_reason)
+			b->lost_reason = msg ? strdup(msg) : NULL;
+		bridge_set_state(b, BRIDGE_HOLD);
+	} else if (upstream_usable(u)) {
+		proxy_bridge_fail(b, msg ? msg : what, 1);
+	}
+	/* else: the connection is gone; proxy_bridge_builder_lost follows. */
 	free(msg);
 }
 
@@ -463,7 +537,8 @@ static void bridge_step_up_open(struct proxy_bridge *b, struct proxy_upstream *u
 	proxy_upstream_release_open(u, b);
 	b->open_claimed = false;
 	if (!ch) {
-		bridge_fail_upstream(b, u, "opening a channel", rc);
+		if (b->state == BRIDGE_UP_OPEN)
+			bridge_upstream_error(b, u, "opening a channel", rc);
 		return;
 	}
 	b->uch = ch;
@@ -483,6 +558,8 @@ static void bridge_step_up_env(struct proxy_bridge *b, struct proxy_upstream *u)
 		    (unsigned)strlen(e->name), e->value, (unsigned)strlen(e->value)));
 		if (rc == LIBSSH2_ERROR_EAGAIN)
 			return;
+		if (!upstream_usable(u))
+			return; /* proxy_bridge_builder_lost follows */
 		/* The builder's sshd decides (AcceptEnv); a refusal is not fatal. */
 		if (rc)
 			log_debug("session=%llu channel=%u: builder refused env %s",
@@ -503,7 +580,7 @@ static void bridge_step_up_exec(struct proxy_bridge *b, struct proxy_upstream *u
 	if (rc == LIBSSH2_ERROR_EAGAIN)
 		return;
 	if (rc) {
-		bridge_fail_upstream(b, u, "starting the command", rc);
+		bridge_upstream_error(b, u, "starting the command", rc);
 		return;
 	}
 	b->ran = true;
@@ -519,12 +596,12 @@ static void bridge_pull_leftover(struct proxy_bridge *b)
 	int n;
 
 	if (avail <= 0) {
-		b->c_leftover = false;
+		b->up_leftover = false;
 		return;
 	}
 	if ((size_t)avail > BRIDGE_UP_HARD)
 		avail = BRIDGE_UP_HARD;
-	tail = pbuf_reserve(&b->up, (size_t)avail, &space);
+	tail = proxy_pipebuf_reserve(&b->up, (size_t)avail, &space);
 	if (!tail)
 		return;
 	n = ssh_channel_read_nonblocking(b->cch, tail, (uint32_t)space, 0);
@@ -532,7 +609,7 @@ static void bridge_pull_leftover(struct proxy_bridge *b)
 		b->up.len += (size_t)n;
 	/* Past the hard cap more may remain; otherwise all of it is here. */
 	if (n <= 0 || (n == avail && avail < BRIDGE_UP_HARD))
-		b->c_leftover = false;
+		b->up_leftover = false;
 }
 
 static size_t bridge_pump_up(struct proxy_bridge *b, struct proxy_upstream *u)
@@ -543,28 +620,31 @@ static size_t bridge_pump_up(struct proxy_bridge *b, struct proxy_upstream *u)
 	for (int i = 0; i < BRIDGE_ROUNDS && b->state == BRIDGE_RUNNING; i++) {
 		ssize_t n;
 
-		if (b->up.len == 0 && b->c_leftover)
+		if (b->up.len == 0 && b->up_leftover)
 			bridge_pull_leftover(b);
 		if (b->up.len == 0 || !proxy_upstream_may_call(u, &b->op_write))
 			break;
 		n = libssh2_channel_write_ex(b->uch, 0, b->up.data + b->up.off, b->up.len);
 		proxy_upstream_after(u, &b->op_write, n < 0 ? (int)n : 0);
 		if (n > 0) {
-			pbuf_consume(&b->up, (size_t)n);
+			proxy_pipebuf_consume(&b->up, (size_t)n);
 			moved += (size_t)n;
 			metric_add(b->env.bytes_up, (double)n);
 			continue;
 		}
 		if (n == 0 || n == LIBSSH2_ERROR_EAGAIN)
 			break;
-		bridge_fail_upstream(b, u, "sending data", (int)n);
+		bridge_upstream_error(b, u, "sending data", (int)n);
 		return moved;
 	}
-	if (b->state == BRIDGE_RUNNING && b->c_eof_in && b->up.len == 0 && !b->c_leftover &&
-	    !b->u_eof_out && proxy_upstream_may_call(u, &b->op_eof)) {
+	if (b->state == BRIDGE_RUNNING && b->client.in >= BRIDGE_IN_EOF && b->up.len == 0 &&
+	    !b->up_leftover && b->builder.out == BRIDGE_OUT_OPEN &&
+	    proxy_upstream_may_call(u, &b->op_eof)) {
 		rc = proxy_upstream_after(u, &b->op_eof, libssh2_channel_send_eof(b->uch));
-		if (rc != LIBSSH2_ERROR_EAGAIN)
-			b->u_eof_out = true;
+		if (rc == 0)
+			bridge_side_out(b, &b->builder, BRIDGE_OUT_EOF);
+		else if (rc != LIBSSH2_ERROR_EAGAIN)
+			bridge_upstream_error(b, u, "sending EOF", rc);
 	}
 	return moved;
 }
@@ -572,15 +652,15 @@ static size_t bridge_pump_up(struct proxy_bridge *b, struct proxy_upstream *u)
 /* Writes what a down buffer holds to the client, within its window. */
 static size_t bridge_flush_down(struct proxy_bridge *b, int stream)
 {
-	struct pbuf *d = &b->down[stream];
+	struct proxy_pipebuf *d = &b->down[stream];
 	size_t moved = 0;
 
 	while (d->len > 0) {
 		uint32_t win, chunk;
 		int w;
 
-		if (b->c_closed_in || b->c_broken) {
-			pbuf_consume(d, d->len); /* the client is gone */
+		if (b->client.in >= BRIDGE_IN_CLOSED) {
+			proxy_pipebuf_consume(d, d->len); /* the client is gone */
 			break;
 		}
 		win = ssh_channel_window_size(b->cch);
@@ -590,11 +670,11 @@ static size_t bridge_flush_down(struct proxy_bridge *b, int stream)
 		w = stream ? ssh_channel_write_stderr(b->cch, d->data + d->off, chunk) :
 		    ssh_channel_write(b->cch, d->data + d->off, chunk);
 		if (w == SSH_ERROR) {
-			b->c_broken = true;
+			bridge_client_broken(b);
 			continue;
 		}
 		if (w > 0) {
-			pbuf_consume(d, (size_t)w);
+			proxy_pipebuf_consume(d, (size_t)w);
 			moved += (size_t)w;
 			metric_add(b->env.bytes_down, (double)w);
 		}
@@ -606,80 +686,105 @@ static size_t bridge_flush_down(struct proxy_bridge *b, int stream)
 
 static size_t bridge_pump_down(struct proxy_bridge *b, struct proxy_upstream *u, int stream)
 {
-	struct pbuf *d = &b->down[stream];
+	struct proxy_pipebuf *d = &b->down[stream];
 	size_t cap = stream ? BRIDGE_ERR_CAP : BRIDGE_DOWN_CAP;
 	size_t moved = 0;
 
 	for (int i = 0; i < BRIDGE_ROUNDS && b->state == BRIDGE_RUNNING; i++) {
-		size_t space = 0, flushed;
+		size_t space = 0;
 		char *tail;
 		ssize_t n;
 
 		if (d->len >= cap || !proxy_upstream_may_call(u, &b->op_read))
 			break;
-		tail = pbuf_reserve(d, cap - d->len, &space);
+		tail = proxy_pipebuf_reserve(d, cap - d->len, &space);
 		if (!tail)
 			break;
 		n = libssh2_channel_read_ex(b->uch, stream, tail, space);
 		proxy_upstream_after(u, &b->op_read, n < 0 ? (int)n : 0);
 		if (n < 0 && n != LIBSSH2_ERROR_EAGAIN) {
-			bridge_fail_upstream(b, u, "reading output", (int)n);
+			bridge_upstream_error(b, u, "reading output", (int)n);
 			break;
 		}
-		if (n <= 0) {
-			if (d->len == 0)
-				pbuf_consume(d, 0);
+		if (n <= 0)
 			break;
-		}
 		d->len += (size_t)n;
-		flushed = bridge_flush_down(b, stream);
-		moved += flushed;
+		moved += bridge_flush_down(b, stream);
 		if (d->len >= cap)
 			break; /* the client is slower: stop reading until it catches up */
 	}
-	if (d->len == 0 && d->data)
-		pbuf_consume(d, 0);
+	if (d->len == 0)
+		proxy_pipebuf_finish(d);
 	return moved;
 }
 
+/* The builder's channel closed cleanly: its exit-status or exit-signal came
+ * before the CLOSE (sshd sends one of them when the command ends). */
 static void bridge_collect_exit(struct proxy_bridge *b, struct proxy_upstream *u)
 {
-	char *sig = NULL;
+	char *sig = NULL, *signal = NULL, *msg = NULL;
 	size_t sig_len = 0;
 
 	if (libssh2_channel_get_exit_signal(b->uch, &sig, &sig_len, NULL, NULL, NULL, NULL) == 0 &&
 	    sig) {
-		b->exit_signal = strndup(sig, sig_len);
+		signal = strndup(sig, sig_len);
 		libssh2_free(proxy_upstream_session(u), sig);
 	}
-	b->exit_status = libssh2_channel_get_exit_status(b->uch);
-	b->exit_pending = true;
-	/* Nix only says "unexpected end-of-file": say what happened. */
-	if (b->exit_signal && !b->message) {
-		log_info("session=%llu channel=%u: the command was killed by signal %s",
-		    (unsigned long long)b->env.session_id, b->env.channel_no, b->exit_signal);
-		b->message = str_printf("the command on the builder was killed (signal %s): "
-		    "was the builder pod deleted or out of memory?", b->exit_signal);
+	if (!signal) {
+		bridge_set_exit(b, BRIDGE_EXIT_STATUS, libssh2_channel_get_exit_status(b->uch), NULL,
+		    NULL);
+		return;
 	}
+	/* Nix only says "unexpected end-of-file": say what happened. */
+	log_info("session=%llu channel=%u: the command was killed by signal %s",
+	    (unsigned long long)b->env.session_id, b->env.channel_no, signal);
+	msg = str_printf("the command on the builder was killed by signal %s%s", signal,
+	    strcmp(signal, "KILL") == 0 ? " (out of memory?)" : "");
+	bridge_set_exit(b, BRIDGE_EXIT_SIGNAL, 0, signal, msg ? msg : "the command was killed");
+	free(msg);
+}
+
+/* The builder's output is all read and passed on: EOF to the client, then
+ * the builder's CLOSE, which carries the exit. */
+static void bridge_finish_running(struct proxy_bridge *b, struct proxy_upstream *u)
+{
+	int rc;
+
+	if (b->client.in < BRIDGE_IN_CLOSED && b->client.out == BRIDGE_OUT_OPEN) {
+		ssh_channel_send_eof(b->cch);
+		bridge_side_out(b, &b->client, BRIDGE_OUT_EOF);
+	}
+	if (!proxy_upstream_may_call(u, &b->op_close))
+		return;
+	rc = proxy_upstream_after(u, &b->op_close, libssh2_channel_wait_closed(b->uch));
+	if (rc == LIBSSH2_ERROR_EAGAIN)
+		return;
+	if (rc) {
+		/* EOF came, CLOSE did not: the command's end is unknown. */
+		bridge_upstream_error(b, u, "waiting for the command's exit", rc);
+		return;
+	}
+	bridge_side_in(b, &b->builder, BRIDGE_IN_CLOSED);
+	bridge_collect_exit(b, u);
+	bridge_set_state(b, BRIDGE_ENDING);
 }
 
 static size_t bridge_step_running(struct proxy_bridge *b, struct proxy_upstream *u)
 {
 	size_t moved = 0;
-	int rc;
 
-	if (b->c_closed_in || b->c_broken) {
+	if (b->client.in >= BRIDGE_IN_CLOSED) {
 		/* The command is over on the builder (EOF seen): its exit status
 		 * is on the way and the client, which closed on our EOF, still
 		 * takes it until our CLOSE goes out. Otherwise stop the command. */
-		if (!b->u_eof_in || b->c_broken) {
+		if (b->builder.in < BRIDGE_IN_EOF || b->client.in == BRIDGE_IN_LOST) {
 			log_debug("session=%llu channel=%u: client closed the channel",
 			    (unsigned long long)b->env.session_id, b->env.channel_no);
 			bridge_set_state(b, BRIDGE_ENDING);
 			return 0;
 		}
-		pbuf_consume(&b->down[0], b->down[0].len);
-		pbuf_consume(&b->down[1], b->down[1].len);
+		proxy_pipebuf_finish(&b->down[0]);
+		proxy_pipebuf_finish(&b->down[1]);
 	}
 	moved += bridge_flush_down(b, 0) + bridge_flush_down(b, 1);
 	moved += bridge_pump_up(b, u);
@@ -690,24 +795,21 @@ static size_t bridge_step_running(struct proxy_bridge *b, struct proxy_upstream 
 		moved += bridge_pump_down(b, u, 1);
 	if (b->state != BRIDGE_RUNNING)
 		return moved;
-	if (!b->u_eof_in && libssh2_channel_eof(b->uch) == 1)
-		b->u_eof_in = true;
-	if (!b->u_eof_in || b->down[0].len || b->down[1].len)
-		return moved;
-	if (!b->c_eof_out && !b->c_closed_in) {
-		ssh_channel_send_eof(b->cch);
-		b->c_eof_out = true;
-	}
-	if (!b->u_closed_in) {
-		if (!proxy_upstream_may_call(u, &b->op_close))
-			return moved;
-		rc = proxy_upstream_after(u, &b->op_close, libssh2_channel_wait_closed(b->uch));
-		if (rc == LIBSSH2_ERROR_EAGAIN)
-			return moved;
-		b->u_closed_in = true;
-	}
-	bridge_collect_exit(b, u);
-	bridge_set_state(b, BRIDGE_ENDING);
+	if (libssh2_channel_eof(b->uch) == 1)
+		bridge_side_in(b, &b->builder, BRIDGE_IN_EOF);
+	if (b->builder.in >= BRIDGE_IN_EOF && !b->down[0].len && !b->down[1].len)
+		bridge_finish_running(b, u);
+	return moved;
+}
+
+/* The builder's channel is gone without its exit: what it had sent still
+ * reaches the client while the session finds out why. */
+static size_t bridge_step_hold(struct proxy_bridge *b)
+{
+	size_t moved = bridge_flush_down(b, 0) + bridge_flush_down(b, 1);
+
+	if (b->client.in >= BRIDGE_IN_CLOSED)
+		bridge_set_state(b, BRIDGE_ENDING); /* nobody left to tell */
 	return moved;
 }
 
@@ -718,9 +820,9 @@ static bool bridge_end_upstream(struct proxy_bridge *b, struct proxy_upstream *u
 	int rc;
 
 	if (!upstream_usable(u)) {
-		/* Gone with its connection; libssh2_session_free takes the channel. */
-		b->open_claimed = false;
-		return true;
+		/* Gone with its connection, or about to be: the session calls
+		 * proxy_bridge_builder_lost before it frees the connection. */
+		return !b->uch && !b->open_claimed;
 	}
 	if (b->open_claimed) {
 		/* libssh2 keeps one open in flight per session: finish it. */
@@ -736,36 +838,53 @@ static bool bridge_end_upstream(struct proxy_bridge *b, struct proxy_upstream *u
 	if (rc == LIBSSH2_ERROR_EAGAIN)
 		return false;
 	b->uch = NULL;
+	bridge_side_out(b, &b->builder, BRIDGE_OUT_CLOSED);
 	return true;
+}
+
+static void bridge_send_exit(struct proxy_bridge *b)
+{
+	switch (b->exit.kind) {
+	case BRIDGE_EXIT_SIGNAL:
+		ssh_channel_request_send_exit_signal(b->cch, b->exit.signal, 0, "", "");
+		break;
+	case BRIDGE_EXIT_STATUS:
+		ssh_channel_request_send_exit_status(b->cch, b->exit.status);
+		b->forwarded_status = b->exit.status;
+		break;
+	case BRIDGE_EXIT_NONE:
+		break;
+	}
 }
 
 static bool bridge_end_client(struct proxy_bridge *b)
 {
-	if (!b->c_close_out) {
-		if (!b->c_broken) {
+	if (b->client.out != BRIDGE_OUT_CLOSED) {
+		if (b->client.in != BRIDGE_IN_LOST) {
 			/* A client that closed first still takes the exit status
 			 * until our CLOSE: OpenSSH closes on EOF both ways. */
-			if (b->message && !b->c_closed_in)
-				bridge_write_stderr_line(b, b->message);
-			if (b->exit_pending && b->exit_signal) {
-				ssh_channel_request_send_exit_signal(b->cch, b->exit_signal, 0, "", "");
-			} else if (b->exit_pending) {
-				ssh_channel_request_send_exit_status(b->cch, b->exit_status);
-				b->forwarded_status = b->exit_status;
-			}
-			if (!b->c_eof_out && !b->c_closed_in)
+			if (b->exit.message)
+				bridge_write_stderr_line(b, b->exit.message);
+			bridge_send_exit(b);
+			if (bridge_client_listens(b))
 				ssh_channel_send_eof(b->cch);
-			b->c_eof_out = true;
+			bridge_side_out(b, &b->client, BRIDGE_OUT_EOF);
 		}
 		/* EOF went first, so this sends the CLOSE even when the socket is
 		 * busy (libssh returns before CLOSE when its EOF cannot flush). */
 		ssh_channel_close(b->cch);
-		b->c_close_out = true;
+		bridge_side_out(b, &b->client, BRIDGE_OUT_CLOSED);
 		log_debug("session=%llu channel=%u: closed (exit %s%d)",
 		    (unsigned long long)b->env.session_id, b->env.channel_no,
-		    b->exit_signal ? b->exit_signal : "", b->exit_signal ? 0 : b->exit_status);
+		    b->exit.signal ? b->exit.signal : "", b->exit.signal ? 0 : b->exit.status);
 	}
-	return b->c_closed_in || b->c_broken;
+	return b->client.in >= BRIDGE_IN_CLOSED;
+}
+
+/* The client went away before the command ran: nothing to wait for. */
+static bool bridge_client_left(const struct proxy_bridge *b)
+{
+	return b->client.in >= BRIDGE_IN_CLOSED;
 }
 
 size_t proxy_bridge_run(struct proxy_bridge *b, struct proxy_upstream *u)
@@ -777,11 +896,11 @@ size_t proxy_bridge_run(struct proxy_bridge *b, struct proxy_upstream *u)
 		before = b->state;
 		switch (b->state) {
 		case BRIDGE_OPEN:
-			if (b->message || b->c_closed_in)
+			if (b->exit.kind != BRIDGE_EXIT_NONE || bridge_client_left(b))
 				bridge_set_state(b, BRIDGE_ENDING);
 			break;
 		case BRIDGE_WAIT_BUILDER:
-			if (b->c_closed_in)
+			if (bridge_client_left(b))
 				bridge_set_state(b, BRIDGE_ENDING);
 			else if (upstream_usable(u))
 				bridge_set_state(b, BRIDGE_UP_OPEN);
@@ -789,17 +908,17 @@ size_t proxy_bridge_run(struct proxy_bridge *b, struct proxy_upstream *u)
 		case BRIDGE_UP_OPEN:
 			if (upstream_usable(u))
 				bridge_step_up_open(b, u);
-			if (b->c_closed_in && b->state < BRIDGE_ENDING)
+			if (bridge_client_left(b) && b->state < BRIDGE_ENDING)
 				bridge_set_state(b, BRIDGE_ENDING);
 			break;
 		case BRIDGE_UP_ENV:
-			if (b->c_closed_in)
+			if (bridge_client_left(b))
 				bridge_set_state(b, BRIDGE_ENDING);
 			else if (upstream_usable(u))
 				bridge_step_up_env(b, u);
 			break;
 		case BRIDGE_UP_EXEC:
-			if (b->c_closed_in)
+			if (bridge_client_left(b))
 				bridge_set_state(b, BRIDGE_ENDING);
 			else if (upstream_usable(u))
 				bridge_step_up_exec(b, u);
@@ -807,6 +926,9 @@ size_t proxy_bridge_run(struct proxy_bridge *b, struct proxy_upstream *u)
 		case BRIDGE_RUNNING:
 			if (upstream_usable(u))
 				moved += bridge_step_running(b, u);
+			break;
+		case BRIDGE_HOLD:
+			moved += bridge_step_hold(b);
 			break;
 		case BRIDGE_ENDING: {
 			bool up_done = bridge_end_upstream(b, u);
@@ -837,13 +959,23 @@ bool proxy_bridge_wants_upstream_read(const struct proxy_bridge *b)
 	case BRIDGE_RUNNING:
 		/* Window adjusts for our writes, output while there is room,
 		 * and the close after EOF. */
-		return b->up.len > 0 || b->u_eof_in || b->down[0].len < BRIDGE_DOWN_CAP ||
-		    b->down[1].len < BRIDGE_ERR_CAP;
+		return b->up.len > 0 || b->builder.in >= BRIDGE_IN_EOF ||
+		    b->down[0].len < BRIDGE_DOWN_CAP || b->down[1].len < BRIDGE_ERR_CAP;
 	case BRIDGE_ENDING:
 		return b->uch != NULL || b->open_claimed;
 	default:
 		return false;
 	}
+}
+
+bool proxy_bridge_is_held(const struct proxy_bridge *b)
+{
+	return b->state == BRIDGE_HOLD;
+}
+
+const char *proxy_bridge_lost_reason(const struct proxy_bridge *b)
+{
+	return b->lost_reason;
 }
 
 bool proxy_bridge_is_done(const struct proxy_bridge *b)

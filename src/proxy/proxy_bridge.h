@@ -5,7 +5,16 @@
  * connection is ready, the env requests and the exec replayed, and then bytes
  * are pumped both ways with flow control that follows the SSH windows: a side
  * is only read while the other side can take what is read, through bounded
- * buffers. EOF, close and exit-status / exit-signal travel back to the client.
+ * buffers.
+ *
+ * OPEN -> WAIT_BUILDER -> UP_OPEN -> UP_ENV -> UP_EXEC -> RUNNING -> ENDING
+ * -> DONE. Each side of the channel closes in halves (what it sent us: EOF,
+ * CLOSE, or its connection lost; what we sent it: EOF, CLOSE), each half a
+ * named state. The builder's exit status is relayed only after a clean end
+ * of its channel (EOF, then CLOSE). A builder channel that ends any other way
+ * goes to HOLD: the command's fate is unknown, so nothing is relayed until
+ * the session says why (proxy_bridge_fail), from what Kubernetes reports or,
+ * after a bounded wait, from what it knows.
  *
  * libssh callbacks only record what happened and wake the session; all the
  * work happens in proxy_bridge_run(), called from the session's run loop. */
@@ -40,9 +49,10 @@ struct proxy_bridge_env {
  * callback) with its callbacks. NULL on failure. */
 struct proxy_bridge *proxy_bridge_create(ssh_session ssh, const struct proxy_bridge_env *env);
 ssh_channel proxy_bridge_channel(const struct proxy_bridge *b);
-/* upstream_alive false: the builder connection is gone or going, leave its
- * channel to libssh2_session_free. Accepts NULL. */
-void proxy_bridge_destroy(struct proxy_bridge *b, bool upstream_alive);
+/* Frees the client channel and, if the bridge still holds one, the builder
+ * channel (only while its connection is alive: see proxy_bridge_builder_lost).
+ * Accepts NULL. */
+void proxy_bridge_destroy(struct proxy_bridge *b);
 
 /* Does all the work it can now; u may be NULL or not ready yet. Returns the
  * number of payload bytes moved (for idle accounting). */
@@ -52,6 +62,12 @@ size_t proxy_bridge_run(struct proxy_bridge *b, struct proxy_upstream *u);
 bool proxy_bridge_wants_builder(const struct proxy_bridge *b);
 /* Will something consume what arrives on the builder connection? */
 bool proxy_bridge_wants_upstream_read(const struct proxy_bridge *b);
+/* The builder's channel ended without a clean close: waiting to be told why
+ * (proxy_bridge_fail). */
+bool proxy_bridge_is_held(const struct proxy_bridge *b);
+/* What the bridge itself saw go wrong on the builder's channel (held
+ * bridges), NULL if nothing. */
+const char *proxy_bridge_lost_reason(const struct proxy_bridge *b);
 /* Both channels are closed; the session may destroy it. */
 bool proxy_bridge_is_done(const struct proxy_bridge *b);
 /* The command ran on the builder (exit status known once done). */
@@ -66,5 +82,9 @@ void proxy_bridge_notify(struct proxy_bridge *b, const char *message);
 /* Ends the channel for the user: message on stderr, exit status, close; the
  * upstream channel, if any, is closed. */
 void proxy_bridge_fail(struct proxy_bridge *b, const char *message, int exit_status);
+/* The builder connection is gone (or about to be destroyed): the bridge lets
+ * go of its channel on it (libssh2_session_free takes it). A running command
+ * is held (its fate unknown); one not started yet waits for a builder again. */
+void proxy_bridge_builder_lost(struct proxy_bridge *b, const char *why);
 
 #endif

@@ -16,7 +16,9 @@ struct kube_client;
  * from the loop, so the session may be gone; look it up by id. */
 struct proxy_builder_events {
 	void (*progress)(uint64_t session_id, const char *message, void *data);
-	void (*ready)(uint64_t session_id, const char *host, int port, void *data);
+	/* name: what the user is told the builder is (its pod, or address). */
+	void (*ready)(uint64_t session_id, const char *host, int port, const char *name,
+	    void *data);
 	void (*failed)(uint64_t session_id, const char *message, void *data);
 };
 

@@ -326,15 +326,16 @@ static void kube_on_op_response(const struct kube_response *resp, void *data)
 	kube_op_remove(k, op);
 }
 
-/* "builder pod P: Phase - Reason: message", what the Nix user sees. */
+/* "builder pod P: Phase - Reason: message" (or "waiting for a builder:
+ * Phase ..." before one is bound), what the Nix user sees. */
 static char *kube_progress_text(const char *pod, const char *phase, const char *reason,
     const char *message)
 {
 	struct buf t;
 
 	buf_init(&t, 1024);
-	if (buf_printf(&t, "builder pod %s: %s", pod[0] ? pod : "(not created yet)",
-	    phase[0] ? phase : "Pending") < 0)
+	if ((pod[0] ? buf_printf(&t, "builder pod %s: %s", pod, phase[0] ? phase : "Pending") :
+	    buf_printf(&t, "waiting for a builder: %s", phase[0] ? phase : "Pending")) < 0)
 		goto fail;
 	if ((reason[0] || message[0]) && buf_printf(&t, " - %s%s%s", reason,
 	    reason[0] && message[0] ? ": " : "", message) < 0)
@@ -376,8 +377,12 @@ static void kube_observe(struct proxy_builder_kube *k, json_t *obj)
 	    (w->state != KUBE_WAIT_WAITING && w->state != KUBE_WAIT_READY))
 		return;
 	if (strcmp(phase, "Failed") == 0) {
-		text = str_printf("builder %s failed: %s%s%s", pod[0] ? pod : w->name,
-		    reason[0] ? reason : "Failed", message[0] ? ": " : "", message);
+		/* The controller's message names the pod when it knows it. */
+		if (pod[0] && strstr(message, pod))
+			text = str_printf("%s (%s)", message, reason[0] ? reason : "Failed");
+		else
+			text = str_printf("builder %s failed: %s%s%s", pod[0] ? pod : w->name,
+			    reason[0] ? reason : "Failed", message[0] ? ": " : "", message);
 		kube_deliver_failed(k, w, text ? text : "builder failed");
 		free(text);
 		return;
@@ -389,7 +394,8 @@ static void kube_observe(struct proxy_builder_kube *k, json_t *obj)
 		log_info("session=%llu nbr=%s/%s pod=%s ip=%s ready after %llu ms",
 		    (unsigned long long)w->session_id, k->namespace, w->name, pod, ip,
 		    (unsigned long long)(kube_now_ms(k) - w->started_ms));
-		k->base.events->ready(w->session_id, ip, k->remote_port, k->base.data);
+		k->base.events->ready(w->session_id, ip, k->remote_port, pod[0] ? pod : w->name,
+		    k->base.data);
 		return;
 	}
 	kube_progress(k, w, kube_progress_text(pod, phase, reason, message));

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "log.h"
 #include "proxy_builder_backend.h"
 
@@ -17,6 +18,7 @@ struct proxy_builder_static {
 	uv_idle_t idle;
 	char *host;
 	int port;
+	char *name; /* "host:port", what users are told */
 	struct static_pending *pending;
 	bool closing;
 };
@@ -30,7 +32,7 @@ static void static_on_idle(uv_idle_t *h)
 	while (s->pending) {
 		struct static_pending *p = s->pending;
 		s->pending = p->next;
-		s->base.events->ready(p->session_id, s->host, s->port, s->base.data);
+		s->base.events->ready(p->session_id, s->host, s->port, s->name, s->base.data);
 		free(p);
 		if (s->closing)
 			return;
@@ -84,6 +86,7 @@ static void static_on_close(uv_handle_t *h)
 		free(p);
 	}
 	free(s->host);
+	free(s->name);
 	free(s);
 }
 
@@ -111,7 +114,10 @@ struct proxy_builder *proxy_builder_static_create(uv_loop_t *loop, const char *h
 	if (!s)
 		return NULL;
 	s->host = strdup(host);
-	if (!s->host) {
+	s->name = str_printf("%s:%d", host, port);
+	if (!s->host || !s->name || uv_idle_init(loop, &s->idle) < 0) {
+		free(s->host);
+		free(s->name);
 		free(s);
 		return NULL;
 	}
@@ -119,7 +125,6 @@ struct proxy_builder *proxy_builder_static_create(uv_loop_t *loop, const char *h
 	s->base.events = events;
 	s->base.data = data;
 	s->port = port;
-	uv_idle_init(loop, &s->idle);
 	s->idle.data = s;
 	log_info("builder backend: static address %s:%d", host, port);
 	return &s->base;

@@ -46,6 +46,9 @@ struct proxy_flags {
 	char *health_address;
 	uint64_t builder_timeout_ms;
 	uint64_t idle_timeout_ms;
+	uint64_t builder_lost_wait_ms;
+	uint64_t keepalive_interval_ms;
+	long keepalive_count;
 	uint64_t login_grace_ms;
 	uint64_t shutdown_timeout_ms;
 	long max_auth_tries;
@@ -246,6 +249,10 @@ static int proxy_setup(struct proxy_app *a)
 		    "--max-sessions-per-key is out of range");
 		return -1;
 	}
+	if (a->f.keepalive_count < 1 || a->f.keepalive_count > 1000) {
+		log_error("--keepalive-count must be 1 to 1000");
+		return -1;
+	}
 	memset(&so, 0, sizeof(so));
 	if (proxy_server_parse_startups(a->f.max_startups, &so) < 0) {
 		log_error("--max-startups \"%s\": want START:RATE:FULL (e.g. 64:30:256) or FULL",
@@ -307,6 +314,9 @@ static int proxy_setup(struct proxy_app *a)
 	so.login_grace_ms = a->f.login_grace_ms;
 	so.builder_timeout_ms = a->f.builder_timeout_ms;
 	so.idle_timeout_ms = a->f.idle_timeout_ms;
+	so.builder_lost_wait_ms = a->f.builder_lost_wait_ms;
+	so.keepalive_interval_ms = a->f.keepalive_interval_ms;
+	so.keepalive_count = (int)a->f.keepalive_count;
 	so.max_auth_tries = (int)a->f.max_auth_tries;
 	so.remote_user = a->f.remote_user;
 	a->server = proxy_server_create(&a->loop, &so, a->keys, a->policy, a->metrics, &err);
@@ -411,6 +421,16 @@ int proxy_main(int argc, char **argv)
 		  &a->f.builder_timeout_ms, "5m", "give up waiting for a builder after this", false },
 		{ "idle-timeout", "NRBC_PROXY_IDLE_TIMEOUT", FLAG_DURATION, &a->f.idle_timeout_ms,
 		  "30m", "close a session with no data either way for this long (0: never)", false },
+		{ "builder-lost-wait", "NRBC_PROXY_BUILDER_LOST_WAIT", FLAG_DURATION,
+		  &a->f.builder_lost_wait_ms, "5s", "when the connection to a builder breaks under "
+		  "a running command, how long to wait for the cluster to say why before the "
+		  "session ends with what the proxy knows", false },
+		{ "keepalive-interval", "NRBC_PROXY_KEEPALIVE_INTERVAL", FLAG_DURATION,
+		  &a->f.keepalive_interval_ms, "30s", "probe a client or builder silent this long "
+		  "(SSH and TCP keepalive; 0: never)", false },
+		{ "keepalive-count", "NRBC_PROXY_KEEPALIVE_COUNT", FLAG_INT, &a->f.keepalive_count,
+		  "3", "a peer silent for keepalive-interval x this is gone: its session ends and "
+		  "the other side is told why", false },
 		{ "login-grace-time", "NRBC_PROXY_LOGIN_GRACE_TIME", FLAG_DURATION,
 		  &a->f.login_grace_ms, "20s", "time a client has to authenticate", false },
 		{ "max-auth-tries", "NRBC_PROXY_MAX_AUTH_TRIES", FLAG_INT, &a->f.max_auth_tries, "6",

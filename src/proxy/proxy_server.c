@@ -139,12 +139,13 @@ static void server_builder_progress(uint64_t id, const char *message, void *data
 		proxy_session_builder_progress(e->session, message);
 }
 
-static void server_builder_ready(uint64_t id, const char *host, int port, void *data)
+static void server_builder_ready(uint64_t id, const char *host, int port, const char *name,
+    void *data)
 {
 	struct server_entry *e = server_find(data, id);
 
 	if (e)
-		proxy_session_builder_ready(e->session, host, port);
+		proxy_session_builder_ready(e->session, host, port, name);
 }
 
 static void server_builder_failed(uint64_t id, const char *message, void *data)
@@ -251,7 +252,7 @@ static void server_drop(struct proxy_server *srv, struct server_entry *e, struct
 		    "drops are counted in nrbc_proxy_preauth_dropped_total, logged at debug)",
 		    (unsigned long long)e->id, e->addr, reason, srv->n_unauth);
 	}
-	proxy_session_close(e->session, reason);
+	proxy_session_close(e->session, PROXY_SESSION_END_DROPPED, reason);
 }
 
 static uint64_t server_random(struct proxy_server *srv)
@@ -508,6 +509,9 @@ struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_ser
 	srv->env.login_grace_ms = opts->login_grace_ms;
 	srv->env.builder_timeout_ms = opts->builder_timeout_ms;
 	srv->env.idle_timeout_ms = opts->idle_timeout_ms;
+	srv->env.builder_lost_wait_ms = opts->builder_lost_wait_ms;
+	srv->env.keepalive_interval_ms = opts->keepalive_interval_ms;
+	srv->env.keepalive_count = opts->keepalive_count;
 	srv->env.max_auth_tries = opts->max_auth_tries > 0 ? opts->max_auth_tries : 6;
 	srv->env.client_user = srv->client_user;
 	srv->env.metrics = metrics;
@@ -652,7 +656,8 @@ void proxy_server_drain(struct proxy_server *srv, bool idle_now)
 	if (idle_now) {
 		for (struct server_entry *e = srv->sessions; e; e = e->next) {
 			if (proxy_session_is_idle(e->session))
-				proxy_session_close(e->session, "proxy shutting down");
+				proxy_session_close(e->session, PROXY_SESSION_END_SHUTDOWN,
+				    "proxy shutting down");
 		}
 	}
 	if (srv->n_sessions == 0 && srv->drained_cb)
@@ -668,7 +673,7 @@ void proxy_server_close_all(struct proxy_server *srv, const char *reason)
 {
 	/* Sessions leave the list only in their close callbacks, later. */
 	for (struct server_entry *e = srv->sessions; e; e = e->next)
-		proxy_session_close(e->session, reason);
+		proxy_session_close(e->session, PROXY_SESSION_END_SHUTDOWN, reason);
 }
 
 void proxy_server_on_drained(struct proxy_server *srv, void (*cb)(void *data), void *data)

@@ -36,6 +36,9 @@ struct proxy_server_options {
 	uint64_t login_grace_ms;
 	uint64_t builder_timeout_ms;
 	uint64_t idle_timeout_ms;
+	uint64_t builder_lost_wait_ms;
+	uint64_t keepalive_interval_ms; /* both legs; 0: none */
+	int keepalive_count;
 	int max_auth_tries;
 	const char *remote_user;
 };

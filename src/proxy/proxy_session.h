@@ -3,13 +3,16 @@
  * id) and its builder connection (proxy_upstream).
  *
  * KEX -> AUTH -> READY -> WAIT_BUILDER -> CONNECTING -> BRIDGING, with
- * FAILED (the builder could not be had, or was lost while bridging: its pod
- * deleted or failed, its connection broken; channels get the reason on
- * stderr and exit 1, the client decides when to leave) and CLOSING (torn
- * down, memory freed after the uv close callbacks). Every way out goes through
- * proxy_session_close() with a reason. Timeouts: login grace until
- * authenticated, the builder timeout while waiting for and connecting to the
- * builder, the idle timeout otherwise. */
+ * BUILDER_LOST (the builder connection broke under running commands: their
+ * exit is unknown, so for a bounded time the session waits to hear from the
+ * builder backend what happened to the builder), FAILED (the builder could
+ * not be had, or was lost: its pod deleted or failed, its connection broken;
+ * channels get the reason on stderr and exit 1, the client decides when to
+ * leave) and CLOSING (torn down, memory freed after the uv close callbacks).
+ * Every way out goes through proxy_session_close() with a cause and a reason.
+ * Timeouts: login grace until authenticated, the builder timeout while
+ * waiting for and connecting to the builder, the lost-builder wait, the idle
+ * timeout otherwise; keepalives find a client that vanished. */
 #ifndef NRBC_PROXY_SESSION_H
 #define NRBC_PROXY_SESSION_H
 
@@ -44,6 +47,13 @@ struct proxy_session_env {
 	uint64_t login_grace_ms;
 	uint64_t builder_timeout_ms;
 	uint64_t idle_timeout_ms;    /* 0: none */
+	/* How long a session whose builder connection broke waits to be told
+	 * the builder's fate before it says what it knows. */
+	uint64_t builder_lost_wait_ms;
+	/* A keepalive request after this much silence from the client (0:
+	 * none); the client is gone after keepalive_count of them unanswered. */
+	uint64_t keepalive_interval_ms;
+	int keepalive_count;
 	int max_auth_tries;
 	/* The user name clients must log in as (any other is refused). */
 	const char *client_user;
@@ -63,11 +73,22 @@ struct proxy_session_env {
 	void *data;
 };
 
+/* Why a session ends (the reason text says more). */
+enum proxy_session_end {
+	PROXY_SESSION_END_CLIENT,    /* the client left, or its connection broke */
+	PROXY_SESSION_END_LOGIN,     /* key exchange or authentication did not complete */
+	PROXY_SESSION_END_DROPPED,   /* shed for a newer unauthenticated connection */
+	PROXY_SESSION_END_IDLE,      /* --idle-timeout */
+	PROXY_SESSION_END_SHUTDOWN,  /* the proxy drains or stops */
+};
+
 /* Takes ownership of fd (closed on failure too). NULL on failure. */
 struct proxy_session *proxy_session_create(const struct proxy_session_env *env, uint64_t id,
     int fd, const char *peer);
-/* The one teardown: logs reason once, releases the builder, frees later. */
-void proxy_session_close(struct proxy_session *s, const char *reason);
+/* The one teardown: logs reason once, tells channels still in use why
+ * (shutdown, idle), releases the builder, frees later. */
+void proxy_session_close(struct proxy_session *s, enum proxy_session_end cause,
+    const char *reason);
 
 uint64_t proxy_session_id(const struct proxy_session *s);
 bool proxy_session_is_closing(const struct proxy_session *s);
@@ -76,7 +97,9 @@ bool proxy_session_is_idle(const struct proxy_session *s);
 
 /* Builder events, routed here by session id. */
 void proxy_session_builder_progress(struct proxy_session *s, const char *message);
-void proxy_session_builder_ready(struct proxy_session *s, const char *host, int port);
+/* name: the builder pod (or address) the user is told about. */
+void proxy_session_builder_ready(struct proxy_session *s, const char *host, int port,
+    const char *name);
 void proxy_session_builder_failed(struct proxy_session *s, const char *message);
 
 #endif

@@ -7,19 +7,28 @@
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <linux/sockios.h>
 
 #include "base64.h"
 #include "buf.h"
 #include "log.h"
 #include "proxy_keys.h"
+#include "sockopt.h"
 
 /* Handshakes the builder ends before its SSH banner are tried again: that is
  * how sshd sheds load (MaxStartups), and nothing has run on the builder yet. */
 #define UPSTREAM_ATTEMPTS 3
 #define UPSTREAM_RETRY_MS 50 /* then 4x per attempt */
 #define UPSTREAM_MACS "hmac-sha2-256,hmac-sha2-512"
+/* A keepalive is only sent while the socket has this much room, so that it
+ * always goes out whole: libssh2 swallows the EAGAIN of a half-sent
+ * keepalive, and its next packet would then refuse to go out. */
+#define UPSTREAM_KEEPALIVE_ROOM (16 * 1024)
+#define UPSTREAM_KEEPALIVE_MIN_MS 2000
 
 enum upstream_state {
 	UPSTREAM_CONNECTING,
@@ -55,7 +64,7 @@ struct proxy_upstream {
 	enum upstream_state state;
 	struct upstream_conn *conn;
 	int poll_events;
-	uv_timer_t retry;
+	uv_timer_t timer; /* the retry while connecting, keepalives once READY */
 	int attempts;
 	int pending_closes; /* handles whose close callbacks have not run */
 	LIBSSH2_SESSION *ssh;
@@ -70,6 +79,11 @@ struct proxy_upstream {
 	const void *blocked_op;
 	const void *open_owner;
 	int connect_errno;
+	/* keepalive: the builder's last bytes (while we listen), our last probe */
+	uint64_t keepalive_interval_ms;
+	int keepalive_count;
+	uint64_t heard, keepalive_sent;
+	char op_keepalive;
 };
 
 static void upstream_release(struct proxy_upstream *u)
@@ -202,6 +216,80 @@ static void upstream_wait(struct proxy_upstream *u)
 
 static void upstream_step(struct proxy_upstream *u);
 
+/* libssh2's recv, noting when the builder was last heard from. */
+static LIBSSH2_RECV_FUNC(upstream_recv)
+{
+	struct proxy_upstream *u = *abstract;
+	ssize_t n = recv(socket, buffer, length, flags);
+
+	if (n < 0)
+		return -errno;
+	if (n > 0)
+		u->heard = uv_now(u->loop);
+	return n;
+}
+
+/* Room for a whole keepalive packet in the socket, and nothing of ours
+ * half-sent. */
+static bool upstream_keepalive_fits(const struct proxy_upstream *u)
+{
+	int queued = 0, sndbuf = 0;
+	socklen_t len = sizeof(sndbuf);
+
+	if (u->blocked_op || !u->conn)
+		return false;
+	if (ioctl(u->conn->fd, SIOCOUTQ, &queued) < 0 ||
+	    getsockopt(u->conn->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0)
+		return false;
+	return sndbuf - queued >= UPSTREAM_KEEPALIVE_ROOM;
+}
+
+/* Builders' sshd probes us every 15 s (ClientAliveInterval, builder/
+ * entrypoint.sh), which keeps a live builder from ever being silent for a
+ * whole interval. Only a builder that does not (an older image) is probed
+ * here, and libssh2 keeps each of its answers (an SSH_MSG_REQUEST_FAILURE)
+ * until the session is freed: about 100 bytes a probe. */
+static void upstream_on_keepalive(uv_timer_t *t)
+{
+	struct proxy_upstream *u = t->data;
+	uint64_t now = uv_now(u->loop);
+	uint64_t limit = u->keepalive_interval_ms * (uint64_t)u->keepalive_count;
+	uint64_t since = u->heard > u->keepalive_sent ? u->heard : u->keepalive_sent;
+
+	if (u->state != UPSTREAM_READY)
+		return;
+	if (now - u->heard >= limit) {
+		upstream_fail(u, "builder %s:%d answered no keepalive for %llus", u->host, u->port,
+		    (unsigned long long)(now - u->heard) / 1000);
+		return;
+	}
+	if (now - since >= u->keepalive_interval_ms && upstream_keepalive_fits(u)) {
+		int rc = libssh2_keepalive_send(u->ssh, NULL);
+
+		if (rc && rc != LIBSSH2_ERROR_EAGAIN) {
+			upstream_fail(u, "connection to builder %s:%d lost: %s", u->host, u->port,
+			    proxy_upstream_error(u));
+			return;
+		}
+		u->keepalive_sent = now;
+		/* It wants a reply: listen even if no channel reads now. */
+		upstream_set_events(u, u->poll_events | UV_READABLE);
+	}
+	since = u->heard > u->keepalive_sent ? u->heard : u->keepalive_sent;
+	uv_timer_start(&u->timer, upstream_on_keepalive,
+	    since + u->keepalive_interval_ms > now ? since + u->keepalive_interval_ms - now : 1, 0);
+}
+
+static void upstream_start_keepalive(struct proxy_upstream *u)
+{
+	if (!u->keepalive_interval_ms)
+		return;
+	/* libssh2 sends whenever asked (an interval of 1 s is its minimum of 2). */
+	libssh2_keepalive_config(u->ssh, 1, 1);
+	u->heard = u->keepalive_sent = uv_now(u->loop);
+	uv_timer_start(&u->timer, upstream_on_keepalive, u->keepalive_interval_ms, 0);
+}
+
 static void upstream_step_connecting(struct proxy_upstream *u)
 {
 	int err = 0;
@@ -231,6 +319,14 @@ static void upstream_step_connecting(struct proxy_upstream *u)
 		return;
 	}
 	libssh2_session_set_blocking(u->ssh, 0);
+	{
+		union {
+			LIBSSH2_RECV_FUNC((*fn));
+			void *ptr;
+		} recv_cb = { .fn = upstream_recv };
+
+		libssh2_session_callback_set(u->ssh, LIBSSH2_CALLBACK_RECV, recv_cb.ptr);
+	}
 	libssh2_session_flag(u->ssh, LIBSSH2_FLAG_COMPRESS, 0);
 	/* The builder is known: ask for the host key type it must have, and for
 	 * the cheapest strong cipher libssh2 1.10 has (no AES-GCM, chacha20 or
@@ -287,7 +383,7 @@ static void upstream_handshake_lost(struct proxy_upstream *u, const char *why)
 	    (unsigned long long)delay);
 	upstream_close_conn(u);
 	upstream_set_state(u, UPSTREAM_RETRY_WAIT);
-	uv_timer_start(&u->retry, upstream_on_retry, delay, 0);
+	uv_timer_start(&u->timer, upstream_on_retry, delay, 0);
 }
 
 static void upstream_step_handshake(struct proxy_upstream *u)
@@ -333,6 +429,7 @@ static void upstream_step_auth(struct proxy_upstream *u)
 	}
 	upstream_set_state(u, UPSTREAM_READY);
 	upstream_set_events(u, UV_READABLE);
+	upstream_start_keepalive(u);
 	u->events.ready(u->data);
 }
 
@@ -444,6 +541,9 @@ static int upstream_open(struct proxy_upstream *u)
 	}
 	c->poll.data = u;
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (sockopt_keepalive(c->fd, u->keepalive_interval_ms, u->keepalive_count) < 0)
+		log_warn("session=%llu cannot set TCP keepalive towards the builder",
+		    (unsigned long long)u->session_id);
 	u->conn = c;
 	u->attempts++;
 	u->connect_errno = 0;
@@ -458,8 +558,8 @@ static int upstream_open(struct proxy_upstream *u)
 }
 
 struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_id,
-    const char *host, int port, const char *user, const struct proxy_keys *keys,
-    const struct proxy_upstream_events *events, void *data)
+    const struct proxy_upstream_options *opts, const struct proxy_upstream_events *events,
+    void *data)
 {
 	struct proxy_upstream *u = calloc(1, sizeof(*u));
 	int rc;
@@ -468,29 +568,36 @@ struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_i
 		return NULL;
 	u->loop = loop;
 	u->session_id = session_id;
-	u->port = port;
-	u->keys = keys;
+	u->port = opts->port;
+	u->keys = opts->keys;
 	u->events = *events;
 	u->data = data;
-	uv_timer_init(loop, &u->retry);
-	u->retry.data = u;
-	u->host = strdup(host);
-	u->user = strdup(user);
+	u->keepalive_interval_ms = opts->keepalive_interval_ms;
+	if (u->keepalive_interval_ms && u->keepalive_interval_ms < UPSTREAM_KEEPALIVE_MIN_MS)
+		u->keepalive_interval_ms = UPSTREAM_KEEPALIVE_MIN_MS;
+	u->keepalive_count = opts->keepalive_count > 0 ? opts->keepalive_count : 1;
+	if (uv_timer_init(loop, &u->timer) < 0) {
+		free(u);
+		return NULL;
+	}
+	u->timer.data = u;
+	u->host = strdup(opts->host);
+	u->user = strdup(opts->user);
 	if (!u->host || !u->user)
 		goto bad;
-	if (uv_ip4_addr(host, port, (struct sockaddr_in *)&u->addr) == 0) {
+	if (uv_ip4_addr(opts->host, opts->port, (struct sockaddr_in *)&u->addr) == 0) {
 		u->addr_len = sizeof(struct sockaddr_in);
-	} else if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)&u->addr) == 0) {
+	} else if (uv_ip6_addr(opts->host, opts->port, (struct sockaddr_in6 *)&u->addr) == 0) {
 		u->addr_len = sizeof(struct sockaddr_in6);
 	} else {
 		log_error("session=%llu builder address \"%s\" is not a numeric IP address",
-		    (unsigned long long)session_id, host);
+		    (unsigned long long)session_id, opts->host);
 		goto bad;
 	}
 	rc = upstream_open(u);
 	if (rc < 0) {
 		log_error("session=%llu cannot open a connection to builder %s:%d: %s",
-		    (unsigned long long)session_id, host, port, uv_strerror(rc));
+		    (unsigned long long)session_id, opts->host, opts->port, uv_strerror(rc));
 		goto bad;
 	}
 	return u;
@@ -515,8 +622,8 @@ void proxy_upstream_destroy(struct proxy_upstream *u)
 	upstream_set_state(u, UPSTREAM_CLOSED);
 	upstream_close_conn(u);
 	u->pending_closes++;
-	uv_timer_stop(&u->retry);
-	uv_close((uv_handle_t *)&u->retry, upstream_timer_on_close);
+	uv_timer_stop(&u->timer);
+	uv_close((uv_handle_t *)&u->timer, upstream_timer_on_close);
 }
 
 bool proxy_upstream_is_ready(const struct proxy_upstream *u)
@@ -574,6 +681,8 @@ void proxy_upstream_update_poll(struct proxy_upstream *u, bool want_read)
 		return;
 	if (want_read)
 		events |= UV_READABLE;
+	else
+		u->heard = uv_now(u->loop); /* silence while nobody listens is no sign */
 	if (u->blocked_op &&
 	    (libssh2_session_block_directions(u->ssh) & LIBSSH2_SESSION_BLOCK_OUTBOUND))
 		events |= UV_WRITABLE;

@@ -10,7 +10,12 @@
  * a call returns EAGAIN with a packet half-sent, that same call must be
  * repeated before anything else may send on the session. Callers name each
  * of their operations by an address (op) and ask proxy_upstream_may_call()
- * first, then report the result with proxy_upstream_after(). */
+ * first, then report the result with proxy_upstream_after().
+ *
+ * Once READY, a builder that stops answering (its node gone, its processes
+ * frozen) is found by keepalive requests after each interval of silence:
+ * silent for interval x count while the bridge reads, the connection fails.
+ * TCP keepalive and TCP_USER_TIMEOUT find a peer whose kernel is gone. */
 #ifndef NRBC_PROXY_UPSTREAM_H
 #define NRBC_PROXY_UPSTREAM_H
 
@@ -33,9 +38,18 @@ struct proxy_upstream_events {
 	void (*io)(void *data);
 };
 
+struct proxy_upstream_options {
+	const char *host;              /* numeric IP address */
+	int port;
+	const char *user;
+	const struct proxy_keys *keys; /* must outlive the upstream */
+	uint64_t keepalive_interval_ms; /* 0: no keepalives */
+	int keepalive_count;
+};
+
 struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_id,
-    const char *host, int port, const char *user, const struct proxy_keys *keys,
-    const struct proxy_upstream_events *events, void *data);
+    const struct proxy_upstream_options *opts, const struct proxy_upstream_events *events,
+    void *data);
 /* Best-effort disconnect; memory goes after the uv close callback. Accepts NULL. */
 void proxy_upstream_destroy(struct proxy_upstream *u);
 

@@ -10,7 +10,8 @@ test/bench/bench_soak.py (thousands of sessions, with figures).
 Every client's fate is recorded; check() returns what went wrong: a proxy
 that died or printed a sanitizer report, sessions missing from the metrics
 or the log, a session that ended by itself without its output and without
-an "nrbc: " line telling the user why."""
+an "nrbc: " line telling the user why (a failure line: the progress of a
+builder wait does not count)."""
 
 import os
 import random
@@ -243,9 +244,24 @@ class Soak:
 
     def unexplained(self):
         """Sessions that ended by themselves, not as expected, with no
-        "nrbc: " line for the user."""
+        "nrbc: " line telling the user why."""
         return [r for r in self.results if r.fate == "complete" and not r.ok and
-                b"nrbc: " not in r.stderr]
+                failure_line(r.stderr) is None]
+
+
+# What the proxy tells a user while a builder is on its way: progress, not a
+# reason for a failure.
+PROGRESS_LINE = re.compile(rb"^nrbc: (requested a builder |waiting for a builder: |"
+                           rb"builder pod \S+: (Pending|Creating|Running)\b)")
+
+
+def failure_line(stderr):
+    """The last "nrbc: " line of a session's stderr if it says why the
+    session failed, else None."""
+    lines = [l for l in stderr.splitlines() if l.startswith(b"nrbc: ")]
+    if not lines or PROGRESS_LINE.match(lines[-1]):
+        return None
+    return lines[-1]
 
 
 def check_proxy(proc, log_text, health, sessions_launched):

@@ -97,7 +97,10 @@ class Role:
 
     def argv(self):
         (container,) = self.template["spec"]["containers"]
-        return [self.stack.nrbc_bin] + list(container.get("args") or []) + self.overrides
+        # NRBC_TEST_LOG_LEVEL=debug: every role logs at that level (to debug a test).
+        level = os.environ.get("NRBC_TEST_LOG_LEVEL")
+        extra = ["--log-level=" + level] if level else []
+        return [self.stack.nrbc_bin] + list(container.get("args") or []) + self.overrides + extra
 
     def start(self):
         if self.pod is None:

@@ -7,12 +7,15 @@ import os
 import signal
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
 
 from conftest import wait_for
 from stack import NAMESPACE, SECRET, Role, Stack, free_port, PROXY_ADDRESS
+
+import kubelet as kubelet_mod
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +105,47 @@ def test_waiting_times_out_with_a_message(stack, no_controller):
             NAMESPACE, quick.pod["metadata"]["name"]))
 
 
+def test_a_wait_is_told_only_once_it_lasts(stack, no_controller):
+    # Most waits end within milliseconds (a reused or pooled builder), and
+    # Nix opens a session per derivation: the proxy says nothing for the
+    # first second of a wait, then tells where it stands. Here the wait
+    # lasts (no controller), so the first line comes, but not before.
+    t0 = time.monotonic()
+    p = ssh_nix(stack)
+    first = {}
+
+    def read():
+        line = p.stderr.readline()
+        first["t"] = time.monotonic() - t0
+        first["line"] = line
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        reader.join(30)
+        assert "line" in first, "no status within 30 s"
+        # The latest status at that moment (no controller: nothing bound).
+        assert first["line"] == b"nrbc: waiting for a builder: Pending\n", first
+        assert first["t"] >= 1.0, first
+    finally:
+        p.kill()
+        p.wait(10)
+    wait_for(lambda: not stack.requests(), 30, what="the request to go")
+
+
+def test_a_reused_builder_says_nothing(stack):
+    """The second session of a key is bound to the builder its first one
+    used, within milliseconds: nothing from nrbc on the user's terminal."""
+    for i in range(2):
+        p = ssh_nix(stack)
+        serve_hello(p)
+        p.stdin.close()
+        p.wait(60)
+        err = p.stderr.read()
+        assert p.returncode == 0, err
+    assert b"nrbc: " not in err, err
+    stack.wait_clean(30)
+
+
 def test_progress_reaches_the_client(stack, no_controller):
     p = ssh_nix(stack)
     req = wait_for(lambda: one_request(stack), 30, what="the session's request")
@@ -158,6 +202,116 @@ def test_builder_pod_killed_mid_session(stack):
     assert line and "builder" in line, err
     assert "Socket error" not in line and "SSH_MSG" not in line, line
     stack.wait_clean(30)
+
+
+class ExtraProxy:
+    """A second proxy from the same Deployment, with flags of the test's own;
+    stopped and its Pod deleted at the end."""
+
+    def __init__(self, stack, *flags):
+        self.stack = stack
+        self.port = free_port(PROXY_ADDRESS)
+        health = free_port(PROXY_ADDRESS)
+        self.role = Role(stack, stack.deployment("nrbc-proxy"),
+                         ["--listen-address=" + PROXY_ADDRESS, "--port=%d" % self.port,
+                          "--health-port=%d" % health] + list(flags))
+        self.role.health_port = health
+
+    def __enter__(self):
+        self.role.start()
+        wait_for(self.role.ready, 30, what="second proxy /readyz")
+        return self
+
+    def __exit__(self, *exc):
+        self.role.stop()
+        self.stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (
+            NAMESPACE, self.role.pod["metadata"]["name"]))
+
+
+def bridged_session(stack, port=None):
+    """A session through the proxy, bridged to its builder: (process, the
+    builder pod)."""
+    p = ssh_nix(stack, port=port)
+    req = wait_for(lambda: (lambda r: r if r and phase(r) == "Running" else None)(
+        one_request(stack)), 60, what="a Running request")
+    serve_hello(p)
+    name = req["status"]["podName"]
+    st, pod = stack.cluster.api("GET", "/api/v1/namespaces/%s/pods/%s" % (NAMESPACE, name))
+    assert st == 200, pod
+    return p, pod
+
+
+def pod_processes(stack, pod):
+    """Every process of a builder pod the test kubelet runs."""
+    root = stack.kubelet.pod_pid(pod["metadata"]["uid"])
+    assert root, "no process for pod %s" % pod["metadata"]["name"]
+    return kubelet_mod.descendants({root[0]: root[1]}, {root[0]: root[1]})
+
+
+def signal_pod(stack, pod, sig):
+    for pid in pod_processes(stack, pod):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def test_builder_container_killed_mid_session(stack):
+    """Every process of the builder dies at once (OOM kill of the container,
+    a crashed node agent) while the pod object stays: the connection breaks
+    with no exit status, and the user hears what Kubernetes says of the pod."""
+    p, pod = bridged_session(stack)
+    procs = pod_processes(stack, pod)
+    kubelet_mod._signal_all(procs, signal.SIGSTOP)
+    kubelet_mod._signal_all(procs, signal.SIGKILL)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode not in (0, 255), (p.returncode, err)
+    line = last_nrbc_line(err)
+    print("the user saw: %s" % line)
+    assert line and pod["metadata"]["name"] in line, err
+    assert "exited with code 137" in line or "lost the connection" in line, line
+    stack.wait_clean(30)
+
+
+def test_frozen_builder_is_found_by_keepalives(stack):
+    """A builder whose processes all stop (a hung node looks like this: its
+    kernel still acknowledges packets): the session ends within the keepalive
+    bound, says so, and its request goes."""
+    with ExtraProxy(stack, "--keepalive-interval=2s", "--keepalive-count=2",
+                    "--builder-lost-wait=1s") as extra:
+        p, pod = bridged_session(stack, port=extra.port)
+        signal_pod(stack, pod, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            out, err = p.communicate(timeout=60)
+            took = time.monotonic() - started
+        finally:
+            signal_pod(stack, pod, signal.SIGCONT)
+        assert p.returncode == 1, (p.returncode, err)
+        line = last_nrbc_line(err)
+        print("the user saw after %.1fs: %s" % (took, line))
+        assert line and pod["metadata"]["name"] in line and "keepalive" in line, err
+        # 2 s x 2 without an answer, then 1 s for the cluster to say why;
+        # generous for a loaded machine, far below the idle timeout.
+        assert took < 30, took
+        wait_for(lambda: not stack.requests(), 30, what="the request to go")
+
+
+def test_frozen_client_is_found_by_keepalives(stack):
+    """A Nix client that stops (its laptop suspended, its process stopped):
+    the proxy ends the session within the keepalive bound and frees its
+    builder slot (the request goes) instead of holding it for the idle
+    timeout."""
+    with ExtraProxy(stack, "--keepalive-interval=2s", "--keepalive-count=2") as extra:
+        p, _ = bridged_session(stack, port=extra.port)
+        p.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: not stack.requests(), 30, what="the frozen client's request to go")
+        finally:
+            p.send_signal(signal.SIGCONT)
+        p.communicate(timeout=30)
+        assert p.returncode == 255, p.returncode
+        assert "answered no keepalive" in extra.role.log(), extra.role.log()[-2000:]
 
 
 def test_proxy_shutdown_tells_waiting_sessions(stack, no_controller):

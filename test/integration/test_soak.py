@@ -23,7 +23,7 @@ import pytest
 
 from conftest import wait_for
 from procmem import rss_kib
-from soak import STREAM, Soak, check_proxy
+from soak import STREAM, Soak, check_proxy, failure_line
 from test_proxy_ssh import Builder, Keys, Proxy
 
 NET = "127.83.%d" % (20 + os.getpid() % 200)
@@ -200,7 +200,7 @@ def test_soak_kubernetes_backend(stack):
                     err = p.stderr.read()
                 if ok and p.returncode == 0:
                     result = "ok"
-                elif b"nrbc: " in err:
+                elif failure_line(err):
                     result = "failed with a reason"
                 else:
                     result = "failed without a reason: rc %s %r" % (p.returncode, err[-300:])

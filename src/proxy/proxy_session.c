@@ -25,6 +25,8 @@
  * build. A wait's status is shown once it has lasted this long (or at once
  * if the wait fails), and every change after that as it comes. */
 #define SESSION_STATUS_QUIET_MS 1000
+/* Builders asked for again after one took no connection. */
+#define SESSION_MAX_REACQUIRES 2
 
 static const char *const session_state_names[] = {
 	[SESSION_KEX] = "KEX",
@@ -610,6 +612,25 @@ void proxy_session_builder_failed(struct proxy_session *s, const char *message)
 
 /* ---- the run loop ---- */
 
+/* The builder took no connection (a builder that began to drain just as the
+ * session was bound to it, say): nothing ran there, so the session gives its
+ * request back and asks for another builder. */
+static void session_ask_again(struct proxy_session *s, const char *why)
+{
+	char *outcome = str_printf("builder %s took no connection (%s): asking for another",
+	    s->builder_name ? s->builder_name : "?", why);
+
+	log_info("session=%llu %s", (unsigned long long)s->id, outcome ? outcome : why);
+	s->reacquires++;
+	session_release_builder(s, false, outcome ? outcome : why);
+	free(outcome);
+	session_drop_upstream(s, why);
+	free(s->builder_name);
+	s->builder_name = NULL;
+	session_set_state(s, SESSION_READY);
+	s->again = true;
+}
+
 /* What the upstream reported (it may have come from inside a bridge's
  * call): before anything ran the session fails; under running commands
  * the builder is lost and its fate is waited for. */
@@ -618,7 +639,10 @@ static void session_take_upstream_failure(struct proxy_session *s)
 	char *msg = s->upstream_failure;
 
 	s->upstream_failure = NULL;
-	if (s->state == SESSION_BRIDGING)
+	if (s->state == SESSION_CONNECTING && proxy_upstream_unreachable(s->upstream) &&
+	    s->reacquires < SESSION_MAX_REACQUIRES)
+		session_ask_again(s, msg);
+	else if (s->state == SESSION_BRIDGING)
 		session_lose_builder(s, msg);
 	else if (s->state == SESSION_BUILDER_LOST || s->state == SESSION_FAILED)
 		session_drop_upstream(s, msg);

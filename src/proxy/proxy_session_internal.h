@@ -89,6 +89,7 @@ struct proxy_session {
 	unsigned channel_seq;
 	/* builder */
 	enum session_hold hold;
+	int reacquires;         /* builders asked for again (one took no connection) */
 	uint64_t wait_started;  /* loop time the builder was asked for */
 	char *builder_status;   /* the wait's last progress text */
 	bool status_withheld;   /* builder_status not shown to the client yet */

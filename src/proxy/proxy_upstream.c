@@ -79,6 +79,7 @@ struct proxy_upstream {
 	const void *blocked_op;
 	const void *open_owner;
 	int connect_errno;
+	bool unreachable; /* failed before the builder took the connection */
 	/* keepalive: the builder's last bytes (while we listen), our last probe */
 	uint64_t keepalive_interval_ms;
 	int keepalive_count;
@@ -120,26 +121,53 @@ static void upstream_set_events(struct proxy_upstream *u, int events)
 }
 
 /* One way out for every failure: stop watching, tell the owner once. */
-static void upstream_fail(struct proxy_upstream *u, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void upstream_fail(struct proxy_upstream *u, const char *fmt, ...)
+static void upstream_vfail(struct proxy_upstream *u, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void upstream_vfail(struct proxy_upstream *u, const char *fmt, va_list ap)
 {
 	struct buf msg;
-	va_list ap;
 
 	if (u->state == UPSTREAM_FAILED || u->state == UPSTREAM_CLOSED)
 		return;
 	buf_init(&msg, 4096);
-	va_start(ap, fmt);
 	if (buf_vprintf(&msg, fmt, ap) < 0)
 		buf_append_str(&msg, "builder connection failed");
-	va_end(ap);
 	upstream_set_state(u, UPSTREAM_FAILED);
 	upstream_set_events(u, 0);
 	log_info("session=%llu builder %s:%d: %s", (unsigned long long)u->session_id, u->host,
 	    u->port, msg.data ? msg.data : "failed");
 	u->events.failed(u->data, msg.data ? msg.data : "builder connection failed");
 	buf_finish(&msg);
+}
+
+static void upstream_fail(struct proxy_upstream *u, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void upstream_fail(struct proxy_upstream *u, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	upstream_vfail(u, fmt, ap);
+	va_end(ap);
+}
+
+/* The builder took no connection (refused, reset, or dropped before its
+ * banner): nothing was said to it, so another builder may be tried. */
+static void upstream_fail_unreachable(struct proxy_upstream *u, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void upstream_fail_unreachable(struct proxy_upstream *u, const char *fmt, ...)
+{
+	va_list ap;
+
+	u->unreachable = true;
+	va_start(ap, fmt);
+	upstream_vfail(u, fmt, ap);
+	va_end(ap);
+}
+
+bool proxy_upstream_unreachable(const struct proxy_upstream *u)
+{
+	return u && u->unreachable;
 }
 
 const char *proxy_upstream_error(const struct proxy_upstream *u)
@@ -309,7 +337,7 @@ static void upstream_step_connecting(struct proxy_upstream *u)
 		return;
 	}
 	if (err) {
-		upstream_fail(u, "cannot connect to builder %s:%d: %s", u->host, u->port,
+		upstream_fail_unreachable(u, "cannot connect to builder %s:%d: %s", u->host, u->port,
 		    strerror(err));
 		return;
 	}
@@ -361,7 +389,7 @@ static void upstream_on_retry(uv_timer_t *t)
 	int rc;
 
 	if (u->state == UPSTREAM_RETRY_WAIT && (rc = upstream_open(u)) < 0)
-		upstream_fail(u, "cannot connect to builder %s:%d: %s", u->host, u->port,
+		upstream_fail_unreachable(u, "cannot connect to builder %s:%d: %s", u->host, u->port,
 		    uv_strerror(rc));
 }
 
@@ -372,7 +400,8 @@ static void upstream_handshake_lost(struct proxy_upstream *u, const char *why)
 	uint64_t delay = UPSTREAM_RETRY_MS;
 
 	if (u->attempts >= UPSTREAM_ATTEMPTS) {
-		upstream_fail(u, "SSH handshake with builder %s:%d failed: %s (%d attempts)",
+		upstream_fail_unreachable(u, "SSH handshake with builder %s:%d failed: %s (%d "
+		    "attempts)",
 		    u->host, u->port, why, u->attempts);
 		return;
 	}

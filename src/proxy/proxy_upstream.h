@@ -68,6 +68,10 @@ void proxy_upstream_release_open(struct proxy_upstream *u, const void *owner);
  * arrives), writable when a half-sent packet waits. */
 void proxy_upstream_update_poll(struct proxy_upstream *u, bool want_read);
 
+/* The connection failed before the builder took it (refused, reset, dropped
+ * before its banner): nothing ran there, another builder may be asked. */
+bool proxy_upstream_unreachable(const struct proxy_upstream *u);
+
 /* libssh2's last error text for messages. */
 const char *proxy_upstream_error(const struct proxy_upstream *u);
 

@@ -744,16 +744,14 @@ static void bridge_collect_exit(struct proxy_bridge *b, struct proxy_upstream *u
 	free(msg);
 }
 
-/* The builder's output is all read and passed on: EOF to the client, then
- * the builder's CLOSE, which carries the exit. */
+/* The builder's output is all read and passed on: wait for the builder's
+ * CLOSE, which carries the exit. The client's EOF waits for it too: after
+ * an EOF nothing more may be written, not even the line that says why the
+ * command ended (a signal, a lost builder). */
 static void bridge_finish_running(struct proxy_bridge *b, struct proxy_upstream *u)
 {
 	int rc;
 
-	if (b->client.in < BRIDGE_IN_CLOSED && b->client.out == BRIDGE_OUT_OPEN) {
-		ssh_channel_send_eof(b->cch);
-		bridge_side_out(b, &b->client, BRIDGE_OUT_EOF);
-	}
 	if (!proxy_upstream_may_call(u, &b->op_close))
 		return;
 	rc = proxy_upstream_after(u, &b->op_close, libssh2_channel_wait_closed(b->uch));

@@ -1,7 +1,7 @@
 #!/bin/sh
 # nrbc builder entrypoint: lay out the SSH user, authorized_keys, host key and
 # nix.conf from the mounted Secret and ConfigMap, start nix-daemon, then run
-# sshd in the foreground.
+# sshd; at SIGTERM, stop taking sessions and wait for the ones running.
 #
 # The same script runs in the builder image and, in tests, as a local process
 # for a simulated pod (test/kubelet/). Everything it writes lives under
@@ -282,5 +282,77 @@ else
 	done
 fi
 
+# --- serve; drain at SIGTERM -------------------------------------------------
+
+# This shell stays PID 1 rather than exec sshd: at SIGTERM (an eviction, a
+# node drain, a scale-down, a deletion) only sshd's listener goes, so no new
+# session starts here, while the sessions it holds run on until they end.
+# The pod's grace period (the controller's --builder-drain-timeout) bounds
+# the wait: then the kubelet kills what is left.
+
+# Live children of process $1 (a stopped parent cannot fork, so the list
+# taken while it is stopped is complete).
+children_of() {
+	for stat in /proc/[0-9]*/stat; do
+		read -r pid _comm _state ppid _rest <"$stat" 2>/dev/null || continue
+		[ "$ppid" = "$1" ] && echo "$pid"
+	done
+}
+
+# How many of the processes $* still run (an exited one that nobody reaped
+# yet is a zombie: state Z).
+count_alive() {
+	n=0
+	for pid in "$@"; do
+		read -r _pid _comm state _rest <"/proc/$pid/stat" 2>/dev/null || continue
+		[ "$state" = Z ] || n=$((n + 1))
+	done
+	echo "$n"
+}
+
+stop_daemon() {
+	[ -n "${daemon:-}" ] || return 0
+	kill -TERM "$daemon" 2>/dev/null || true
+	wait "$daemon" 2>/dev/null || true
+}
+
+drain() {
+	kill -STOP "$sshd" 2>/dev/null || true
+	# shellcheck disable=SC2046 # one pid per word
+	set -- $(children_of "$sshd")
+	kill -TERM "$sshd" 2>/dev/null || true
+	kill -CONT "$sshd" 2>/dev/null || true
+	wait "$sshd" 2>/dev/null || true
+	left=$(count_alive "$@")
+	log "asked to stop (SIG$stop): no new sessions; waiting for $left to end"
+	waited=0
+	while [ "$left" -gt 0 ]; do
+		sleep 1
+		waited=$((waited + 1))
+		now=$(count_alive "$@")
+		if [ "$now" != "$left" ] || [ $((waited % 30)) -eq 0 ]; then
+			log "draining: $now sessions left after ${waited}s"
+		fi
+		left=$now
+	done
+	log "no sessions left: stopping"
+	stop_daemon
+	exit 0
+}
+
+stop=
+trap 'stop=TERM' TERM
+trap 'stop=INT' INT
+"$SSHD" -D -e -f "$CONFIG" &
+sshd=$!
 log "sshd on $LISTEN:$PORT for user $BUILDER_USER"
-exec "$SSHD" -D -e -f "$CONFIG"
+while :; do
+	rc=0
+	wait "$sshd" || rc=$?
+	[ -z "$stop" ] || drain
+	if ! kill -0 "$sshd" 2>/dev/null; then
+		log "sshd exited with status $rc"
+		stop_daemon
+		exit "$rc"
+	fi
+done

@@ -134,8 +134,18 @@ static void mirror_builder(struct reconcile_op *op, struct controller_builder *b
 		return;
 	}
 	if (!pod && controller_builder_state(b) == BUILDER_FAILED) {
-		char *msg = str_printf("builder %s failed before its pod ran",
-		    controller_builder_name(b));
+		const char *drained = controller_builder_drain_reason(b);
+		char *msg;
+
+		/* The pod object is gone: say what was known of it. */
+		if (drained)
+			msg = str_printf("builder pod %s was %s and went before the session ended",
+			    pod_name, drained);
+		else if (controller_phase_of(op->nbr) == CONTROLLER_PHASE_RUNNING)
+			msg = str_printf("builder pod %s was deleted", pod_name);
+		else
+			msg = str_printf("builder %s failed before its pod ran",
+			    controller_builder_name(b));
 
 		free(pod_name);
 		reconcile_set_status(op, CONTROLLER_PHASE_FAILED, CONTROLLER_REASON_POD_DELETED,
@@ -441,6 +451,34 @@ static void delete_builder_pod(struct controller_reconciler *r, struct controlle
 	free(name);
 }
 
+static void on_builder_pod_annotated(const struct kube_response *resp, void *data)
+{
+	(void)data;
+	if (resp->status >= 300 && resp->status != 404)
+		log_warnx("marking a builder pod safe (or not) to evict failed: HTTP %ld %s; the "
+		    "next pass tries again", resp->status, resp->message);
+}
+
+/* Busy builders tell the cluster autoscaler not to evict them, idle ones
+ * that it may: one merge patch when the cached pod says otherwise. (An
+ * eviction that comes anyway drains the builder: see entrypoint.sh.) */
+static void mark_safe_to_evict(struct controller_reconciler *r, struct controller_builder *b,
+    const json_t *pod)
+{
+	const char *want = controller_builder_sessions(b) ? "false" : "true";
+	json_t *patch;
+
+	if (!pod || pod_ended(pod) || reconcile_being_deleted(pod) ||
+	    strcmp(controller_pod_safe_to_evict(pod), want) == 0)
+		return;
+	patch = json_pack("{s:{s:{s:s}}}", "metadata", "annotations",
+	    CONTROLLER_POD_SAFE_TO_EVICT_ANNOTATION, want);
+	if (patch)
+		kube_patch_merge(r->client, &kube_resource_pods, controller_builder_namespace(b),
+		    kube_object_name(pod), patch, false, on_builder_pod_annotated, NULL);
+	json_decref(patch);
+}
+
 static void delete_builder(struct reconcile_op *op, struct controller_builder *b,
     const char *why)
 {
@@ -567,6 +605,10 @@ static void create_builder_pod(struct reconcile_op *op, struct controller_builde
 	char *err = NULL;
 	json_t *pod = controller_pod_build_for_builder(op->nbr, &r->opts.pod, &err);
 
+	if (pod && controller_pod_set_safe_to_evict(pod, controller_builder_sessions(b) == 0) < 0) {
+		json_decref(pod);
+		pod = NULL;
+	}
 	if (!pod) {
 		log_error("%s: %s", op->key, err ? err : "cannot build its pod");
 		free(err);
@@ -645,6 +687,13 @@ void reconcile_builder(struct reconcile_op *op)
 		create_builder_pod(op, b);
 		return;
 	}
+	if (pod && !pod_ended(pod) &&
+	    json_object_get(json_object_get(pod, "metadata"), "deletionTimestamp")) {
+		char *why = controller_pod_stop_reason(pod);
+
+		controller_builder_observe_drain(b, why);
+		free(why);
+	}
 	controller_builder_observe_pod(b, pod && controller_pod_ready(pod),
 	    !pod || pod_ended(pod) || controller_phase_of(op->nbr) == CONTROLLER_PHASE_FAILED,
 	    uv_now(r->loop));
@@ -657,6 +706,7 @@ void reconcile_builder(struct reconcile_op *op)
 			return;
 		}
 	}
+	mark_safe_to_evict(r, b, pod);
 	builder_status(op, b, pod, pod_name);
 	free(pod_name);
 }

@@ -17,6 +17,7 @@ struct controller_builder {
 	char *claiming;     /* identity a pool claim in flight is for, or NULL */
 	char *class;
 	char *uid;          /* "" until cached */
+	char *drain_reason; /* why its pod was asked to stop, or NULL */
 	long slots;
 	enum builder_state state;
 	char **requests;    /* bound request keys */
@@ -38,6 +39,7 @@ static const char *const state_names[BUILDER_STATE_COUNT] = {
 	[BUILDER_STARTING] = "starting",
 	[BUILDER_READY] = "ready",
 	[BUILDER_IDLE] = "idle",
+	[BUILDER_DRAINING] = "draining",
 	[BUILDER_FAILED] = "failed",
 	[BUILDER_DELETING] = "deleting",
 };
@@ -56,9 +58,11 @@ static void set_state(struct controller_builder *b, enum builder_state next)
 	b->state = next;
 }
 
+/* Takes new sessions (or will, once started). */
 static bool usable(const struct controller_builder *b)
 {
-	return b->state != BUILDER_FAILED && b->state != BUILDER_DELETING;
+	return b->state != BUILDER_DRAINING && b->state != BUILDER_FAILED &&
+	    b->state != BUILDER_DELETING;
 }
 
 /* READY and IDLE differ only in whether an identity's builder has a
@@ -95,6 +99,7 @@ static void builder_free(struct controller_builder *b)
 	free(b->claiming);
 	free(b->class);
 	free(b->uid);
+	free(b->drain_reason);
 	free(b);
 }
 
@@ -397,12 +402,14 @@ struct controller_builder *controller_builders_unbind(struct controller_builders
 void controller_builder_observe_pod(struct controller_builder *b, bool ready, bool ended,
     uint64_t now_ms)
 {
-	if (!usable(b))
+	if (b->state == BUILDER_FAILED || b->state == BUILDER_DELETING)
 		return;
 	if (ended) {
 		set_state(b, BUILDER_FAILED);
 		return;
 	}
+	if (b->state == BUILDER_DRAINING)
+		return; /* a terminating pod does not come back */
 	if (b->state == BUILDER_CREATING)
 		return; /* the builder's own cache event moves it on */
 	if (!ready) {
@@ -412,6 +419,22 @@ void controller_builder_observe_pod(struct controller_builder *b, bool ready, bo
 	if (b->state == BUILDER_STARTING)
 		set_state(b, BUILDER_READY);
 	settle_idle(b, now_ms);
+}
+
+void controller_builder_observe_drain(struct controller_builder *b, const char *why)
+{
+	if (!usable(b))
+		return;
+	free(b->drain_reason);
+	b->drain_reason = strdup(why ? why : "deleted");
+	log_info("builder=%s draining: its pod was %s; %zu sessions go on, no new one is bound",
+	    b->key, b->drain_reason ? b->drain_reason : "deleted", b->nrequests);
+	set_state(b, BUILDER_DRAINING);
+}
+
+const char *controller_builder_drain_reason(const struct controller_builder *b)
+{
+	return b->drain_reason;
 }
 
 void controller_builder_deleting(struct controller_builder *b)

@@ -9,12 +9,14 @@
  *
  *   CREATING --cached--> STARTING --pod Ready--> READY <--> IDLE
  *       \                    |                     |         |
- *        `--------------------+---> FAILED          +---------+--> DELETING
+ *        `--------------------+---> FAILED <--- DRAINING <----+--> DELETING
  *
  * CREATING: made (or claimed) by us, not in the cache yet. STARTING: its
  * pod is not Ready. READY: serving (or, unclaimed, waiting in the pool).
  * IDLE: an identity's builder with no session; deleted once idle for the
- * idle timeout. FAILED: its pod ended or vanished; serves nothing new.
+ * idle timeout. DRAINING: its pod was asked to stop (an eviction, a drain,
+ * a deletion) and still runs: the sessions it holds go on, nothing new is
+ * bound to it. FAILED: its pod ended or vanished; serves nothing new.
  * DELETING: deletion sent or seen. Pure: no I/O; times come from callers. */
 #ifndef NRBC_CONTROLLER_BUILDERS_H
 #define NRBC_CONTROLLER_BUILDERS_H
@@ -29,6 +31,7 @@ enum builder_state {
 	BUILDER_STARTING,
 	BUILDER_READY,
 	BUILDER_IDLE,
+	BUILDER_DRAINING,
 	BUILDER_FAILED,
 	BUILDER_DELETING,
 	BUILDER_STATE_COUNT,
@@ -67,7 +70,7 @@ struct controller_builder *controller_builders_seen(struct controller_builders *
 void controller_builders_remove(struct controller_builders *t, const char *key);
 
 /* The builder a new request of identity and class should join: one with a
- * free slot that is not FAILED or DELETING, the fullest first (so one
+ * free slot that is not DRAINING, FAILED or DELETING, the fullest first (so one
  * builder's store serves as many sessions as it can before another one
  * starts cold), then the oldest. NULL when every one is full. */
 struct controller_builder *controller_builders_pick(struct controller_builders *t,
@@ -84,7 +87,7 @@ bool controller_builders_claim_pending(struct controller_builders *t, const char
 struct controller_builder *controller_builders_pick_pool(struct controller_builders *t,
     const char *ns, const char *class);
 /* Unclaimed pool builders of class in ns that can still serve (any state
- * but FAILED and DELETING). */
+ * but DRAINING, FAILED and DELETING). */
 size_t controller_builders_pool_size(struct controller_builders *t, const char *ns,
     const char *class);
 /* The name for the next builder of identity and class: the lowest index no
@@ -107,9 +110,14 @@ struct controller_builder *controller_builders_serving(struct controller_builder
 
 /* A pod-side observation: ready (pod Running and Ready), ended (pod
  * Failed, Succeeded or gone after it existed). Moves STARTING/READY/IDLE
- * accordingly; FAILED and DELETING stay. */
+ * accordingly, DRAINING only to FAILED; FAILED and DELETING stay. */
 void controller_builder_observe_pod(struct controller_builder *b, bool ready, bool ended,
     uint64_t now_ms);
+/* Its pod is terminating (why: "evicted: ...", "deleted"): moves any
+ * serving state to DRAINING; FAILED and DELETING stay. */
+void controller_builder_observe_drain(struct controller_builder *b, const char *why);
+/* Why its pod was asked to stop, or NULL if it never was. */
+const char *controller_builder_drain_reason(const struct controller_builder *b);
 /* Deletion sent (or seen). */
 void controller_builder_deleting(struct controller_builder *b);
 /* A pool claim for identity was sent / answered. On success the builder is

@@ -70,6 +70,7 @@ struct controller_flags {
 	long builder_slots;
 	uint64_t builder_idle_timeout_ms;
 	uint64_t builder_scale_out_wait_ms;
+	uint64_t builder_drain_timeout_ms;
 };
 
 enum controller_state {
@@ -556,7 +557,9 @@ static int start_kube(struct controller *c)
 			.default_memory_request = c->f.default_memory_request,
 			.default_cpu_limit = c->f.default_cpu_limit,
 			.default_memory_limit = c->f.default_memory_limit,
-			.termination_grace_seconds = 5,
+			/* Whole seconds, at least 1: 0 would make every stop a kill. */
+			.termination_grace_seconds = c->f.builder_drain_timeout_ms >= 1000 ?
+			    (long)(c->f.builder_drain_timeout_ms / 1000) : 1,
 		},
 		.unschedulable_timeout_ms = c->f.unschedulable_timeout_ms,
 		.warm_pool_size = c->f.warm_pool_size,
@@ -739,6 +742,10 @@ int controller_main(int argc, char **argv)
 		    &f->builder_scale_out_wait_ms, "2s",
 		    "how long a session waits for a slot on its key's full builders before "
 		    "another builder starts", false },
+		{ "builder-drain-timeout", "NRBC_CONTROLLER_BUILDER_DRAIN_TIMEOUT", FLAG_DURATION,
+		    &f->builder_drain_timeout_ms, "10m",
+		    "how long a builder asked to stop (eviction, drain, deletion) lets its "
+		    "sessions finish: its pod's terminationGracePeriodSeconds", false },
 	};
 	size_t n = sizeof(table) / sizeof(table[0]);
 

@@ -387,7 +387,8 @@ json_t *controller_pod_build_for_builder(const json_t *builder,
 	labels = json_object_get(meta, "labels");
 	ref = json_array_get(json_object_get(meta, "ownerReferences"), 0);
 	label = controller_pod_request_label(json_field_str(bmeta, "name"));
-	if (!label || json_object_del(meta, "annotations") < 0 ||
+	if (!label || json_object_set_new(meta, "annotations", json_object()) < 0 ||
+	    controller_pod_set_safe_to_evict(pod, true) < 0 ||
 	    json_object_del(labels, CONTROLLER_POD_REQUEST_LABEL) < 0 ||
 	    json_object_set_new(labels, CONTROLLER_POD_BUILDER_LABEL, json_string(label)) < 0 ||
 	    json_object_set_new(ref, "kind", json_string("NixBuilder")) < 0) {
@@ -399,6 +400,26 @@ json_t *controller_pod_build_for_builder(const json_t *builder,
 	}
 	free(label);
 	return pod;
+}
+
+int controller_pod_set_safe_to_evict(json_t *pod, bool safe)
+{
+	json_t *meta = json_object_get(pod, "metadata");
+	json_t *ann = json_object_get(meta, "annotations");
+
+	if (!json_is_object(ann)) {
+		if (json_object_set_new(meta, "annotations", json_object()) < 0)
+			return -1;
+		ann = json_object_get(meta, "annotations");
+	}
+	return json_object_set_new(ann, CONTROLLER_POD_SAFE_TO_EVICT_ANNOTATION,
+	    json_string(safe ? "true" : "false"));
+}
+
+const char *controller_pod_safe_to_evict(const json_t *pod)
+{
+	return json_field_str(json_object_get(json_object_get(pod, "metadata"), "annotations"),
+	    CONTROLLER_POD_SAFE_TO_EVICT_ANNOTATION);
 }
 
 bool controller_pod_ready(const json_t *pod)

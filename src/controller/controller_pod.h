@@ -15,6 +15,9 @@
 #define CONTROLLER_POD_MANAGED_BY "nrbc-controller"
 #define CONTROLLER_POD_REQUEST_LABEL "nix.io/build-request"
 #define CONTROLLER_POD_SESSION_ANNOTATION "nix.io/session-id"
+/* "false" while the builder holds sessions, "true" when idle: the cluster
+ * autoscaler's scale-down then leaves busy builders alone. */
+#define CONTROLLER_POD_SAFE_TO_EVICT_ANNOTATION "cluster-autoscaler.kubernetes.io/safe-to-evict"
 /* The pod informer's selector: every pod this controller makes carries it. */
 #define CONTROLLER_POD_SELECTOR CONTROLLER_POD_APP_LABEL "=" CONTROLLER_POD_APP
 #define CONTROLLER_POD_CONTAINER "builder"
@@ -58,6 +61,11 @@ json_t *controller_pod_build(const json_t *request, const struct controller_pod_
 
 /* Running, Ready and with an IP. */
 bool controller_pod_ready(const json_t *pod);
+/* Sets the safe-to-evict annotation of pod (a pod object being built). 0,
+ * or -1 when out of memory. */
+int controller_pod_set_safe_to_evict(json_t *pod, bool safe);
+/* The annotation's value on a (cached) pod: "true", "false" or "". */
+const char *controller_pod_safe_to_evict(const json_t *pod);
 
 /* The pod of a NixBuilder: the request template built from the builder's
  * spec (image, resources, nodeSelector), controlled by the builder (so it

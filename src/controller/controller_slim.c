@@ -113,7 +113,7 @@ static json_t *slim_owner_refs(const json_t *refs)
 
 static json_t *slim_pod_status(const json_t *st)
 {
-	static const char *const types[] = { "PodScheduled", "Ready", NULL };
+	static const char *const types[] = { "PodScheduled", "Ready", "DisruptionTarget", NULL };
 	json_t *out = json_object();
 
 	if (!out || copy_keys(out, st, pod_status_keys) < 0)
@@ -143,6 +143,11 @@ json_t *controller_slim_pod(json_t *pod)
 	if (json_object_get(meta, "ownerReferences") &&
 	    json_object_set_new(m, "ownerReferences",
 	        slim_owner_refs(json_object_get(meta, "ownerReferences"))) < 0)
+		goto fail;
+	/* Of the annotations only the one the controller keeps up to date. */
+	if (*controller_pod_safe_to_evict(pod) &&
+	    json_object_set_new(m, "annotations", json_pack("{s:s}",
+	        CONTROLLER_POD_SAFE_TO_EVICT_ANNOTATION, controller_pod_safe_to_evict(pod))) < 0)
 		goto fail;
 	if (copy_keys(out, pod, pod_top_keys) < 0 || json_object_set(out, "metadata", m) < 0)
 		goto fail;

@@ -195,6 +195,20 @@ static bool pod_ready(const json_t *pod_status)
 	    strcmp(json_field_str(ready, "status"), "True") == 0 && *json_field_str(pod_status, "podIP");
 }
 
+char *controller_pod_stop_reason(const json_t *pod)
+{
+	const json_t *cond = find_condition(json_object_get(json_object_get(pod, "status"),
+	    "conditions"), "DisruptionTarget");
+	const char *reason = json_field_str(cond, "reason");
+	const char *message = json_field_str(cond, "message");
+
+	if (!cond || strcmp(json_field_str(cond, "status"), "True") != 0)
+		return strdup("deleted");
+	return str_printf("%s: %s%s%s", strcmp(reason, "EvictionByEvictionAPI") == 0 ? "evicted" :
+	    strcmp(reason, "PreemptionByScheduler") == 0 ? "preempted" : "stopped",
+	    *reason ? reason : "DisruptionTarget", *message ? ": " : "", message);
+}
+
 static int judge_pod(const struct controller_status_input *in, enum controller_phase current,
     struct verdict *v)
 {
@@ -215,9 +229,22 @@ static int judge_pod(const struct controller_status_input *in, enum controller_p
 		return v->message ? 0 : -1;
 	}
 	if (json_object_get(json_object_get(in->pod, "metadata"), "deletionTimestamp")) {
-		v->phase = CONTROLLER_PHASE_FAILED;
-		v->reason = CONTROLLER_REASON_POD_DELETED;
-		v->message = str_printf("builder pod %s is being deleted", in->pod_name);
+		char *why = controller_pod_stop_reason(in->pod);
+
+		/* A builder that served drains: its sessions go on (its pod's
+		 * grace period is the drain timeout); one that never did is over. */
+		if (current == CONTROLLER_PHASE_RUNNING || pod_ready(pod_status)) {
+			v->phase = CONTROLLER_PHASE_RUNNING;
+			v->reason = CONTROLLER_REASON_DRAINING;
+			v->message = str_printf("builder pod %s is draining (%s): its sessions go on, "
+			    "new ones go to another builder", in->pod_name, why ? why : "deleted");
+		} else {
+			v->phase = CONTROLLER_PHASE_FAILED;
+			v->reason = CONTROLLER_REASON_POD_DELETED;
+			v->message = str_printf("builder pod %s was %s before it was ready",
+			    in->pod_name, why ? why : "deleted");
+		}
+		free(why);
 		return v->message ? 0 : -1;
 	}
 	for (size_t i = 0; waiting && i < sizeof(waiting_failures) / sizeof(waiting_failures[0]); i++) {

@@ -35,6 +35,7 @@ bool controller_phase_terminal(enum controller_phase p);
 #define CONTROLLER_REASON_POD_DELETED "PodDeleted"
 #define CONTROLLER_REASON_INVALID "InvalidSpec"
 #define CONTROLLER_REASON_CREATE_FAILED "PodCreateFailed"
+#define CONTROLLER_REASON_DRAINING "BuilderDraining"
 
 struct controller_status_input {
 	const json_t *request;   /* the NixBuildRequest as cached */
@@ -52,6 +53,11 @@ struct controller_status_result {
 	bool warning;          /* the Event is a Warning (failures) */
 	uint64_t recheck_ms;   /* compute again after this long; 0: on events only */
 };
+
+/* Why a terminating pod was asked to stop, for people: its DisruptionTarget
+ * condition ("evicted: EvictionByEvictionAPI: Eviction API: evicting") or
+ * "deleted". Heap string; NULL when out of memory. */
+char *controller_pod_stop_reason(const json_t *pod);
 
 /* Fills out; returns 0, or -1 when out of memory. */
 int controller_status_compute(const struct controller_status_input *in,

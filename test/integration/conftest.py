@@ -279,8 +279,12 @@ class KubeletProc:
         self.proc = None
 
     def start(self, timeout=30):
+        # Grace periods (the controller's --builder-drain-timeout, 10 min)
+        # are cut to 10 s: long enough for a drain test's session to end
+        # on a loaded machine, short enough for a test to wait out.
         argv = [sys.executable, os.path.join(REPO, "test", "kubelet", "kubelet.py"),
-                "--kubeconfig", self.cluster.kubeconfig, "--dir", self.dir]
+                "--kubeconfig", self.cluster.kubeconfig, "--dir", self.dir,
+                "--grace-cap", os.environ.get("NRBC_TEST_GRACE_CAP", "10")]
         if os.path.exists("/usr/bin/setpriv"):
             # If pytest itself is killed, the kubelet still cleans up.
             argv = ["/usr/bin/setpriv", "--pdeathsig", "TERM"] + argv

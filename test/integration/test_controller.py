@@ -435,7 +435,7 @@ def can_i(cluster, ns, verb, resource, *extra, namespace=None):
 def test_rbac_is_enough_and_no_more(setup, controller):
     cluster, ns = setup["cluster"], setup["ns"]
     # Enough: every other test here runs the controller on this Role.
-    yes = [("create", "pods"), ("delete", "pods"), ("watch", "pods"),
+    yes = [("create", "pods"), ("delete", "pods"), ("watch", "pods"), ("patch", "pods"),
            ("list", "nixbuildrequests.nix.io"), ("watch", "nixbuildrequests.nix.io"),
            ("update", "nixbuildrequests.nix.io", "--subresource", "status"),
            ("create", "nixbuilders.nix.io"), ("delete", "nixbuilders.nix.io"),
@@ -444,7 +444,8 @@ def test_rbac_is_enough_and_no_more(setup, controller):
            ("create", "events"), ("create", "leases.coordination.k8s.io"),
            ("update", "leases.coordination.k8s.io/nrbc-controller")]
     no = [("get", "secrets"), ("list", "secrets"), ("get", "configmaps"),
-          ("update", "pods"), ("patch", "pods"), ("create", "pods", "--subresource", "exec"),
+          ("update", "pods"), ("create", "pods", "--subresource", "exec"),
+          ("create", "pods", "--subresource", "eviction"),
           ("update", "nixbuilders.nix.io"),
           ("create", "nixbuildrequests.nix.io"), ("update", "nixbuildrequests.nix.io"),
           ("delete", "nixbuildrequests.nix.io"), ("list", "events"),

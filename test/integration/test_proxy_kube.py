@@ -177,6 +177,27 @@ def serve_hello(p):
     return struct.unpack("<Q", p.stdout.read(8))[0]
 
 
+def wait_open(p, timeout):
+    """Like p.communicate(timeout=...), but stdin stays open: a client's EOF
+    would let `nix-store --serve` end well on its own, while the test
+    wants to see what ends the session from the builder's side."""
+    out, err = [], []
+    readers = [threading.Thread(target=lambda f, acc: acc.append(f.read()), args=(f, acc),
+                                daemon=True) for f, acc in ((p.stdout, out), (p.stderr, err))]
+    for t in readers:
+        t.start()
+    try:
+        p.wait(timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for t in readers:
+            t.join(10)
+        p.stdin.close()
+    return b"".join(out), b"".join(err)
+
+
 def last_nrbc_line(err):
     lines = [l for l in err.decode(errors="replace").splitlines() if l.startswith("nrbc: ")]
     return lines[-1] if lines else None
@@ -188,12 +209,13 @@ def test_builder_pod_killed_mid_session(stack):
         one_request(stack)), 60, what="a Running request")
     serve_hello(p)
     pod = one_request(stack)["status"]["podName"]
-    # Killed, not stopped gracefully: a builder's command that saw its stdin
-    # close in a graceful stop could end with status 0 on its own.
+    # Forced: the object goes at once while the kubelet, which never sees
+    # the deletion's grace, gives the container its spec's (the builder
+    # drains: the session would go on), so the controller's word ends it.
     st, _ = stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (NAMESPACE, pod),
                               {"gracePeriodSeconds": 0})
     assert st == 200
-    out, err = p.communicate(timeout=60)
+    out, err = wait_open(p, 60)
     assert p.returncode != 0, (out, err)
     # One line says why (the pod deleted, or its command killed with it, or
     # the connection to it gone): not just Nix's "unexpected end-of-file".
@@ -201,6 +223,98 @@ def test_builder_pod_killed_mid_session(stack):
     print("the user saw: %s" % line)
     assert line and "builder" in line, err
     assert "Socket error" not in line and "SSH_MSG" not in line, line
+    stack.wait_clean(30)
+
+
+def evict(stack, name):
+    """The Eviction API, as `kubectl drain` and the cluster autoscaler use it."""
+    return stack.cluster.api(
+        "POST", "/api/v1/namespaces/%s/pods/%s/eviction" % (NAMESPACE, name),
+        {"apiVersion": "policy/v1", "kind": "Eviction",
+         "metadata": {"name": name, "namespace": NAMESPACE}})
+
+
+def get_pod(stack, name):
+    st, pod = stack.cluster.api("GET", "/api/v1/namespaces/%s/pods/%s" % (NAMESPACE, name))
+    return pod if st == 200 else None
+
+
+def safe_to_evict(pod):
+    return ((pod or {}).get("metadata", {}).get("annotations") or {}).get(
+        "cluster-autoscaler.kubernetes.io/safe-to-evict")
+
+
+def request_of(stack, session_pod=None, other_than=None):
+    """The one request whose status.podName is session_pod, or the one bound
+    to a builder other than other_than."""
+    for r in stack.requests():
+        st = r.get("status") or {}
+        if session_pod and st.get("podName") == session_pod:
+            return r
+        if other_than and st.get("builder") and st.get("podName") != other_than:
+            return r
+    return None
+
+
+def test_evicted_builder_finishes_its_session_and_takes_no_new_one(stack):
+    """An eviction (a node drain, a scale-down) of a busy builder: the
+    session it holds goes on to its own end, a session opened meanwhile is
+    bound to another builder, and the pod goes once its session has ended."""
+    p, pod = bridged_session(stack)
+    name = pod["metadata"]["name"]
+    # Busy: the cluster autoscaler is asked to leave it alone.
+    wait_for(lambda: safe_to_evict(get_pod(stack, name)) == "false", 30,
+             what="safe-to-evict false on the busy builder")
+    st, body = evict(stack, name)
+    assert st == 201, body
+    req = wait_for(lambda: (lambda r: r if r and r["status"].get("reason") ==
+                            "BuilderDraining" else None)(request_of(stack, name)),
+                   30, what="the request to say its builder drains")
+    assert req["status"]["phase"] == "Running", req["status"]
+    assert "evicted" in req["status"]["message"], req["status"]
+    # Opened while the old builder drains: bound elsewhere.
+    p2 = ssh_nix(stack)
+    try:
+        other = wait_for(lambda: request_of(stack, other_than=name), 60,
+                         what="the new session's request bound to another builder")
+        assert other["status"]["podName"] != name
+        # The first session was not cut: it ends as its client ends it.
+        assert get_pod(stack, name) is not None, "the draining pod went too early"
+        out, err = p.communicate(timeout=30)   # EOF: nix-store --serve ends
+        assert p.returncode == 0, (p.returncode, err)
+        assert last_nrbc_line(err) is None, err
+        # Nothing held it any more: the drain ended, and the pod with it
+        # (well within the 10 s grace the test kubelet allows).
+        wait_for(lambda: get_pod(stack, name) is None, 30, what="the drained pod to go")
+        wait_for(lambda: (lambda r: r if r and phase(r) == "Running" else None)(
+            request_of(stack, other_than=name)), 60, what="the new session Running")
+        serve_hello(p2)
+        out, err = p2.communicate(timeout=30)
+        assert p2.returncode == 0, (p2.returncode, err)
+    finally:
+        if p2.poll() is None:
+            p2.kill()
+            p2.wait()
+    stack.wait_clean(30)
+
+
+def test_evicted_builder_past_its_drain_timeout_is_reported(stack):
+    """A session that outlasts its builder's drain timeout (the pod's grace
+    period: cut to 10 s by the test kubelet) is killed with the pod; the user
+    hears that the builder was evicted, not "unexpected end-of-file"."""
+    p, pod = bridged_session(stack)
+    name = pod["metadata"]["name"]
+    st, body = evict(stack, name)
+    assert st == 201, body
+    started = time.monotonic()
+    out, err = wait_open(p, 90)
+    took = time.monotonic() - started
+    assert p.returncode not in (0, 255), (p.returncode, err)
+    line = last_nrbc_line(err)
+    print("the user saw after %.1fs: %s" % (took, line))
+    assert line and name in line and "evicted" in line, err
+    # It lasted the drain: the session was not cut at the eviction.
+    assert took >= 5, took
     stack.wait_clean(30)
 
 
@@ -264,7 +378,7 @@ def test_builder_container_killed_mid_session(stack):
     procs = pod_processes(stack, pod)
     kubelet_mod._signal_all(procs, signal.SIGSTOP)
     kubelet_mod._signal_all(procs, signal.SIGKILL)
-    out, err = p.communicate(timeout=60)
+    out, err = wait_open(p, 60)
     assert p.returncode not in (0, 255), (p.returncode, err)
     line = last_nrbc_line(err)
     print("the user saw: %s" % line)

@@ -225,23 +225,40 @@ def _signal_all(pids, sig):
             pass
 
 
-def kill_tree(roots, grace):
-    """SIGTERM roots and all their descendants, then after `grace` seconds
-    freeze and SIGKILL whatever is left (including what was forked in the
-    meantime). roots: {pid: starttime}; each root is also the leader of
-    its own session (setsid), whose members -- even orphaned ones -- die too.
-    Returns once all are gone."""
+def children_of(pid, starttime):
+    """{pid: starttime} of the live children of a live pid."""
+    if not alive(pid, starttime):
+        return {}
+    out = {}
+    for d in os.listdir("/proc"):
+        st = proc_stat(int(d)) if d.isdigit() else None
+        if st is not None and st[0] == pid and st[1] not in ("Z", "X"):
+            out[int(d)] = st[2]
+    return out
+
+
+def kill_tree(roots, grace, main=None):
+    """SIGTERM the container's main process, then after `grace` seconds --
+    or as soon as the main process is gone -- freeze and SIGKILL whatever is
+    left (including what was forked in the meantime). roots: {pid:
+    starttime}; each root is also the leader of its own session (setsid),
+    whose members -- even orphaned ones -- die too. main: {pid: starttime}
+    of the process a container runtime signals (the container's PID 1),
+    default the roots. Only it gets the SIGTERM, as with containerd: what it
+    does with its children (drain them, or let them die with it) is its
+    business. Returns once all are gone."""
     sessions = dict(roots)
     known = descendants(roots, sessions)
+    main = dict(main if main is not None else roots)
     # Grace 0 is a forced deletion: SIGKILL at once, as a kubelet does (a
     # SIGTERM first would let a process see its peers go and end "cleanly").
     if grace > 0:
-        _signal_all(known, signal.SIGTERM)
+        _signal_all(main, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         known = {p: t for p, t in known.items() if alive(p, t)}
-        if not known:
-            return
+        if not known or not any(alive(p, t) for p, t in main.items()):
+            break
         time.sleep(0.05)
     for _ in range(50):
         known = descendants(known, sessions)
@@ -1047,7 +1064,10 @@ class PodWorker(threading.Thread):
         if grace is None:
             grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
         grace = max(0.0, min(float(grace), self.k.grace_cap))
-        kill_tree({self.pid: self.pid_start}, grace)
+        # In its namespaces the pod's PID 1 is unshare's child (the
+        # entrypoint); unshare itself only waits for it.
+        main = None if self.host_store else children_of(self.pid, self.pid_start)
+        kill_tree({self.pid: self.pid_start}, grace, main or None)
         self.k.children.wait(self.child)
 
     def release_resources(self):

@@ -5,6 +5,8 @@ securityContext, probes and resources the controller sets, and a real Nix
 client building through the proxy's pod."""
 
 import ipaddress
+import threading
+import time
 
 import pytest
 
@@ -110,3 +112,49 @@ def test_leader_failover(stack, nix_client):
     wait_for(lambda: len([p for p in stack.pods("nrbc-controller")
                           if p["status"].get("phase") == "Running"]) == 2, 120,
              what="two running controller replicas again")
+
+
+def test_busy_builder_evicted_mid_build_finishes_the_build(stack, nix_client):
+    """An eviction through the Eviction API (what `kubectl drain` and the
+    cluster autoscaler send) of the builder serving a build, on the real
+    node with the shipped image and manifests: the derivation it runs ends
+    there, later ones go to another builder, the build completes with the
+    outputs of a local build, and the evicted pod goes once its session
+    has ended."""
+    args = {"salt": salt(), "n": 3, "seconds": 10}
+    seen = {"builders": set(), "evicted": None, "evict_status": None}
+    stop = threading.Event()
+
+    def evict_the_busy_builder():
+        while not stop.is_set():
+            live = [r for r in stack.requests()
+                    if (r.get("status") or {}).get("phase") == "Running"]
+            for r in live:
+                seen["builders"].add(r["status"].get("builder"))
+            if live and seen["evicted"] is None:
+                pod = live[0]["status"]["podName"]
+                time.sleep(2)   # mid-derivation
+                st, body = stack.cluster.api(
+                    "POST", "/api/v1/namespaces/%s/pods/%s/eviction" % (NAMESPACE, pod),
+                    {"apiVersion": "policy/v1", "kind": "Eviction",
+                     "metadata": {"name": pod, "namespace": NAMESPACE}})
+                seen["evicted"], seen["evict_status"] = pod, st
+            time.sleep(0.2)
+
+    t = threading.Thread(target=evict_the_busy_builder)
+    t.start()
+    try:
+        # One job at a time: each derivation is one session of 10 s.
+        remote = nix_client.build("parallel.nix", builders=stack.builders("ssh-ng", max_jobs=1),
+                                  sshopts=stack.sshopts(), args=args)
+    finally:
+        stop.set()
+        t.join()
+    assert seen["evict_status"] == 201, seen
+    local = nix_client.build_local("parallel.nix", args=args)
+    assert remote.out == local.out
+    assert nix_client.read(remote.out) == nix_client.read(local.out, store=local.store)
+    # Served by more than the evicted builder.
+    assert len(seen["builders"] - {None}) >= 2, seen
+    wait_for(lambda: seen["evicted"] not in {p["metadata"]["name"] for p in builder_pods(stack)},
+             60, what="the evicted builder pod to go")

@@ -255,6 +255,40 @@ static void test_idle_and_states(void **state)
 	controller_builders_destroy(t);
 }
 
+/* A pod asked to stop: its sessions stay bound, nothing new is, a new
+ * builder is called for; the pod's end then fails it. */
+static void test_draining(void **state)
+{
+	struct controller_builders *t = controller_builders_create();
+	struct controller_builder *b;
+
+	(void)state;
+	b = seen(t, "nb-a", ID_A, 4, 1000);
+	controller_builder_observe_pod(b, true, false, 1100);
+	assert_int_equal(controller_builders_bind(t, b, "ns/r", 1200), 0);
+	assert_null(controller_builder_drain_reason(b));
+	controller_builder_observe_drain(b, "evicted: EvictionByEvictionAPI");
+	assert_int_equal(controller_builder_state(b), BUILDER_DRAINING);
+	assert_string_equal(controller_builder_drain_reason(b), "evicted: EvictionByEvictionAPI");
+	assert_null(controller_builders_pick(t, "ns", ID_A, "c"));
+	assert_int_equal(controller_builders_usable(t, "ns", ID_A, "c"), 0);
+	assert_ptr_equal(controller_builders_serving(t, "ns/r"), b);
+	/* Readiness comes and goes while it drains: it stays DRAINING. */
+	controller_builder_observe_pod(b, true, false, 1300);
+	assert_int_equal(controller_builder_state(b), BUILDER_DRAINING);
+	controller_builder_observe_pod(b, false, false, 1300);
+	assert_int_equal(controller_builder_state(b), BUILDER_DRAINING);
+	/* Its last session leaves: still draining, not idle. */
+	assert_ptr_equal(controller_builders_unbind(t, "ns/r", 1400), b);
+	assert_int_equal(controller_builder_state(b), BUILDER_DRAINING);
+	controller_builder_observe_pod(b, false, true, 1500);
+	assert_int_equal(controller_builder_state(b), BUILDER_FAILED);
+	/* A failed one does not drain. */
+	controller_builder_observe_drain(b, "deleted");
+	assert_int_equal(controller_builder_state(b), BUILDER_FAILED);
+	controller_builders_destroy(t);
+}
+
 static void test_pool_claim(void **state)
 {
 	struct controller_builders *t = controller_builders_create();
@@ -303,6 +337,7 @@ int main(void)
 		cmocka_unit_test(test_bind_fills_then_scales_out),
 		cmocka_unit_test(test_idle_and_states),
 		cmocka_unit_test(test_pool_claim),
+		cmocka_unit_test(test_draining),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -386,6 +386,43 @@ static void test_pod_being_deleted(void **state)
 	json_decref(req);
 }
 
+/* An evicted pod of a builder that serves: its sessions go on (Running),
+ * the message says why; the pod gone later is the controller's business. */
+static void test_evicted_serving_pod_drains(void **state)
+{
+	json_t *req = request_with_status("{\"phase\":\"Running\",\"podName\":\"" POD "\"}");
+	struct controller_status_result r = compute(req,
+	    "{\"metadata\":{\"deletionTimestamp\":\"2025-01-15T10:29:59Z\"},"
+	    "\"status\":{\"phase\":\"Running\",\"podIP\":\"10.0.0.7\",\"conditions\":["
+	    "{\"type\":\"Ready\",\"status\":\"False\"},"
+	    "{\"type\":\"DisruptionTarget\",\"status\":\"True\","
+	    "\"reason\":\"EvictionByEvictionAPI\",\"message\":\"Eviction API: evicting\"}]}}", T0);
+
+	assert_string_equal(str(r.status, "phase"), "Running");
+	assert_string_equal(str(r.status, "reason"), "BuilderDraining");
+	assert_non_null(strstr(str(r.status, "message"),
+	    "draining (evicted: EvictionByEvictionAPI: Eviction API: evicting)"));
+	controller_status_result_finish(&r);
+	json_decref(req);
+}
+
+static void test_stop_reason(void **state)
+{
+	json_t *pod = json_loads("{\"status\":{\"conditions\":[{\"type\":\"DisruptionTarget\","
+	    "\"status\":\"True\",\"reason\":\"PreemptionByScheduler\",\"message\":\"m\"}]}}",
+	    0, NULL);
+	char *why = controller_pod_stop_reason(pod);
+
+	assert_string_equal(why, "preempted: PreemptionByScheduler: m");
+	free(why);
+	json_decref(pod);
+	pod = json_loads("{\"status\":{}}", 0, NULL);
+	why = controller_pod_stop_reason(pod);
+	assert_string_equal(why, "deleted");
+	free(why);
+	json_decref(pod);
+}
+
 static void test_terminal_is_final(void **state)
 {
 	static const char *const terminal[] = {
@@ -515,6 +552,8 @@ int main(void)
 		cmocka_unit_test(test_deadline_exceeded),
 		cmocka_unit_test(test_pod_deleted_while_running),
 		cmocka_unit_test(test_pod_being_deleted),
+		cmocka_unit_test(test_evicted_serving_pod_drains),
+		cmocka_unit_test(test_stop_reason),
 		cmocka_unit_test(test_terminal_is_final),
 		cmocka_unit_test(test_status_set),
 		cmocka_unit_test(test_generation_change_is_written),

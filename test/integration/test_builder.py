@@ -581,3 +581,41 @@ def test_exit_codes_survive_pid_reuse():
                         PID_REUSE_SCRIPT, os.path.join(REPO, "test", "kubelet")],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout
+
+
+SESSION_SH = os.path.join(REPO, "builder", "session.sh")
+
+
+def run_session(command, cgroup, during=None):
+    env = dict(os.environ, SSH_ORIGINAL_COMMAND=command, NRBC_SESSION_CGROUP=cgroup)
+    p = subprocess.Popen([SESSION_SH], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    if during:
+        during()
+    out, err = p.communicate(b"input\n", timeout=30)
+    return p.returncode, out, err.decode()
+
+
+def test_session_tells_of_a_kill_for_memory(tmp_path):
+    """session.sh (sshd's ForceCommand) passes stdin, stdout and the exit
+    status through, and says so on stderr when the cgroup's oom_kill count
+    rises while the command runs: Nix itself says only "signal 9"."""
+    cg = tmp_path / "cg"
+    cg.mkdir()
+    (cg / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    (cg / "memory.max").write_text("1073741824\n")
+    rc, out, err = run_session("cat; exit 3", str(cg))
+    assert (rc, out, err) == (3, b"input\n", ""), (rc, out, err)
+
+    def oom_kill():
+        time.sleep(0.5)
+        (cg / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 2\noom_kill 2\n")
+    rc, out, err = run_session("sleep 3; cat", str(cg), during=oom_kill)
+    assert rc == 0 and out == b"input\n", (rc, out, err)
+    assert "killed 1 process(es)" in err and "(1024 MiB)" in err, err
+    # A command killed by a signal ends by that signal here too.
+    rc, _, _ = run_session("kill -9 $$", str(cg))
+    assert rc == -9, rc
+    # No cgroup to read (the test kubelet's pods): no watcher, same command.
+    rc, out, err = run_session("cat", str(tmp_path / "none"))
+    assert (rc, out, err) == (0, b"input\n", ""), (rc, out, err)

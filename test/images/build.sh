@@ -23,7 +23,7 @@ cache=${NRBC_IMAGES_CACHE:-$top/.cache/images}
 
 # --- key: every file that goes into either image, and this script ----------
 inputs=(Containerfile meson.build meson_options.txt builder/Containerfile
-	builder/entrypoint.sh builder/session.sh test/images/build.sh test/images/containers.conf)
+	builder/entrypoint.sh test/images/build.sh test/images/containers.conf)
 # sha256sum lists names and contents: a renamed file changes the key too.
 key=$(sha256sum "${inputs[@]}" $(find src -type f | LC_ALL=C sort) | sha256sum | cut -c1-16)
 out=$cache/$key

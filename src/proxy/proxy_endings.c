@@ -152,7 +152,8 @@ static void ending_back_off(struct proxy_endings *e, struct ending *en,
 		en->retry_delay = ENDING_RETRY_MAX_MS;
 	en->retry_at = uv_now(e->loop) + en->retry_delay;
 	log_warnx("nbr=%s/%s: cannot %s the request (HTTP %ld %s%s%s), try %u; trying again "
-	    "in %llu ms", e->namespace, en->name, what, resp->status, resp->reason,
+	    "in %llu ms", e->namespace, en->name, what, resp->status,
+	    resp->reason[0] ? resp->reason : "no answer",
 	    resp->message[0] ? ": " : "", resp->message, en->failures,
 	    (unsigned long long)en->retry_delay);
 	ending_set_state(en, en->patch ? ENDING_RECORD_WAIT : ENDING_DELETE_WAIT);

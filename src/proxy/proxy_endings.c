@@ -151,11 +151,10 @@ static void ending_back_off(struct proxy_endings *e, struct ending *en,
 	if (en->retry_delay > ENDING_RETRY_MAX_MS)
 		en->retry_delay = ENDING_RETRY_MAX_MS;
 	en->retry_at = uv_now(e->loop) + en->retry_delay;
-	log_warnx("nbr=%s/%s: cannot %s the request (HTTP %ld %s%s%s), try %u; trying again "
+	log_warnx("nbr=%s/%s: cannot %s the request (HTTP %ld%s%s%s%s), try %u; trying again "
 	    "in %llu ms", e->namespace, en->name, what, resp->status,
-	    resp->reason[0] ? resp->reason : "no answer",
-	    resp->message[0] ? ": " : "", resp->message, en->failures,
-	    (unsigned long long)en->retry_delay);
+	    resp->reason[0] ? " " : "", resp->reason, resp->message[0] ? ": " : "",
+	    resp->message, en->failures, (unsigned long long)en->retry_delay);
 	ending_set_state(en, en->patch ? ENDING_RECORD_WAIT : ENDING_DELETE_WAIT);
 	endings_arm(e);
 }
@@ -190,8 +189,9 @@ static void ending_on_record_reply(struct proxy_endings *e, struct ending *en,
 		return;
 	}
 	/* Refused for good (an invalid patch): the request still has to go. */
-	log_warnx("nbr=%s/%s: cannot record the outcome: HTTP %ld %s: %s; deleting it anyway",
-	    e->namespace, en->name, resp->status, resp->reason, resp->message);
+	log_warnx("nbr=%s/%s: cannot record the outcome (HTTP %ld%s%s%s%s); deleting it anyway",
+	    e->namespace, en->name, resp->status, resp->reason[0] ? " " : "", resp->reason,
+	    resp->message[0] ? ": " : "", resp->message);
 	ending_next_step(e, en);
 }
 

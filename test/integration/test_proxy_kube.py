@@ -328,20 +328,28 @@ def test_proxy_shutdown_tells_waiting_sessions(stack, no_controller):
     try:
         wait_for(quick.ready, 30, what="second proxy /readyz")
         p = ssh_nix(stack, port=int(quick.overrides[1].split("=")[1]))
-        wait_for(lambda: one_request(stack), 30, what="the session's request")
-        assert quick.stop() == 0, quick.log()[-3000:]
-        out, err = p.communicate(timeout=30)
-        assert p.returncode == 1, err
-        assert last_nrbc_line(err) == ("nrbc: the nrbc proxy is shutting down (proxy shutdown "
-                                       "timeout): retry the build"), err
+        name = wait_for(lambda: one_request(stack), 30,
+                        what="the session's request")["metadata"]["name"]
+        hold(stack, name)
+        try:
+            assert quick.stop() == 0, quick.log()[-3000:]
+            out, err = p.communicate(timeout=30)
+            assert p.returncode == 1, err
+            assert last_nrbc_line(err) == ("nrbc: the nrbc proxy is shutting down (proxy "
+                                           "shutdown timeout): retry the build"), err
+            # The session cut at the deadline still had its end written
+            # before the process exited: Failed with the reason, deleted.
+            obj = deleted(stack, name)
+            assert obj, (request(stack, name), quick.log()[-3000:])
+            assert obj["status"]["phase"] == "Failed", obj["status"]
+            assert "proxy shutdown timeout" in obj["status"]["message"], obj["status"]
+        finally:
+            let_go(stack, name)
     finally:
         quick.stop()
         stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (
             NAMESPACE, quick.pod["metadata"]["name"]))
-    # The proxy's Pod gone, its requests go with it (ownerReference). That
-    # is the garbage collector's work, and its view of a custom resource
-    # lags by tens of seconds after another module re-created the CRD.
-    wait_for(lambda: not stack.requests(), 90, what="the request to go")
+    wait_for(lambda: not stack.requests(), 30, what="the request to go")
 
 
 def test_kill_9_of_the_proxy_leaves_nothing_behind(stack, no_controller):

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "proxy_builder_backend.h"
 #include "proxy_endings.h"
+#include "proxy_sweep.h"
 
 enum kube_wait_state {
 	KUBE_WAIT_CREATING, /* create request in flight */
@@ -80,12 +81,10 @@ struct proxy_builder_kube {
 	struct proxy_endings *endings;
 	bool synced;
 	uv_timer_t *retry_timer;   /* own allocation: freed in its close callback */
-	/* The sweep: requests of this proxy that no session holds, seen so by
-	 * the previous pass (deleted when this pass sees them so again). */
+	/* The sweep: deletes requests of this proxy that no session holds. */
 	uv_timer_t *sweep_timer;   /* own allocation, as retry_timer */
 	uint64_t sweep_interval_ms;
-	char (*suspects)[64];
-	size_t n_suspects, cap_suspects;
+	struct proxy_sweep *sweep;
 	/* proxy_builder_flush: told from flush_timer once nothing is left to
 	 * write, never from inside a reply (the callback may destroy us). */
 	uv_timer_t *flush_timer;   /* own allocation, as retry_timer */
@@ -407,68 +406,27 @@ static void kube_on_synced(void *data)
 	kube_informer_foreach(k->informer, kube_delete_leftover, k);
 }
 
-/* One pass of the sweep: what it sees unheld now, kept for the next pass. */
-struct kube_sweep_pass {
-	struct proxy_builder_kube *k;
-	char (*unheld)[64];
-	size_t n, cap;
-	bool out_of_memory;
-};
-
-static bool kube_was_suspect(const struct proxy_builder_kube *k, const char *name)
-{
-	for (size_t i = 0; i < k->n_suspects; i++)
-		if (strcmp(k->suspects[i], name) == 0)
-			return true;
-	return false;
-}
-
 static void kube_sweep_one(json_t *obj, void *data)
 {
-	struct kube_sweep_pass *p = data;
-	struct proxy_builder_kube *k = p->k;
+	struct proxy_builder_kube *k = data;
 	const char *name = kube_object_name(obj);
 
-	if (!kube_request_unheld(k, obj))
+	if (!kube_request_unheld(k, obj) || !proxy_sweep_see(k->sweep, name))
 		return;
-	/* Unheld in two passes in a row, so unheld for a whole interval: not
-	 * a request whose session is a moment away from holding it (clock
-	 * free: the API server's creationTimestamp needs no comparing). */
-	if (kube_was_suspect(k, name)) {
-		log_info("nbr=%s/%s: no session of proxy %s holds this request (for %llu ms at "
-		    "least): deleting it", k->namespace, name, k->proxy_id,
-		    (unsigned long long)k->sweep_interval_ms);
-		kube_delete_request(k, name);
-		return;
-	}
-	if (p->n == p->cap) {
-		size_t cap = p->cap ? p->cap * 2 : 16;
-		char (*grown)[64] = realloc(p->unheld, cap * sizeof(*grown));
-
-		if (!grown) {
-			p->out_of_memory = true;
-			return;
-		}
-		p->unheld = grown;
-		p->cap = cap;
-	}
-	snprintf(p->unheld[p->n++], sizeof(p->unheld[0]), "%s", name);
+	log_info("nbr=%s/%s: no session of proxy %s holds this request (for %llu ms at least): "
+	    "deleting it", k->namespace, name, k->proxy_id,
+	    (unsigned long long)k->sweep_interval_ms);
+	kube_delete_request(k, name);
 }
 
 static void kube_on_sweep(uv_timer_t *t)
 {
 	struct proxy_builder_kube *k = t->data;
-	struct kube_sweep_pass pass = { .k = k };
 
 	if (!k->synced)
 		return;
-	kube_informer_foreach(k->informer, kube_sweep_one, &pass);
-	if (pass.out_of_memory)
-		log_error("sweep: out of memory; some unheld requests wait for a later pass");
-	free(k->suspects);
-	k->suspects = pass.unheld;
-	k->n_suspects = pass.n;
-	k->cap_suspects = pass.cap;
+	kube_informer_foreach(k->informer, kube_sweep_one, k);
+	proxy_sweep_end(k->sweep);
 }
 
 static void kube_on_flush(uv_timer_t *t)
@@ -682,7 +640,7 @@ static void kube_destroy(struct proxy_builder *b)
 	while (k->waits)
 		kube_wait_remove(k, k->waits);
 	proxy_endings_destroy(k->endings);
-	free(k->suspects);
+	proxy_sweep_destroy(k->sweep);
 	free(k->namespace);
 	free(k->proxy_id);
 	free(k->owner_pod);
@@ -764,7 +722,8 @@ struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_cli
 		goto fail;
 	k->sweep_interval_ms = opts->sweep_interval_ms;
 	k->endings = proxy_endings_create(loop, client, k->namespace);
-	if (!k->endings)
+	k->sweep = proxy_sweep_create();
+	if (!k->endings || !k->sweep)
 		goto fail;
 	proxy_endings_on_empty(k->endings, kube_on_endings_empty, k);
 	if (!(k->retry_timer = kube_timer_new(loop, k)) ||

@@ -99,7 +99,7 @@ def main():
             stack.install()
             for (kind, name) in sorted(stack.objects):
                 print("   %s/%s" % (kind, name))
-            say("waiting for the Deployments (2 controller replicas, 1 proxy) to roll out")
+            say("waiting for the Deployments (2 controller replicas, 2 proxies) to roll out")
             stack.start()
             print(cluster.kubectl("-n", NAMESPACE, "get", "pods", "-o", "wide").stdout,
                   flush=True)

@@ -11,6 +11,12 @@ void proxy_builder_release(struct proxy_builder *b, uint64_t session_id, bool ok
 	b->ops->release(b, session_id, ok, message);
 }
 
+bool proxy_builder_flush(struct proxy_builder *b, void (*done)(void *data), void *data)
+{
+	/* A backend that writes nothing anywhere has nothing to wait for. */
+	return b->ops->flush ? b->ops->flush(b, done, data) : true;
+}
+
 bool proxy_builder_is_ready(const struct proxy_builder *b)
 {
 	return b->ops->is_ready(b);

@@ -35,6 +35,7 @@ struct proxy_builder_kube_options {
 	const char *owner_uid;     /* POD_UID, or NULL */
 	const char *image;         /* spec.image, or NULL for the controller default */
 	long timeout_seconds;      /* spec.timeoutSeconds, 0 for none */
+	uint64_t sweep_interval_ms; /* sweep for unheld requests this often; 0: at start only */
 	int remote_port;           /* port on the pod's IP */
 };
 struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_client *client,
@@ -50,6 +51,12 @@ int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id, const ch
  * message says why. No event for session_id follows. */
 void proxy_builder_release(struct proxy_builder *b, uint64_t session_id, bool ok,
     const char *message);
+/* Whether everything the backend still had to tell the cluster (the ends
+ * of finished sessions' requests: status, delete) has landed. If not,
+ * done(data) follows from the loop once it has (never from inside this
+ * call, nor from inside a reply: done may destroy the backend);
+ * proxy_builder_destroy before then gives up on what is left. */
+bool proxy_builder_flush(struct proxy_builder *b, void (*done)(void *data), void *data);
 /* False until the backend can serve (e.g. its informer has synced). */
 bool proxy_builder_is_ready(const struct proxy_builder *b);
 /* Closes everything; pending sessions get no events. Accepts NULL. */

@@ -9,6 +9,7 @@ struct proxy_builder_ops {
 	int (*acquire)(struct proxy_builder *b, uint64_t session_id, const char *identity);
 	void (*release)(struct proxy_builder *b, uint64_t session_id, bool ok, const char *message);
 	bool (*is_ready)(const struct proxy_builder *b);
+	bool (*flush)(struct proxy_builder *b, void (*done)(void *data), void *data); /* optional */
 	void (*destroy)(struct proxy_builder *b);
 };
 

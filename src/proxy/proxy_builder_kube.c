@@ -3,7 +3,9 @@
  * Running with a pod IP, then marked Completed or Failed and deleted when
  * the session ends. Requests carry this proxy's id as a label, so the
  * requests an earlier run of this proxy left behind (kill -9) are found and
- * deleted once the informer has synced. */
+ * deleted once the informer has synced, and the sweep deletes, while the
+ * proxy runs, any of its requests that no live session holds. The ends
+ * (status, then delete) are proxy_endings': tried until they land. */
 #include <jansson.h>
 #include <openssl/rand.h>
 #include <stdlib.h>
@@ -16,6 +18,8 @@
 #include "kube/kube_informer.h"
 #include "log.h"
 #include "proxy_builder_backend.h"
+#include "proxy_endings.h"
+#include "proxy_sweep.h"
 
 enum kube_wait_state {
 	KUBE_WAIT_CREATING, /* create request in flight */
@@ -51,17 +55,10 @@ struct kube_wait {
 	struct kube_wait *next;
 };
 
-enum kube_op_kind {
-	KUBE_OP_CREATE,
-	KUBE_OP_FINISH,
-	KUBE_OP_DELETE,
-};
-
-/* One request in flight; the reply finds its session by name, since the
+/* One create in flight; the reply finds its session by name, since the
  * session may be gone by then. */
 struct kube_op {
 	struct proxy_builder_kube *owner;
-	enum kube_op_kind kind;
 	uint64_t id;
 	char name[64];
 	struct kube_op *next;
@@ -81,8 +78,18 @@ struct proxy_builder_kube {
 	int remote_port;
 	struct kube_wait *waits;
 	struct kube_op *ops;
+	struct proxy_endings *endings;
 	bool synced;
 	uv_timer_t *retry_timer;   /* own allocation: freed in its close callback */
+	/* The sweep: deletes requests of this proxy that no session holds. */
+	uv_timer_t *sweep_timer;   /* own allocation, as retry_timer */
+	uint64_t sweep_interval_ms;
+	struct proxy_sweep *sweep;
+	/* proxy_builder_flush: told from flush_timer once nothing is left to
+	 * write, never from inside a reply (the callback may destroy us). */
+	uv_timer_t *flush_timer;   /* own allocation, as retry_timer */
+	void (*flush_cb)(void *data);
+	void *flush_data;
 };
 
 /* Creates that failed because the API was not there are tried again after
@@ -146,15 +153,13 @@ static void kube_op_remove(struct proxy_builder_kube *k, struct kube_op *op)
 
 static void kube_on_op_response(const struct kube_response *resp, void *data);
 
-static struct kube_op *kube_op_new(struct proxy_builder_kube *k, enum kube_op_kind kind,
-    const char *name)
+static struct kube_op *kube_op_new(struct proxy_builder_kube *k, const char *name)
 {
 	struct kube_op *op = calloc(1, sizeof(*op));
 
 	if (!op)
 		return NULL;
 	op->owner = k;
-	op->kind = kind;
 	snprintf(op->name, sizeof(op->name), "%s", name);
 	op->next = k->ops;
 	k->ops = op;
@@ -163,58 +168,17 @@ static struct kube_op *kube_op_new(struct proxy_builder_kube *k, enum kube_op_ki
 
 static void kube_delete_request(struct proxy_builder_kube *k, const char *name)
 {
-	struct kube_op *op = kube_op_new(k, KUBE_OP_DELETE, name);
-
-	if (!op)
-		return;
-	op->id = kube_delete(k->client, &kube_resource_nixbuildrequests, k->namespace, name, NULL,
-	    "Background", kube_on_op_response, op);
-	if (!op->id) {
-		log_error("nbr=%s/%s: cannot start delete request", k->namespace, name);
-		kube_op_remove(k, op);
-	}
-}
-
-static char *kube_timestamp(void)
-{
-	char ts[32];
-	time_t now = time(NULL);
-	struct tm tm;
-
-	gmtime_r(&now, &tm);
-	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	return strdup(ts);
+	if (proxy_endings_delete(k->endings, name) < 0)
+		log_error("nbr=%s/%s: out of memory: cannot delete the request", k->namespace, name);
 }
 
 /* Records the outcome on the request (for `kubectl get nbr` and the
- * controller, which then removes the pod), then deletes it. */
+ * controller, which then frees the builder slot), then deletes it. */
 static void kube_finish_request(struct proxy_builder_kube *k, const char *name, bool ok,
     const char *message)
 {
-	struct kube_op *op = kube_op_new(k, KUBE_OP_FINISH, name);
-	char *ts = kube_timestamp();
-	json_t *patch;
-
-	if (!op || !ts)
-		goto fail;
-	patch = json_pack("{s:{s:s, s:s, s:s}}", "status", "phase", ok ? "Completed" : "Failed",
-	    "message", message ? message : "", "completionTime", ts);
-	if (!patch)
-		goto fail;
-	op->id = kube_patch_merge(k->client, &kube_resource_nixbuildrequests, k->namespace, name,
-	    patch, true, kube_on_op_response, op);
-	json_decref(patch);
-	free(ts);
-	if (!op->id) {
-		kube_op_remove(k, op);
-		kube_delete_request(k, name);
-	}
-	return;
-fail:
-	free(ts);
-	if (op)
-		kube_op_remove(k, op);
-	kube_delete_request(k, name);
+	if (proxy_endings_finish(k->endings, name, ok, message) < 0)
+		log_error("nbr=%s/%s: out of memory: cannot finish the request", k->namespace, name);
 }
 
 static void kube_deliver_failed(struct proxy_builder_kube *k, struct kube_wait *w,
@@ -299,31 +263,16 @@ static void kube_on_create(struct proxy_builder_kube *k, struct kube_op *op,
 	/* The informer may have seen it already; nothing more to do until it does. */
 }
 
+static void kube_flush_check(struct proxy_builder_kube *k);
+
 static void kube_on_op_response(const struct kube_response *resp, void *data)
 {
 	struct kube_op *op = data;
 	struct proxy_builder_kube *k = op->owner;
 
-	switch (op->kind) {
-	case KUBE_OP_CREATE:
-		kube_on_create(k, op, resp);
-		break;
-	case KUBE_OP_FINISH:
-		if (resp->status != 200 && resp->status != 404)
-			log_warnx("nbr=%s/%s: cannot record the outcome: HTTP %ld %s",
-			    k->namespace, op->name, resp->status, resp->message);
-		if (resp->status != 404)
-			kube_delete_request(k, op->name);
-		break;
-	case KUBE_OP_DELETE:
-		if (resp->status != 200 && resp->status != 202 && resp->status != 404)
-			log_warnx("nbr=%s/%s: delete failed: HTTP %ld %s", k->namespace, op->name,
-			    resp->status, resp->message);
-		else
-			log_debug("nbr=%s/%s deleted", k->namespace, op->name);
-		break;
-	}
+	kube_on_create(k, op, resp);
 	kube_op_remove(k, op);
+	kube_flush_check(k);
 }
 
 /* "builder pod P: Phase - Reason: message" (or "waiting for a builder:
@@ -425,12 +374,24 @@ static void kube_on_delete(json_t *obj, void *data)
 	free(msg);
 }
 
+/* A request of this proxy that no session holds: neither a live session's
+ * (its wait exists from before the create is sent, so a request being made
+ * is always held) nor one whose end is on its way, nor one that is going
+ * already (a finalizer holds it). */
+static bool kube_request_unheld(struct proxy_builder_kube *k, json_t *obj)
+{
+	const char *name = kube_object_name(obj);
+
+	return !kube_wait_by_name(k, name) && !proxy_endings_holds(k->endings, name) &&
+	    !json_object_get(json_object_get(obj, "metadata"), "deletionTimestamp");
+}
+
 static void kube_delete_leftover(json_t *obj, void *data)
 {
 	struct proxy_builder_kube *k = data;
 	const char *name = kube_object_name(obj);
 
-	if (kube_wait_by_name(k, name))
+	if (!kube_request_unheld(k, obj))
 		return;
 	log_info("nbr=%s/%s: deleting a request left behind by an earlier run of proxy %s",
 	    k->namespace, name, k->proxy_id);
@@ -443,6 +404,67 @@ static void kube_on_synced(void *data)
 
 	k->synced = true;
 	kube_informer_foreach(k->informer, kube_delete_leftover, k);
+}
+
+static void kube_sweep_one(json_t *obj, void *data)
+{
+	struct proxy_builder_kube *k = data;
+	const char *name = kube_object_name(obj);
+
+	if (!kube_request_unheld(k, obj) || !proxy_sweep_see(k->sweep, name))
+		return;
+	log_info("nbr=%s/%s: no session of proxy %s holds this request (for %llu ms at least): "
+	    "deleting it", k->namespace, name, k->proxy_id,
+	    (unsigned long long)k->sweep_interval_ms);
+	kube_delete_request(k, name);
+}
+
+static void kube_on_sweep(uv_timer_t *t)
+{
+	struct proxy_builder_kube *k = t->data;
+
+	if (!k->synced)
+		return;
+	kube_informer_foreach(k->informer, kube_sweep_one, k);
+	proxy_sweep_end(k->sweep);
+}
+
+static void kube_on_flush(uv_timer_t *t)
+{
+	struct proxy_builder_kube *k = t->data;
+	void (*cb)(void *data) = k->flush_cb;
+
+	if (!cb || k->ops || proxy_endings_count(k->endings))
+		return;
+	k->flush_cb = NULL;
+	cb(k->flush_data);     /* may destroy k */
+}
+
+/* Creates in flight count: one whose session is gone is finished when it
+ * answers. */
+static void kube_flush_check(struct proxy_builder_kube *k)
+{
+	if (k->flush_cb && !k->ops && !proxy_endings_count(k->endings) && k->flush_timer)
+		uv_timer_start(k->flush_timer, kube_on_flush, 0, 0);
+}
+
+static void kube_on_endings_empty(void *data)
+{
+	kube_flush_check(data);
+}
+
+static bool kube_flush(struct proxy_builder *b, void (*done)(void *data), void *data)
+{
+	struct proxy_builder_kube *k = (struct proxy_builder_kube *)b;
+	size_t n = proxy_endings_count(k->endings);
+
+	if (!k->ops && !n)
+		return true;
+	log_info("waiting for %zu request end(s) and %s create(s) in flight to land", n,
+	    k->ops ? "some" : "no");
+	k->flush_cb = done;
+	k->flush_data = data;
+	return false;
 }
 
 static json_t *kube_request_object(struct proxy_builder_kube *k, const char *name,
@@ -477,7 +499,7 @@ static json_t *kube_request_object(struct proxy_builder_kube *k, const char *nam
 /* Sends (again) the create of w's request. 0, or -1 when it cannot start. */
 static int kube_send_create(struct proxy_builder_kube *k, struct kube_wait *w)
 {
-	struct kube_op *op = kube_op_new(k, KUBE_OP_CREATE, w->name);
+	struct kube_op *op = kube_op_new(k, w->name);
 
 	if (!op)
 		return -1;
@@ -605,12 +627,20 @@ static void kube_destroy(struct proxy_builder *b)
 	if (k->retry_timer)
 		uv_close((uv_handle_t *)k->retry_timer, kube_free_handle);
 	k->retry_timer = NULL;
+	if (k->sweep_timer)
+		uv_close((uv_handle_t *)k->sweep_timer, kube_free_handle);
+	k->sweep_timer = NULL;
+	if (k->flush_timer)
+		uv_close((uv_handle_t *)k->flush_timer, kube_free_handle);
+	k->flush_timer = NULL;
 	while (k->ops) {
 		kube_client_cancel(k->client, k->ops->id);
 		kube_op_remove(k, k->ops);
 	}
 	while (k->waits)
 		kube_wait_remove(k, k->waits);
+	proxy_endings_destroy(k->endings);
+	proxy_sweep_destroy(k->sweep);
 	free(k->namespace);
 	free(k->proxy_id);
 	free(k->owner_pod);
@@ -624,6 +654,7 @@ static const struct proxy_builder_ops kube_ops = {
 	.acquire = kube_acquire,
 	.release = kube_release,
 	.is_ready = kube_is_ready,
+	.flush = kube_flush,
 	.destroy = kube_destroy,
 };
 
@@ -653,6 +684,19 @@ static char *kube_label_value(const char *s)
 	return strdup(n && out[0] != '-' && out[0] != '.' && out[0] != '_' ? out : "nrbc-proxy");
 }
 
+/* A timer of its own allocation (freed in its close callback), or NULL. */
+static uv_timer_t *kube_timer_new(uv_loop_t *loop, struct proxy_builder_kube *k)
+{
+	uv_timer_t *t = calloc(1, sizeof(*t));
+
+	if (!t || uv_timer_init(loop, t) < 0) {
+		free(t);
+		return NULL;
+	}
+	t->data = k;
+	return t;
+}
+
 struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_client *client,
     const struct proxy_builder_kube_options *opts, const struct proxy_builder_events *events,
     void *data)
@@ -676,13 +720,19 @@ struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_cli
 	k->remote_port = opts->remote_port;
 	if (!k->namespace || !k->proxy_id)
 		goto fail;
-	k->retry_timer = calloc(1, sizeof(*k->retry_timer));
-	if (!k->retry_timer || uv_timer_init(loop, k->retry_timer) < 0) {
-		free(k->retry_timer);
-		k->retry_timer = NULL;
+	k->sweep_interval_ms = opts->sweep_interval_ms;
+	k->endings = proxy_endings_create(loop, client, k->namespace);
+	k->sweep = proxy_sweep_create();
+	if (!k->endings || !k->sweep)
 		goto fail;
-	}
-	k->retry_timer->data = k;
+	proxy_endings_on_empty(k->endings, kube_on_endings_empty, k);
+	if (!(k->retry_timer = kube_timer_new(loop, k)) ||
+	    !(k->sweep_timer = kube_timer_new(loop, k)) ||
+	    !(k->flush_timer = kube_timer_new(loop, k)))
+		goto fail;
+	if (k->sweep_interval_ms)
+		uv_timer_start(k->sweep_timer, kube_on_sweep, k->sweep_interval_ms,
+		    k->sweep_interval_ms);
 	selector = str_printf("nix.io/proxy=%s", k->proxy_id);
 	if (!selector)
 		goto fail;
@@ -691,8 +741,8 @@ struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_cli
 	free(selector);
 	if (!k->informer || kube_informer_start(k->informer) < 0)
 		goto fail;
-	log_info("builder backend: NixBuildRequests in namespace %s, proxy id %s", k->namespace,
-	    k->proxy_id);
+	log_info("builder backend: NixBuildRequests in namespace %s, proxy id %s, swept every "
+	    "%llu ms", k->namespace, k->proxy_id, (unsigned long long)k->sweep_interval_ms);
 	return &k->base;
 fail:
 	kube_destroy(&k->base);

@@ -1,5 +1,8 @@
 /* nrbc proxy: flags, key material, the health server, the builder backend
- * and the SSH server on one libuv loop; SIGTERM drains. */
+ * and the SSH server on one libuv loop; SIGTERM drains: sessions get
+ * --shutdown-timeout to end, then the ends of their requests (status,
+ * delete) get what is left of it to land, so a restart leaves no request
+ * Running behind it. */
 #include <libssh/libssh.h>
 #include <libssh2.h>
 #include <stdio.h>
@@ -51,12 +54,34 @@ struct proxy_flags {
 	long keepalive_count;
 	uint64_t login_grace_ms;
 	uint64_t shutdown_timeout_ms;
+	uint64_t sweep_interval_ms;
 	long max_auth_tries;
 	char *allow_command;
 	bool allow_any_command;
 	char *log_format;
 	char *log_level;
 };
+
+/* The way down after SIGTERM. */
+enum proxy_phase {
+	PROXY_RUNNING,
+	PROXY_DRAINING,  /* no new connections; live sessions finish until the deadline */
+	PROXY_CUTTING,   /* deadline passed: sessions closed; their ends get the write grace */
+	PROXY_FLUSHING,  /* no session left; the API writes of their ends land */
+	PROXY_STOPPING,  /* everything goes */
+};
+
+static const char *const proxy_phase_names[] = {
+	[PROXY_RUNNING] = "running",
+	[PROXY_DRAINING] = "draining",
+	[PROXY_CUTTING] = "cutting",
+	[PROXY_FLUSHING] = "flushing",
+	[PROXY_STOPPING] = "stopping",
+};
+
+/* Sessions cut at the shutdown deadline still have their requests' ends to
+ * write; they get this long more (the manifests' grace period covers it). */
+#define PROXY_WRITE_GRACE_MS 5000
 
 struct proxy_app {
 	uv_loop_t loop;
@@ -72,6 +97,7 @@ struct proxy_app {
 	struct signals *signals;
 	uv_timer_t shutdown_timer;
 	bool shutdown_timer_init;
+	enum proxy_phase phase;
 	bool stopping;
 	int exit_code;
 };
@@ -85,7 +111,8 @@ static bool proxy_ready(void *data, const char **why)
 {
 	struct proxy_app *a = data;
 
-	if (a->stopping || (a->server && proxy_server_is_draining(a->server))) {
+	if (a->phase != PROXY_RUNNING || a->stopping ||
+	    (a->server && proxy_server_is_draining(a->server))) {
 		*why = "shutting down";
 		return false;
 	}
@@ -100,12 +127,19 @@ static void proxy_on_handle_closed(uv_handle_t *h)
 {
 }
 
+static void proxy_set_phase(struct proxy_app *a, enum proxy_phase phase)
+{
+	log_debug("proxy %s => %s", proxy_phase_names[a->phase], proxy_phase_names[phase]);
+	a->phase = phase;
+}
+
 /* Everything goes; the loop ends once the close callbacks have run. */
 static void proxy_stop(struct proxy_app *a)
 {
 	if (a->stopping)
 		return;
 	a->stopping = true;
+	proxy_set_phase(a, PROXY_STOPPING);
 	if (a->shutdown_timer_init)
 		uv_close((uv_handle_t *)&a->shutdown_timer, proxy_on_handle_closed);
 	proxy_server_destroy(a->server);
@@ -120,22 +154,49 @@ static void proxy_stop(struct proxy_app *a)
 	a->kube = NULL;
 }
 
+static void proxy_on_flushed(void *data)
+{
+	struct proxy_app *a = data;
+
+	log_info("every request's end has landed");
+	proxy_stop(a);
+}
+
 static void proxy_on_drained(void *data)
 {
 	struct proxy_app *a = data;
 
 	log_info("all sessions ended");
-	proxy_stop(a);
+	proxy_set_phase(a, PROXY_FLUSHING);
+	/* The shutdown timer goes on: it bounds the wait for the writes too. */
+	if (proxy_builder_flush(a->builder, proxy_on_flushed, a))
+		proxy_stop(a);
 }
 
 static void proxy_on_shutdown_timeout(uv_timer_t *t)
 {
 	struct proxy_app *a = t->data;
 
-	log_warnx("shutdown timeout: closing %zu remaining session(s)",
-	    proxy_server_session_count(a->server));
-	/* The drained callback follows once their close callbacks ran. */
-	proxy_server_close_all(a->server, "proxy shutdown timeout");
+	switch (a->phase) {
+	case PROXY_DRAINING:
+		log_warnx("shutdown timeout: closing %zu remaining session(s); their requests' "
+		    "ends get %d ms more", proxy_server_session_count(a->server),
+		    PROXY_WRITE_GRACE_MS);
+		proxy_set_phase(a, PROXY_CUTTING);
+		uv_timer_start(&a->shutdown_timer, proxy_on_shutdown_timeout, PROXY_WRITE_GRACE_MS, 0);
+		/* The drained callback follows once their close callbacks ran. */
+		proxy_server_close_all(a->server, "proxy shutdown timeout");
+		break;
+	case PROXY_CUTTING:
+	case PROXY_FLUSHING:
+		/* proxy_builder_destroy logs each end given up. */
+		log_warnx("shutdown deadline: stopping with request ends still unwritten");
+		proxy_stop(a);
+		break;
+	case PROXY_RUNNING:
+	case PROXY_STOPPING:
+		break;
+	}
 }
 
 static void proxy_on_signal(void *data, int signum)
@@ -146,6 +207,7 @@ static void proxy_on_signal(void *data, int signum)
 		proxy_stop(a);
 		return;
 	}
+	proxy_set_phase(a, PROXY_DRAINING);
 	uv_timer_init(&a->loop, &a->shutdown_timer);
 	a->shutdown_timer.data = a;
 	a->shutdown_timer_init = true;
@@ -347,6 +409,7 @@ static int proxy_setup(struct proxy_app *a)
 		ko.owner_uid = getenv("POD_UID");
 		ko.image = a->f.builder_image;
 		ko.remote_port = (int)a->f.remote_port;
+		ko.sweep_interval_ms = a->f.sweep_interval_ms;
 		a->builder = proxy_builder_kube_create(&a->loop, a->kube, &ko,
 		    proxy_server_builder_events(), a->server);
 	}
@@ -437,7 +500,12 @@ int proxy_main(int argc, char **argv)
 		  "failed authentication attempts (any method) before the connection is dropped",
 		  false },
 		{ "shutdown-timeout", "NRBC_PROXY_SHUTDOWN_TIMEOUT", FLAG_DURATION,
-		  &a->f.shutdown_timeout_ms, "30s", "time live sessions get after SIGTERM", false },
+		  &a->f.shutdown_timeout_ms, "30s", "time live sessions get after SIGTERM; the "
+		  "ends of their NixBuildRequests (status, delete) are written within it too", false },
+		{ "sweep-interval", "NRBC_PROXY_SWEEP_INTERVAL", FLAG_DURATION,
+		  &a->f.sweep_interval_ms, "60s", "how often to delete this proxy's "
+		  "NixBuildRequests that no live session holds (unheld in two passes in a row; "
+		  "0: only at start-up)", false },
 		{ "allow-command", "NRBC_PROXY_ALLOW_COMMAND", FLAG_STRING, &a->f.allow_command, NULL,
 		  "comma-separated extra command lines to allow exactly", false },
 		{ "allow-any-command", "NRBC_PROXY_ALLOW_ANY_COMMAND", FLAG_BOOL,

@@ -70,8 +70,11 @@ class Substrate:
     def proxy_log(self):
         if not self.real_node:
             return self.stack.proxy.log()
-        # One proxy replica; its log is the pod's.
-        return self.cluster.kubectl("-n", NAMESPACE, "logs", "deployment/nrbc-proxy",
+        # Two proxy replicas: the log of the one the clients connect to
+        # (`logs deployment/…` would pick either).
+        (pod,) = [p for p in self.stack.pods("nrbc-proxy")
+                  if p["status"].get("podIP") == self.stack.proxy_address]
+        return self.cluster.kubectl("-n", NAMESPACE, "logs", pod["metadata"]["name"],
                                     "--tail=-1").stdout
 
     def builder_pod(self, name):

@@ -5,6 +5,7 @@ no NixBuildRequest or pod outlives its session, even across kill -9."""
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import threading
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import relay, wait_for
 from stack import NAMESPACE, SECRET, Role, Stack, free_port, PROXY_ADDRESS
 
 import kubelet as kubelet_mod
@@ -330,6 +331,8 @@ class ExtraProxy:
                          ["--listen-address=" + PROXY_ADDRESS, "--port=%d" % self.port,
                           "--health-port=%d" % health] + list(flags))
         self.role.health_port = health
+        # A log of its own: the stack's proxy writes to nrbc-proxy.log.
+        self.role.log_path = os.path.join(stack.dir, "nrbc-proxy-%d.log" % self.port)
 
     def __enter__(self):
         self.role.start()
@@ -439,20 +442,28 @@ def test_proxy_shutdown_tells_waiting_sessions(stack, no_controller):
     try:
         wait_for(quick.ready, 30, what="second proxy /readyz")
         p = ssh_nix(stack, port=int(quick.overrides[1].split("=")[1]))
-        wait_for(lambda: one_request(stack), 30, what="the session's request")
-        assert quick.stop() == 0, quick.log()[-3000:]
-        out, err = p.communicate(timeout=30)
-        assert p.returncode == 1, err
-        assert last_nrbc_line(err) == ("nrbc: the nrbc proxy is shutting down (proxy shutdown "
-                                       "timeout): retry the build"), err
+        name = wait_for(lambda: one_request(stack), 30,
+                        what="the session's request")["metadata"]["name"]
+        hold(stack, name)
+        try:
+            assert quick.stop() == 0, quick.log()[-3000:]
+            out, err = p.communicate(timeout=30)
+            assert p.returncode == 1, err
+            assert last_nrbc_line(err) == ("nrbc: the nrbc proxy is shutting down (proxy "
+                                           "shutdown timeout): retry the build"), err
+            # The session cut at the deadline still had its end written
+            # before the process exited: Failed with the reason, deleted.
+            obj = deleted(stack, name)
+            assert obj, (request(stack, name), quick.log()[-3000:])
+            assert obj["status"]["phase"] == "Failed", obj["status"]
+            assert "proxy shutdown timeout" in obj["status"]["message"], obj["status"]
+        finally:
+            let_go(stack, name)
     finally:
         quick.stop()
         stack.cluster.api("DELETE", "/api/v1/namespaces/%s/pods/%s" % (
             NAMESPACE, quick.pod["metadata"]["name"]))
-    # The proxy's Pod gone, its requests go with it (ownerReference). That
-    # is the garbage collector's work, and its view of a custom resource
-    # lags by tens of seconds after another module re-created the CRD.
-    wait_for(lambda: not stack.requests(), 90, what="the request to go")
+    wait_for(lambda: not stack.requests(), 30, what="the request to go")
 
 
 def test_kill_9_of_the_proxy_leaves_nothing_behind(stack, no_controller):
@@ -501,3 +512,236 @@ def test_without_authorized_keys_the_public_key_is_allowed(stack, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# ---- the proxy's own restarts lose nothing ---------------------------------------
+
+NBR_PATH = "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests" % NAMESPACE
+MERGE = {"Content-Type": "application/merge-patch+json"}
+HOLD = "nix.io/test-hold"
+
+
+def hold(stack, name):
+    """A finalizer of the test's own: the request's delete then only marks
+    it (deletionTimestamp), and what the proxy wrote before deleting it
+    stays readable."""
+    st, body = stack.cluster.api("PATCH", NBR_PATH + "/" + name,
+                                 {"metadata": {"finalizers": [HOLD]}}, headers=MERGE)
+    assert st == 200, body
+
+
+def let_go(stack, name):
+    stack.cluster.api("PATCH", NBR_PATH + "/" + name, {"metadata": {"finalizers": None}},
+                      headers=MERGE)
+
+
+def request(stack, name):
+    st, body = stack.cluster.api("GET", NBR_PATH + "/" + name)
+    assert st in (200, 404), body
+    return body if st == 200 else None
+
+
+def deleted(stack, name):
+    """The request once the proxy has deleted it (held by the finalizer)."""
+    obj = request(stack, name)
+    return obj if obj and obj["metadata"].get("deletionTimestamp") else None
+
+
+class ApiGate:
+    """A TCP relay in front of kube-apiserver that the test closes (every
+    connection through it reset, new ones refused) and opens again: an API
+    outage for one process only, here one proxy."""
+
+    def __init__(self, server):
+        host, port = server.split("://", 1)[1].rsplit(":", 1)
+        self.target = (host, int(port))
+        self.host = host
+        self.port = free_port(host)
+        self.lock = threading.Lock()
+        self.conns = []
+        self.listener = None
+        self.open()
+
+    def open(self):
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((self.host, self.port))
+        ls.listen(64)
+        self.listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def _accept(self, ls):
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(self.target, 5)
+            except OSError:
+                c.close()
+                continue
+            with self.lock:
+                self.conns += [c, up]
+            threading.Thread(target=relay, args=(c, up), daemon=True).start()
+            threading.Thread(target=relay, args=(up, c), daemon=True).start()
+
+    def close(self):
+        if self.listener is None:
+            return
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)   # wakes the accept()
+        except OSError:
+            pass
+        self.listener.close()
+        self.listener = None
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+class GatedRole(Role):
+    """A proxy whose in-cluster API address is the gate's."""
+
+    def __init__(self, stack, gate, overrides):
+        super().__init__(stack, stack.deployment("nrbc-proxy"), overrides)
+        self.gate = gate
+
+    def _env(self):
+        env = super()._env()
+        env["KUBERNETES_SERVICE_PORT"] = str(self.gate.port)
+        return env
+
+
+def test_drain_waits_for_the_end_of_a_session_ending_during_it(stack):
+    """SIGTERM: the proxy stops taking sessions (/readyz 503) while a live
+    one goes on; when it ends, its request is marked Completed and deleted
+    before the process exits, not left Running to hold a builder slot."""
+    with ExtraProxy(stack, "--shutdown-timeout=30s") as extra:
+        p, _ = bridged_session(stack, port=extra.port)
+        name = one_request(stack)["metadata"]["name"]
+        hold(stack, name)
+        try:
+            extra.role.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: not extra.role.ready(), 10, what="/readyz 503 while draining")
+            time.sleep(1)
+            assert p.poll() is None, "the live session was cut by the drain"
+            assert extra.role.proc.poll() is None, "the proxy left a live session"
+            assert phase(request(stack, name)) == "Running"
+            p.stdin.close()
+            assert p.wait(30) == 0, p.stderr.read()
+            assert extra.role.proc.wait(30) == 0, extra.role.log()[-3000:]
+            # Before the process was gone: the outcome, then the delete.
+            obj = deleted(stack, name)
+            assert obj, (request(stack, name), extra.role.log()[-3000:])
+            assert obj["status"]["phase"] == "Completed", obj["status"]
+            assert obj["status"].get("completionTime"), obj["status"]
+            assert "every request's end has landed" in extra.role.log()
+        finally:
+            let_go(stack, name)
+    wait_for(lambda: not stack.requests(), 30, what="the request to go")
+
+
+def test_a_failed_end_is_tried_again_until_it_lands(stack):
+    """The API goes away (for this proxy only) as a session ends: the
+    status patch and the delete fail, the proxy says so and tries again
+    with backoff, and both land once the API is back."""
+    gate = ApiGate(stack.cluster.server)
+    name = None
+    try:
+        extra = ExtraProxy(stack)
+        plain = extra.role
+        extra.role = GatedRole(stack, gate, plain.overrides)
+        extra.role.health_port = plain.health_port
+        extra.role.log_path = plain.log_path
+        with extra:
+            p, _ = bridged_session(stack, port=extra.port)
+            name = one_request(stack)["metadata"]["name"]
+            hold(stack, name)
+            gate.close()
+            p.stdin.close()
+            assert p.wait(30) == 0, p.stderr.read()
+            wait_for(lambda: "cannot record the outcome of the request" in extra.role.log(),
+                     20, what="the proxy to say the end failed")
+            # Tries at 0.5 s, 1 s, 2 s...: some more fail, nothing is lost.
+            wait_for(lambda: "try 3;" in extra.role.log(), 20, what="a third failed try")
+            obj = request(stack, name)
+            assert phase(obj) == "Running" and not obj["metadata"].get("deletionTimestamp")
+            gate.open()
+            obj = wait_for(lambda: deleted(stack, name), 60,
+                           what="the end to land once the API is back")
+            assert obj["status"]["phase"] == "Completed", obj["status"]
+            log = extra.role.log()
+            assert "nbr=%s/%s: outcome recorded after" % (NAMESPACE, name) in log, log[-3000:]
+    finally:
+        gate.close()
+        if name:
+            let_go(stack, name)
+    wait_for(lambda: not stack.requests(), 30, what="the request to go")
+
+
+def test_a_request_no_session_holds_is_swept_while_the_proxy_runs(stack, no_controller):
+    """A request labelled with this proxy's id that no live session holds
+    (as an end given up at a shutdown deadline leaves, or one made by hand)
+    is deleted by the periodic sweep, once two passes in a row saw it
+    unheld; the request of a live session, waiting for its builder, is
+    never touched."""
+    with ExtraProxy(stack, "--sweep-interval=1s") as extra:
+        proxy_id = extra.role.pod["metadata"]["name"]
+        p = ssh_nix(stack, port=extra.port)
+        live = wait_for(lambda: one_request(stack), 30, what="the session's request")
+        live_name = live["metadata"]["name"]
+        assert live["metadata"]["labels"]["nix.io/proxy"] == proxy_id
+        # Made after the start-up sweep, so only the periodic one can find it.
+        st, left = stack.cluster.api("POST", NBR_PATH, {
+            "apiVersion": "nix.io/v1alpha1", "kind": "NixBuildRequest",
+            "metadata": {"generateName": "build-left-",
+                         "labels": {"app.kubernetes.io/managed-by": "nrbc-proxy",
+                                    "nix.io/proxy": proxy_id}},
+            "spec": {"sessionId": "left"}})
+        assert st == 201, left
+        t0 = time.monotonic()
+        left_name = left["metadata"]["name"]
+        wait_for(lambda: not request(stack, left_name), 20, what="the sweep to delete it")
+        took = time.monotonic() - t0
+        # Two passes 1 s apart saw it: not deleted at first sight.
+        assert took >= 0.8, took
+        log = extra.role.log()
+        assert "nbr=%s/%s: no session of proxy %s holds this request" % (
+            NAMESPACE, left_name, proxy_id) in log, log[-3000:]
+        assert "left behind by an earlier run" not in log, log[-3000:]
+        # Several more passes: the live session's request stays.
+        time.sleep(3)
+        assert request(stack, live_name), "the sweep deleted a live session's request"
+        assert "nbr=%s/%s: no session" % (NAMESPACE, live_name) not in extra.role.log()
+        assert p.poll() is None
+        p.kill()
+        p.wait(10)
+    wait_for(lambda: not stack.requests(), 30, what="the session's request to go")
+
+
+def test_manifests_keep_a_proxy_serving_through_upgrades(stack):
+    """Two replicas, surge before removal, one voluntary disruption at a
+    time, and a grace period that covers the drain."""
+    d = stack.deployment("nrbc-proxy")
+    assert d["spec"]["replicas"] == 2
+    ru = d["spec"]["strategy"]["rollingUpdate"]
+    assert d["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert ru["maxUnavailable"] == 0 and ru["maxSurge"] == 1, ru
+    pdb = stack.objects[("PodDisruptionBudget", "nrbc-proxy")]
+    assert pdb["spec"]["maxUnavailable"] == 1, pdb["spec"]
+    assert pdb["spec"]["selector"]["matchLabels"] == d["spec"]["selector"]["matchLabels"]
+    spec = d["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    shutdown = [a for a in c["args"] if a.startswith("--shutdown-timeout=")]
+    assert shutdown == ["--shutdown-timeout=30s"], c["args"]
+    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # preStop, then the sessions' shutdown timeout, then the 5 s the ends
+    # of sessions cut at that deadline get, with a margin.
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + 30 + 5 + 5, spec

@@ -34,7 +34,7 @@ def builder_pods(stack):
 def test_deployments_run_as_shipped(stack):
     controllers = stack.pods("nrbc-controller")
     proxies = stack.pods("nrbc-proxy")
-    assert len(controllers) == 2 and len(proxies) == 1
+    assert len(controllers) == 2 and len(proxies) == 2
     for p in controllers + proxies:
         (c,) = p["spec"]["containers"]
         assert c["image"] == IMAGE

@@ -5,14 +5,16 @@ securityContext, probes and resources the controller sets, and a real Nix
 client building through the proxy's pod."""
 
 import ipaddress
+import os
 import threading
 import time
 
 import pytest
 
-from conftest import salt, wait_for
+from conftest import NixClient, salt, wait_for
 from real_stack import BUILDER_IMAGE, IMAGE, RealStack, containerd_ids
 from stack import NAMESPACE
+from tcp_lb import TcpLoadBalancer
 
 from test_e2e import build_graph
 
@@ -158,3 +160,49 @@ def test_busy_builder_evicted_mid_build_finishes_the_build(stack, nix_client):
     assert len(seen["builders"] - {None}) >= 2, seen
     wait_for(lambda: seen["evicted"] not in {p["metadata"]["name"] for p in builder_pods(stack)},
              60, what="the evicted builder pod to go")
+
+
+def test_proxy_rollout_restart_during_a_build(stack, nix_client):
+    """`kubectl rollout restart` of the proxy Deployment while a build runs
+    through a load balancer that follows the Service's ready endpoints: the
+    sessions on the old pods finish, new sessions reach the new pods, and
+    the build completes with the outputs of a local build. (Last in this
+    file: the proxy pods are new afterwards.)"""
+    old = {p["metadata"]["name"] for p in stack.pods("nrbc-proxy")}
+    args = {"salt": salt(), "n": 4, "seconds": 6}
+    with TcpLoadBalancer(stack.cluster, NAMESPACE, "nrbc-proxy", "ssh") as lb:
+        wait_for(lambda: len(lb.backends) == 2, 60, what="both proxy replicas behind the LB")
+        known_hosts = os.path.join(stack.dir, "known_hosts_lb")
+        with open(known_hosts, "w") as f:
+            f.write("[%s]:%d %s" % (lb.address, lb.port,
+                                    open(stack.keys["host-key"] + ".pub").read()))
+        sshopts = NixClient.sshopts(lb.port, stack.keys[stack.USERS[0]], known_hosts)
+        result = {}
+
+        def build():
+            result["b"] = nix_client.build(
+                "parallel.nix", builders=NixClient.builders(lb.address, scheme="ssh-ng",
+                                                            max_jobs=1),
+                sshopts=sshopts, args=args, check=False)
+        t = threading.Thread(target=build)
+        t.start()
+        # Mid-build: the first derivation's session is running.
+        wait_for(lambda: any((r.get("status") or {}).get("phase") == "Running"
+                             for r in stack.requests()), 120, what="a session running")
+        stack.cluster.kubectl("-n", NAMESPACE, "rollout", "restart", "deployment/nrbc-proxy")
+        t.join(600)
+        assert not t.is_alive(), "the build did not end"
+        stack.cluster.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/nrbc-proxy",
+                              "--timeout=180s", timeout=190)
+        served = dict(lb.served)
+    b = result["b"]
+    assert b.returncode == 0, "nix-build failed (%d):\n%s" % (b.returncode, b.stderr)
+    local = nix_client.build_local("parallel.nix", args=args)
+    assert b.out == local.out
+    new = {p["metadata"]["name"] for p in stack.pods("nrbc-proxy")}
+    assert new and not (new & old), (old, new)
+    # Sessions reached more than the two old pods: the new ones served too.
+    assert len(served) >= 3, served
+    # Later tests talk to a proxy pod that exists.
+    stack.proxy_address = stack.pods("nrbc-proxy")[0]["status"]["podIP"]
+    stack.publish_service()

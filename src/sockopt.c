@@ -23,3 +23,14 @@ int sockopt_keepalive(int fd, uint64_t interval_ms, int count)
 		return -1;
 	return 0;
 }
+
+int sockopt_since_data_received(int fd, uint32_t *ms)
+{
+	struct tcp_info info;
+	socklen_t len = sizeof(info);
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0)
+		return -1;
+	*ms = info.tcpi_last_data_recv;
+	return 0;
+}

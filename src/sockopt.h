@@ -11,4 +11,10 @@
  * with errno. */
 int sockopt_keepalive(int fd, uint64_t interval_ms, int count);
 
+/* Milliseconds since the kernel last received data on TCP socket fd
+ * (TCP_INFO's tcpi_last_data_recv), whoever read it since: a library that
+ * consumes a reply inside one of its own calls leaves no trace in the
+ * caller's poll. 0, or -1 with errno (not TCP, say). */
+int sockopt_since_data_received(int fd, uint32_t *ms);
+
 #endif

@@ -385,8 +385,16 @@ static void session_show_status(struct proxy_session *s)
  * Returns false when the client has been silent too long (session closed). */
 static bool session_keepalive(struct proxy_session *s, uint64_t now)
 {
-	uint64_t silent = now - s->client_heard;
 	uint64_t limit = s->env->keepalive_interval_ms * (uint64_t)s->env->keepalive_count;
+	uint64_t silent;
+	uint32_t since;
+
+	/* libssh reads a quick answer inside ssh_send_keepalive, where no poll
+	 * event sees it: ask the kernel when data last came. */
+	if (sockopt_since_data_received(s->poll_fd, &since) == 0 && since < now &&
+	    now - since > s->client_heard)
+		s->client_heard = now - since;
+	silent = now - s->client_heard;
 
 	if (silent >= limit) {
 		session_closef(s, PROXY_SESSION_END_CLIENT, "the Nix client answered no keepalive "

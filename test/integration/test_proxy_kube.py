@@ -431,6 +431,22 @@ def test_frozen_client_is_found_by_keepalives(stack):
         assert "answered no keepalive" in extra.role.log(), extra.role.log()[-2000:]
 
 
+def test_a_quiet_session_outlives_the_keepalive_bound(stack):
+    """Keepalives end sessions whose peers are gone, not quiet ones: a
+    bridged session with no traffic either way (a long silent build) for
+    three times the keepalive bound still works, and so does its builder."""
+    with ExtraProxy(stack, "--keepalive-interval=1s", "--keepalive-count=2") as extra:
+        p, _ = bridged_session(stack, port=extra.port)
+        time.sleep(6)
+        assert p.poll() is None, wait_open(p, 10)
+        # The serve protocol still answers: the same handshake again is an
+        # unknown command to nix-store --serve, which then ends; any answer
+        # proves the bridge carried it. Close instead: a clean end.
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, (p.returncode, err)
+        assert "answered no keepalive" not in extra.role.log(), extra.role.log()[-3000:]
+
+
 def test_proxy_shutdown_tells_waiting_sessions(stack, no_controller):
     quick = Role(stack, stack.deployment("nrbc-proxy"),
                  ["--listen-address=" + PROXY_ADDRESS,

@@ -54,11 +54,9 @@ CONTROLLERS = ",".join([
 # With a real node, Deployments run too; node-lifecycle-controller takes the
 # not-ready taint the kubelet registers its node with off once it is Ready.
 # root-ca-certificate-publisher-controller: the kube-root-ca.crt ConfigMap
-# every service-account token volume includes. endpointslice-controller:
-# the ready endpoints of Services, which test load balancers follow
-# (test/integration/tcp_lb.py), as kube-proxy and cloud load balancers do.
+# every service-account token volume includes.
 NODE_CONTROLLERS = (",deployment-controller,replicaset-controller,node-lifecycle-controller"
-                    ",root-ca-certificate-publisher-controller,endpointslice-controller")
+                    ",root-ca-certificate-publisher-controller")
 
 _PR_SET_PDEATHSIG = 1
 _libc = None

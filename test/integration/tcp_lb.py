@@ -1,10 +1,15 @@
 """A TCP load balancer in front of a Service, as a cloud's (or kube-proxy)
-would be: each new connection goes to one of the Service's *ready*
-endpoints as its EndpointSlices list them now (round robin); connections
-already made stay with their endpoint until either side closes. So a
-rolling update behind it looks to clients as it would on a cluster: new
-connections reach the pods that are ready, a terminating pod keeps the
-connections it has."""
+would be: each new connection goes to one of the Service's ready endpoints
+(round robin); connections already made stay with their endpoint until
+either side closes. So a rolling update behind it looks to clients as it
+would on a cluster: new connections reach the pods that are ready, a
+terminating pod keeps the connections it has.
+
+The endpoints are computed as the EndpointSlice controller does (pods the
+Service's selector matches that are Ready and not terminating) from the
+pods themselves: the test node's pods have loopback addresses, which the
+API server refuses in EndpointSlices, so the controller cannot publish
+them here."""
 
 import itertools
 import select
@@ -45,19 +50,34 @@ class TcpLoadBalancer:
             t.join(5)
 
     def refresh(self):
-        st, body = self.cluster.api(
-            "GET", "/apis/discovery.k8s.io/v1/namespaces/%s/endpointslices?labelSelector="
-            "kubernetes.io%%2Fservice-name%%3D%s" % (self.namespace, self.service))
+        st, svc = self.cluster.api("GET", "/api/v1/namespaces/%s/services/%s" % (
+            self.namespace, self.service))
         if st != 200:
             return
+        spec = svc["spec"]
+        selector = ",".join("%s%%3D%s" % (k.replace("/", "%2F"), v)
+                            for k, v in sorted(spec["selector"].items()))
+        st, body = self.cluster.api("GET", "/api/v1/namespaces/%s/pods?labelSelector=%s" % (
+            self.namespace, selector))
+        if st != 200:
+            return
+        (sport,) = [p for p in spec["ports"]
+                    if self.port_name is None or p.get("name") == self.port_name]
         ready = []
-        for sl in body["items"]:
-            ports = [p["port"] for p in sl.get("ports") or []
-                     if self.port_name is None or p.get("name") == self.port_name]
-            for ep in sl.get("endpoints") or []:
-                if (ep.get("conditions") or {}).get("ready") is False:
+        for pod in body["items"]:
+            st = pod.get("status") or {}
+            cond = {c["type"]: c["status"] for c in st.get("conditions") or []}
+            if pod["metadata"].get("deletionTimestamp") or cond.get("Ready") != "True" \
+                    or not st.get("podIP"):
+                continue
+            port = sport.get("targetPort", sport["port"])
+            if not isinstance(port, int):
+                named = [cp["containerPort"] for c in pod["spec"]["containers"]
+                         for cp in c.get("ports") or [] if cp.get("name") == port]
+                if not named:
                     continue
-                ready += [(a, port) for a in ep.get("addresses") or [] for port in ports]
+                port = named[0]
+            ready.append((st["podIP"], port))
         self.backends = sorted(ready)
 
     def _follow(self):

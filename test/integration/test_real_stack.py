@@ -164,7 +164,7 @@ def test_busy_builder_evicted_mid_build_finishes_the_build(stack, nix_client):
 
 def test_proxy_rollout_restart_during_a_build(stack, nix_client):
     """`kubectl rollout restart` of the proxy Deployment while a build runs
-    through a load balancer that follows the Service's ready endpoints: the
+    through a load balancer that follows the Service's ready pods: the
     sessions on the old pods finish, new sessions reach the new pods, and
     the build completes with the outputs of a local build. (Last in this
     file: the proxy pods are new afterwards.)"""

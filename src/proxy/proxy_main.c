@@ -410,6 +410,7 @@ static int proxy_setup(struct proxy_app *a)
 		ko.image = a->f.builder_image;
 		ko.remote_port = (int)a->f.remote_port;
 		ko.sweep_interval_ms = a->f.sweep_interval_ms;
+		ko.metrics = a->metrics;
 		a->builder = proxy_builder_kube_create(&a->loop, a->kube, &ko,
 		    proxy_server_builder_events(), a->server);
 	}

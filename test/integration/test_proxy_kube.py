@@ -559,12 +559,17 @@ def test_a_failed_end_is_tried_again_until_it_lands(stack):
             wait_for(lambda: "try 3;" in extra.role.log(), 20, what="a third failed try")
             obj = request(stack, name)
             assert phase(obj) == "Running" and not obj["metadata"].get("deletionTimestamp")
+            m = extra.role.metrics()
+            assert m["nrbc_proxy_request_ends_pending"] == 1, m
+            assert m["nrbc_proxy_request_end_failures_total"] >= 3, m
             gate.open()
             obj = wait_for(lambda: deleted(stack, name), 60,
                            what="the end to land once the API is back")
             assert obj["status"]["phase"] == "Completed", obj["status"]
             log = extra.role.log()
             assert "nbr=%s/%s: outcome recorded after" % (NAMESPACE, name) in log, log[-3000:]
+            wait_for(lambda: extra.role.metrics()["nrbc_proxy_request_ends_pending"] == 0, 10,
+                     what="no end pending")
     finally:
         gate.close()
         if name:
@@ -602,6 +607,7 @@ def test_a_request_no_session_holds_is_swept_while_the_proxy_runs(stack, no_cont
         assert "nbr=%s/%s: no session of proxy %s holds this request" % (
             NAMESPACE, left_name, proxy_id) in log, log[-3000:]
         assert "left behind by an earlier run" not in log, log[-3000:]
+        assert extra.role.metrics()["nrbc_proxy_requests_swept_total"] == 1
         # Several more passes: the live session's request stays.
         time.sleep(3)
         assert request(stack, live_name), "the sweep deleted a live session's request"

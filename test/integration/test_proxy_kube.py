@@ -570,6 +570,7 @@ def test_a_failed_end_is_tried_again_until_it_lands(stack):
             assert "nbr=%s/%s: outcome recorded after" % (NAMESPACE, name) in log, log[-3000:]
             wait_for(lambda: extra.role.metrics()["nrbc_proxy_request_ends_pending"] == 0, 10,
                      what="no end pending")
+            assert extra.role.stop() == 0, extra.role.log()[-3000:]
     finally:
         gate.close()
         if name:
@@ -615,6 +616,7 @@ def test_a_request_no_session_holds_is_swept_while_the_proxy_runs(stack, no_cont
         assert p.poll() is None
         p.kill()
         p.wait(10)
+        assert extra.role.stop() == 0, extra.role.log()[-3000:]
     wait_for(lambda: not stack.requests(), 30, what="the session's request to go")
 
 

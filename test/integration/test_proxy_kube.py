@@ -590,14 +590,19 @@ def test_a_request_no_session_holds_is_swept_while_the_proxy_runs(stack, no_cont
         live = wait_for(lambda: one_request(stack), 30, what="the session's request")
         live_name = live["metadata"]["name"]
         assert live["metadata"]["labels"]["nix.io/proxy"] == proxy_id
+        def make(prefix, owner):
+            st, obj = stack.cluster.api("POST", NBR_PATH, {
+                "apiVersion": "nix.io/v1alpha1", "kind": "NixBuildRequest",
+                "metadata": {"generateName": prefix,
+                             "labels": {"app.kubernetes.io/managed-by": "nrbc-proxy",
+                                        "nix.io/proxy": owner}},
+                "spec": {"sessionId": prefix.strip("-")}})
+            assert st == 201, obj
+            return obj
+        # Another replica's request is that replica's business.
+        other = make("build-other-", "nrbc-proxy-another-replica")["metadata"]["name"]
         # Made after the start-up sweep, so only the periodic one can find it.
-        st, left = stack.cluster.api("POST", NBR_PATH, {
-            "apiVersion": "nix.io/v1alpha1", "kind": "NixBuildRequest",
-            "metadata": {"generateName": "build-left-",
-                         "labels": {"app.kubernetes.io/managed-by": "nrbc-proxy",
-                                    "nix.io/proxy": proxy_id}},
-            "spec": {"sessionId": "left"}})
-        assert st == 201, left
+        left = make("build-left-", proxy_id)
         t0 = time.monotonic()
         left_name = left["metadata"]["name"]
         wait_for(lambda: not request(stack, left_name), 20, what="the sweep to delete it")
@@ -612,6 +617,9 @@ def test_a_request_no_session_holds_is_swept_while_the_proxy_runs(stack, no_cont
         # Several more passes: the live session's request stays.
         time.sleep(3)
         assert request(stack, live_name), "the sweep deleted a live session's request"
+        assert request(stack, other), "the sweep deleted another proxy's request"
+        st, _ = stack.cluster.api("DELETE", NBR_PATH + "/" + other)
+        assert st == 200
         assert "nbr=%s/%s: no session" % (NAMESPACE, live_name) not in extra.role.log()
         assert p.poll() is None
         p.kill()

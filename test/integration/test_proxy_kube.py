@@ -578,6 +578,46 @@ def test_a_failed_end_is_tried_again_until_it_lands(stack):
     wait_for(lambda: not stack.requests(), 30, what="the request to go")
 
 
+def test_ends_are_given_up_only_at_the_shutdown_deadline(stack):
+    """SIGTERM while the API is away: the end of a session that ends in
+    the drain is tried until the deadline (the shutdown timeout, at least
+    the 5 s write grace), then given up with a log line naming the request;
+    the process still exits in bounded time."""
+    gate = ApiGate(stack.cluster.server)
+    name = None
+    try:
+        extra = ExtraProxy(stack, "--shutdown-timeout=2s")
+        plain = extra.role
+        extra.role = GatedRole(stack, gate, plain.overrides)
+        extra.role.health_port = plain.health_port
+        extra.role.log_path = plain.log_path
+        with extra:
+            p, _ = bridged_session(stack, port=extra.port)
+            name = one_request(stack)["metadata"]["name"]
+            gate.close()
+            t0 = time.monotonic()
+            extra.role.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            p.stdin.close()
+            assert p.wait(30) == 0, p.stderr.read()
+            assert extra.role.proc.wait(30) == 0, extra.role.log()[-3000:]
+            took = time.monotonic() - t0
+            # Tried for the write grace (the 2 s timeout had less left), no longer.
+            assert 4.5 <= took < 15, took
+            log = extra.role.log()
+            assert "nbr=%s/%s: stopping before the request's end landed" % (
+                NAMESPACE, name) in log, log[-3000:]
+            assert "nbr=%s/%s: cannot record the outcome of the request" % (
+                NAMESPACE, name) in log, log[-3000:]
+            # Still there: the garbage collector's (with the proxy's Pod) now.
+            assert phase(request(stack, name)) == "Running"
+    finally:
+        gate.close()
+        if name:
+            stack.cluster.api("DELETE", NBR_PATH + "/" + name)
+    wait_for(lambda: not stack.requests(), 30, what="the request to go")
+
+
 def test_a_request_no_session_holds_is_swept_while_the_proxy_runs(stack, no_controller):
     """A request labelled with this proxy's id that no live session holds
     (as an end given up at a shutdown deadline leaves, or one made by hand)

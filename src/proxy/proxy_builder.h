@@ -11,6 +11,7 @@
 #include <uv.h>
 
 struct kube_client;
+struct metrics;
 
 /* Never called from inside proxy_builder_acquire/release: always later,
  * from the loop, so the session may be gone; look it up by id. */
@@ -36,6 +37,7 @@ struct proxy_builder_kube_options {
 	const char *image;         /* spec.image, or NULL for the controller default */
 	long timeout_seconds;      /* spec.timeoutSeconds, 0 for none */
 	uint64_t sweep_interval_ms; /* sweep for unheld requests this often; 0: at start only */
+	struct metrics *metrics;   /* or NULL; must outlive the backend */
 	int remote_port;           /* port on the pod's IP */
 };
 struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_client *client,

@@ -17,6 +17,7 @@
 #include "kube/kube_client.h"
 #include "kube/kube_informer.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy_builder_backend.h"
 #include "proxy_endings.h"
 #include "proxy_sweep.h"
@@ -85,6 +86,7 @@ struct proxy_builder_kube {
 	uv_timer_t *sweep_timer;   /* own allocation, as retry_timer */
 	uint64_t sweep_interval_ms;
 	struct proxy_sweep *sweep;
+	struct metric *m_swept;    /* NULL without metrics */
 	/* proxy_builder_flush: told from flush_timer once nothing is left to
 	 * write, never from inside a reply (the callback may destroy us). */
 	uv_timer_t *flush_timer;   /* own allocation, as retry_timer */
@@ -416,6 +418,7 @@ static void kube_sweep_one(json_t *obj, void *data)
 	log_info("nbr=%s/%s: no session of proxy %s holds this request (for %llu ms at least): "
 	    "deleting it", k->namespace, name, k->proxy_id,
 	    (unsigned long long)k->sweep_interval_ms);
+	metric_add(k->m_swept, 1);
 	kube_delete_request(k, name);
 }
 
@@ -726,6 +729,12 @@ struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_cli
 	if (!k->endings || !k->sweep)
 		goto fail;
 	proxy_endings_on_empty(k->endings, kube_on_endings_empty, k);
+	if (opts->metrics) {
+		proxy_endings_set_metrics(k->endings, opts->metrics);
+		k->m_swept = metrics_counter(opts->metrics, "nrbc_proxy_requests_swept_total",
+		    "NixBuildRequests of this proxy deleted because no live session held them.",
+		    NULL);
+	}
 	if (!(k->retry_timer = kube_timer_new(loop, k)) ||
 	    !(k->sweep_timer = kube_timer_new(loop, k)) ||
 	    !(k->flush_timer = kube_timer_new(loop, k)))

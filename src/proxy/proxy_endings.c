@@ -10,6 +10,7 @@
 
 #include "kube/kube_client.h"
 #include "log.h"
+#include "metrics.h"
 #include "rfc3339.h"
 
 enum ending_state {
@@ -52,6 +53,8 @@ struct proxy_endings {
 	uv_timer_t *timer;      /* own allocation: freed in its close callback */
 	void (*on_empty)(void *data);
 	void *on_empty_data;
+	struct metric *m_pending;   /* NULL without metrics: updates are ignored */
+	struct metric *m_failures;
 };
 
 static void ending_set_state(struct ending *en, enum ending_state state)
@@ -85,7 +88,9 @@ static void ending_done(struct proxy_endings *e, struct ending *en)
 		}
 	}
 	ending_free(en);
-	if (--e->count == 0 && e->on_empty)
+	e->count--;
+	metric_set(e->m_pending, (double)e->count);
+	if (e->count == 0 && e->on_empty)
 		e->on_empty(e->on_empty_data);
 }
 
@@ -147,6 +152,7 @@ static void ending_back_off(struct proxy_endings *e, struct ending *en,
 	const char *what = en->patch ? "record the outcome of" : "delete";
 
 	en->failures++;
+	metric_add(e->m_failures, 1);
 	en->retry_delay = en->retry_delay ? en->retry_delay * 2 : ENDING_RETRY_FIRST_MS;
 	if (en->retry_delay > ENDING_RETRY_MAX_MS)
 		en->retry_delay = ENDING_RETRY_MAX_MS;
@@ -256,6 +262,7 @@ static int endings_add(struct proxy_endings *e, const char *name, json_t *patch)
 	en->next = e->list;
 	e->list = en;
 	e->count++;
+	metric_set(e->m_pending, (double)e->count);
 	ending_send(e, en);
 	return 0;
 }
@@ -288,6 +295,14 @@ bool proxy_endings_holds(const struct proxy_endings *e, const char *name)
 size_t proxy_endings_count(const struct proxy_endings *e)
 {
 	return e->count;
+}
+
+void proxy_endings_set_metrics(struct proxy_endings *e, struct metrics *m)
+{
+	e->m_pending = metrics_gauge(m, "nrbc_proxy_request_ends_pending",
+	    "NixBuildRequests whose end (status, delete) has not landed yet.", NULL);
+	e->m_failures = metrics_counter(m, "nrbc_proxy_request_end_failures_total",
+	    "Failed tries to record a request's outcome or delete it (each is retried).", NULL);
 }
 
 void proxy_endings_on_empty(struct proxy_endings *e, void (*cb)(void *data), void *data)

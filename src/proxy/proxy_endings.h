@@ -14,6 +14,7 @@
 #include <uv.h>
 
 struct kube_client;
+struct metrics;
 struct proxy_endings;
 
 /* client must outlive the queue. NULL when out of memory. */
@@ -31,6 +32,9 @@ int proxy_endings_delete(struct proxy_endings *e, const char *name);
 bool proxy_endings_holds(const struct proxy_endings *e, const char *name);
 /* Ends queued, in flight or waiting to be tried again. */
 size_t proxy_endings_count(const struct proxy_endings *e);
+/* Registers nrbc_proxy_request_ends_pending (gauge) and
+ * nrbc_proxy_request_end_failures_total (counter) in m. */
+void proxy_endings_set_metrics(struct proxy_endings *e, struct metrics *m);
 /* cb(data) each time the count drops to 0. It may run inside a reply of
  * the Kubernetes client: it must not destroy the queue there. */
 void proxy_endings_on_empty(struct proxy_endings *e, void (*cb)(void *data), void *data);

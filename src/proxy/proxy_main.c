@@ -79,8 +79,9 @@ static const char *const proxy_phase_names[] = {
 	[PROXY_STOPPING] = "stopping",
 };
 
-/* Sessions cut at the shutdown deadline still have their requests' ends to
- * write; they get this long more (the manifests' grace period covers it). */
+/* Sessions cut at the shutdown deadline (or ending just before it) still
+ * have their requests' ends to write: they get at least this long (the
+ * manifests' grace period covers it). */
 #define PROXY_WRITE_GRACE_MS 5000
 
 struct proxy_app {
@@ -162,15 +163,25 @@ static void proxy_on_flushed(void *data)
 	proxy_stop(a);
 }
 
+static void proxy_on_shutdown_timeout(uv_timer_t *t);
+
 static void proxy_on_drained(void *data)
 {
 	struct proxy_app *a = data;
+	bool cut = a->phase == PROXY_CUTTING;   /* the timer runs the grace already */
 
 	log_info("all sessions ended");
 	proxy_set_phase(a, PROXY_FLUSHING);
-	/* The shutdown timer goes on: it bounds the wait for the writes too. */
-	if (proxy_builder_flush(a->builder, proxy_on_flushed, a))
+	if (proxy_builder_flush(a->builder, proxy_on_flushed, a)) {
 		proxy_stop(a);
+		return;
+	}
+	/* The shutdown timer goes on and bounds the wait for the writes too,
+	 * but a session that ended just before the deadline still leaves its
+	 * end the write grace (the grace period of the Pod covers both). */
+	if (!cut && a->shutdown_timer_init &&
+	    uv_timer_get_due_in(&a->shutdown_timer) < PROXY_WRITE_GRACE_MS)
+		uv_timer_start(&a->shutdown_timer, proxy_on_shutdown_timeout, PROXY_WRITE_GRACE_MS, 0);
 }
 
 static void proxy_on_shutdown_timeout(uv_timer_t *t)
@@ -410,6 +421,7 @@ static int proxy_setup(struct proxy_app *a)
 		ko.image = a->f.builder_image;
 		ko.remote_port = (int)a->f.remote_port;
 		ko.sweep_interval_ms = a->f.sweep_interval_ms;
+		ko.metrics = a->metrics;
 		a->builder = proxy_builder_kube_create(&a->loop, a->kube, &ko,
 		    proxy_server_builder_events(), a->server);
 	}

@@ -689,16 +689,62 @@ def test_a_failed_end_is_tried_again_until_it_lands(stack):
             wait_for(lambda: "try 3;" in extra.role.log(), 20, what="a third failed try")
             obj = request(stack, name)
             assert phase(obj) == "Running" and not obj["metadata"].get("deletionTimestamp")
+            m = extra.role.metrics()
+            assert m["nrbc_proxy_request_ends_pending"] == 1, m
+            assert m["nrbc_proxy_request_end_failures_total"] >= 3, m
             gate.open()
             obj = wait_for(lambda: deleted(stack, name), 60,
                            what="the end to land once the API is back")
             assert obj["status"]["phase"] == "Completed", obj["status"]
             log = extra.role.log()
             assert "nbr=%s/%s: outcome recorded after" % (NAMESPACE, name) in log, log[-3000:]
+            wait_for(lambda: extra.role.metrics()["nrbc_proxy_request_ends_pending"] == 0, 10,
+                     what="no end pending")
+            assert extra.role.stop() == 0, extra.role.log()[-3000:]
     finally:
         gate.close()
         if name:
             let_go(stack, name)
+    wait_for(lambda: not stack.requests(), 30, what="the request to go")
+
+
+def test_ends_are_given_up_only_at_the_shutdown_deadline(stack):
+    """SIGTERM while the API is away: the end of a session that ends in
+    the drain is tried until the deadline (the shutdown timeout, at least
+    the 5 s write grace), then given up with a log line naming the request;
+    the process still exits in bounded time."""
+    gate = ApiGate(stack.cluster.server)
+    name = None
+    try:
+        extra = ExtraProxy(stack, "--shutdown-timeout=2s")
+        plain = extra.role
+        extra.role = GatedRole(stack, gate, plain.overrides)
+        extra.role.health_port = plain.health_port
+        extra.role.log_path = plain.log_path
+        with extra:
+            p, _ = bridged_session(stack, port=extra.port)
+            name = one_request(stack)["metadata"]["name"]
+            gate.close()
+            t0 = time.monotonic()
+            extra.role.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            p.stdin.close()
+            assert p.wait(30) == 0, p.stderr.read()
+            assert extra.role.proc.wait(30) == 0, extra.role.log()[-3000:]
+            took = time.monotonic() - t0
+            # Tried for the write grace (the 2 s timeout had less left), no longer.
+            assert 4.5 <= took < 15, took
+            log = extra.role.log()
+            assert "nbr=%s/%s: stopping before the request's end landed" % (
+                NAMESPACE, name) in log, log[-3000:]
+            assert "nbr=%s/%s: cannot record the outcome of the request" % (
+                NAMESPACE, name) in log, log[-3000:]
+            # Still there: the garbage collector's (with the proxy's Pod) now.
+            assert phase(request(stack, name)) == "Running"
+    finally:
+        gate.close()
+        if name:
+            stack.cluster.api("DELETE", NBR_PATH + "/" + name)
     wait_for(lambda: not stack.requests(), 30, what="the request to go")
 
 
@@ -714,14 +760,19 @@ def test_a_request_no_session_holds_is_swept_while_the_proxy_runs(stack, no_cont
         live = wait_for(lambda: one_request(stack), 30, what="the session's request")
         live_name = live["metadata"]["name"]
         assert live["metadata"]["labels"]["nix.io/proxy"] == proxy_id
+        def make(prefix, owner):
+            st, obj = stack.cluster.api("POST", NBR_PATH, {
+                "apiVersion": "nix.io/v1alpha1", "kind": "NixBuildRequest",
+                "metadata": {"generateName": prefix,
+                             "labels": {"app.kubernetes.io/managed-by": "nrbc-proxy",
+                                        "nix.io/proxy": owner}},
+                "spec": {"sessionId": prefix.strip("-")}})
+            assert st == 201, obj
+            return obj
+        # Another replica's request is that replica's business.
+        other = make("build-other-", "nrbc-proxy-another-replica")["metadata"]["name"]
         # Made after the start-up sweep, so only the periodic one can find it.
-        st, left = stack.cluster.api("POST", NBR_PATH, {
-            "apiVersion": "nix.io/v1alpha1", "kind": "NixBuildRequest",
-            "metadata": {"generateName": "build-left-",
-                         "labels": {"app.kubernetes.io/managed-by": "nrbc-proxy",
-                                    "nix.io/proxy": proxy_id}},
-            "spec": {"sessionId": "left"}})
-        assert st == 201, left
+        left = make("build-left-", proxy_id)
         t0 = time.monotonic()
         left_name = left["metadata"]["name"]
         wait_for(lambda: not request(stack, left_name), 20, what="the sweep to delete it")
@@ -732,13 +783,18 @@ def test_a_request_no_session_holds_is_swept_while_the_proxy_runs(stack, no_cont
         assert "nbr=%s/%s: no session of proxy %s holds this request" % (
             NAMESPACE, left_name, proxy_id) in log, log[-3000:]
         assert "left behind by an earlier run" not in log, log[-3000:]
+        assert extra.role.metrics()["nrbc_proxy_requests_swept_total"] == 1
         # Several more passes: the live session's request stays.
         time.sleep(3)
         assert request(stack, live_name), "the sweep deleted a live session's request"
+        assert request(stack, other), "the sweep deleted another proxy's request"
+        st, _ = stack.cluster.api("DELETE", NBR_PATH + "/" + other)
+        assert st == 200
         assert "nbr=%s/%s: no session" % (NAMESPACE, live_name) not in extra.role.log()
         assert p.poll() is None
         p.kill()
         p.wait(10)
+        assert extra.role.stop() == 0, extra.role.log()[-3000:]
     wait_for(lambda: not stack.requests(), 30, what="the session's request to go")
 
 

@@ -12,7 +12,10 @@ What the overlay changes, and why (everything else is as shipped):
     address where the API server listens for them instead;
   - --default-cpu-request: the shipped 1 CPU per builder would fit two
     builders on this 2-core node;
-  - --builder-idle-timeout: seconds, so a test sees builders go.
+  - --builder-idle-timeout: seconds, so a test sees builders go;
+  - --default-memory-limit: 1Gi rather than 8Gi, so a build that takes
+    memory without end meets the limit in seconds, not after eating the
+    machine's.
 The LoadBalancer Service gets what a cloud's load balancer would give it: an
 external address (here the proxy pod's own, reachable from this machine)
 and the port the proxy listens on (no load balancer maps 22 to it).
@@ -58,7 +61,8 @@ class RealStack(Stack):
     def controller_args(self):
         changed = {"--builder-image": BUILDER_IMAGE,
                    "--default-cpu-request": self.cpu_request,
-                   "--builder-idle-timeout": self.builder_idle_timeout}
+                   "--builder-idle-timeout": self.builder_idle_timeout,
+                   "--default-memory-limit": "1Gi"}
         out, seen = [], set()
         for a in self._shipped_args("nrbc-controller"):
             name = a.split("=", 1)[0]

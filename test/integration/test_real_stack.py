@@ -162,6 +162,26 @@ def test_busy_builder_evicted_mid_build_finishes_the_build(stack, nix_client):
              60, what="the evicted builder pod to go")
 
 
+def test_build_over_its_memory_limit_fails_and_says_why(stack, nix_client):
+    """A derivation that takes memory without end, on a builder with the
+    controller's memory limit (1Gi here): the kernel kills it, the build
+    fails, the user is told it was killed, and the builder serves on."""
+    r = nix_client.build("memory.nix", builders=stack.builders("ssh-ng", max_jobs=1),
+                         sshopts=stack.sshopts(), args={"salt": salt()}, check=False,
+                         timeout=300)
+    print("the user saw:\n%s" % r.stderr[-2000:])
+    assert r.returncode != 0
+    # Node-dependent: with cgroup v1 (this machine) the kernel kills the
+    # build's process, and Nix says "signal 9 (Killed)"; with cgroup v2 and
+    # memory.oom.group the whole container goes and nrbc names OOMKilled.
+    assert "Killed" in r.stderr or "OOMKilled" in r.stderr, r.stderr[-3000:]
+    # The next build of the same key works.
+    args = {"salt": salt()}
+    remote = nix_client.build("simple.nix", builders=stack.builders("ssh-ng"),
+                              sshopts=stack.sshopts(), args=args)
+    assert remote.out == nix_client.build_local("simple.nix", args=args).out
+
+
 def test_proxy_rollout_restart_during_a_build(stack, nix_client):
     """`kubectl rollout restart` of the proxy Deployment while a build runs
     through a load balancer that follows the Service's ready pods: the

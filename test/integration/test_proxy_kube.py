@@ -635,6 +635,16 @@ class GatedRole(Role):
         return env
 
 
+def gated_extra_proxy(stack, gate, *flags):
+    """An ExtraProxy whose API traffic goes through gate."""
+    extra = ExtraProxy(stack, *flags)
+    plain = extra.role
+    extra.role = GatedRole(stack, gate, plain.overrides)
+    extra.role.health_port = plain.health_port
+    extra.role.log_path = plain.log_path
+    return extra
+
+
 def test_drain_waits_for_the_end_of_a_session_ending_during_it(stack):
     """SIGTERM: the proxy stops taking sessions (/readyz 503) while a live
     one goes on; when it ends, its request is marked Completed and deleted
@@ -671,12 +681,7 @@ def test_a_failed_end_is_tried_again_until_it_lands(stack):
     gate = ApiGate(stack.cluster.server)
     name = None
     try:
-        extra = ExtraProxy(stack)
-        plain = extra.role
-        extra.role = GatedRole(stack, gate, plain.overrides)
-        extra.role.health_port = plain.health_port
-        extra.role.log_path = plain.log_path
-        with extra:
+        with gated_extra_proxy(stack, gate) as extra:
             p, _ = bridged_session(stack, port=extra.port)
             name = one_request(stack)["metadata"]["name"]
             hold(stack, name)
@@ -716,12 +721,7 @@ def test_ends_are_given_up_only_at_the_shutdown_deadline(stack):
     gate = ApiGate(stack.cluster.server)
     name = None
     try:
-        extra = ExtraProxy(stack, "--shutdown-timeout=2s")
-        plain = extra.role
-        extra.role = GatedRole(stack, gate, plain.overrides)
-        extra.role.health_port = plain.health_port
-        extra.role.log_path = plain.log_path
-        with extra:
+        with gated_extra_proxy(stack, gate, "--shutdown-timeout=2s") as extra:
             p, _ = bridged_session(stack, port=extra.port)
             name = one_request(stack)["metadata"]["name"]
             gate.close()

@@ -27,6 +27,14 @@
 #define SESSION_STATUS_QUIET_MS 1000
 /* Builders asked for again after one took no connection. */
 #define SESSION_MAX_REACQUIRES 2
+/* A session refused by a limit hears why when it runs its command, which a
+ * Nix client does within milliseconds of logging in. One that runs none is
+ * not kept for the idle timeout: refused sessions are not counted against
+ * --max-sessions, so a key over its limit could otherwise pile them up. */
+#define SESSION_LIMITED_GRACE_MS 5000
+/* While the shared buffer budget is full, how often a channel whose client
+ * data waits in libssh looks again (nothing else would wake it). */
+#define SESSION_BUDGET_RETRY_MS 20
 
 static const char *const session_state_names[] = {
 	[SESSION_KEX] = "KEX",
@@ -324,8 +332,11 @@ static uint64_t session_state_deadline(const struct proxy_session *s)
 	case SESSION_BUILDER_LOST:
 		return s->state_since + e->builder_lost_wait_ms;
 	case SESSION_READY:
-	case SESSION_BRIDGING:
 	case SESSION_FAILED:
+		if (s->limit_refusal)
+			return s->state_since + SESSION_LIMITED_GRACE_MS;
+		/* fall through */
+	case SESSION_BRIDGING:
 		return e->idle_timeout_ms ? s->last_activity + e->idle_timeout_ms : 0;
 	case SESSION_CLOSING:
 		break;
@@ -347,12 +358,23 @@ static uint64_t session_keepalive_deadline(const struct proxy_session *s)
 	return session_keepalive_on(s) ? since + s->env->keepalive_interval_ms : 0;
 }
 
+static bool session_waits_for_budget(const struct proxy_session *s)
+{
+	for (int i = 0; i < s->n_bridges; i++) {
+		if (proxy_bridge_waits_for_budget(s->bridges[i]))
+			return true;
+	}
+	return false;
+}
+
 static uint64_t session_deadline(const struct proxy_session *s)
 {
 	uint64_t d = session_earlier(session_state_deadline(s), session_keepalive_deadline(s));
 
 	if (s->state == SESSION_WAIT_BUILDER && s->status_withheld)
 		d = session_earlier(d, s->state_since + SESSION_STATUS_QUIET_MS);
+	if (session_waits_for_budget(s))
+		d = session_earlier(d, uv_now(s->env->loop) + SESSION_BUDGET_RETRY_MS);
 	return d;
 }
 
@@ -430,6 +452,12 @@ static void session_expire(struct proxy_session *s)
 	case SESSION_READY:
 	case SESSION_BRIDGING:
 	case SESSION_FAILED:
+		if (s->limit_refusal) {
+			session_closef(s, PROXY_SESSION_END_LIMITED, "refused by a session limit, "
+			    "and ran no command within %ds: %s", SESSION_LIMITED_GRACE_MS / 1000,
+			    s->limit_refusal);
+			return;
+		}
 		session_closef(s, PROXY_SESSION_END_IDLE, "idle for %llus: closed (--idle-timeout)",
 		    (unsigned long long)s->env->idle_timeout_ms / 1000);
 		return;
@@ -505,6 +533,8 @@ static ssh_channel session_on_channel_open(ssh_session ssh, void *userdata)
 	env.data = s;
 	env.bytes_up = s->env->bytes_up;
 	env.bytes_down = s->env->bytes_down;
+	env.budget = s->env->budget;
+	env.early_data = s->env->early_data;
 	b = proxy_bridge_create(ssh, &env);
 	if (!b)
 		return NULL;
@@ -651,10 +681,24 @@ static void session_take_upstream_failure(struct proxy_session *s)
 	free(msg);
 }
 
+/* The refusal, exit status and close went to the client's channels (the
+ * loop above wrote them): the session goes at once rather than live on
+ * uncounted until the client leaves. A few hundred bytes into a socket that
+ * is normally writable. */
+static void session_close_refused(struct proxy_session *s)
+{
+	if (ssh_get_fd(s->ssh) != SSH_INVALID_SOCKET &&
+	    !(ssh_get_status(s->ssh) & (SSH_CLOSED | SSH_CLOSED_ERROR)))
+		ssh_blocking_flush(s->ssh, 100);
+	session_closef(s, PROXY_SESSION_END_LIMITED, "refused by a session limit: %s",
+	    s->limit_refusal);
+}
+
 static void session_ask_builder(struct proxy_session *s)
 {
 	if (s->limit_refusal) {
 		session_fail(s, s->limit_refusal);
+		s->limit_told = true;
 		return;
 	}
 	s->wait_started = uv_now(s->env->loop);
@@ -705,6 +749,8 @@ static void session_step_channels(struct proxy_session *s)
 		s->last_activity = uv_now(s->env->loop);
 	if (s->state == SESSION_READY && wants_builder)
 		session_ask_builder(s);
+	else if (s->limit_told && s->state == SESSION_FAILED)
+		session_close_refused(s);
 }
 
 static void session_step(struct proxy_session *s)
@@ -827,6 +873,8 @@ static void session_run(struct proxy_session *s)
 	if (s->again)
 		uv_idle_start(&s->kick, session_on_kick);
 	session_update_polls(s);
+	if (s->state != SESSION_CLOSING && session_waits_for_budget(s))
+		session_arm_timer(s);
 }
 
 static void session_client_io(struct proxy_session *s)

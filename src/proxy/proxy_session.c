@@ -32,6 +32,10 @@
  * not kept for the idle timeout: refused sessions are not counted against
  * --max-sessions, so a key over its limit could otherwise pile them up. */
 #define SESSION_LIMITED_GRACE_MS 5000
+/* Once told, the client gets this long to leave by itself: closing at once
+ * would make OpenSSH's own close fail ("Broken pipe", exit 255) and hide
+ * the refusal's exit status 1. A Nix client leaves within milliseconds. */
+#define SESSION_LIMITED_LINGER_MS 1000
 /* While the shared buffer budget is full, how often a channel whose client
  * data waits in libssh looks again (nothing else would wake it). */
 #define SESSION_BUDGET_RETRY_MS 20
@@ -334,7 +338,8 @@ static uint64_t session_state_deadline(const struct proxy_session *s)
 	case SESSION_READY:
 	case SESSION_FAILED:
 		if (s->limit_refusal)
-			return s->state_since + SESSION_LIMITED_GRACE_MS;
+			return s->state_since + (s->limit_told ? SESSION_LIMITED_LINGER_MS :
+			    SESSION_LIMITED_GRACE_MS);
 		/* fall through */
 	case SESSION_BRIDGING:
 		return e->idle_timeout_ms ? s->last_activity + e->idle_timeout_ms : 0;
@@ -452,6 +457,11 @@ static void session_expire(struct proxy_session *s)
 	case SESSION_READY:
 	case SESSION_BRIDGING:
 	case SESSION_FAILED:
+		if (s->limit_told) {
+			session_closef(s, PROXY_SESSION_END_LIMITED, "refused by a session limit, "
+			    "told so: %s", s->limit_refusal);
+			return;
+		}
 		if (s->limit_refusal) {
 			session_closef(s, PROXY_SESSION_END_LIMITED, "refused by a session limit, "
 			    "and ran no command within %ds: %s", SESSION_LIMITED_GRACE_MS / 1000,
@@ -681,24 +691,11 @@ static void session_take_upstream_failure(struct proxy_session *s)
 	free(msg);
 }
 
-/* The refusal, exit status and close went to the client's channels (the
- * loop above wrote them): the session goes at once rather than live on
- * uncounted until the client leaves. A few hundred bytes into a socket that
- * is normally writable. */
-static void session_close_refused(struct proxy_session *s)
-{
-	if (ssh_get_fd(s->ssh) != SSH_INVALID_SOCKET &&
-	    !(ssh_get_status(s->ssh) & (SSH_CLOSED | SSH_CLOSED_ERROR)))
-		ssh_blocking_flush(s->ssh, 100);
-	session_closef(s, PROXY_SESSION_END_LIMITED, "refused by a session limit: %s",
-	    s->limit_refusal);
-}
-
 static void session_ask_builder(struct proxy_session *s)
 {
 	if (s->limit_refusal) {
+		s->limit_told = true; /* before the state change arms the timer */
 		session_fail(s, s->limit_refusal);
-		s->limit_told = true;
 		return;
 	}
 	s->wait_started = uv_now(s->env->loop);
@@ -749,8 +746,6 @@ static void session_step_channels(struct proxy_session *s)
 		s->last_activity = uv_now(s->env->loop);
 	if (s->state == SESSION_READY && wants_builder)
 		session_ask_builder(s);
-	else if (s->limit_told && s->state == SESSION_FAILED)
-		session_close_refused(s);
 }
 
 static void session_step(struct proxy_session *s)

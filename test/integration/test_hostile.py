@@ -639,3 +639,74 @@ def test_one_key_cannot_exhaust_the_proxy(hw):
              rss_before / 1024.0, peak / 1024.0, watch.samples))
     assert p.proc.poll() is None
     assert peak < 128 * 1024, "proxy RSS peaked at %d KiB" % peak
+
+
+def _flood_after_exec(paramiko, p, key, source, seconds, out):
+    """One session: both its channels run a command that never reads stdin,
+    and the client pushes data at them as fast as its windows allow."""
+    t = _transport(paramiko, p, key, source)
+    out["transports"].append(t)
+    chans = []
+    for _ in range(2):
+        c = t.open_session(timeout=10)
+        c.exec_command("sleep 60")
+        chans.append(c)
+    chunk = b"y" * 32768
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        moved = 0
+        for c in chans:
+            try:
+                if c.send_ready():
+                    moved += c.send(chunk)
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+        out["sent"] += moved
+        if not moved:
+            time.sleep(0.005)
+
+
+def test_buffer_budget_bounds_data_nobody_reads(hw):
+    """One key's 16 sessions x 2 channels run commands that never read their
+    input and push data at them: the bridges stop taking it at the shared
+    budget (the clients' windows stop growing) and the proxy's memory stays
+    bounded."""
+    paramiko = _paramiko()
+    from concurrent.futures import ThreadPoolExecutor
+    other = keygen(os.path.join(hw.dir, "other-reader"), "other-reader")
+    ak = os.path.join(hw.dir, "authorized-readers")
+    with open(ak, "w") as f:
+        f.write(open(hw.keys.client + ".pub").read())
+        f.write(open(other + ".pub").read())
+    p = hw.proxy("--allow-any-command", "--health-port", "0", "--buffer-budget-mib", "1",
+                 "--authorized-keys", ak, "--log-level", "info")
+    hport = health_port(p)
+    key = paramiko.Ed25519Key.from_private_key_file(hw.keys.client)
+    rss_before = p.rss_kib()
+    watch = RssWatch(p.proc.pid)
+    out = {"transports": [], "sent": 0}
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: _flood_after_exec(
+                paramiko, p, key, ATTACK_NET + ".%d" % (i + 1), 4.0, out), range(16)))
+        assert p.proc.poll() is None, "proxy died:\n" + p.log()[-3000:]
+        body = http_get(p.ip, hport, "/metrics")[1]
+        held = metric(body, "nrbc_proxy_buffered_bytes")
+        # The budget, overshot by at most one read per bridge (32 x 32 KiB
+        # packets here) since the last check.
+        assert 0 < held <= 1024 * 1024 + 32 * 64 * 1024, held
+        # The pushing stalled: what one key sent is bounded by the builder
+        # windows (2 MB each in OpenSSH), the budget and libssh's windows.
+        sent_then = out["sent"]
+        assert sent_then < 32 * (2 * 1024 * 1024 + 1280000) + 1024 * 1024 + 32 * 2 ** 20, sent_then
+        # Another key's session still moves data meanwhile.
+        r = p.ssh("head -c 3000000 /dev/zero | wc -c", timeout=60, key=other)
+        assert r.returncode == 0 and r.stdout.strip() == b"3000000", r
+    finally:
+        peak = watch.stop()
+        for t in out["transports"]:
+            t.close()
+    print("\nunread data: %.1f MB pushed into 32 channels; buffered %.0f KiB at the end "
+          "(budget 1 MiB); proxy RSS %.1f MB before, peak %.1f MB"
+          % (out["sent"] / 1e6, held / 1024.0, rss_before / 1024.0, peak / 1024.0))
+    assert peak < 128 * 1024, "proxy RSS peaked at %d KiB" % peak

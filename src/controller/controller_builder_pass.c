@@ -324,6 +324,26 @@ static bool try_claim(struct reconcile_op *op, const char *identity, const char 
 	return true;
 }
 
+/* status.builder names a builder of another identity or class (written by
+ * hand, by a controller with another table, or the builder changed since):
+ * the session would reach another client's builder. The status is anyone's
+ * with write access to it, so it is never trusted for that: the request
+ * fails, loudly, and the proxy tells its client. */
+static void refuse_foreign_builder(struct reconcile_op *op, struct controller_builder *b,
+    const char *identity, const char *class)
+{
+	char *msg = str_printf("status.builder names builder %s, which is not of this request's "
+	    "identity and class (builder identity \"%.16s\", request identity \"%.16s\", "
+	    "class %s): not bound", controller_builder_key(b), controller_builder_identity_of(b),
+	    identity, class);
+
+	log_error("nbr=%s: %s", op->key, msg ? msg : "status.builder names a foreign builder");
+	reconcile_set_status(op, CONTROLLER_PHASE_FAILED, CONTROLLER_REASON_INVALID,
+	    msg ? msg : "status.builder names a builder of another identity: not bound",
+	    KUBE_QUEUE_FORGET);
+	free(msg);
+}
+
 void reconcile_identity_request(struct reconcile_op *op)
 {
 	struct controller_reconciler *r = op->r;
@@ -346,6 +366,10 @@ void reconcile_identity_request(struct reconcile_op *op)
 		    "spec.identity must be 1 to 63 lower-case hex digits", KUBE_QUEUE_FORGET);
 		return;
 	}
+	if (controller_builder_class(op->nbr, class) < 0) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
 	b = controller_builders_serving(r->builders, op->key);
 	if (!b && *status_builder) {
 		/* Bound before a restart: the table is rebuilt from the caches. */
@@ -362,6 +386,10 @@ void reconcile_identity_request(struct reconcile_op *op)
 			free(msg);
 			return;
 		}
+		if (!controller_builder_serves(b, ns, identity, class)) {
+			refuse_foreign_builder(op, b, identity, class);
+			return;
+		}
 		if (controller_builders_bind(r->builders, b, op->key, uv_now(r->loop)) < 0) {
 			reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 			return;
@@ -370,10 +398,6 @@ void reconcile_identity_request(struct reconcile_op *op)
 	}
 	if (b) {
 		mirror_builder(op, b);
-		return;
-	}
-	if (controller_builder_class(op->nbr, class) < 0) {
-		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
 	b = controller_builders_pick(r->builders, ns, identity, class);

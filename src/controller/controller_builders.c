@@ -482,6 +482,12 @@ const char *controller_builder_identity_of(const struct controller_builder *b)
 	return b->identity;
 }
 
+bool controller_builder_serves(const struct controller_builder *b, const char *ns,
+    const char *identity, const char *class)
+{
+	return *identity && matches(b, ns, identity, class);
+}
+
 const char *controller_builder_uid(const struct controller_builder *b)
 {
 	return b->uid;

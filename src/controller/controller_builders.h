@@ -130,6 +130,11 @@ const char *controller_builder_key(const struct controller_builder *b);
 const char *controller_builder_name(const struct controller_builder *b);
 const char *controller_builder_namespace(const struct controller_builder *b);
 const char *controller_builder_identity_of(const struct controller_builder *b);
+/* b is a builder of exactly this identity and class in ns: the only kind a
+ * request of them may be bound to (a claimed pool builder's identity counts
+ * once the claim is done; an unclaimed one serves no identity). */
+bool controller_builder_serves(const struct controller_builder *b, const char *ns,
+    const char *identity, const char *class);
 const char *controller_builder_uid(const struct controller_builder *b);
 long controller_builder_slots_of(const struct controller_builder *b);
 size_t controller_builder_sessions(const struct controller_builder *b);

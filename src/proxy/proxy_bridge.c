@@ -208,7 +208,18 @@ static int bridge_on_data(ssh_session session, ssh_channel channel, void *data, 
 
 	if (is_stderr || b->state >= BRIDGE_HOLD || b->exit.kind != BRIDGE_EXIT_NONE)
 		return (int)len; /* nobody will read it: drop */
-	if (b->up.len >= BRIDGE_UP_SOFT) {
+	if (b->state == BRIDGE_OPEN) {
+		/* Nix sends its exec first; data before it has no command to go
+		 * to, and holding it for one is what let a client fill the
+		 * proxy's memory. Dropped, and the channel closed. */
+		log_info("session=%llu channel=%u: %u bytes of data before any command: "
+		    "closing the channel", (unsigned long long)b->env.session_id, b->env.channel_no,
+		    len);
+		metric_add(b->env.early_data, 1);
+		bridge_refuse(b, "data came before a command: closing the channel");
+		return (int)len;
+	}
+	if (b->up.len >= BRIDGE_UP_SOFT || proxy_pipebuf_budget_full(b->env.budget)) {
 		b->up_leftover = true;
 		return 0;
 	}
@@ -353,6 +364,7 @@ struct proxy_bridge *proxy_bridge_create(ssh_session ssh, const struct proxy_bri
 		return NULL;
 	b->env = *env;
 	b->ssh = ssh;
+	b->up.budget = b->down[0].budget = b->down[1].budget = env->budget;
 	b->forwarded_status = -1;
 	b->client.name = "client";
 	b->builder.name = "builder";
@@ -620,7 +632,7 @@ static size_t bridge_pump_up(struct proxy_bridge *b, struct proxy_upstream *u)
 	for (int i = 0; i < BRIDGE_ROUNDS && b->state == BRIDGE_RUNNING; i++) {
 		ssize_t n;
 
-		if (b->up.len == 0 && b->up_leftover)
+		if (b->up.len == 0 && b->up_leftover && !proxy_pipebuf_budget_full(b->env.budget))
 			bridge_pull_leftover(b);
 		if (b->up.len == 0 || !proxy_upstream_may_call(u, &b->op_write))
 			break;
@@ -695,7 +707,12 @@ static size_t bridge_pump_down(struct proxy_bridge *b, struct proxy_upstream *u,
 		char *tail;
 		ssize_t n;
 
-		if (d->len >= cap || !proxy_upstream_may_call(u, &b->op_read))
+		/* An empty queue may still take one read over a full budget:
+		 * otherwise a bridge could wait forever for memory that only
+		 * other bridges hold, and the budget is exceeded by at most one
+		 * read per bridge. */
+		if (d->len >= cap || (d->len && proxy_pipebuf_budget_full(b->env.budget)) ||
+		    !proxy_upstream_may_call(u, &b->op_read))
 			break;
 		tail = proxy_pipebuf_reserve(d, cap - d->len, &space);
 		if (!tail)
@@ -945,6 +962,12 @@ size_t proxy_bridge_run(struct proxy_bridge *b, struct proxy_upstream *u)
 bool proxy_bridge_wants_builder(const struct proxy_bridge *b)
 {
 	return b->state >= BRIDGE_WAIT_BUILDER && b->state <= BRIDGE_UP_EXEC;
+}
+
+bool proxy_bridge_waits_for_budget(const struct proxy_bridge *b)
+{
+	return b->up_leftover && b->up.len == 0 && b->state == BRIDGE_RUNNING &&
+	    proxy_pipebuf_budget_full(b->env.budget);
 }
 
 bool proxy_bridge_wants_upstream_read(const struct proxy_bridge *b)

@@ -28,6 +28,7 @@
 #include <libssh/libssh.h>
 
 struct metric;
+struct proxy_pipebuf_budget;
 
 struct proxy_bridge;
 struct proxy_command_policy;
@@ -43,6 +44,14 @@ struct proxy_bridge_env {
 	/* Payload bytes client -> builder and builder -> client; may be NULL. */
 	struct metric *bytes_up;
 	struct metric *bytes_down;
+	/* What every bridge's buffers hold together (may be NULL: no limit).
+	 * While it is full a bridge takes no more from either side: client
+	 * data stays in libssh, which then grows the client's window no
+	 * further, and builder output stays in libssh2, whose window we do not
+	 * grow without reading. */
+	struct proxy_pipebuf_budget *budget;
+	/* Data that came before an exec (the channel is closed for it). */
+	struct metric *early_data;
 };
 
 /* Creates the client channel (to be returned from libssh's channel-open
@@ -60,6 +69,9 @@ size_t proxy_bridge_run(struct proxy_bridge *b, struct proxy_upstream *u);
 
 /* An allowed exec waits for the builder connection. */
 bool proxy_bridge_wants_builder(const struct proxy_bridge *b);
+/* Client data waits in libssh because the shared budget was full: run the
+ * bridge again once it has room (nothing else would wake it). */
+bool proxy_bridge_waits_for_budget(const struct proxy_bridge *b);
 /* Will something consume what arrives on the builder connection? */
 bool proxy_bridge_wants_upstream_read(const struct proxy_bridge *b);
 /* The builder's channel ended without a clean close: waiting to be told why

@@ -24,6 +24,7 @@
 #include "proxy_keys.h"
 #include "proxy_secret.h"
 #include "proxy_server.h"
+#include "proxy_session.h"
 #include "signals.h"
 
 struct proxy_flags {
@@ -45,6 +46,7 @@ struct proxy_flags {
 	char *max_startups;
 	long max_startups_per_source;
 	long max_sessions_per_key;
+	long buffer_budget_mib;
 	char *client_user;
 	char *health_address;
 	uint64_t builder_timeout_ms;
@@ -289,13 +291,14 @@ static int proxy_parse_address(const char *s, char **host, int *port)
 	return *host ? 0 : -1;
 }
 
-/* Every session is a socket (two while bridged): the soft limit goes up to
- * what the budgets need, within the hard limit. */
+/* want: the descriptors the session budgets need (PROXY_SESSION_FDS_*);
+ * the soft limit goes up to that and some for the rest of the process,
+ * within the hard limit. */
 static void proxy_raise_nofile(long want)
 {
 	struct rlimit rl;
 
-	want = want * 2 + 64;
+	want += 64;
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
 	    (long)rl.rlim_cur >= want)
 		return;
@@ -317,9 +320,10 @@ static int proxy_setup(struct proxy_app *a)
 
 	if (a->f.port < 0 || a->f.port > 65535 || a->f.remote_port < 1 ||
 	    a->f.remote_port > 65535 || a->f.max_sessions < 1 || a->f.health_port > 65535 ||
-	    a->f.max_startups_per_source < 1 || a->f.max_sessions_per_key < 0) {
-		log_error("a port, --max-sessions, --max-startups-per-source or "
-		    "--max-sessions-per-key is out of range");
+	    a->f.max_startups_per_source < 1 || a->f.max_sessions_per_key < 0 ||
+	    a->f.buffer_budget_mib < 0) {
+		log_error("a port, --max-sessions, --max-startups-per-source, "
+		    "--max-sessions-per-key or --buffer-budget-mib is out of range");
 		return -1;
 	}
 	if (a->f.keepalive_count < 1 || a->f.keepalive_count > 1000) {
@@ -332,7 +336,10 @@ static int proxy_setup(struct proxy_app *a)
 		    a->f.max_startups);
 		return -1;
 	}
-	proxy_raise_nofile(a->f.max_sessions + so.startups_full + 256);
+	/* Limited sessions count among the startups (proxy_server.c); 256 for
+	 * health-port and Kubernetes connections. */
+	proxy_raise_nofile(a->f.max_sessions * PROXY_SESSION_FDS_BRIDGED +
+	    so.startups_full * PROXY_SESSION_FDS_CLIENT + 256);
 	if (need_kube) {
 		a->kube_cfg = kube_config_load(a->f.kubeconfig, NULL, &err);
 		if (!a->kube_cfg)
@@ -381,6 +388,7 @@ static int proxy_setup(struct proxy_app *a)
 	so.listen_address = a->f.listen_address;
 	so.startups_per_source = a->f.max_startups_per_source;
 	so.max_sessions_per_key = a->f.max_sessions_per_key;
+	so.buffer_budget = (size_t)a->f.buffer_budget_mib * 1024 * 1024;
 	so.client_user = a->f.client_user;
 	so.port = (int)a->f.port;
 	so.max_sessions = a->f.max_sessions;
@@ -490,6 +498,9 @@ int proxy_main(int argc, char **argv)
 		{ "max-sessions-per-key", "NRBC_PROXY_MAX_SESSIONS_PER_KEY", FLAG_INT,
 		  &a->f.max_sessions_per_key, "16", "authenticated sessions of one client key at "
 		  "once (0: no limit; authorized_keys option nrbc-max-sessions=N overrides)", false },
+		{ "buffer-budget-mib", "NRBC_PROXY_BUFFER_BUDGET_MIB", FLAG_INT,
+		  &a->f.buffer_budget_mib, "64", "MiB all bridged channels may buffer together; "
+		  "over it the proxy stops reading from clients and builders (0: no limit)", false },
 		{ "client-user", "NRBC_PROXY_CLIENT_USER", FLAG_STRING, &a->f.client_user, "nixbld",
 		  "the user name clients log in as (ssh://nixbld@proxy); others are refused", false },
 		{ "builder-timeout", "NRBC_PROXY_BUILDER_TIMEOUT", FLAG_DURATION,

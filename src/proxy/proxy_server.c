@@ -15,6 +15,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy_keys.h"
+#include "proxy_pipebuf.h"
 #include "proxy_session.h"
 
 #define SERVER_ACCEPTS_PER_WAKEUP 64
@@ -38,7 +39,10 @@ struct server_entry {
 	enum {
 		ENTRY_UNAUTH,        /* counts toward the startups budgets */
 		ENTRY_AUTH,          /* counts toward --max-sessions and its key's */
-		ENTRY_LIMITED,       /* authenticated, refused by a limit */
+		/* Authenticated, refused by a limit: it has earned nothing, so it
+		 * stays in the startups budgets (and may be dropped for a newcomer)
+		 * until it has been told why and closed. */
+		ENTRY_LIMITED,
 		ENTRY_DROPPED,       /* unauthenticated, closed to make room */
 	} kind;
 	int key_index;
@@ -60,7 +64,9 @@ struct proxy_server {
 	struct proxy_session_env env;
 	struct server_entry *sessions;
 	size_t n_sessions;   /* every entry, closing ones included */
-	size_t n_unauth, n_auth;
+	size_t n_unauth, n_auth; /* n_unauth includes the limited ones */
+	size_t n_limited;
+	struct proxy_pipebuf_budget budget;
 	uint64_t rng;
 	uint64_t next_id;
 	bool draining, destroying;
@@ -69,7 +75,7 @@ struct proxy_server {
 	void *drained_data;
 	struct metric *m_active, *m_accepted, *m_refused_full, *m_ok, *m_failed, *m_unauth;
 	struct metric *m_dropped_source, *m_dropped_startups, *m_unauth_now, *m_auth_now;
-	struct metric *m_limited_key, *m_limited_total;
+	struct metric *m_limited_key, *m_limited_total, *m_limited_now;
 };
 
 static struct server_entry *server_find(struct proxy_server *srv, uint64_t id)
@@ -102,8 +108,10 @@ static void server_on_session_closed(void *data, uint64_t id,
 		if ((*pp)->id == id) {
 			struct server_entry *e = *pp;
 			*pp = e->next;
-			if (e->kind == ENTRY_UNAUTH)
+			if (e->kind == ENTRY_UNAUTH || e->kind == ENTRY_LIMITED)
 				srv->n_unauth--;
+			if (e->kind == ENTRY_LIMITED)
+				srv->n_limited--;
 			else if (e->kind == ENTRY_AUTH)
 				srv->n_auth--;
 			free(e);
@@ -114,6 +122,7 @@ static void server_on_session_closed(void *data, uint64_t id,
 	metric_set(srv->m_active, (double)srv->n_sessions);
 	metric_set(srv->m_unauth_now, (double)srv->n_unauth);
 	metric_set(srv->m_auth_now, (double)srv->n_auth);
+	metric_set(srv->m_limited_now, (double)srv->n_limited);
 	if (!stats->authenticated)
 		metric_add(srv->m_unauth, 1);
 	else if (stats->failed)
@@ -207,7 +216,6 @@ static int server_on_authenticated(void *data, uint64_t id, int key_index, char 
 	*refusal = NULL;
 	if (!e || e->kind != ENTRY_UNAUTH)
 		return 0;
-	srv->n_unauth--;
 	for (struct server_entry *o = srv->sessions; o; o = o->next) {
 		if (o->kind == ENTRY_AUTH && o->key_index == key_index)
 			same++;
@@ -226,10 +234,14 @@ static int server_on_authenticated(void *data, uint64_t id, int key_index, char 
 	} else {
 		e->kind = ENTRY_AUTH;
 		e->key_index = key_index;
+		srv->n_unauth--;
 		srv->n_auth++;
 	}
+	if (e->kind == ENTRY_LIMITED)
+		srv->n_limited++;
 	metric_set(srv->m_unauth_now, (double)srv->n_unauth);
 	metric_set(srv->m_auth_now, (double)srv->n_auth);
+	metric_set(srv->m_limited_now, (double)srv->n_limited);
 	return e->kind == ENTRY_AUTH ? 0 : -1;
 }
 
@@ -241,6 +253,8 @@ static void server_drop(struct proxy_server *srv, struct server_entry *e, struct
 {
 	char reason[96];
 
+	if (e->kind == ENTRY_LIMITED)
+		srv->n_limited--;
 	e->kind = ENTRY_DROPPED;
 	srv->n_unauth--;
 	metric_add(m, 1);
@@ -283,7 +297,8 @@ static void server_maybe_drop_oldest(struct proxy_server *srv)
 	if (server_random(srv) % 100 >= pct)
 		return;
 	for (struct server_entry *e = srv->sessions; e; e = e->next) {
-		if (e->kind == ENTRY_UNAUTH && (!oldest || e->accepted_at <= oldest->accepted_at))
+		if ((e->kind == ENTRY_UNAUTH || e->kind == ENTRY_LIMITED) &&
+		    (!oldest || e->accepted_at <= oldest->accepted_at))
 			oldest = e;
 	}
 	if (oldest)
@@ -337,7 +352,8 @@ static void server_accept_one(struct proxy_server *srv, int fd, const struct soc
 		struct server_entry *oldest = NULL;
 
 		for (struct server_entry *o = srv->sessions; o; o = o->next) {
-			if (o->kind != ENTRY_UNAUTH || strcmp(o->addr, addr) != 0)
+			if ((o->kind != ENTRY_UNAUTH && o->kind != ENTRY_LIMITED) ||
+			    strcmp(o->addr, addr) != 0)
 				continue;
 			same_source++;
 			if (!oldest || o->accepted_at <= oldest->accepted_at)
@@ -560,7 +576,15 @@ struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_ser
 		    "Payload bytes bridged, by direction.", "direction=\"up\"");
 		srv->env.bytes_down = metrics_counter(metrics, "nrbc_proxy_bytes_total",
 		    "Payload bytes bridged, by direction.", "direction=\"down\"");
+		srv->env.early_data = metrics_counter(metrics, "nrbc_proxy_early_data_total",
+		    "Channels closed for sending data before any command.", NULL);
+		srv->m_limited_now = metrics_gauge(metrics, "nrbc_proxy_limited_sessions",
+		    "Sessions refused by a limit, still open until they are told why.", NULL);
+		srv->budget.held_gauge = metrics_gauge(metrics, "nrbc_proxy_buffered_bytes",
+		    "Bytes buffered by all bridged channels together (see --buffer-budget).", NULL);
 	}
+	srv->budget.limit = srv->opts.buffer_budget;
+	srv->env.budget = &srv->budget;
 	uv_poll_init_socket(loop, &srv->listener, srv->lfd);
 	uv_timer_init(loop, &srv->pause);
 	srv->listener.data = srv->pause.data = srv;

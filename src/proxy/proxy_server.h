@@ -32,6 +32,9 @@ struct proxy_server_options {
 	long startups_begin, startups_rate, startups_full;
 	long startups_per_source;    /* unauthenticated connections per address */
 	long max_sessions_per_key;   /* default for keys without nrbc-max-sessions */
+	/* Bytes all bridged channels may buffer together before they stop
+	 * reading (0: no limit). */
+	size_t buffer_budget;
 	const char *client_user;     /* the user name clients log in as */
 	uint64_t login_grace_ms;
 	uint64_t builder_timeout_ms;

@@ -27,6 +27,18 @@
 #define SESSION_STATUS_QUIET_MS 1000
 /* Builders asked for again after one took no connection. */
 #define SESSION_MAX_REACQUIRES 2
+/* A session refused by a limit hears why when it runs its command, which a
+ * Nix client does within milliseconds of logging in. One that runs none is
+ * not kept for the idle timeout: refused sessions are not counted against
+ * --max-sessions, so a key over its limit could otherwise pile them up. */
+#define SESSION_LIMITED_GRACE_MS 5000
+/* Once told, the client gets this long to leave by itself: closing at once
+ * would make OpenSSH's own close fail ("Broken pipe", exit 255) and hide
+ * the refusal's exit status 1. A Nix client leaves within milliseconds. */
+#define SESSION_LIMITED_LINGER_MS 1000
+/* While the shared buffer budget is full, how often a channel whose client
+ * data waits in libssh looks again (nothing else would wake it). */
+#define SESSION_BUDGET_RETRY_MS 20
 
 static const char *const session_state_names[] = {
 	[SESSION_KEX] = "KEX",
@@ -324,8 +336,12 @@ static uint64_t session_state_deadline(const struct proxy_session *s)
 	case SESSION_BUILDER_LOST:
 		return s->state_since + e->builder_lost_wait_ms;
 	case SESSION_READY:
-	case SESSION_BRIDGING:
 	case SESSION_FAILED:
+		if (s->limit_refusal)
+			return s->state_since + (s->limit_told ? SESSION_LIMITED_LINGER_MS :
+			    SESSION_LIMITED_GRACE_MS);
+		/* fall through */
+	case SESSION_BRIDGING:
 		return e->idle_timeout_ms ? s->last_activity + e->idle_timeout_ms : 0;
 	case SESSION_CLOSING:
 		break;
@@ -347,12 +363,23 @@ static uint64_t session_keepalive_deadline(const struct proxy_session *s)
 	return session_keepalive_on(s) ? since + s->env->keepalive_interval_ms : 0;
 }
 
+static bool session_waits_for_budget(const struct proxy_session *s)
+{
+	for (int i = 0; i < s->n_bridges; i++) {
+		if (proxy_bridge_waits_for_budget(s->bridges[i]))
+			return true;
+	}
+	return false;
+}
+
 static uint64_t session_deadline(const struct proxy_session *s)
 {
 	uint64_t d = session_earlier(session_state_deadline(s), session_keepalive_deadline(s));
 
 	if (s->state == SESSION_WAIT_BUILDER && s->status_withheld)
 		d = session_earlier(d, s->state_since + SESSION_STATUS_QUIET_MS);
+	if (session_waits_for_budget(s))
+		d = session_earlier(d, uv_now(s->env->loop) + SESSION_BUDGET_RETRY_MS);
 	return d;
 }
 
@@ -438,6 +465,17 @@ static void session_expire(struct proxy_session *s)
 	case SESSION_READY:
 	case SESSION_BRIDGING:
 	case SESSION_FAILED:
+		if (s->limit_told) {
+			session_closef(s, PROXY_SESSION_END_LIMITED, "refused by a session limit, "
+			    "told so: %s", s->limit_refusal);
+			return;
+		}
+		if (s->limit_refusal) {
+			session_closef(s, PROXY_SESSION_END_LIMITED, "refused by a session limit, "
+			    "and ran no command within %ds: %s", SESSION_LIMITED_GRACE_MS / 1000,
+			    s->limit_refusal);
+			return;
+		}
 		session_closef(s, PROXY_SESSION_END_IDLE, "idle for %llus: closed (--idle-timeout)",
 		    (unsigned long long)s->env->idle_timeout_ms / 1000);
 		return;
@@ -513,6 +551,8 @@ static ssh_channel session_on_channel_open(ssh_session ssh, void *userdata)
 	env.data = s;
 	env.bytes_up = s->env->bytes_up;
 	env.bytes_down = s->env->bytes_down;
+	env.budget = s->env->budget;
+	env.early_data = s->env->early_data;
 	b = proxy_bridge_create(ssh, &env);
 	if (!b)
 		return NULL;
@@ -662,6 +702,7 @@ static void session_take_upstream_failure(struct proxy_session *s)
 static void session_ask_builder(struct proxy_session *s)
 {
 	if (s->limit_refusal) {
+		s->limit_told = true; /* before the state change arms the timer */
 		session_fail(s, s->limit_refusal);
 		return;
 	}
@@ -835,6 +876,8 @@ static void session_run(struct proxy_session *s)
 	if (s->again)
 		uv_idle_start(&s->kick, session_on_kick);
 	session_update_polls(s);
+	if (s->state != SESSION_CLOSING && session_waits_for_budget(s))
+		session_arm_timer(s);
 }
 
 static void session_client_io(struct proxy_session *s)

@@ -63,6 +63,9 @@ struct proxy_session_env {
 	struct metric *builder_wait;  /* histogram, seconds */
 	struct metric *bytes_up;
 	struct metric *bytes_down;
+	struct metric *early_data;    /* channels closed for data before exec */
+	/* What every bridged channel's buffers hold together (may be NULL). */
+	struct proxy_pipebuf_budget *budget;
 	/* A client key passed authentication (key_index: its index in the
 	 * proxy's keys). 0: admitted; -1: refused by a session limit, with
 	 * *refusal (heap) the line the client is shown. */
@@ -73,6 +76,12 @@ struct proxy_session_env {
 	void *data;
 };
 
+/* Descriptors one session holds: the client socket and the poll's duplicate
+ * of it (proxy_session_internal.h says why), and once bridged the builder
+ * connection's socket. The open-files limit is sized from these. */
+#define PROXY_SESSION_FDS_CLIENT 2
+#define PROXY_SESSION_FDS_BRIDGED 3
+
 /* Why a session ends (the reason text says more). */
 enum proxy_session_end {
 	PROXY_SESSION_END_CLIENT,    /* the client left, or its connection broke */
@@ -80,6 +89,7 @@ enum proxy_session_end {
 	PROXY_SESSION_END_DROPPED,   /* shed for a newer unauthenticated connection */
 	PROXY_SESSION_END_IDLE,      /* --idle-timeout */
 	PROXY_SESSION_END_SHUTDOWN,  /* the proxy drains or stops */
+	PROXY_SESSION_END_LIMITED,   /* refused by a session limit, and told so */
 };
 
 /* Takes ownership of fd (closed on failure too). NULL on failure. */

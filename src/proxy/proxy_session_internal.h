@@ -15,7 +15,12 @@
 
 #include "proxy_session.h"
 
-#define SESSION_MAX_CHANNELS 32
+/* Nix opens one session channel per SSH connection (it runs one command
+ * per connection: nix-store --serve or nix-daemon --stdio). One spare, for
+ * a client that opens its next channel before the close of the last one
+ * has crossed; every channel more was only ever an attacker's, each able to
+ * make libssh hold a window (1.28 MB) of data. */
+#define SESSION_MAX_CHANNELS 2
 /* Hex digits of the client identity (128 bits of the key's SHA-256). */
 #define PROXY_SESSION_IDENTITY_LEN 32
 
@@ -76,6 +81,7 @@ struct proxy_session {
 	int auth_failures;
 	int auth_nones;       /* "none" attempts: the first is free */
 	char *limit_refusal;  /* admitted by the key but over a session limit */
+	bool limit_told;      /* the refusal went to the client's channels: close */
 	struct ssh_channel_callbacks_struct guard_cb; /* env/subsystem, before the bridge's */
 	unsigned refused_logged; /* SESSION_REFUSED_* bits: one log line each */
 	char *user;

@@ -227,3 +227,56 @@ def test_invalid_identity_fails(setup, controllers):
         "metadata": {"name": "bad"}, "spec": {"sessionId": "x", "identity": "Not-Hex"}})
     assert st == 422, body
     assert not builders(cluster, ns)
+
+
+def test_restart_does_not_bind_to_another_identitys_builder(setup, controllers):
+    """status.builder is only a hint after a restart: a request whose status
+    names a builder of another identity is not bound to it (issue 21)."""
+    cluster, ns = setup["cluster"], setup["ns"]
+    c = controllers().start("--builder-slots", "3", "--builder-idle-timeout", "1h")
+    create_nbr(cluster, ns, "own", identity=ID_A)
+    a_builder = running(cluster, ns, "own")["status"]["builder"]
+    c.kill()
+    c.proc.wait(10)
+    # B's request names A's builder (by hand, or a confused writer).
+    create_nbr(cluster, ns, "intruder", identity=ID_B)
+    set_nbr_status(cluster, ns, "intruder", builder=a_builder, phase="Pending")
+    c2 = controllers("controller-2").start("--builder-slots", "3",
+                                           "--builder-idle-timeout", "1h")
+    obj = wait_nbr(cluster, ns, "intruder", phase_is("Failed", "Running"), 30)
+    assert obj["status"]["phase"] == "Failed", obj["status"]
+    assert "not of this request's identity" in obj["status"]["message"], obj["status"]
+    assert obj["status"].get("podName") in (None, ""), obj["status"]
+    assert "not of this request's identity" in c2.log()
+    # A's builder serves A's session alone.
+    wait_for(lambda: sessions(cluster, ns, a_builder) == 1, 10, what="A's session counted")
+    time.sleep(1)
+    assert sessions(cluster, ns, a_builder) == 1
+    assert c2.metrics()["nrbc_controller_builder_sessions"] == 1
+    assert get_nbr(cluster, ns, "own")["status"]["phase"] == "Running"
+
+
+def test_claimed_identity_cannot_change(setup):
+    """The CRD: an unclaimed builder is claimed once; after that the API
+    server refuses any other identity, an empty one, or none."""
+    cluster, ns = setup["cluster"], setup["ns"]
+    merge = {"Content-Type": "application/merge-patch+json"}
+    st, body = cluster.api("POST", NBD_PATH % ns, {
+        "apiVersion": "nix.io/v1alpha1", "kind": "NixBuilder",
+        "metadata": {"name": "nb-pool-test"},
+        "spec": {"identity": "", "class": "c0", "slots": 1}})
+    assert st == 201, body
+    path = (NBD_PATH % ns) + "/nb-pool-test"
+    st, body = cluster.api("PATCH", path, {"spec": {"identity": ID_A}}, headers=merge)
+    assert st == 200, body
+    assert body["spec"]["identity"] == ID_A
+    for change in ({"identity": ID_B}, {"identity": ""}, {"identity": None}):
+        st, body = cluster.api("PATCH", path, {"spec": change}, headers=merge)
+        assert st == 422, (change, st, body)
+        assert "spec.identity cannot change once set" in str(body), body
+    # The same identity again, and other fields, still go through.
+    st, body = cluster.api("PATCH", path, {"spec": {"identity": ID_A, "slots": 2}},
+                           headers=merge)
+    assert st == 200, body
+    st, body = cluster.api("GET", path)
+    assert body["spec"]["identity"] == ID_A and body["spec"]["slots"] == 2

@@ -18,6 +18,7 @@ import urllib.request
 
 import pytest
 
+import procmem
 from conftest import wait_for
 from test_proxy_ssh import Builder, Keys, Proxy, keygen, stop_world
 
@@ -460,3 +461,252 @@ def test_bad_max_startups_is_refused_at_start(nrbc_bin, value):
                        stderr=subprocess.PIPE, timeout=30)
     assert r.returncode != 0
     assert b"--max-startups" in r.stderr and b"START:RATE:FULL" in r.stderr, r.stderr
+
+
+# ---- 7. one key against everyone (issue 21) ------------------------------------------
+
+def _paramiko():
+    return pytest.importorskip("paramiko")  # Debian python3-paramiko (test/setup)
+
+
+class RssWatch:
+    """Samples a process's VmRSS every 20 ms in a thread; .peak in KiB."""
+
+    def __init__(self, pid):
+        import threading
+        self.pid, self.peak, self.samples = pid, 0, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, procmem.rss_kib(self.pid))
+                self.samples += 1
+            except OSError:
+                return
+            time.sleep(0.02)
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(5)
+        return self.peak
+
+
+def _transport(paramiko, p, key, source):
+    sock = socket.create_connection((p.ip, p.port), timeout=20, source_address=(source, 0))
+    t = paramiko.Transport(sock)
+    t.start_client(timeout=20)
+    t.auth_publickey("nixbld", key)
+    assert t.is_authenticated()
+    return t
+
+
+def _flood_without_exec(paramiko, p, key, source, seconds, out):
+    """One attacker session: as many channels as it gets (of 32), data on
+    each, never an exec."""
+    t = _transport(paramiko, p, key, source)
+    out["transports"].append(t)
+    chans = []
+    for _ in range(32):
+        try:
+            chans.append(t.open_session(timeout=10))
+        except paramiko.ChannelException:
+            out["refused_channels"] += 1
+    out["opened_channels"] += len(chans)
+    chunk = b"x" * 32768
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and any(not c.closed for c in chans):
+        for c in chans:
+            if c.closed:
+                continue
+            try:
+                if c.send_ready():
+                    out["sent"] += c.send(chunk)
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+        time.sleep(0.001)
+    out["closed_channels"] += sum(1 for c in chans if c.closed or c.eof_received)
+
+
+def _refused_session(paramiko, p, key, source, run_command, watch_close):
+    """A session over the key's limit: what it is told, and whether the proxy
+    ends it by itself (seconds until the transport went, or None)."""
+    t = _transport(paramiko, p, key, source)
+    told = b""
+    try:
+        if run_command:
+            ch = t.open_session(timeout=10)
+            ch.exec_command("echo should-not-run")
+            ch.settimeout(10)
+            while True:
+                d = ch.recv_stderr(4096)
+                if not d:
+                    break
+                told += d
+            status = ch.recv_exit_status()
+        else:
+            status = None
+        if not watch_close:
+            return told, status, None
+        start = time.monotonic()
+        while t.is_active() and time.monotonic() - start < 15:
+            time.sleep(0.05)
+        return told, status, (time.monotonic() - start) if not t.is_active() else None
+    finally:
+        t.close()
+
+
+def test_one_key_cannot_exhaust_the_proxy(hw):
+    """The measured attack of issue 21 (16 sessions x 32 channels pushing data
+    without an exec took the proxy from 13 MB to its 512Mi limit in three
+    seconds), plus 1,000 sessions over the key's limit: the proxy lives, stays
+    under 128 MiB, counts and ends the refused sessions, and another key's
+    session works in the same run."""
+    paramiko = _paramiko()
+    from concurrent.futures import ThreadPoolExecutor
+    raise_nofile(8192)
+    other = keygen(os.path.join(hw.dir, "other-tenant"), "other-tenant")
+    ak = os.path.join(hw.dir, "authorized-tenants")
+    with open(ak, "w") as f:
+        f.write(open(hw.keys.client + ".pub").read())
+        f.write(open(other + ".pub").read())
+    p = hw.proxy("--allow-any-command", "--health-port", "0", "--authorized-keys", ak,
+                 "--log-level", "info")
+    hport = health_port(p)
+    key = paramiko.Ed25519Key.from_private_key_file(hw.keys.client)
+    rss_before = p.rss_kib()
+    watch = RssWatch(p.proc.pid)
+    out = {"transports": [], "refused_channels": 0, "opened_channels": 0, "sent": 0,
+           "closed_channels": 0}
+    try:
+        # 1. The key's 16 sessions, 32 channels asked for each, data, no exec.
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: _flood_without_exec(
+                paramiko, p, key, ATTACK_NET + ".%d" % (i + 1), 3.0, out), range(16)))
+        assert p.proc.poll() is None, "proxy died:\n" + p.log()[-3000:]
+        # Two channels a session, the rest refused at open; every channel that
+        # sent data before an exec was closed.
+        assert out["opened_channels"] == 16 * 2, out
+        assert out["refused_channels"] == 16 * 30, out
+        assert out["closed_channels"] == 16 * 2, out
+        body = http_get(p.ip, hport, "/metrics")[1]
+        assert metric(body, "nrbc_proxy_early_data_total") == 32
+        assert "data before any command: closing the channel" in p.log()
+        # The 16 sessions stay open (the key's limit is full).
+        assert all(t.is_active() for t in out["transports"])
+        assert metric(body, "nrbc_proxy_authenticated_sessions") == 16
+
+        # 2. 1,000 more sessions of that key: refused, told, closed.
+        limited_before = metric(body, 'nrbc_proxy_sessions_limited_total{limit="per_key"}')
+
+        def refused(i):
+            return _refused_session(paramiko, p, key, ATTACK_NET + ".%d" % (100 + i % 100),
+                                    run_command=i % 50 != 1, watch_close=i % 50 < 2)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(refused, range(1000)))
+        took = time.monotonic() - t0
+        assert p.proc.poll() is None, "proxy died:\n" + p.log()[-3000:]
+        for i, (told, status, gone_after) in enumerate(results):
+            if i % 50 != 1:
+                assert b"this key already has 16 session(s) open" in told, (i, told)
+                assert status == 1, (i, status)
+        # Ended by the proxy: soon after the refusal (told), or after a short
+        # grace when the session runs no command at all (never told).
+        told_close = [r[2] for i, r in enumerate(results) if i % 50 == 0]
+        silent_close = [r[2] for i, r in enumerate(results) if i % 50 == 1]
+        assert all(g is not None and g < 4 for g in told_close), told_close
+        assert all(g is not None and g < 8 for g in silent_close), silent_close
+        body = http_get(p.ip, hport, "/metrics")[1]
+        assert metric(body, 'nrbc_proxy_sessions_limited_total{limit="per_key"}') - \
+            limited_before == 1000
+        wait_for(lambda: metric(http_get(p.ip, hport, "/metrics")[1],
+                                "nrbc_proxy_limited_sessions") == 0, 15,
+                 what="refused sessions closed")
+
+        # 3. Another key, same run, the attacker's 16 sessions still held.
+        r = p.ssh("head -c 1000000 /dev/zero | wc -c", key=other, timeout=60)
+        assert r.returncode == 0 and r.stdout.strip() == b"1000000", r
+    finally:
+        peak = watch.stop()
+        for t in out["transports"]:
+            t.close()
+    print("\none key: %d channels opened, %d refused, %.1f MB pushed before exec; 1,000 "
+          "refused sessions in %.1f s; proxy RSS %.1f MB before, peak %.1f MB (%d samples)"
+          % (out["opened_channels"], out["refused_channels"], out["sent"] / 1e6, took,
+             rss_before / 1024.0, peak / 1024.0, watch.samples))
+    assert p.proc.poll() is None
+    assert peak < 128 * 1024, "proxy RSS peaked at %d KiB" % peak
+
+
+def _flood_after_exec(paramiko, p, key, source, seconds, out):
+    """One session: both its channels run a command that never reads stdin,
+    and the client pushes data at them as fast as its windows allow."""
+    t = _transport(paramiko, p, key, source)
+    out["transports"].append(t)
+    chans = []
+    for _ in range(2):
+        c = t.open_session(timeout=10)
+        c.exec_command("sleep 60")
+        chans.append(c)
+    chunk = b"y" * 32768
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        moved = 0
+        for c in chans:
+            try:
+                if c.send_ready():
+                    moved += c.send(chunk)
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+        out["sent"] += moved
+        if not moved:
+            time.sleep(0.005)
+
+
+def test_buffer_budget_bounds_data_nobody_reads(hw):
+    """One key's 16 sessions x 2 channels run commands that never read their
+    input and push data at them: the bridges stop taking it at the shared
+    budget (the clients' windows stop growing) and the proxy's memory stays
+    bounded."""
+    paramiko = _paramiko()
+    from concurrent.futures import ThreadPoolExecutor
+    other = keygen(os.path.join(hw.dir, "other-reader"), "other-reader")
+    ak = os.path.join(hw.dir, "authorized-readers")
+    with open(ak, "w") as f:
+        f.write(open(hw.keys.client + ".pub").read())
+        f.write(open(other + ".pub").read())
+    p = hw.proxy("--allow-any-command", "--health-port", "0", "--buffer-budget-mib", "1",
+                 "--authorized-keys", ak, "--log-level", "info")
+    hport = health_port(p)
+    key = paramiko.Ed25519Key.from_private_key_file(hw.keys.client)
+    rss_before = p.rss_kib()
+    watch = RssWatch(p.proc.pid)
+    out = {"transports": [], "sent": 0}
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: _flood_after_exec(
+                paramiko, p, key, ATTACK_NET + ".%d" % (i + 1), 4.0, out), range(16)))
+        assert p.proc.poll() is None, "proxy died:\n" + p.log()[-3000:]
+        body = http_get(p.ip, hport, "/metrics")[1]
+        held = metric(body, "nrbc_proxy_buffered_bytes")
+        # The budget, overshot by at most one read per bridge (32 x 32 KiB
+        # packets here) since the last check.
+        assert 0 < held <= 1024 * 1024 + 32 * 64 * 1024, held
+        # The pushing stalled: what one key sent is bounded by the builder
+        # windows (2 MB each in OpenSSH), the budget and libssh's windows.
+        sent_then = out["sent"]
+        assert sent_then < 32 * (2 * 1024 * 1024 + 1280000) + 1024 * 1024 + 32 * 2 ** 20, sent_then
+        # Another key's session still moves data meanwhile.
+        r = p.ssh("head -c 3000000 /dev/zero | wc -c", timeout=60, key=other)
+        assert r.returncode == 0 and r.stdout.strip() == b"3000000", r
+    finally:
+        peak = watch.stop()
+        for t in out["transports"]:
+            t.close()
+    print("\nunread data: %.1f MB pushed into 32 channels; buffered %.0f KiB at the end "
+          "(budget 1 MiB); proxy RSS %.1f MB before, peak %.1f MB"
+          % (out["sent"] / 1e6, held / 1024.0, rss_before / 1024.0, peak / 1024.0))
+    assert peak < 128 * 1024, "proxy RSS peaked at %d KiB" % peak

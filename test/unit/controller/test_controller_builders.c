@@ -319,6 +319,12 @@ static void test_pool_claim(void **state)
 	seen(t, "nb-pool-2", "", 4, 15);
 	assert_string_equal(controller_builder_identity_of(p2), ID_A);
 	assert_int_equal(controller_builders_pool_size(t, "ns", "c"), 1);
+	/* Only a done claim makes the builder A's to serve. */
+	assert_true(controller_builder_serves(p2, "ns", ID_A, "c"));
+	assert_false(controller_builder_serves(p2, "ns", ID_B, "c"));
+	assert_false(controller_builder_serves(p2, "ns", ID_A, "other"));
+	assert_false(controller_builder_serves(p2, "other", ID_A, "c"));
+	assert_false(controller_builder_serves(p1, "ns", "", "c"));
 	/* A failed claim leaves the builder unclaimed. */
 	controller_builder_claim_start(p1, ID_B);
 	controller_builder_claim_done(p1, false, 16);

@@ -19,6 +19,7 @@
 
 #include "proxy/proxy_bridge.h"
 #include "proxy/proxy_command.h"
+#include "proxy/proxy_pipebuf.h"
 #include "proxy/proxy_upstream.h"
 
 /* ---- the fake client channel (libssh) ---- */
@@ -270,6 +271,8 @@ const char *proxy_upstream_error(const struct proxy_upstream *u)
 /* ---- fixtures ---- */
 
 static int wakes;
+/* The budget every bridge of the process shares (here: the one bridge). */
+static struct proxy_pipebuf_budget budget;
 
 static void wake(void *data)
 {
@@ -286,10 +289,11 @@ static int setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
 	char *err = NULL;
-	struct proxy_bridge_env env = { .session_id = 1, .wake = wake };
+	struct proxy_bridge_env env = { .session_id = 1, .wake = wake, .budget = &budget };
 
 	memset(&client, 0, sizeof(client));
 	memset(&builder, 0, sizeof(builder));
+	memset(&budget, 0, sizeof(budget));
 	client.exit_status = -1;
 	client.window = 1u << 20;
 	f->policy = proxy_command_policy_create(NULL, false, &err);
@@ -525,6 +529,69 @@ static void test_notices_only_while_waiting(void **state)
 	assert_int_equal(client.err_len, strlen("nrbc: builder pod p: Pending\n"));
 }
 
+static int client_data(const char *data, size_t len)
+{
+	return client.cb->channel_data_function(NULL, NULL, (void *)data, (uint32_t)len, 0,
+	    client.cb->userdata);
+}
+
+static void test_data_before_exec_closes_the_channel(void **state)
+{
+	struct fixture *f = *state;
+
+	/* All of it is taken (libssh keeps nothing) and none of it stored. */
+	assert_int_equal(client_data("garbage", 7), 7);
+	assert_int_equal(budget.held, 0);
+	proxy_bridge_run(f->b, NULL);
+	assert_true(client_told("data came before a command"));
+	assert_int_equal(client.exit_status, 1);
+	assert_int_equal(client.closes, 1);
+	assert_false(proxy_bridge_wants_builder(f->b));
+	/* What follows is dropped too, and a late exec is refused. */
+	assert_int_equal(client_data("more", 4), 4);
+	assert_int_equal(budget.held, 0);
+	assert_int_not_equal(exec_request("nix-daemon --stdio"), 0);
+}
+
+static void test_budget_counts_what_the_buffers_hold(void **state)
+{
+	struct fixture *f = *state;
+
+	assert_int_equal(exec_request("nix-daemon --stdio"), 0);
+	/* After the exec, data waits for the builder in the bridge. */
+	assert_int_equal(client_data("0123456789", 10), 10);
+	assert_int_equal(budget.held, 10);
+	f->up.ready = true;
+	proxy_bridge_run(f->b, &f->up);
+	assert_true(proxy_bridge_ran(f->b));
+	assert_int_equal(builder.in_len, 10);
+	assert_memory_equal(builder.in, "0123456789", 10);
+	assert_int_equal(budget.held, 0);
+	assert_true(budget.peak >= 10);
+}
+
+static void test_full_budget_takes_no_client_data(void **state)
+{
+	struct fixture *f = *state;
+
+	/* Other channels hold the whole budget. */
+	budget.limit = 100;
+	budget.held = 100;
+	start_running(f);
+	assert_int_equal(client_data("abc", 3), 0); /* stays in libssh */
+	proxy_bridge_run(f->b, &f->up);
+	assert_int_equal(builder.in_len, 0);
+	assert_true(proxy_bridge_waits_for_budget(f->b));
+	/* Room again: the bridge pulls what libssh held (none here). */
+	budget.held = 0;
+	proxy_bridge_run(f->b, &f->up);
+	assert_false(proxy_bridge_waits_for_budget(f->b));
+	assert_int_equal(client_data("abc", 3), 3);
+	proxy_bridge_run(f->b, &f->up);
+	assert_int_equal(builder.in_len, 3);
+	assert_int_equal(budget.held, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -548,6 +615,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_disallowed_command_is_refused, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_notices_only_while_waiting, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_data_before_exec_closes_the_channel, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_budget_counts_what_the_buffers_hold, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_full_budget_takes_no_client_data, setup,
+		    teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

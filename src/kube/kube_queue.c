@@ -227,13 +227,16 @@ static void waiting_unlink(struct kube_queue *q, struct queue_item *it)
 
 static void waiting_insert(struct kube_queue *q, struct queue_item *it, uint64_t due)
 {
-	struct queue_item *prev = NULL, *cur = q->whead;
+	struct queue_item *prev = NULL, *cur;
 
 	if (it->waiting) {
 		if (it->due <= due)
 			return; /* the earlier time wins */
 		waiting_unlink(q, it);
 	}
+	/* The head only now: had it been the head, a walk from the old one
+	 * would link it after itself, a cycle the timer never leaves. */
+	cur = q->whead;
 	while (cur && cur->due <= due) {
 		prev = cur;
 		cur = cur->wnext;

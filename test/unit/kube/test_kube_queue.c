@@ -208,6 +208,28 @@ static void test_add_after(void **state)
 	assert_true(f->at[2] - start < 200);
 }
 
+/* The head of the waiting list moved earlier: it used to be linked after
+ * itself, a cycle in which the next insert spun for ever (a controller at
+ * 100 % CPU, its queue stopped). */
+static void test_add_after_moves_the_head_earlier(void **state)
+{
+	struct fixture *f = *state;
+
+	f->q = kube_queue_create(&f->loop, 4, 10, 1000, process, f);
+	kube_queue_add_after(f->q, "a", 100);
+	kube_queue_add_after(f->q, "b", 300);
+	kube_queue_add_after(f->q, "a", 50);  /* the head, earlier */
+	kube_queue_add_after(f->q, "c", 200); /* walks the list */
+	kube_queue_add_after(f->q, "c", 20);  /* becomes the head */
+	kube_queue_add_after(f->q, "d", 400);
+	uv_run(&f->loop, UV_RUN_DEFAULT);
+	assert_int_equal(f->calls, 4);
+	assert_string_equal(f->log[0], "c");
+	assert_string_equal(f->log[1], "a");
+	assert_string_equal(f->log[2], "b");
+	assert_string_equal(f->log[3], "d");
+}
+
 static void test_add_after_of_queued_key_dedups(void **state)
 {
 	struct fixture *f = *state;
@@ -268,6 +290,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_max_in_flight, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_backoff_growth_and_forget, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_add_after, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_add_after_moves_the_head_earlier, setup,
+		    teardown),
 		cmocka_unit_test_setup_teardown(test_add_after_of_queued_key_dedups, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_pause, setup, teardown),

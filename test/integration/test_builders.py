@@ -43,8 +43,9 @@ def sessions(cluster, ns, name):
     return None if b is None else (b.get("status") or {}).get("sessions")
 
 
-def ssh(keys, ip, *cmd, timeout=30):
-    return subprocess.run(keys.ssh_argv(ip, REMOTE_PORT) + list(cmd), stdout=subprocess.PIPE,
+def ssh(keys, ip, *cmd, timeout=30, host_key=None):
+    return subprocess.run(keys.ssh_argv(ip, REMOTE_PORT, host_key=host_key) + list(cmd),
+                          stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
@@ -57,7 +58,7 @@ def test_one_identity_reuses_its_builder_and_scales_out(setup, controllers):
     b0 = first["builder"]
     assert first["podName"] == "nix-builder-" + b0, first
     assert b0.startswith("nb-" + ID_A[:16]), b0
-    r = ssh(keys, first["podIP"], "echo", "reused-ok")
+    r = ssh(keys, first["podIP"], "echo", "reused-ok", host_key=first["builderHostKey"])
     assert r.returncode == 0 and r.stdout.strip() == "reused-ok", r.stderr
 
     # The second session of the same identity: the same builder and pod,

@@ -227,13 +227,17 @@ static void waiting_unlink(struct kube_queue *q, struct queue_item *it)
 
 static void waiting_insert(struct kube_queue *q, struct queue_item *it, uint64_t due)
 {
-	struct queue_item *prev = NULL, *cur = q->whead;
+	struct queue_item *prev = NULL, *cur;
 
 	if (it->waiting) {
 		if (it->due <= due)
 			return; /* the earlier time wins */
 		waiting_unlink(q, it);
 	}
+	/* Read the head only now: when it was the head, the walk would start
+	 * from the unlinked item itself and link it to itself (a loop that
+	 * spun the controller at 100 % CPU, found by test_reuse). */
+	cur = q->whead;
 	while (cur && cur->due <= due) {
 		prev = cur;
 		cur = cur->wnext;

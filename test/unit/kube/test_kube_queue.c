@@ -208,6 +208,23 @@ static void test_add_after(void **state)
 	assert_true(f->at[2] - start < 200);
 }
 
+/* The first waiting key moved earlier: it must not end up linked to
+ * itself (the walk once began at the stale head and spun forever). */
+static void test_add_after_moves_the_head_earlier(void **state)
+{
+	struct fixture *f = *state;
+
+	f->q = kube_queue_create(&f->loop, 4, 10, 1000, process, f);
+	kube_queue_add_after(f->q, "head", 200);
+	kube_queue_add_after(f->q, "head", 20);
+	kube_queue_add_after(f->q, "other", 40);
+	kube_queue_add_after(f->q, "head", 10);
+	uv_run(&f->loop, UV_RUN_DEFAULT);
+	assert_int_equal(f->calls, 2);
+	assert_string_equal(f->log[0], "head");
+	assert_string_equal(f->log[1], "other");
+}
+
 static void test_add_after_of_queued_key_dedups(void **state)
 {
 	struct fixture *f = *state;
@@ -266,6 +283,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_no_concurrent_processing_and_readd, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_max_in_flight, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_add_after_moves_the_head_earlier, setup,
+		    teardown),
 		cmocka_unit_test_setup_teardown(test_backoff_growth_and_forget, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_add_after, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_add_after_of_queued_key_dedups, setup,

@@ -26,8 +26,10 @@
 #                                whenever more than 10 sessions start at once
 #
 # Inputs: $ROOT/etc/nrbc/ssh/public (Secret key `public`: the key allowed to
-# log in), $ROOT/etc/nrbc/ssh/host-key (Secret key `host-key`, optional),
-# $ROOT/etc/nix/nix.conf (ConfigMap).
+# log in), $ROOT/etc/nrbc/ssh/host-key (optional: the key `host-key` of this
+# builder's own Secret, which the controller made for it and the proxy pins;
+# a request's own pod gets the shared Secret's), $ROOT/etc/nix/nix.conf
+# (ConfigMap). Any key type sshd loads: the controller's are ECDSA P-256 PEM.
 set -eu
 
 ROOT=${NRBC_BUILDER_ROOT:-}

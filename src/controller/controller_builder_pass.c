@@ -113,6 +113,7 @@ static void mirror_builder(struct reconcile_op *op, struct controller_builder *b
 		.pod = pod,
 		.pod_name = pod_name,
 		.builder = controller_builder_name(b),
+		.host_key_field = "builderHostKey",
 		.now_ms = now,
 		.unschedulable_timeout_ms = r->opts.unschedulable_timeout_ms,
 	};
@@ -554,6 +555,7 @@ static void builder_status(struct reconcile_op *op, struct controller_builder *b
 		.request = op->nbr,
 		.pod = pod,
 		.pod_name = pod_name,
+		.host_key_field = "hostKey",
 		.now_ms = reconcile_wall_ms(),
 		.unschedulable_timeout_ms = r->opts.unschedulable_timeout_ms,
 	};
@@ -623,11 +625,16 @@ static void on_builder_pod_created(const struct kube_response *resp, void *data)
 	reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 }
 
-static void create_builder_pod(struct reconcile_op *op, struct controller_builder *b)
+/* The pod goes out after its host key Secret exists (a pod whose Secret
+ * is missing would wait in ContainerCreating), with the public half in its
+ * annotation. */
+static void create_builder_pod(struct reconcile_op *op, struct controller_builder *b,
+    const char *host_key_secret)
 {
 	struct controller_reconciler *r = op->r;
 	char *err = NULL;
-	json_t *pod = controller_pod_build_for_builder(op->nbr, &r->opts.pod, &err);
+	json_t *pod = controller_pod_build_for_builder(op->nbr, &r->opts.pod, host_key_secret,
+	    op->host_key.public_line, &err);
 
 	if (pod && controller_pod_set_safe_to_evict(pod, controller_builder_sessions(b) == 0) < 0) {
 		json_decref(pod);
@@ -643,6 +650,93 @@ static void create_builder_pod(struct reconcile_op *op, struct controller_builde
 	op->request = kube_create(r->client, &kube_resource_pods, controller_builder_namespace(b),
 	    pod, on_builder_pod_created, op);
 	json_decref(pod);
+	if (!op->request)
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+}
+
+static void create_host_key(struct reconcile_op *op, struct controller_builder *b);
+
+static void on_host_key_deleted(const struct kube_response *resp, void *data)
+{
+	struct reconcile_op *op = data;
+	struct controller_builder *b = controller_builders_get(op->r->builders,
+	    builder_key_of(op));
+
+	op->request = 0;
+	if ((resp->status >= 300 && resp->status != 404) || !b) {
+		if (b)
+			log_error("%s: cannot delete the stale host key Secret: HTTP %ld %s",
+			    op->key, resp->status, resp->message);
+		reconcile_op_finish(op, b ? KUBE_QUEUE_RETRY : KUBE_QUEUE_FORGET, 0);
+		return;
+	}
+	create_host_key(op, b);
+}
+
+static void on_host_key_created(const struct kube_response *resp, void *data)
+{
+	struct reconcile_op *op = data;
+	struct controller_builder *b = controller_builders_get(op->r->builders,
+	    builder_key_of(op));
+	char *pod_name = controller_pod_name(kube_object_name(op->nbr));
+	char *secret = pod_name ? controller_hostkey_secret_name(pod_name) : NULL;
+
+	op->request = 0;
+	free(pod_name);
+	if (!b || !secret) {
+		free(secret);
+		reconcile_op_finish(op, b ? KUBE_QUEUE_RETRY : KUBE_QUEUE_FORGET, 0);
+		return;
+	}
+	if (resp->status == 409) {
+		/* An earlier try made it and its pod never came: the key in it is
+		 * one nobody knows the public half of (the controller may not read
+		 * Secrets). Replace it. */
+		log_info("%s: host key Secret %s exists without a pod; making a new one",
+		    op->key, secret);
+		op->step = OP_DELETE_HOST_KEY;
+		op->request = kube_delete(op->r->client, &kube_resource_secrets,
+		    controller_builder_namespace(b), secret, NULL, NULL, on_host_key_deleted, op);
+		free(secret);
+		if (!op->request)
+			reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	if (resp->status != 201) {
+		log_error("%s: cannot create its host key Secret %s: HTTP %ld %s", op->key, secret,
+		    resp->status, resp->message);
+		free(secret);
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	create_builder_pod(op, b, secret);
+	free(secret);
+}
+
+/* A host key of the builder's own, so what its tenant (root there) can
+ * read is worth nothing elsewhere. */
+static void create_host_key(struct reconcile_op *op, struct controller_builder *b)
+{
+	struct controller_reconciler *r = op->r;
+	char *pod_name = controller_pod_name(kube_object_name(op->nbr));
+	char *name = pod_name ? controller_hostkey_secret_name(pod_name) : NULL;
+	json_t *secret = NULL;
+
+	controller_hostkey_finish(&op->host_key);
+	if (name && controller_hostkey_generate(&op->host_key) == 0)
+		secret = controller_hostkey_secret(controller_builder_namespace(b), name, op->nbr,
+		    &op->host_key);
+	free(pod_name);
+	free(name);
+	if (!secret) {
+		log_error("%s: cannot make its host key", op->key);
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	op->step = OP_CREATE_HOST_KEY;
+	op->request = kube_create(r->client, &kube_resource_secrets,
+	    controller_builder_namespace(b), secret, on_host_key_created, op);
+	json_decref(secret);
 	if (!op->request)
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 }
@@ -708,7 +802,7 @@ void reconcile_builder(struct reconcile_op *op)
 	}
 	if (!pod && !*status_pod && controller_phase_of(op->nbr) != CONTROLLER_PHASE_FAILED) {
 		free(pod_name);
-		create_builder_pod(op, b);
+		create_host_key(op, b);
 		return;
 	}
 	if (pod && !pod_ended(pod) &&

@@ -238,18 +238,33 @@ fail:
 }
 
 /* Only the public key (authorized_keys) and the builder's host key: the
- * shared private key the proxy logs in with never reaches a builder. */
-static json_t *pod_volumes(const struct controller_pod_options *o)
+ * shared private key the proxy logs in with never reaches a builder. The
+ * shared Secret's host-key is also the proxy's own host key, so it goes
+ * only into pods that have no Secret of their own (host_key_secret NULL:
+ * a request's own pod, which the proxy verifies against the shared key). */
+static json_t *pod_ssh_keys_volume(const struct controller_pod_options *o,
+    const char *host_key_secret)
 {
-	return json_pack("[{s:s,s:{s:s,s:[{s:s,s:s},{s:s,s:s}],s:i}},"
-	                 "{s:s,s:{s:s,s:i}}]",
-	    "name", "ssh-keys", "secret", "secretName", o->ssh_key_secret,
-	    "items", "key", "public", "path", "public", "key", "host-key", "path", "host-key",
-	    "defaultMode", 0400,
+	if (!host_key_secret)
+		return json_pack("{s:s,s:{s:s,s:[{s:s,s:s},{s:s,s:s}],s:i}}",
+		    "name", "ssh-keys", "secret", "secretName", o->ssh_key_secret,
+		    "items", "key", "public", "path", "public", "key", "host-key",
+		    "path", "host-key", "defaultMode", 0400);
+	return json_pack("{s:s,s:{s:[{s:{s:s,s:[{s:s,s:s}]}},{s:{s:s,s:[{s:s,s:s}]}}],s:i}}",
+	    "name", "ssh-keys", "projected", "sources",
+	    "secret", "name", o->ssh_key_secret, "items", "key", "public", "path", "public",
+	    "secret", "name", host_key_secret, "items", "key", "host-key", "path", "host-key",
+	    "defaultMode", 0400);
+}
+
+static json_t *pod_volumes(const struct controller_pod_options *o, const char *host_key_secret)
+{
+	return json_pack("[o,{s:s,s:{s:s,s:i}}]", pod_ssh_keys_volume(o, host_key_secret),
 	    "name", "nix-config", "configMap", "name", o->nix_config, "defaultMode", 0444);
 }
 
-static json_t *pod_spec(const json_t *spec, const struct controller_pod_options *o)
+static json_t *pod_spec(const json_t *spec, const struct controller_pod_options *o,
+    const char *host_key_secret)
 {
 	json_t *ps = json_pack("{s:s,s:b,s:b,s:I,s:{s:{s:s}},s:o,s:o}",
 	    "restartPolicy", "Never",
@@ -258,7 +273,7 @@ static json_t *pod_spec(const json_t *spec, const struct controller_pod_options 
 	    "terminationGracePeriodSeconds", (json_int_t)o->termination_grace_seconds,
 	    "securityContext", "seccompProfile", "type", "RuntimeDefault",
 	    "containers", json_pack("[o]", pod_container(spec, o)),
-	    "volumes", pod_volumes(o));
+	    "volumes", pod_volumes(o, host_key_secret));
 	const json_t *node_selector = json_object_get(spec, "nodeSelector");
 	const json_t *timeout = json_object_get(spec, "timeoutSeconds");
 
@@ -277,8 +292,8 @@ fail:
 	return NULL;
 }
 
-json_t *controller_pod_build(const json_t *request, const struct controller_pod_options *o,
-    char **err)
+static json_t *pod_build(const json_t *request, const struct controller_pod_options *o,
+    const char *host_key_secret, char **err)
 {
 	const json_t *meta = json_object_get(request, "metadata");
 	const json_t *spec = json_object_get(request, "spec");
@@ -310,7 +325,7 @@ json_t *controller_pod_build(const json_t *request, const struct controller_pod_
 	    "apiVersion", "v1",
 	    "kind", "Pod",
 	    "metadata", pod_metadata(request, pod_name, label),
-	    "spec", pod_spec(spec, o));
+	    "spec", pod_spec(spec, o, host_key_secret));
 	if (!pod)
 		goto nomem;
 	free(pod_name);
@@ -321,6 +336,12 @@ nomem:
 	free(label);
 	*err = str_printf("out of memory building pod for %s", name);
 	return NULL;
+}
+
+json_t *controller_pod_build(const json_t *request, const struct controller_pod_options *o,
+    char **err)
+{
+	return pod_build(request, o, NULL, err);
 }
 
 static const json_t *controller_owner_of_kind(const json_t *pod, const char *kind)
@@ -374,10 +395,11 @@ bool controller_pod_owned_by_builder(const json_t *pod, const char *uid)
 }
 
 json_t *controller_pod_build_for_builder(const json_t *builder,
-    const struct controller_pod_options *o, char **err)
+    const struct controller_pod_options *o, const char *host_key_secret,
+    const char *host_key_public, char **err)
 {
 	const json_t *bmeta = json_object_get(builder, "metadata");
-	json_t *pod = controller_pod_build(builder, o, err);
+	json_t *pod = pod_build(builder, o, host_key_secret, err);
 	json_t *meta, *labels, *ref;
 	char *label;
 
@@ -389,6 +411,8 @@ json_t *controller_pod_build_for_builder(const json_t *builder,
 	label = controller_pod_request_label(json_field_str(bmeta, "name"));
 	if (!label || json_object_set_new(meta, "annotations", json_object()) < 0 ||
 	    controller_pod_set_safe_to_evict(pod, true) < 0 ||
+	    (host_key_public && json_object_set_new(json_object_get(meta, "annotations"),
+	        CONTROLLER_POD_HOST_KEY_ANNOTATION, json_string(host_key_public)) < 0) ||
 	    json_object_del(labels, CONTROLLER_POD_REQUEST_LABEL) < 0 ||
 	    json_object_set_new(labels, CONTROLLER_POD_BUILDER_LABEL, json_string(label)) < 0 ||
 	    json_object_set_new(ref, "kind", json_string("NixBuilder")) < 0) {
@@ -414,6 +438,12 @@ int controller_pod_set_safe_to_evict(json_t *pod, bool safe)
 	}
 	return json_object_set_new(ann, CONTROLLER_POD_SAFE_TO_EVICT_ANNOTATION,
 	    json_string(safe ? "true" : "false"));
+}
+
+const char *controller_pod_host_key(const json_t *pod)
+{
+	return json_field_str(json_object_get(json_object_get(pod, "metadata"), "annotations"),
+	    CONTROLLER_POD_HOST_KEY_ANNOTATION);
 }
 
 const char *controller_pod_safe_to_evict(const json_t *pod)

@@ -18,6 +18,11 @@
 /* "false" while the builder holds sessions, "true" when idle: the cluster
  * autoscaler's scale-down then leaves busy builders alone. */
 #define CONTROLLER_POD_SAFE_TO_EVICT_ANNOTATION "cluster-autoscaler.kubernetes.io/safe-to-evict"
+/* The public half of the pod's own host key, "ecdsa-sha2-nistp256 AAAA...".
+ * Written with the pod, so a pod that exists always says which key it was
+ * given (the controller cannot read Secrets back); only API clients that
+ * may update pods can change it, which a tenant root in the pod is not. */
+#define CONTROLLER_POD_HOST_KEY_ANNOTATION "nix.io/host-key"
 /* The pod informer's selector: every pod this controller makes carries it. */
 #define CONTROLLER_POD_SELECTOR CONTROLLER_POD_APP_LABEL "=" CONTROLLER_POD_APP
 #define CONTROLLER_POD_CONTAINER "builder"
@@ -70,9 +75,15 @@ const char *controller_pod_safe_to_evict(const json_t *pod);
 /* The pod of a NixBuilder: the request template built from the builder's
  * spec (image, resources, nodeSelector), controlled by the builder (so it
  * lives as long as the builder, not as long as one request), labelled with
- * the builder's name. NULL with *err (heap) on failure. */
+ * the builder's name. Its host key comes from the Secret host_key_secret
+ * (key "host-key") and host_key_public goes into its host-key annotation;
+ * NULL for both mounts the shared Secret's host-key as a request's pod
+ * does. NULL with *err (heap) on failure. */
 json_t *controller_pod_build_for_builder(const json_t *builder,
-    const struct controller_pod_options *opts, char **err);
+    const struct controller_pod_options *opts, const char *host_key_secret,
+    const char *host_key_public, char **err);
+/* The pod's host-key annotation, or "". */
+const char *controller_pod_host_key(const json_t *pod);
 
 /* The name of the NixBuildRequest named as the pod's controller owner, or
  * NULL when there is none. Borrowed from pod. */

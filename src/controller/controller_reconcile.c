@@ -353,6 +353,7 @@ static void op_free(struct reconcile_op *op)
 		op->next->prev = op->prev;
 	r->in_flight--;
 	json_decref(op->nbr);
+	controller_hostkey_finish(&op->host_key);
 	free(op->builder_key);
 	free(op->key);
 	free(op);

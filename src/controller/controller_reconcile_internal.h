@@ -7,6 +7,7 @@
 
 #include "controller_builders.h"
 #include "controller_reconcile.h"
+#include "controller_hostkey.h"
 #include "controller_status.h"
 
 /* A pod or builder we created counts as existing until its informer shows
@@ -17,6 +18,8 @@
 enum op_step {
 	OP_NONE,
 	OP_CREATE_POD,
+	OP_CREATE_HOST_KEY,  /* a builder's host key Secret, before its pod */
+	OP_DELETE_HOST_KEY,  /* one left by an earlier try, whose key is lost */
 	OP_WRITE_STATUS,
 	OP_DELETE_POD,
 	OP_CREATE_BUILDER,
@@ -38,6 +41,8 @@ struct reconcile_op {
 	json_t *nbr;
 	const struct kube_resource *resource;
 	char *builder_key;      /* OP_CREATE_BUILDER / OP_CLAIM_BUILDER: which one */
+	/* OP_CREATE_HOST_KEY: the key pair the Secret and then the pod get. */
+	struct controller_hostkey host_key;
 	struct reconcile_op *prev, *next;
 };
 

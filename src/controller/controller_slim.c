@@ -132,6 +132,26 @@ fail:
 	return NULL;
 }
 
+static int slim_annotations(json_t *m, const json_t *pod)
+{
+	const char *evict = controller_pod_safe_to_evict(pod);
+	const char *host_key = controller_pod_host_key(pod);
+	json_t *ann;
+
+	if (!*evict && !*host_key)
+		return 0;
+	ann = json_object();
+	if (!ann || json_object_set_new(m, "annotations", ann) < 0)
+		return -1;
+	if (*evict && json_object_set_new(ann, CONTROLLER_POD_SAFE_TO_EVICT_ANNOTATION,
+	    json_string(evict)) < 0)
+		return -1;
+	if (*host_key && json_object_set_new(ann, CONTROLLER_POD_HOST_KEY_ANNOTATION,
+	    json_string(host_key)) < 0)
+		return -1;
+	return 0;
+}
+
 json_t *controller_slim_pod(json_t *pod)
 {
 	const json_t *meta = json_object_get(pod, "metadata");
@@ -144,10 +164,9 @@ json_t *controller_slim_pod(json_t *pod)
 	    json_object_set_new(m, "ownerReferences",
 	        slim_owner_refs(json_object_get(meta, "ownerReferences"))) < 0)
 		goto fail;
-	/* Of the annotations only the one the controller keeps up to date. */
-	if (*controller_pod_safe_to_evict(pod) &&
-	    json_object_set_new(m, "annotations", json_pack("{s:s}",
-	        CONTROLLER_POD_SAFE_TO_EVICT_ANNOTATION, controller_pod_safe_to_evict(pod))) < 0)
+	/* Of the annotations only the one the controller keeps up to date and
+	 * the host key it published into the builder's status. */
+	if (slim_annotations(m, pod) < 0)
 		goto fail;
 	if (copy_keys(out, pod, pod_top_keys) < 0 || json_object_set(out, "metadata", m) < 0)
 		goto fail;

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "buf.h"
+#include "controller_pod.h"
 #include "json_field.h"
 #include "rfc3339.h"
 
@@ -362,6 +363,20 @@ static int unchanged(const json_t *request, struct controller_status_result *out
 	return out->status ? 0 : -1;
 }
 
+/* The pod's own host key, as its annotation says, under field; a pod
+ * without one (made before builders had keys of their own) serves the
+ * shared key, and the proxy then verifies that one: no field. */
+static int set_host_key(json_t *st, const char *field, const json_t *pod)
+{
+	const char *key = controller_pod_host_key(pod);
+
+	if (!*key) {
+		json_object_del(st, field);
+		return 0;
+	}
+	return json_object_set_new(st, field, json_string(key));
+}
+
 int controller_status_compute(const struct controller_status_input *in,
     struct controller_status_result *out)
 {
@@ -391,6 +406,10 @@ int controller_status_compute(const struct controller_status_input *in,
 	free(v.message);
 	if (!st)
 		return -1;
+	if (in->host_key_field && set_host_key(st, in->host_key_field, in->pod) < 0) {
+		json_decref(st);
+		return -1;
+	}
 	out->recheck_ms = v.phase == CONTROLLER_PHASE_CREATING ? v.recheck_ms : 0;
 	return finish_result(in->request, st, out);
 }

@@ -42,6 +42,9 @@ struct controller_status_input {
 	const json_t *pod;       /* its builder pod; NULL when there is none */
 	const char *pod_name;    /* the name its pod has or will have */
 	const char *builder;     /* the NixBuilder serving it, or NULL */
+	/* Where the pod's own host key goes: "hostKey" in a NixBuilder's
+	 * status, "builderHostKey" in a request's it serves; NULL: nowhere. */
+	const char *host_key_field;
 	int64_t now_ms;          /* wall clock, ms since the epoch */
 	uint64_t unschedulable_timeout_ms;
 };

@@ -17,9 +17,12 @@ struct metrics;
  * from the loop, so the session may be gone; look it up by id. */
 struct proxy_builder_events {
 	void (*progress)(uint64_t session_id, const char *message, void *data);
-	/* name: what the user is told the builder is (its pod, or address). */
+	/* name: what the user is told the builder is (its pod, or address).
+	 * host_key: the one host key ("type base64") this builder may present,
+	 * or NULL when the backend knows none (then the shared builder host
+	 * key). */
 	void (*ready)(uint64_t session_id, const char *host, int port, const char *name,
-	    void *data);
+	    const char *host_key, void *data);
 	void (*failed)(uint64_t session_id, const char *message, void *data);
 };
 

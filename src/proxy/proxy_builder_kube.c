@@ -20,6 +20,7 @@
 #include "metrics.h"
 #include "proxy_builder_backend.h"
 #include "proxy_endings.h"
+#include "proxy_keys.h"
 #include "proxy_sweep.h"
 
 enum kube_wait_state {
@@ -312,6 +313,22 @@ static bool kube_wait_settle_create(struct kube_wait *w)
 	return true;
 }
 
+/* The request's builderHostKey parses as one public key: a malformed one
+ * fails the session here, with a line that says so, rather than as a
+ * connection that cannot start. */
+static bool kube_host_key_valid(const char *text)
+{
+	unsigned char *blob = NULL;
+	char *type = NULL, *err = NULL;
+	size_t len;
+	bool ok = proxy_keys_parse_host_public(text, &blob, &len, &type, &err) == 0;
+
+	free(blob);
+	free(type);
+	free(err);
+	return ok;
+}
+
 /* Turns what the controller wrote into the session's next event. */
 static void kube_observe(struct proxy_builder_kube *k, json_t *obj)
 {
@@ -320,6 +337,7 @@ static void kube_observe(struct proxy_builder_kube *k, json_t *obj)
 	const char *phase = json_field_str(status, "phase");
 	const char *pod = json_field_str(status, "podName");
 	const char *ip = json_field_str(status, "podIP");
+	const char *host_key = json_field_str(status, "builderHostKey");
 	const char *reason = json_field_str(status, "reason");
 	const char *message = json_field_str(status, "message");
 	char *text;
@@ -341,12 +359,20 @@ static void kube_observe(struct proxy_builder_kube *k, json_t *obj)
 	if (w->state != KUBE_WAIT_WAITING)
 		return;
 	if (strcmp(phase, "Running") == 0 && ip[0]) {
+		if (host_key[0] && !kube_host_key_valid(host_key)) {
+			text = str_printf("builder %s: its host key in the request's status "
+			    "(builderHostKey) is not a \"type base64\" line: refusing to connect",
+			    pod[0] ? pod : w->name);
+			kube_deliver_failed(k, w, text ? text : "builder host key malformed");
+			free(text);
+			return;
+		}
 		kube_wait_set_state(w, KUBE_WAIT_READY);
 		log_info("session=%llu nbr=%s/%s pod=%s ip=%s ready after %llu ms",
 		    (unsigned long long)w->session_id, k->namespace, w->name, pod, ip,
 		    (unsigned long long)(kube_now_ms(k) - w->started_ms));
 		k->base.events->ready(w->session_id, ip, k->remote_port, pod[0] ? pod : w->name,
-		    k->base.data);
+		    host_key[0] ? host_key : NULL, k->base.data);
 		return;
 	}
 	kube_progress(k, w, kube_progress_text(pod, phase, reason, message));

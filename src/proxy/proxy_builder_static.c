@@ -32,7 +32,8 @@ static void static_on_idle(uv_idle_t *h)
 	while (s->pending) {
 		struct static_pending *p = s->pending;
 		s->pending = p->next;
-		s->base.events->ready(p->session_id, s->host, s->port, s->name, s->base.data);
+		s->base.events->ready(p->session_id, s->host, s->port, s->name, NULL,
+		    s->base.data);
 		free(p);
 		if (s->closing)
 			return;

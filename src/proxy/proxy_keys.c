@@ -315,25 +315,41 @@ struct proxy_keys *proxy_keys_create(const struct proxy_key_texts *texts, char *
 	return k;
 }
 
-int proxy_keys_set_builder_host_key(struct proxy_keys *k, const char *public_text, char **err)
+int proxy_keys_parse_host_public(const char *text, unsigned char **blob, size_t *len,
+    char **type, char **err)
 {
 	struct proxy_authorized_keys parsed;
 
-	if (proxy_authorized_keys_parse(public_text, strlen(public_text), &parsed, err) < 0)
+	*err = NULL;
+	if (proxy_authorized_keys_parse(text, strlen(text), &parsed, err) < 0)
 		return -1;
 	if (parsed.n != 1) {
 		proxy_authorized_keys_finish(&parsed);
-		*err = str_printf("builder host key: expected exactly one \"type base64\" line");
+		*err = str_printf("host key: expected exactly one \"type base64\" line");
 		return -1;
 	}
-	free(k->builder_host_blob);
-	free(k->builder_host_type);
-	k->builder_host_blob = parsed.keys[0].blob;
-	k->builder_host_len = parsed.keys[0].blob_len;
-	k->builder_host_type = parsed.keys[0].type;
+	*blob = parsed.keys[0].blob;
+	*len = parsed.keys[0].blob_len;
+	*type = parsed.keys[0].type;
 	parsed.keys[0].blob = NULL;
 	parsed.keys[0].type = NULL;
 	proxy_authorized_keys_finish(&parsed);
+	return 0;
+}
+
+int proxy_keys_set_builder_host_key(struct proxy_keys *k, const char *public_text, char **err)
+{
+	unsigned char *blob;
+	size_t len;
+	char *type;
+
+	if (proxy_keys_parse_host_public(public_text, &blob, &len, &type, err) < 0)
+		return -1;
+	free(k->builder_host_blob);
+	free(k->builder_host_type);
+	k->builder_host_blob = blob;
+	k->builder_host_len = len;
+	k->builder_host_type = type;
 	return 0;
 }
 

@@ -1,7 +1,10 @@
 /* The proxy's key material, built from texts (files or the SSH key Secret):
- * - the host key clients see (also the builders' host key: the Secret's
- *   "host-key" is mounted into every builder pod), so the host key a builder
- *   must present is the public half of it unless told otherwise;
+ * - the host key clients see. Builders of the controller's NixBuilders
+ *   have host keys of their own, pinned per connection from the request's
+ *   status (proxy_upstream_options.host_key); only a builder with none
+ *   known (the static backend, a request without identity) must present
+ *   the shared "builder host key": the public half of this one unless
+ *   told otherwise;
  * - the client public keys allowed in (authorized_keys text);
  * - the private key the proxy authenticates with towards builders. */
 #ifndef NRBC_PROXY_KEYS_H
@@ -35,6 +38,12 @@ int proxy_keys_load_files(const char *host_key_path, const char *authorized_keys
     const char *private_key_path, struct proxy_key_texts *texts, char **err);
 /* Reads one whole file, bounded; NUL-terminated heap text. */
 int proxy_keys_read_file(const char *path, size_t max, char **out, char **err);
+
+/* One "type base64 [comment]" line (a known_hosts entry without its host)
+ * as a wire-format key blob and its type name, both heap. 0, or -1 with
+ * *err (heap). */
+int proxy_keys_parse_host_public(const char *text, unsigned char **blob, size_t *len,
+    char **type, char **err);
 
 /* Overrides the host key builders must present ("type base64 [comment]"). */
 int proxy_keys_set_builder_host_key(struct proxy_keys *k, const char *public_text, char **err);

@@ -478,7 +478,8 @@ int proxy_main(int argc, char **argv)
 		  "private key for builders (FILE.pub is checked against it if present)", false },
 		{ "builder-host-key", "NRBC_PROXY_BUILDER_HOST_KEY", FLAG_STRING,
 		  &a->f.builder_host_key, NULL,
-		  "public host key builders must present (default: the host key's public half)", false },
+		  "public host key of builders without one of their own (default: the host key's "
+		  "public half)", false },
 		{ "builder-address", "NRBC_PROXY_BUILDER_ADDRESS", FLAG_STRING,
 		  &a->f.builder_address, NULL,
 		  "connect every session to this HOST:PORT instead of creating builder pods "

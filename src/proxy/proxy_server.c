@@ -149,12 +149,12 @@ static void server_builder_progress(uint64_t id, const char *message, void *data
 }
 
 static void server_builder_ready(uint64_t id, const char *host, int port, const char *name,
-    void *data)
+    const char *host_key, void *data)
 {
 	struct server_entry *e = server_find(data, id);
 
 	if (e)
-		proxy_session_builder_ready(e->session, host, port, name);
+		proxy_session_builder_ready(e->session, host, port, name, host_key);
 }
 
 static void server_builder_failed(uint64_t id, const char *message, void *data)

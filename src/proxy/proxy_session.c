@@ -618,7 +618,7 @@ void proxy_session_builder_progress(struct proxy_session *s, const char *message
 }
 
 void proxy_session_builder_ready(struct proxy_session *s, const char *host, int port,
-    const char *name)
+    const char *name, const char *host_key)
 {
 	if (s->state != SESSION_WAIT_BUILDER) {
 		log_debug("session=%llu builder ready in state %s: ignored",
@@ -633,7 +633,7 @@ void proxy_session_builder_ready(struct proxy_session *s, const char *host, int 
 	s->builder_name = strdup(name);
 	s->upstream = proxy_upstream_create(s->env->loop, s->id, &(struct proxy_upstream_options){
 	    .host = host, .port = port, .user = s->env->remote_user, .keys = s->env->keys,
-	    .keepalive_interval_ms = s->env->keepalive_interval_ms,
+	    .host_key = host_key, .keepalive_interval_ms = s->env->keepalive_interval_ms,
 	    .keepalive_count = s->env->keepalive_count }, &session_upstream_events, s);
 	if (!s->upstream) {
 		session_fail(s, "cannot connect to the builder (see the proxy's log)");

@@ -107,9 +107,10 @@ bool proxy_session_is_idle(const struct proxy_session *s);
 
 /* Builder events, routed here by session id. */
 void proxy_session_builder_progress(struct proxy_session *s, const char *message);
-/* name: the builder pod (or address) the user is told about. */
+/* name: the builder pod (or address) the user is told about; host_key: the
+ * host key it must present, NULL for the shared builder host key. */
 void proxy_session_builder_ready(struct proxy_session *s, const char *host, int port,
-    const char *name);
+    const char *name, const char *host_key);
 void proxy_session_builder_failed(struct proxy_session *s, const char *message);
 
 #endif

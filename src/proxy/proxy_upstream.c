@@ -74,6 +74,10 @@ struct proxy_upstream {
 	socklen_t addr_len;
 	char *user;
 	const struct proxy_keys *keys;
+	/* The pinned host key of this builder; NULL: the shared one of keys. */
+	unsigned char *pin_blob;
+	size_t pin_len;
+	char *pin_type;
 	struct proxy_upstream_events events;
 	void *data;
 	const void *blocked_op;
@@ -93,6 +97,8 @@ static void upstream_release(struct proxy_upstream *u)
 		return;
 	free(u->host);
 	free(u->user);
+	free(u->pin_blob);
+	free(u->pin_type);
 	free(u);
 }
 
@@ -201,6 +207,19 @@ static char *blob_fingerprint(const unsigned char *blob, size_t len)
 	return fp;
 }
 
+/* The host key this builder must present: its own when the controller
+ * recorded one, else the shared builder host key. */
+static const unsigned char *upstream_wanted_key(const struct proxy_upstream *u, size_t *len,
+    const char **type)
+{
+	if (u->pin_blob) {
+		*len = u->pin_len;
+		*type = u->pin_type;
+		return u->pin_blob;
+	}
+	return proxy_keys_builder_host_key(u->keys, len, type);
+}
+
 static bool upstream_check_host_key(struct proxy_upstream *u)
 {
 	size_t got_len = 0, want_len = 0;
@@ -208,7 +227,7 @@ static bool upstream_check_host_key(struct proxy_upstream *u)
 	const char *want_type = NULL;
 	const unsigned char *got = (const unsigned char *)libssh2_session_hostkey(u->ssh,
 	    &got_len, &got_type);
-	const unsigned char *want = proxy_keys_builder_host_key(u->keys, &want_len, &want_type);
+	const unsigned char *want = upstream_wanted_key(u, &want_len, &want_type);
 	char *got_fp, *want_fp;
 
 	if (!want) {
@@ -221,9 +240,14 @@ static bool upstream_check_host_key(struct proxy_upstream *u)
 		return true;
 	got_fp = got ? blob_fingerprint(got, got_len) : NULL;
 	want_fp = blob_fingerprint(want, want_len);
-	upstream_fail(u, "builder %s:%d presented host key %s, expected %s %s: refusing to "
-	    "connect (the builder must use the SSH key Secret's host-key)", u->host, u->port,
-	    got_fp ? got_fp : "(none)", want_type, want_fp ? want_fp : "?");
+	if (u->pin_blob)
+		upstream_fail(u, "builder %s:%d presented host key %s, not its own host key "
+		    "%s %s that the controller recorded: refusing to connect", u->host, u->port,
+		    got_fp ? got_fp : "(none)", want_type, want_fp ? want_fp : "?");
+	else
+		upstream_fail(u, "builder %s:%d presented host key %s, expected %s %s: refusing "
+		    "to connect (the builder must use the SSH key Secret's host-key)", u->host,
+		    u->port, got_fp ? got_fp : "(none)", want_type, want_fp ? want_fp : "?");
 	free(got_fp);
 	free(want_fp);
 	return false;
@@ -364,7 +388,7 @@ static void upstream_step_connecting(struct proxy_upstream *u)
 		size_t want_len;
 		const char *want_type = NULL;
 
-		if (proxy_keys_builder_host_key(u->keys, &want_len, &want_type) && want_type &&
+		if (upstream_wanted_key(u, &want_len, &want_type) && want_type &&
 		    strcmp(want_type, "ssh-rsa") != 0)
 			libssh2_session_method_pref(u->ssh, LIBSSH2_METHOD_HOSTKEY, want_type);
 	}
@@ -614,6 +638,17 @@ struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_i
 	u->user = strdup(opts->user);
 	if (!u->host || !u->user)
 		goto bad;
+	if (opts->host_key && *opts->host_key) {
+		char *err = NULL;
+
+		if (proxy_keys_parse_host_public(opts->host_key, &u->pin_blob, &u->pin_len,
+		    &u->pin_type, &err) < 0) {
+			log_error("session=%llu builder host key \"%s\": %s",
+			    (unsigned long long)session_id, opts->host_key, err ? err : "invalid");
+			free(err);
+			goto bad;
+		}
+	}
 	if (uv_ip4_addr(opts->host, opts->port, (struct sockaddr_in *)&u->addr) == 0) {
 		u->addr_len = sizeof(struct sockaddr_in);
 	} else if (uv_ip6_addr(opts->host, opts->port, (struct sockaddr_in6 *)&u->addr) == 0) {

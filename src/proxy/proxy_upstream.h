@@ -43,6 +43,10 @@ struct proxy_upstream_options {
 	int port;
 	const char *user;
 	const struct proxy_keys *keys; /* must outlive the upstream */
+	/* The one host key this builder may present ("type base64"), from
+	 * what the controller recorded when it made the builder's key; NULL
+	 * or "": the shared builder host key of keys. Copied. */
+	const char *host_key;
 	uint64_t keepalive_interval_ms; /* 0: no keepalives */
 	int keepalive_count;
 };

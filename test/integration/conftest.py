@@ -373,18 +373,19 @@ class SSHKeys:
         self.host_private_text = open(self.host_private).read()
         self.host_public_text = open(self.host_public).read()
 
-    def known_hosts(self, host, port=22, path=None):
-        """A known_hosts file that trusts our host key for host:port."""
+    def known_hosts(self, host, port=22, path=None, host_key=None):
+        """A known_hosts file that trusts our host key for host:port, or
+        host_key ("type base64": a NixBuilder's own) when given."""
         path = path or os.path.join(self.dir, "known_hosts-%s-%d" % (host, port))
         name = host if port == 22 else "[%s]:%d" % (host, port)
         with open(path, "w") as f:
-            f.write("%s %s" % (name, self.host_public_text))
+            f.write("%s %s\n" % (name, (host_key or self.host_public_text).strip()))
         return path
 
-    def ssh_argv(self, host, port=22, user="nixbld", known_hosts=None):
+    def ssh_argv(self, host, port=22, user="nixbld", known_hosts=None, host_key=None):
         """ssh argv prefix that logs in with our client key and verifies our
-        host key strictly."""
-        kh = known_hosts or self.known_hosts(host, port)
+        host key (or host_key) strictly."""
+        kh = known_hosts or self.known_hosts(host, port, host_key=host_key)
         return ["ssh", "-F", "/dev/null", "-p", str(port), "-i", self.private,
                 "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                 "-o", "UserKnownHostsFile=" + kh, "-o", "StrictHostKeyChecking=yes",

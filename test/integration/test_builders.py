@@ -43,8 +43,9 @@ def sessions(cluster, ns, name):
     return None if b is None else (b.get("status") or {}).get("sessions")
 
 
-def ssh(keys, ip, *cmd, timeout=30):
-    return subprocess.run(keys.ssh_argv(ip, REMOTE_PORT) + list(cmd), stdout=subprocess.PIPE,
+def ssh(keys, ip, *cmd, timeout=30, host_key=None):
+    return subprocess.run(keys.ssh_argv(ip, REMOTE_PORT, host_key=host_key) + list(cmd),
+                          stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, timeout=timeout)
 
 
@@ -57,7 +58,7 @@ def test_one_identity_reuses_its_builder_and_scales_out(setup, controllers):
     b0 = first["builder"]
     assert first["podName"] == "nix-builder-" + b0, first
     assert b0.startswith("nb-" + ID_A[:16]), b0
-    r = ssh(keys, first["podIP"], "echo", "reused-ok")
+    r = ssh(keys, first["podIP"], "echo", "reused-ok", host_key=first["builderHostKey"])
     assert r.returncode == 0 and r.stdout.strip() == "reused-ok", r.stderr
 
     # The second session of the same identity: the same builder and pod,
@@ -280,3 +281,70 @@ def test_claimed_identity_cannot_change(setup):
     assert st == 200, body
     st, body = cluster.api("GET", path)
     assert body["spec"]["identity"] == ID_A and body["spec"]["slots"] == 2
+
+
+def secret_of(cluster, ns, name):
+    st, body = cluster.api("GET", "/api/v1/namespaces/%s/secrets/%s" % (ns, name))
+    return body if st == 200 else None
+
+
+def test_each_builder_has_its_own_host_key_and_never_the_proxys(setup, controllers):
+    """A client is root on its builder (a trusted Nix user): whatever key
+    its pod holds must be worth nothing elsewhere. Each NixBuilder gets a
+    host key of its own; the shared Secret's host-key (the proxy's) is
+    mounted nowhere."""
+    cluster, ns, keys = setup["cluster"], setup["ns"], setup["keys"]
+    controllers().start()
+    a = running(cluster, ns, create_nbr(cluster, ns, "hk-a", identity=ID_A)
+                ["metadata"]["name"])["status"]
+    b = running(cluster, ns, create_nbr(cluster, ns, "hk-b", identity=ID_B)
+                ["metadata"]["name"])["status"]
+    assert a["builder"] != b["builder"]
+    ka, kb = a["builderHostKey"], b["builderHostKey"]
+    assert ka.startswith("ecdsa-sha2-nistp256 ") and kb.startswith("ecdsa-sha2-nistp256 ")
+    assert ka != kb
+    shared = keys.host_public_text.split()[1]
+    assert shared not in ka and shared not in kb
+    nbds = builders(cluster, ns)
+    assert nbds[a["builder"]]["status"]["hostKey"] == ka
+    assert nbds[b["builder"]]["status"]["hostKey"] == kb
+
+    for st, key in ((a, ka), (b, kb)):
+        (pod,) = [p for p in builder_pods(cluster, ns)
+                  if p["metadata"]["name"] == st["podName"]]
+        assert pod["metadata"]["annotations"]["nix.io/host-key"] == key
+        # No volume takes host-key from the shared Secret.
+        vols = pod["spec"]["volumes"]
+        sources = []
+        for v in vols:
+            if "secret" in v:
+                sources.append((v["secret"]["secretName"], v["secret"].get("items")))
+            for s in (v.get("projected") or {}).get("sources") or []:
+                if "secret" in s:
+                    sources.append((s["secret"]["name"], s["secret"].get("items")))
+        own = st["podName"] + "-host-key"
+        for name, items in sources:
+            ks = {i["key"] for i in items or []}
+            if name == own:
+                assert ks == {"host-key"}, items
+            else:
+                assert items and "host-key" not in ks and "private" not in ks, (name, items)
+        assert own in {n for n, _ in sources}, sources
+        # Its Secret goes with its builder.
+        sec = secret_of(cluster, ns, own)
+        assert sec, own
+        (ref,) = sec["metadata"]["ownerReferences"]
+        assert ref["kind"] == "NixBuilder" and ref["name"] == st["builder"], ref
+        # The pod serves exactly that key: strict ssh with it works, with
+        # the proxy's shared key it does not.
+        r = ssh(keys, st["podIP"], "echo", "own-key-ok", host_key=key)
+        assert r.returncode == 0 and r.stdout.strip() == "own-key-ok", r.stderr
+        r = ssh(keys, st["podIP"], "true")
+        assert r.returncode != 0 and "Host key verification failed" in r.stderr, r.stderr
+
+    # Deleting the builder takes its Secret with it (garbage collection).
+    st_, body = cluster.api("DELETE", (NBD_PATH % ns) + "/" + a["builder"],
+                            {"propagationPolicy": "Foreground"})
+    assert st_ in (200, 202), body
+    wait_for(lambda: secret_of(cluster, ns, a["podName"] + "-host-key") is None, 60,
+             what="the builder's host key Secret collected with it")

@@ -441,9 +441,11 @@ def test_rbac_is_enough_and_no_more(setup, controller):
            ("create", "nixbuilders.nix.io"), ("delete", "nixbuilders.nix.io"),
            ("patch", "nixbuilders.nix.io"), ("watch", "nixbuilders.nix.io"),
            ("update", "nixbuilders.nix.io", "--subresource", "status"),
+           ("create", "secrets"), ("delete", "secrets"),
            ("create", "events"), ("create", "leases.coordination.k8s.io"),
            ("update", "leases.coordination.k8s.io/nrbc-controller")]
-    no = [("get", "secrets"), ("list", "secrets"), ("get", "configmaps"),
+    no = [("get", "secrets"), ("list", "secrets"), ("watch", "secrets"),
+          ("update", "secrets"), ("patch", "secrets"), ("get", "configmaps"),
           ("update", "pods"), ("create", "pods", "--subresource", "exec"),
           ("create", "pods", "--subresource", "eviction"),
           ("update", "nixbuilders.nix.io"),

@@ -817,3 +817,51 @@ def test_manifests_keep_a_proxy_serving_through_upgrades(stack):
     # preStop, then the sessions' shutdown timeout, then the 5 s the ends
     # of sessions cut at that deadline get, with a margin.
     assert spec["terminationGracePeriodSeconds"] >= pre_stop + 30 + 5 + 5, spec
+
+
+def builder_status(stack, name):
+    for b in stack.nixbuilders():
+        if b["metadata"]["name"] == name:
+            return b.get("status") or {}
+    return None
+
+
+def test_the_proxy_pins_each_builders_own_host_key(stack, tmp_path):
+    """The proxy verifies a builder by the host key the controller made for
+    it and recorded (the pod's annotation, mirrored into the request's
+    status), never by the proxy's own key. A builder presenting any other
+    key is refused with a line that says so."""
+    p = ssh_nix(stack)
+    serve_hello(p)
+    req = one_request(stack)
+    st = req["status"]
+    p.stdin.close()
+    p.wait(60)
+    assert p.returncode == 0, p.stderr.read()
+    proxy_key = open(stack.keys["host-key"] + ".pub").read().split()[1]
+    assert st["builderHostKey"].startswith("ecdsa-sha2-nistp256 "), st
+    assert proxy_key not in st["builderHostKey"]
+    name = st["builder"]
+    try:
+        # What the controller records for the builder is no longer what its
+        # sshd has: as if its key had been swapped for one someone else
+        # holds.
+        subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f",
+                        str(tmp_path / "other")], check=True)
+        other = " ".join(open(str(tmp_path / "other.pub")).read().split()[:2])
+        code, body = stack.cluster.api(
+            "PATCH", "/api/v1/namespaces/%s/pods/%s" % (NAMESPACE, st["podName"]),
+            {"metadata": {"annotations": {"nix.io/host-key": other}}}, headers=MERGE)
+        assert code == 200, body
+        wait_for(lambda: (builder_status(stack, name) or {}).get("hostKey") == other, 30,
+                 what="the builder's status shows the patched key")
+        p = ssh_nix(stack)
+        out, err = wait_open(p, 60)
+        assert p.returncode != 0, (out, err)
+        line = last_nrbc_line(err)
+        print("the user saw: %s" % line)
+        assert line and "not its own host key" in line and "refusing to connect" in line, err
+    finally:
+        stack.cluster.api("DELETE", "/apis/nix.io/v1alpha1/namespaces/%s/nixbuilders/%s" %
+                          (NAMESPACE, name))
+    stack.wait_clean(30)

@@ -97,9 +97,29 @@ static void test_builder_object_and_pod(void **state)
 
 	/* Its pod: controlled by the builder, labelled with name and identity. */
 	json_object_set_new(json_object_get(b, "metadata"), "uid", json_string("u-1"));
-	pod = controller_pod_build_for_builder(b, &test_pod_options, &err);
+	pod = controller_pod_build_for_builder(b, &test_pod_options, "hk-secret",
+	    "ecdsa-sha2-nistp256 AAAA", &err);
 	assert_non_null(pod);
 	meta = json_object_get(pod, "metadata");
+	assert_string_equal(controller_pod_host_key(pod), "ecdsa-sha2-nistp256 AAAA");
+	{
+		/* public from the shared Secret, host-key from its own only. */
+		const json_t *vol = json_array_get(json_object_get(json_object_get(pod, "spec"),
+		    "volumes"), 0);
+		const json_t *srcs = json_object_get(json_object_get(vol, "projected"), "sources");
+		const json_t *shared = json_object_get(json_array_get(srcs, 0), "secret");
+		const json_t *own = json_object_get(json_array_get(srcs, 1), "secret");
+
+		assert_null(json_object_get(vol, "secret"));
+		assert_int_equal(json_array_size(srcs), 2);
+		assert_string_equal(json_field_str(shared, "name"), test_pod_options.ssh_key_secret);
+		assert_int_equal(json_array_size(json_object_get(shared, "items")), 1);
+		assert_string_equal(json_field_str(json_array_get(json_object_get(shared, "items"),
+		    0), "key"), "public");
+		assert_string_equal(json_field_str(own, "name"), "hk-secret");
+		assert_string_equal(json_field_str(json_array_get(json_object_get(own, "items"),
+		    0), "key"), "host-key");
+	}
 	ref = json_array_get(json_object_get(meta, "ownerReferences"), 0);
 	assert_string_equal(json_field_str(ref, "kind"), "NixBuilder");
 	assert_string_equal(json_field_str(ref, "uid"), "u-1");

@@ -133,6 +133,31 @@ static void test_ephemeral_host_key(void **state)
 	proxy_keys_destroy(k);
 }
 
+/* A builder's own host key, as the request's status carries it. */
+static void test_parse_host_public(void **state)
+{
+	unsigned char *blob = NULL;
+	size_t len = 0;
+	char *type = NULL, *err = NULL;
+
+	assert_int_equal(proxy_keys_parse_host_public("ssh-ed25519 " KEY_A, &blob, &len, &type,
+	    &err), 0);
+	assert_string_equal(type, "ssh-ed25519");
+	assert_int_equal(len, 51); /* string type (4+11), string key (4+32) */
+	assert_memory_equal(blob + 4, "ssh-ed25519", 11);
+	free(blob);
+	free(type);
+	assert_int_equal(proxy_keys_parse_host_public("ssh-ed25519 " KEY_A "\nssh-ed25519 "
+	    KEY_B "\n", &blob, &len, &type, &err), -1);
+	assert_non_null(strstr(err, "exactly one"));
+	free(err);
+	assert_int_equal(proxy_keys_parse_host_public("ecdsa-sha2-nistp256", &blob, &len, &type,
+	    &err), -1);
+	free(err);
+	assert_int_equal(proxy_keys_parse_host_public("", &blob, &len, &type, &err), -1);
+	free(err);
+}
+
 static void test_load_files(void **state)
 {
 	char dir[] = "/tmp/nrbc-keys-XXXXXX";
@@ -174,6 +199,7 @@ int main(void)
 		cmocka_unit_test(test_full_set),
 		cmocka_unit_test(test_refusals),
 		cmocka_unit_test(test_ephemeral_host_key),
+		cmocka_unit_test(test_parse_host_public),
 		cmocka_unit_test(test_load_files),
 	};
 	log_init("test", LOG_LEVEL_ERROR, LOG_FORMAT_TEXT);

@@ -19,6 +19,12 @@
 #                                its socket before sshd listens)
 #   NRBC_BUILDER_SSHD            sshd binary (/usr/sbin/sshd, else from PATH)
 #   NRBC_BUILDER_LOG_LEVEL       sshd LogLevel (INFO)
+#   NRBC_BUILDER_SANDBOX         "1": builds run in Nix's sandbox, never
+#                                without (sandbox-fallback false), /bin/sh
+#                                in it is /bin/busybox when there is one; a
+#                                sandboxed build is tried before sshd
+#                                listens, and if it fails the builder exits
+#                                saying why (also in the termination log)
 #   NRBC_BUILDER_MAX_STARTUPS    sshd MaxStartups (64:30:256): every connection
 #                                comes from the proxy, which already rations
 #                                unauthenticated clients; sshd's default
@@ -40,6 +46,7 @@ PORT=${NRBC_BUILDER_PORT:-22}
 NIX_DAEMON=${NRBC_BUILDER_NIX_DAEMON:-start}
 LOG_LEVEL=${NRBC_BUILDER_LOG_LEVEL:-INFO}
 MAX_STARTUPS=${NRBC_BUILDER_MAX_STARTUPS:-64:30:256}
+SANDBOX=${NRBC_BUILDER_SANDBOX:-0}
 
 SSH_DIR=$ROOT/etc/nrbc/ssh
 NIX_DIR=$ROOT/etc/nix
@@ -271,6 +278,14 @@ else
 	# clients may not add unsigned paths); outside a container /etc/nix is
 	# the host's. A socket left by an earlier run would fool the wait below.
 	rm -f "$NIX_SOCKET"
+	if [ "$SANDBOX" = 1 ]; then
+		# After the ConfigMap's nix.conf, so these win over its sandbox line.
+		sandbox_config="sandbox = true
+sandbox-fallback = false"
+		[ -x "$ROOT/bin/busybox" ] && sandbox_config="$sandbox_config
+sandbox-paths = /bin/sh=$ROOT/bin/busybox"
+		export NIX_CONFIG="$sandbox_config"
+	fi
 	NIX_CONF_DIR=$NIX_DIR nix-daemon &
 	daemon=$!
 	# sshd (and so readiness) only once the daemon listens: a client let
@@ -282,6 +297,30 @@ else
 		[ "$n" -lt 300 ] || die "nix-daemon did not create $NIX_SOCKET in 30 s"
 		sleep 0.1
 	done
+fi
+
+# --- the sandbox, tried before anyone relies on it ---------------------------
+
+# A builder that cannot sandbox must say so now, in the pod's termination
+# message (the NixBuilder's and request's status show it), not fail each
+# user's build later with a line about cloning or mounting.
+sandbox_check() {
+	nonce=$(date +%s%N)
+	if out=$(NIX_CONF_DIR=$NIX_DIR NIX_REMOTE=daemon timeout 120 nix-build --no-out-link \
+	    -E "derivation { name = \"nrbc-sandbox-check\"; system = builtins.currentSystem;
+	        builder = \"/bin/sh\"; args = [ \"-c\" \"echo > \$out\" ]; nonce = \"$nonce\"; }" \
+	    2>&1); then
+		log "builds run in Nix's sandbox"
+		return 0
+	fi
+	why=$(printf '%s\n' "$out" | grep -i 'error' | tail -n 1)
+	[ -n "$why" ] || why=$(printf '%s\n' "$out" | tail -n 1)
+	msg="Nix cannot sandbox builds in this pod (${why#error: }): it needs the pod's own user namespace, an unmasked /proc and a seccomp profile that allows namespaces (docs/security.md, Sandboxed builds); the controller's --builder-sandbox=false turns sandboxing off"
+	printf '%s\n' "$msg" >/dev/termination-log 2>/dev/null || true
+	die "$msg"
+}
+if [ "$SANDBOX" = 1 ]; then
+	sandbox_check
 fi
 
 # --- serve; drain at SIGTERM -------------------------------------------------

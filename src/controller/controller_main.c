@@ -71,6 +71,8 @@ struct controller_flags {
 	uint64_t builder_idle_timeout_ms;
 	uint64_t builder_scale_out_wait_ms;
 	uint64_t builder_drain_timeout_ms;
+	bool builder_sandbox;
+	char *builder_sandbox_seccomp;
 };
 
 enum controller_state {
@@ -560,6 +562,8 @@ static int start_kube(struct controller *c)
 			/* Whole seconds, at least 1: 0 would make every stop a kill. */
 			.termination_grace_seconds = c->f.builder_drain_timeout_ms >= 1000 ?
 			    (long)(c->f.builder_drain_timeout_ms / 1000) : 1,
+			.sandbox = c->f.builder_sandbox,
+			.sandbox_seccomp_profile = c->f.builder_sandbox_seccomp,
 		},
 		.unschedulable_timeout_ms = c->f.unschedulable_timeout_ms,
 		.warm_pool_size = c->f.warm_pool_size,
@@ -746,6 +750,15 @@ int controller_main(int argc, char **argv)
 		    &f->builder_drain_timeout_ms, "10m",
 		    "how long a builder asked to stop (eviction, drain, deletion) lets its "
 		    "sessions finish: its pod's terminationGracePeriodSeconds", false },
+		{ "builder-sandbox", "NRBC_CONTROLLER_BUILDER_SANDBOX", FLAG_BOOL,
+		    &f->builder_sandbox, "false",
+		    "builds run in Nix's sandbox (user-namespaced pods with an unmasked /proc "
+		    "and a Localhost seccomp profile: docs/security.md); a builder that "
+		    "cannot sandbox fails at start", false },
+		{ "builder-sandbox-seccomp", "NRBC_CONTROLLER_BUILDER_SANDBOX_SECCOMP",
+		    FLAG_STRING, &f->builder_sandbox_seccomp, "nrbc/builder-sandbox.json",
+		    "with --builder-sandbox: the builders' Localhost seccomp profile, relative "
+		    "to the kubelet's seccomp directory", false },
 	};
 	size_t n = sizeof(table) / sizeof(table[0]);
 

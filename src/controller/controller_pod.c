@@ -201,19 +201,34 @@ static json_t *pod_metadata(const json_t *request, const char *pod_name,
 	    "blockOwnerDeletion", 1);
 }
 
+/* Nix mounts a fresh /proc in each build's namespaces, which the kernel
+ * allows only where a /proc without masked paths is already visible; an
+ * unmasked /proc is safe only in the pod's own user namespace (pod_spec). */
+static int container_sandbox(json_t *c)
+{
+	json_t *env = json_object_get(c, "env");
+	json_t *sc = json_object_get(c, "securityContext");
+
+	if (json_array_append_new(env, json_pack("{s:s,s:s}", "name", "NRBC_BUILDER_SANDBOX",
+	        "value", "1")) < 0)
+		return -1;
+	return json_object_set_new(sc, "procMount", json_string("Unmasked"));
+}
+
 static json_t *pod_container(const json_t *spec, const struct controller_pod_options *o)
 {
 	const char *image = json_field_str(spec, "image");
 	char port_text[24];
 	json_t *resources = pod_resources(spec, o);
 	json_t *caps = container_capabilities(o->remote_port);
+	json_t *c;
 
 	if (!resources || !caps)
 		goto fail;
 	snprintf(port_text, sizeof(port_text), "%ld", o->remote_port);
 	if (str_empty(image))
 		image = o->builder_image;
-	return json_pack("{s:s,s:s,s:[{s:s,s:I,s:s}],s:[{s:s,s:s}],"
+	c = json_pack("{s:s,s:s,s:[{s:s,s:I,s:s}],s:[{s:s,s:s}],"
 	                 "s:{s:{s:I},s:i,s:i,s:i,s:i,s:i},s:o,"
 	                 "s:[{s:s,s:s,s:b},{s:s,s:s,s:b}],"
 	                 "s:{s:b,s:o,s:b}}",
@@ -231,6 +246,11 @@ static json_t *pod_container(const json_t *spec, const struct controller_pod_opt
 	    "name", "nix-config", "mountPath", CONTROLLER_POD_NIX_DIR, "readOnly", 1,
 	    "securityContext", "allowPrivilegeEscalation", 0, "capabilities", caps,
 	    "privileged", 0);
+	if (c && o->sandbox && container_sandbox(c) < 0) {
+		json_decref(c);
+		return NULL;
+	}
+	return c;
 fail:
 	json_decref(resources);
 	json_decref(caps);
@@ -263,6 +283,21 @@ static json_t *pod_volumes(const struct controller_pod_options *o, const char *h
 	    "name", "nix-config", "configMap", "name", o->nix_config, "defaultMode", 0444);
 }
 
+/* The pod's own user namespace: its root, and the /proc it may see
+ * unmasked, are nobody on the node. RuntimeDefault seccomp refuses the
+ * namespaces, mounts and pivot_root of a sandboxed build; the Localhost
+ * profile (manifests/seccomp/) allows them, as Pod Security baseline does. */
+static int pod_sandbox(json_t *ps, const struct controller_pod_options *o)
+{
+	if (str_empty(o->sandbox_seccomp_profile))
+		return -1;
+	if (json_object_set_new(ps, "hostUsers", json_false()) < 0)
+		return -1;
+	return json_object_set_new(ps, "securityContext", json_pack("{s:{s:s,s:s}}",
+	    "seccompProfile", "type", "Localhost", "localhostProfile",
+	    o->sandbox_seccomp_profile));
+}
+
 static json_t *pod_spec(const json_t *spec, const struct controller_pod_options *o,
     const char *host_key_secret)
 {
@@ -279,6 +314,8 @@ static json_t *pod_spec(const json_t *spec, const struct controller_pod_options 
 
 	if (!ps)
 		return NULL;
+	if (o->sandbox && pod_sandbox(ps, o) < 0)
+		goto fail;
 	if (json_object_size(node_selector) &&
 	    json_object_set_new(ps, "nodeSelector", json_deep_copy(node_selector)) < 0)
 		goto fail;

@@ -45,6 +45,14 @@ struct controller_pod_options {
 	const char *default_cpu_limit;
 	const char *default_memory_limit;
 	long termination_grace_seconds;
+	/* Builds in Nix's sandbox: the pod gets its own user namespace
+	 * (hostUsers false), an unmasked /proc (Nix mounts a fresh one per
+	 * build, which the kernel refuses over a masked one) and the Localhost
+	 * seccomp profile sandbox_seccomp_profile (RuntimeDefault refuses the
+	 * namespaces a build is cloned into), and the entrypoint is told to
+	 * turn the sandbox on and to fail at start if it cannot. */
+	bool sandbox;
+	const char *sandbox_seccomp_profile;
 };
 
 /* The pod name for a request: "nix-builder-<name>" when that is a valid

@@ -139,11 +139,11 @@ static char *terminated_message(const char *pod_name, const json_t *pod_status,
 	if (*pod_message)
 		return str_printf("builder pod %s failed: %s", pod_name, pod_message);
 	if (term)
-		return str_printf("builder pod %s failed: container exited with code %lld%s%s%s%s",
+		return str_printf("builder pod %s failed: container exited with code %lld%s%s%s%s%s",
 		    pod_name, (long long)json_integer_value(json_object_get(term, "exitCode")),
 		    *json_field_str(term, "reason") ? " (" : "", json_field_str(term, "reason"),
 		    *json_field_str(term, "reason") ? ")" : "",
-		    *json_field_str(term, "message") ? json_field_str(term, "message") : "");
+		    *json_field_str(term, "message") ? ": " : "", json_field_str(term, "message"));
 	return str_printf("builder pod %s failed", pod_name);
 }
 

@@ -346,6 +346,50 @@ static void test_security_context(void **state)
 	json_decref(pod);
 }
 
+/* The sandbox's pod: its own user namespace, an unmasked /proc, the
+ * Localhost profile, the entrypoint told; nothing else loosened. */
+static void test_sandbox(void **state)
+{
+	struct controller_pod_options o = test_pod_options;
+	json_t *req = request(NULL);
+	json_t *plain = build(req, &test_pod_options);
+	json_t *pod, *c, *env;
+	size_t i;
+	json_t *e;
+	bool told = false;
+	char *err = NULL;
+
+	assert_null(json_object_get(at(plain, "spec"), "hostUsers"));
+	assert_null(json_object_get(at(plain, "spec.containers.0.securityContext"), "procMount"));
+	o.sandbox = true;
+	o.sandbox_seccomp_profile = "nrbc/builder-sandbox.json";
+	pod = build(req, &o);
+	c = at(pod, "spec.containers.0");
+	assert_true(json_is_false(at(pod, "spec.hostUsers")));
+	assert_string_equal(str_at(pod, "spec.securityContext.seccompProfile.type"), "Localhost");
+	assert_string_equal(str_at(pod, "spec.securityContext.seccompProfile.localhostProfile"),
+	    "nrbc/builder-sandbox.json");
+	assert_string_equal(str_at(c, "securityContext.procMount"), "Unmasked");
+	assert_true(json_is_false(at(c, "securityContext.allowPrivilegeEscalation")));
+	assert_true(json_is_false(at(c, "securityContext.privileged")));
+	assert_true(json_equal(at(c, "securityContext.capabilities"),
+	    at(plain, "spec.containers.0.securityContext.capabilities")));
+	env = at(c, "env");
+	json_array_foreach(env, i, e) {
+		if (strcmp(str_at(e, "name"), "NRBC_BUILDER_SANDBOX") == 0)
+			told = strcmp(str_at(e, "value"), "1") == 0;
+	}
+	assert_true(told);
+	json_decref(pod);
+
+	/* No profile named: no pod, rather than one the node cannot run. */
+	o.sandbox_seccomp_profile = "";
+	assert_null(controller_pod_build(req, &o, &err));
+	free(err);
+	json_decref(req);
+	json_decref(plain);
+}
+
 static void assert_dns_label(const char *s)
 {
 	size_t n = strlen(s);
@@ -496,6 +540,7 @@ int main(void)
 		cmocka_unit_test(test_spec_limit_only_blocks_default_request),
 		cmocka_unit_test(test_volumes_never_private_key),
 		cmocka_unit_test(test_security_context),
+		cmocka_unit_test(test_sandbox),
 		cmocka_unit_test(test_names_short),
 		cmocka_unit_test(test_names_long_and_dotted),
 		cmocka_unit_test(test_long_name_pod),

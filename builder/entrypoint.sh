@@ -284,7 +284,8 @@ else
 sandbox-fallback = false"
 		[ -x "$ROOT/bin/busybox" ] && sandbox_config="$sandbox_config
 sandbox-paths = /bin/sh=$ROOT/bin/busybox"
-		export NIX_CONFIG="$sandbox_config"
+		export NIX_CONFIG="${NIX_CONFIG:+$NIX_CONFIG
+}$sandbox_config"
 	fi
 	NIX_CONF_DIR=$NIX_DIR nix-daemon &
 	daemon=$!

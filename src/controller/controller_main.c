@@ -751,10 +751,10 @@ int controller_main(int argc, char **argv)
 		    "how long a builder asked to stop (eviction, drain, deletion) lets its "
 		    "sessions finish: its pod's terminationGracePeriodSeconds", false },
 		{ "builder-sandbox", "NRBC_CONTROLLER_BUILDER_SANDBOX", FLAG_BOOL,
-		    &f->builder_sandbox, "false",
+		    &f->builder_sandbox, "true",
 		    "builds run in Nix's sandbox (user-namespaced pods with an unmasked /proc "
 		    "and a Localhost seccomp profile: docs/security.md); a builder that "
-		    "cannot sandbox fails at start", false },
+		    "cannot sandbox fails at start, saying why", false },
 		{ "builder-sandbox-seccomp", "NRBC_CONTROLLER_BUILDER_SANDBOX_SECCOMP",
 		    FLAG_STRING, &f->builder_sandbox_seccomp, "nrbc/builder-sandbox.json",
 		    "with --builder-sandbox: the builders' Localhost seccomp profile, relative "

@@ -209,7 +209,7 @@ def main():
         health_port = cluster_mod.free_port()
         wrap = os.environ.get("NRBC_BENCH_WRAP", "").split()
         ctl = subprocess.Popen(wrap + [args.nrbc, "controller", "--kubeconfig", kc, "--namespace", NS,
-                                "--builder-image", "nrbc-builder:bench", "--nix-config",
+                                "--builder-image", "nrbc-builder:bench", "--builder-sandbox=false", "--nix-config",
                                 "nix-config", "--ssh-key-secret", "nix-builder-ssh-keys",
                                 "--health-address", "127.0.0.1", "--health-port",
                                 str(health_port), "--log-level", "info"],

@@ -55,7 +55,8 @@ CONTROLLERS = ",".join([
 # not-ready taint the kubelet registers its node with off once it is Ready.
 # root-ca-certificate-publisher-controller: the kube-root-ca.crt ConfigMap
 # every service-account token volume includes.
-NODE_CONTROLLERS = (",deployment-controller,replicaset-controller,node-lifecycle-controller"
+NODE_CONTROLLERS = (",deployment-controller,replicaset-controller,daemonset-controller"
+                    ",node-lifecycle-controller"
                     ",root-ca-certificate-publisher-controller")
 
 _PR_SET_PDEATHSIG = 1
@@ -394,12 +395,12 @@ class Cluster:
                 raise ClusterError("garbage collector never collected the canary")
             time.sleep(0.1)
 
-    def _spawn(self, name, argv):
+    def _spawn(self, name, argv, env=None):
         log = open(os.path.join(self.workdir, name + ".log"), "ab")
         try:
             p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True,
-                                 preexec_fn=_die_with_parent, cwd=self.workdir)
+                                 preexec_fn=_die_with_parent, cwd=self.workdir, env=env)
         finally:
             log.close()
         self.procs[name] = p

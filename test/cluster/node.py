@@ -1,7 +1,8 @@
 """An optional real node for the local test cluster (test code, stdlib only).
 
-containerd 1.6 (Debian, CRI plugin) + runc + kubelet and kube-scheduler built
-by build.sh from the pinned Kubernetes module, so pods really run. Used by
+containerd 2 and runc built by runtime.sh (Debian 12's containerd 1.6
+cannot run user-namespaced pods) + kubelet and kube-scheduler built by
+build.sh from the pinned Kubernetes module, so pods really run. Used by
 cluster.py's Cluster(real_node=True); everything lives under
 <cluster workdir>/node and is torn down by stop().
 
@@ -47,8 +48,23 @@ IMAGE_CACHE = os.path.join(REPO, ".cache", "node-images")
 CONTAINER_LOG_LINKS = "/var/log/containers"
 
 
+# User-namespaced pods (hostUsers: false) and their unmasked /proc, which
+# sandboxed builders use: on by default from Kubernetes 1.33.
+FEATURE_GATES = "UserNamespacesSupport=true,ProcMountType=true"
+
+
 class NodeError(Exception):
     pass
+
+
+def runtime_dir():
+    """containerd 2, its runc shim and runc, built by runtime.sh (cached;
+    test/setup builds them first, so this is a lookup)."""
+    p = subprocess.run([os.path.join(HERE, "runtime.sh")], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise NodeError("test/cluster/runtime.sh failed: " + p.stderr.strip()[-2000:])
+    return p.stdout.strip()
 
 
 class RealNode:
@@ -66,6 +82,7 @@ class RealNode:
         self.dir = None
         self.sock = None
         self.image = None                 # name of the test image (also the sandbox)
+        self.runtime = None               # containerd, shim and runc (runtime.sh)
         self.kubelet_port = None
         self.ready_seconds = None
 
@@ -103,7 +120,8 @@ class RealNode:
         return ["--kubelet-client-certificate", os.path.join(p, "apiserver-kubelet-client.crt"),
                 "--kubelet-client-key", os.path.join(p, "apiserver-kubelet-client.key"),
                 "--kubelet-certificate-authority", os.path.join(p, "ca.crt"),
-                "--kubelet-preferred-address-types", "InternalIP"]
+                "--kubelet-preferred-address-types", "InternalIP",
+                "--feature-gates", FEATURE_GATES]
 
     def start(self, deadline):
         t0 = time.monotonic()
@@ -113,10 +131,18 @@ class RealNode:
             c._log("cleaned up after a killed real node in %s" % d)
         for sub in ("containerd", "cni/bin", "cni/net.d", "cni/state", "kubelet", "pod-logs"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        # A user-namespaced pod's root is nobody on the node: runc, already
+        # in the pod's namespace, must still walk down to its rootfs under
+        # containerd's state (a workdir from mkdtemp is 0700).
+        for d in (c.workdir, self.dir, os.path.join(self.dir, "containerd")):
+            os.chmod(d, os.stat(d).st_mode | 0o111)
         path, self.image = image.build(IMAGE_CACHE)
+        self.runtime = runtime_dir()
         self._write_containerd_config()
-        c._spawn("node-containerd", ["containerd", "--config",
-                                     os.path.join(self.dir, "containerd.toml")])
+        # The shim is looked up on PATH.
+        env = dict(os.environ, PATH=self.runtime + os.pathsep + os.environ.get("PATH", ""))
+        c._spawn("node-containerd", [os.path.join(self.runtime, "containerd"), "--config",
+                                     os.path.join(self.dir, "containerd.toml")], env=env)
         while self._ctr("version", check=False).returncode != 0:
             c._check_alive()
             if time.monotonic() > deadline:
@@ -215,7 +241,9 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
       [{cri}.containerd.runtimes.runc.options]
         SystemdCgroup = false
         Root = "{d}/runc"
+        BinaryName = "{runc}"
 """.format(d=d, sock=self.sock, cri=cri, image=self.image,
+           runc=os.path.join(self.runtime, "runc"),
            cnibin=bindir, cniconf=os.path.join(self.dir, "cni", "net.d")))
 
     def _write_kubelet_files(self):
@@ -246,6 +274,8 @@ authorization: {{mode: AlwaysAllow}}
 containerRuntimeEndpoint: unix://{sock}
 imageServiceEndpoint: unix://{sock}
 cgroupDriver: cgroupfs
+# This kind of VM has cgroup v1 (hybrid); Kubernetes 1.35 refuses it unless told.
+failCgroupV1: false
 cgroupsPerQOS: false
 enforceNodeAllocatable: []
 failSwapOn: false
@@ -260,8 +290,10 @@ imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 rotateCertificates: false
 nodeStatusReportFrequency: 10s
+featureGates: {{{gates}}}
 """.format(gw=self.gateway, port=self.kubelet_port, p=p, sock=self.sock,
-           resolv=resolv, dir=self.dir))
+           resolv=resolv, dir=self.dir,
+           gates=", ".join("%s: true" % g.split("=")[0] for g in FEATURE_GATES.split(","))))
 
     def _ctr(self, *args, check=True):
         p = subprocess.run(["ctr", "--address", self.sock, *args], stdout=subprocess.PIPE,

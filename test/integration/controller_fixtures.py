@@ -75,6 +75,9 @@ class Controller:
         # No warm pool unless a test asks for one (--warm-pool-size wins):
         # most tests count the builder pods their requests make.
         e.setdefault("NRBC_CONTROLLER_WARM_POOL_SIZE", "0")
+        # The test kubelet runs builders as host processes, with no user
+        # namespace or seccomp profile to give a sandbox.
+        e.setdefault("NRBC_CONTROLLER_BUILDER_SANDBOX", "false")
         e.update(env or {})
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,

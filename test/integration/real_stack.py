@@ -108,9 +108,43 @@ class RealStack(Stack):
             f.write(json.dumps(kustomization, indent=2) + "\n")
         return d
 
+    def _write_seccomp_overlay(self):
+        """manifests/seccomp with the local image, writing into this node's
+        kubelet (its --root-dir is private, not /var/lib/kubelet)."""
+        d = os.path.join(self.dir, "overlay-seccomp")
+        os.makedirs(d, exist_ok=True)
+        name, tag = IMAGE.rsplit(":", 1)
+        hostpath = os.path.join(self.cluster.node.dir, "kubelet", "seccomp")
+        patch = {"apiVersion": "apps/v1", "kind": "DaemonSet",
+                 "metadata": {"name": "nrbc-seccomp-profiles"},
+                 "spec": {"template": {"spec": {"volumes": [
+                     {"name": "seccomp", "hostPath": {"path": hostpath,
+                                                      "type": "DirectoryOrCreate"}}]}}}}
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(os.path.join(REPO, "manifests", "seccomp"), d)],
+            "images": [{"name": "ghcr.io/nrbc/nrbc", "newName": name, "newTag": tag}],
+            "patches": [{"target": {"kind": "DaemonSet", "name": "nrbc-seccomp-profiles"},
+                         "patch": json.dumps(patch)}],
+        }
+        with open(os.path.join(d, "kustomization.yaml"), "w") as f:
+            f.write(json.dumps(kustomization, indent=2) + "\n")
+        return d
+
+    def install_seccomp_profiles(self, timeout=120):
+        """`kubectl apply -k manifests/seccomp`, as the README has the
+        operator do, and wait until every node has the profile."""
+        self.cluster.kubectl("apply", "-k", self._write_seccomp_overlay())
+        self.cluster.kubectl("-n", "kube-system", "rollout", "status",
+                             "daemonset/nrbc-seccomp-profiles", "--timeout=%ds" % timeout,
+                             timeout=timeout + 10)
+
     def install(self):
-        """The operator's order: the namespace and the Secret first, so the
-        Deployments' first pods find their keys, then `kubectl apply -k`."""
+        """The operator's order: the builders' seccomp profile on the nodes,
+        the namespace and the Secret, so the Deployments' first pods find
+        their keys, then `kubectl apply -k`."""
+        self.install_seccomp_profiles()
         self.make_keys()
         self.cluster.apply(json.dumps({"apiVersion": "v1", "kind": "Namespace",
                                        "metadata": {"name": NAMESPACE}}))

@@ -253,7 +253,11 @@ class Stack:
         self.controller = Role(self, self.deployment("nrbc-controller"),
                                ["--health-address=127.0.0.1",
                                 "--health-port=%d" % controller_health,
-                                "--builder-idle-timeout=%s" % self.builder_idle_timeout]
+                                "--builder-idle-timeout=%s" % self.builder_idle_timeout,
+                                # The test kubelet runs builders as host
+                                # processes: no user namespace, no seccomp,
+                                # nothing of the sandbox's pod to test.
+                                "--builder-sandbox=false"]
                                + remote)
         self.controller.health_port = controller_health
         self.proxy = Role(self, self.deployment("nrbc-proxy"),

@@ -4,16 +4,21 @@ their Deployments in containers, builder pods as containers with the
 securityContext, probes and resources the controller sets, and a real Nix
 client building through the proxy's pod."""
 
+import hashlib
 import ipaddress
+import json
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from conftest import NixClient, salt, wait_for
+from conftest import NixClient, free_port, salt, wait_for
 from real_stack import BUILDER_IMAGE, IMAGE, RealStack, containerd_ids
-from stack import NAMESPACE
+from stack import NAMESPACE, SECRET
 from tcp_lb import TcpLoadBalancer
 
 from test_e2e import build_graph
@@ -226,3 +231,127 @@ def test_proxy_rollout_restart_during_a_build(stack, nix_client):
     # Later tests talk to a proxy pod that exists.
     stack.proxy_address = stack.pods("nrbc-proxy")[0]["status"]["podIP"]
     stack.publish_service()
+
+
+
+@pytest.fixture
+def gateway_http(stack, tmp_path):
+    """An HTTP server on the node's gateway, which builder pods reach (as
+    they reach the API server there), serving one file made for the test."""
+    body = ("nrbc sandbox fetch %s\n" % salt()).encode()
+    (tmp_path / "fetch").write_bytes(body)
+    host = stack.cluster.node.gateway
+    port = free_port(host)
+    p = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", host,
+                          "--directory", str(tmp_path), str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def answers():
+        try:
+            socket.create_connection((host, port), 1).close()
+            return True
+        except OSError:
+            return False
+    try:
+        wait_for(answers, 10, what="the test's HTTP server")
+        yield {"url": "http://%s:%d/fetch" % (host, port), "body": body,
+               "hash": hashlib.sha256(body).hexdigest()}
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def serving_builder(stack, nix_client):
+    """A builder pod with an address, made by a build if there is none."""
+    pods = [p for p in builder_pods(stack) if p["status"].get("podIP")]
+    if not pods:
+        nix_client.build("simple.nix", builders=stack.builders("ssh-ng"),
+                         sshopts=stack.sshopts(), args={"salt": salt()})
+        pods = [p for p in builder_pods(stack) if p["status"].get("podIP")]
+    assert pods, "no builder pod"
+    return pods[0]
+
+
+def test_builds_are_sandboxed(stack, nix_client, gateway_http):
+    """As shipped, builders build in Nix's sandbox, never without
+    (sandbox-fallback = false: a build that ran at all ran sandboxed): an
+    ordinary derivation cannot reach a server its builder pod reaches, nor
+    see the pod's keys, config or sshd's files, and runs as a build user;
+    a fixed-output one fetches from that same server."""
+    args = {"salt": salt(), "url": gateway_http["url"], "hash": gateway_http["hash"]}
+    builders = stack.builders("ssh-ng")
+    fetched = nix_client.build("sandbox.nix", builders=builders, sshopts=stack.sshopts(),
+                               args=args, extra=["-A", "fetched"])
+    assert nix_client.read(fetched.out) == gateway_http["body"]
+    probe = nix_client.build("sandbox.nix", builders=builders, sshopts=stack.sshopts(),
+                             args=args, extra=["-A", "probe"])
+    seen = nix_client.read(probe.out).decode()
+    print("the sandboxed build saw:\n" + seen)
+    # Its own network namespace, with only a loopback (where the test
+    # network's 127.x addresses lead nowhere): wget ran and could not connect.
+    assert "network: unreachable: wget: can't connect to remote host" in seen, seen
+    for f in ("/etc/nrbc/ssh/host-key", "/etc/nrbc/ssh/public", "/etc/nix/nix.conf",
+              "/run/nrbc/authorized_keys", "/run/nrbc/sshd_config"):
+        assert "%s: absent" % f in seen, seen
+    # Nix's sandbox maps the build user to uid 1000 of its own namespace.
+    assert "uid: 1000" in seen, seen
+    # The builder pod that built it: its own user namespace, an unmasked
+    # /proc, the Localhost profile; and the pod itself reaches the server,
+    # so "unreachable" above is the sandbox's doing, not the network's.
+    pod = serving_builder(stack, nix_client)
+    spec = pod["spec"]
+    assert spec["hostUsers"] is False
+    assert spec["securityContext"]["seccompProfile"] == {
+        "type": "Localhost", "localhostProfile": "nrbc/builder-sandbox.json"}
+    assert spec["containers"][0]["securityContext"]["procMount"] == "Unmasked"
+    r = stack.exec(pod["metadata"]["name"], "busybox", "wget", "-q", "-O", "-",
+                   gateway_http["url"])
+    assert r.stdout.encode() == gateway_http["body"]
+    r = stack.exec(pod["metadata"]["name"], "cat", "/proc/self/uid_map")
+    inside, outside, _count = r.stdout.split()
+    assert inside == "0" and outside != "0", r.stdout
+
+
+def test_builder_that_cannot_sandbox_says_so(stack, nix_client):
+    """A cluster without user-namespaced pods (an API server or kubelet
+    without UserNamespacesSupport drops hostUsers and procMount, so the pod
+    runs with the node's users and a masked /proc): such a builder serves
+    no unsandboxed build; it exits at start, and its termination message,
+    which the NixBuilder's status carries, says why and how to turn
+    sandboxing off."""
+    spec = serving_builder(stack, nix_client)["spec"]
+    spec.pop("hostUsers", None)
+    spec["containers"][0]["securityContext"].pop("procMount", None)
+    # The shared Secret's public key only: the copy must not depend on the
+    # builder's own host-key Secret, which goes when that builder idles out.
+    spec["volumes"] = [v if v["name"] != "ssh-keys" else
+                       {"name": "ssh-keys", "secret": {
+                           "secretName": SECRET, "defaultMode": 0o400,
+                           "items": [{"key": "public", "path": "public"}]}}
+                       for v in spec["volumes"]]
+    name = "nrbc-test-no-userns-" + salt()[:8]
+    keep = ("containers", "volumes", "securityContext", "restartPolicy",
+            "automountServiceAccountToken", "enableServiceLinks",
+            "terminationGracePeriodSeconds")
+    stack.cluster.apply(json.dumps({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {k: v for k, v in spec.items() if k in keep}}))
+    try:
+        def terminated():
+            st, p = stack.cluster.api("GET", "/api/v1/namespaces/%s/pods/%s"
+                                      % (NAMESPACE, name))
+            assert st == 200, p
+            for cs in p["status"].get("containerStatuses") or []:
+                if cs.get("state", {}).get("terminated"):
+                    return cs["state"]["terminated"]
+            return None
+        t = wait_for(terminated, 120, what="the builder that cannot sandbox to exit")
+        print("termination message: %s" % t.get("message"))
+        assert t["exitCode"] != 0
+        assert "Nix cannot sandbox builds in this pod" in t.get("message", ""), t
+        assert "mounting /proc" in t["message"], t
+        assert "--builder-sandbox=false" in t["message"], t
+    finally:
+        stack.cluster.kubectl("-n", NAMESPACE, "delete", "pod", name, "--wait=false",
+                              check=False)

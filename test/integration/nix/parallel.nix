@@ -6,7 +6,9 @@ let
     name = "nrbc-parallel-${toString i}";
     system = builtins.currentSystem;
     builder = "/bin/sh";
-    args = [ "-c" "/bin/sleep ${toString seconds}; echo \"job ${toString i} $salt\" > $out" ];
+    # sleep: busybox's applet where /bin/sh is busybox (a sandbox), else
+    # the host's (an unsandboxed build, PATH unset).
+    args = [ "-c" "sleep ${toString seconds} 2>/dev/null || /bin/sleep ${toString seconds}; echo \"job ${toString i} $salt\" > $out" ];
     inherit salt;
   };
 in

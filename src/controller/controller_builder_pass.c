@@ -248,7 +248,6 @@ static void create_builder(struct reconcile_op *op, const char *identity, const 
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	op->step = OP_CREATE_BUILDER;
 	op->request = kube_create(r->client, &kube_resource_nixbuilders, ns, obj,
 	    on_builder_created, op);
 	json_decref(obj);
@@ -314,7 +313,6 @@ static bool try_claim(struct reconcile_op *op, const char *identity, const char 
 		return false;
 	}
 	controller_builder_claim_start(b, identity);
-	op->step = OP_CLAIM_BUILDER;
 	op->request = kube_patch_merge(r->client, &kube_resource_nixbuilders, ns,
 	    controller_builder_name(b), patch, false, on_builder_claimed, op);
 	json_decref(patch);
@@ -515,7 +513,6 @@ static void delete_builder(struct reconcile_op *op, struct controller_builder *b
 	if (op->nbr)
 		reconcile_record_event(r, op->nbr, &kube_resource_nixbuilders, false,
 		    "BuilderDeleted", why);
-	op->step = OP_DELETE_BUILDER;
 	op->request = kube_delete(r->client, &kube_resource_nixbuilders,
 	    controller_builder_namespace(b), controller_builder_name(b),
 	    *controller_builder_uid(b) ? controller_builder_uid(b) : NULL, "Background",
@@ -646,7 +643,6 @@ static void create_builder_pod(struct reconcile_op *op, struct controller_builde
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	op->step = OP_CREATE_POD;
 	op->request = kube_create(r->client, &kube_resource_pods, controller_builder_namespace(b),
 	    pod, on_builder_pod_created, op);
 	json_decref(pod);
@@ -694,7 +690,6 @@ static void on_host_key_created(const struct kube_response *resp, void *data)
 		 * Secrets). Replace it. */
 		log_info("%s: host key Secret %s exists without a pod; making a new one",
 		    op->key, secret);
-		op->step = OP_DELETE_HOST_KEY;
 		op->request = kube_delete(op->r->client, &kube_resource_secrets,
 		    controller_builder_namespace(b), secret, NULL, NULL, on_host_key_deleted, op);
 		free(secret);
@@ -733,7 +728,6 @@ static void create_host_key(struct reconcile_op *op, struct controller_builder *
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	op->step = OP_CREATE_HOST_KEY;
 	op->request = kube_create(r->client, &kube_resource_secrets,
 	    controller_builder_namespace(b), secret, on_host_key_created, op);
 	json_decref(secret);
@@ -897,7 +891,6 @@ void reconcile_pool(struct reconcile_op *op)
 			reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 			return;
 		}
-		op->step = OP_CREATE_POOL_BUILDER;
 		op->request = kube_create(r->client, &kube_resource_nixbuilders, ns, obj,
 		    on_pool_builder_created, op);
 		json_decref(obj);

@@ -407,7 +407,6 @@ static void write_status(struct reconcile_op *op, struct controller_status_resul
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	op->step = OP_WRITE_STATUS;
 	op->request = kube_update_status(r->client, op->resource,
 	    kube_object_namespace(op->nbr), kube_object_name(op->nbr), body, on_status_written, op);
 	json_decref(body);
@@ -622,7 +621,6 @@ static void create_pod(struct reconcile_op *op)
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	op->step = OP_CREATE_POD;
 	op->request = kube_create(r->client, &kube_resource_pods, kube_object_namespace(op->nbr),
 	    pod, on_pod_created, op);
 	json_decref(pod);
@@ -656,7 +654,6 @@ void reconcile_delete_pod(struct reconcile_op *op, const json_t *pod, const char
 	log_info("nbr=%s: deleting pod %s: %s", op->key, kube_object_name(pod), why);
 	if (op->nbr)
 		reconcile_record_event(r, op->nbr, op->resource, false, "BuilderDeleted", why);
-	op->step = OP_DELETE_POD;
 	op->request = kube_delete(r->client, &kube_resource_pods, kube_object_namespace(pod),
 	    kube_object_name(pod), kube_object_uid(pod), "Background", on_pod_deleted, op);
 	if (!op->request)

@@ -15,33 +15,19 @@
  * such expectations after 5 minutes; so do we. */
 #define EXPECTATION_TTL_MS (5 * 60 * 1000)
 
-enum op_step {
-	OP_NONE,
-	OP_CREATE_POD,
-	OP_CREATE_HOST_KEY,  /* a builder's host key Secret, before its pod */
-	OP_DELETE_HOST_KEY,  /* one left by an earlier try, whose key is lost */
-	OP_WRITE_STATUS,
-	OP_DELETE_POD,
-	OP_CREATE_BUILDER,
-	OP_CLAIM_BUILDER,
-	OP_DELETE_BUILDER,
-	OP_CREATE_POOL_BUILDER,
-};
-
 /* One pass waiting for the API. It owns its request until the callback;
  * destroy cancels that request, so the callback never sees a freed op. */
 struct reconcile_op {
 	struct controller_reconciler *r;
 	struct kube_queue *q;
 	char *key;
-	enum op_step step;
 	uint64_t request;
 	/* The object as cached when the pass began: a NixBuildRequest, or a
 	 * NixBuilder in a builder pass (resource says which). */
 	json_t *nbr;
 	const struct kube_resource *resource;
-	char *builder_key;      /* OP_CREATE_BUILDER / OP_CLAIM_BUILDER: which one */
-	/* OP_CREATE_HOST_KEY: the key pair the Secret and then the pod get. */
+	char *builder_key;      /* a builder create or claim: which one */
+	/* A builder pod's host key: the key pair the Secret and then the pod get. */
 	struct controller_hostkey host_key;
 	struct reconcile_op *prev, *next;
 };

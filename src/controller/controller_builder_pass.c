@@ -17,6 +17,7 @@
 #include "controller_builder.h"
 #include "controller_pod.h"
 #include "controller_reconcile_internal.h"
+#include "controller_reconcile_op.h"
 #include "controller_slim.h"
 #include "json_field.h"
 #include "log.h"

@@ -4,10 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "buf.h"
 #include "controller_builder.h"
+#include "controller_reconcile_op.h"
 #include "controller_slim.h"
 #include "controller_status.h"
 #include "log.h"
@@ -30,14 +30,6 @@ struct request_state {
 	uint64_t expected_at;
 	struct request_state *next;
 };
-
-int64_t reconcile_wall_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---------- per-request state ---------- */
 
@@ -315,66 +307,7 @@ static void metrics_init(struct controller_metrics *m, struct metrics *reg)
 	    "NixBuildRequests bound to builders now.", NULL);
 }
 
-/* ---------- ops ---------- */
-
-static struct reconcile_op *op_create(struct controller_reconciler *r, struct kube_queue *q,
-    const char *key, json_t *nbr, const struct kube_resource *resource)
-{
-	struct reconcile_op *op = calloc(1, sizeof(*op));
-
-	if (!op)
-		return NULL;
-	op->key = strdup(key);
-	if (!op->key) {
-		free(op);
-		return NULL;
-	}
-	op->r = r;
-	op->q = q;
-	op->nbr = json_incref(nbr);
-	op->resource = resource;
-	op->next = r->ops;
-	if (r->ops)
-		r->ops->prev = op;
-	r->ops = op;
-	r->in_flight++;
-	return op;
-}
-
-static void op_free(struct reconcile_op *op)
-{
-	struct controller_reconciler *r = op->r;
-
-	if (op->prev)
-		op->prev->next = op->next;
-	else
-		r->ops = op->next;
-	if (op->next)
-		op->next->prev = op->prev;
-	r->in_flight--;
-	json_decref(op->nbr);
-	controller_hostkey_finish(&op->host_key);
-	free(op->builder_key);
-	free(op->key);
-	free(op);
-}
-
-void reconcile_op_finish(struct reconcile_op *op, enum kube_queue_result result,
-    uint64_t recheck_ms)
-{
-	struct kube_queue *q = op->q;
-	struct controller_reconciler *r = op->r;
-	char *key = op->key;
-
-	op->key = NULL;
-	if (result == KUBE_QUEUE_RETRY)
-		metric_add(r->m.errors, 1);
-	op_free(op);
-	kube_queue_done(q, key, result);
-	if (recheck_ms && result == KUBE_QUEUE_FORGET)
-		kube_queue_add_after(q, key, recheck_ms);
-	free(key);
-}
+/* ---------- events ---------- */
 
 void reconcile_record_event(struct controller_reconciler *r, const json_t *obj,
     const struct kube_resource *resource, bool warning, const char *reason,
@@ -662,11 +595,6 @@ void reconcile_delete_pod(struct reconcile_op *op, const json_t *pod, const char
 
 /* ---------- the pass ---------- */
 
-bool reconcile_being_deleted(const json_t *obj)
-{
-	return json_object_get(json_object_get(obj, "metadata"), "deletionTimestamp") != NULL;
-}
-
 /* The request is gone: its own pod goes too, at once, without waiting for
  * the garbage collector; a builder it was bound to loses a session. */
 static void reconcile_gone(struct reconcile_op *op, const char *ns, const char *name)
@@ -786,7 +714,7 @@ void controller_reconcile(struct kube_queue *q, const char *key, void *data)
 
 	metric_add(r->m.reconciles, 1);
 	if (strcmp(key, CONTROLLER_POOL_KEY) == 0) {
-		op = op_create(r, q, key, NULL, &kube_resource_nixbuilders);
+		op = reconcile_op_create(r, q, key, NULL, &kube_resource_nixbuilders);
 		if (!op) {
 			kube_queue_done(q, key, KUBE_QUEUE_RETRY);
 			return;
@@ -800,7 +728,7 @@ void controller_reconcile(struct kube_queue *q, const char *key, void *data)
 		return;
 	}
 	obj = kube_informer_get(builder ? r->builder_cache : r->requests, ns, name);
-	op = op_create(r, q, key, obj, builder ? &kube_resource_nixbuilders :
+	op = reconcile_op_create(r, q, key, obj, builder ? &kube_resource_nixbuilders :
 	    &kube_resource_nixbuildrequests);
 	if (!op) {
 		log_error("%s: out of memory", key);
@@ -859,13 +787,7 @@ void controller_reconciler_destroy(struct controller_reconciler *r)
 {
 	if (!r)
 		return;
-	while (r->ops) {
-		struct reconcile_op *op = r->ops;
-
-		if (op->request)
-			kube_client_cancel(r->client, op->request);
-		op_free(op);
-	}
+	reconcile_ops_cancel(r);
 	for (size_t i = 0; i < r->nbuckets; i++) {
 		while (r->buckets[i]) {
 			struct request_state *s = r->buckets[i];

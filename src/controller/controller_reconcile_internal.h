@@ -15,23 +15,6 @@
  * such expectations after 5 minutes; so do we. */
 #define EXPECTATION_TTL_MS (5 * 60 * 1000)
 
-/* One pass waiting for the API. It owns its request until the callback;
- * destroy cancels that request, so the callback never sees a freed op. */
-struct reconcile_op {
-	struct controller_reconciler *r;
-	struct kube_queue *q;
-	char *key;
-	uint64_t request;
-	/* The object as cached when the pass began: a NixBuildRequest, or a
-	 * NixBuilder in a builder pass (resource says which). */
-	json_t *nbr;
-	const struct kube_resource *resource;
-	char *builder_key;      /* a builder create or claim: which one */
-	/* A builder pod's host key: the key pair the Secret and then the pod get. */
-	struct controller_hostkey host_key;
-	struct reconcile_op *prev, *next;
-};
-
 struct controller_metrics {
 	struct metric *reconciles;
 	struct metric *errors;
@@ -53,6 +36,7 @@ struct controller_metrics {
 };
 
 struct request_state;
+struct reconcile_op;
 
 struct controller_reconciler {
 	struct kube_client *client;
@@ -73,10 +57,6 @@ struct controller_reconciler {
 	char default_class[16];
 };
 
-int64_t reconcile_wall_ms(void);
-/* Ends a pass: the one place a key is handed back to the queue. */
-void reconcile_op_finish(struct reconcile_op *op, enum kube_queue_result result,
-    uint64_t recheck_ms);
 void reconcile_record_event(struct controller_reconciler *r, const json_t *obj,
     const struct kube_resource *resource, bool warning, const char *reason,
     const char *message);
@@ -89,7 +69,6 @@ void reconcile_set_status(struct reconcile_op *op, enum controller_phase phase,
     const char *reason, const char *message, enum kube_queue_result on_same);
 /* Deletes pod (uid precondition) and finishes the pass. */
 void reconcile_delete_pod(struct reconcile_op *op, const json_t *pod, const char *why);
-bool reconcile_being_deleted(const json_t *obj);
 /* Loop ms since the informer first showed the request with key. */
 uint64_t reconcile_request_age_ms(struct controller_reconciler *r, const char *key);
 

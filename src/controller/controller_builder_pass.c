@@ -18,6 +18,7 @@
 #include "controller_pod.h"
 #include "controller_reconcile_internal.h"
 #include "controller_reconcile_op.h"
+#include "controller_reconcile_state.h"
 #include "controller_slim.h"
 #include "json_field.h"
 #include "log.h"
@@ -415,7 +416,7 @@ void reconcile_identity_request(struct reconcile_op *op)
 	 * wait a moment for a slot first (a real scale-out waits for a pod
 	 * anyway). */
 	if (controller_builders_usable(r->builders, ns, identity, class) > 0) {
-		uint64_t age = reconcile_request_age_ms(r, op->key);
+		uint64_t age = reconcile_state_age_ms(r->states, op->key, uv_now(r->loop));
 
 		if (age < r->opts.builder_scale_out_wait_ms) {
 			uint64_t left = r->opts.builder_scale_out_wait_ms - age;

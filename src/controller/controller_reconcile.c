@@ -8,6 +8,7 @@
 #include "buf.h"
 #include "controller_builder.h"
 #include "controller_reconcile_op.h"
+#include "controller_reconcile_state.h"
 #include "controller_slim.h"
 #include "controller_status.h"
 #include "log.h"
@@ -16,144 +17,6 @@
 /* A pod with our name that belongs to an older request of the same name:
  * the garbage collector removes it; look again after this. */
 #define FOREIGN_POD_RECHECK_MS 1000
-#define STATE_BUCKETS_MIN 64
-
-/* What the reconciler remembers about one request between passes. */
-struct request_state {
-	char *key;
-	uint64_t first_seen;     /* loop ms when the informer first showed it */
-	bool pod_created_timed;
-	bool running_timed;
-	char *uid;               /* the incarnation the fields below are about */
-	char *stale_rv;          /* resourceVersion our last status write replaced */
-	json_t *expected_pod;    /* created by us, not yet so in the pod cache */
-	uint64_t expected_at;
-	struct request_state *next;
-};
-
-/* ---------- per-request state ---------- */
-
-static size_t hash_key(const char *s)
-{
-	uint64_t h = 1469598103934665603ULL;
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-	return (size_t)h;
-}
-
-static struct request_state **state_slot(struct controller_reconciler *r, const char *key)
-{
-	struct request_state **p = &r->buckets[hash_key(key) % r->nbuckets];
-
-	for (; *p; p = &(*p)->next) {
-		if (strcmp((*p)->key, key) == 0)
-			break;
-	}
-	return p;
-}
-
-static struct request_state *state_find(struct controller_reconciler *r, const char *key)
-{
-	return *state_slot(r, key);
-}
-
-static void state_grow(struct controller_reconciler *r)
-{
-	size_t n = r->nbuckets * 2;
-	struct request_state **b = calloc(n, sizeof(*b));
-
-	if (!b)
-		return; /* longer chains, still correct */
-	for (size_t i = 0; i < r->nbuckets; i++) {
-		while (r->buckets[i]) {
-			struct request_state *s = r->buckets[i];
-
-			r->buckets[i] = s->next;
-			s->next = b[hash_key(s->key) % n];
-			b[hash_key(s->key) % n] = s;
-		}
-	}
-	free(r->buckets);
-	r->buckets = b;
-	r->nbuckets = n;
-}
-
-static void state_clear_expected(struct request_state *s)
-{
-	json_decref(s->expected_pod);
-	s->expected_pod = NULL;
-}
-
-static void state_free(struct request_state *s)
-{
-	state_clear_expected(s);
-	free(s->key);
-	free(s->uid);
-	free(s->stale_rv);
-	free(s);
-}
-
-/* The state of key for the incarnation uid: a new uid (request deleted and
- * made again under the same name) starts afresh. */
-static struct request_state *state_get(struct controller_reconciler *r, const char *key,
-    const char *uid)
-{
-	struct request_state *s = state_find(r, key);
-
-	if (s && strcmp(s->uid, uid) != 0) {
-		state_clear_expected(s);
-		free(s->stale_rv);
-		s->stale_rv = NULL;
-		free(s->uid);
-		s->uid = strdup(uid);
-		s->pod_created_timed = s->running_timed = false;
-		s->first_seen = uv_now(r->loop);
-		if (!s->uid) {
-			*state_slot(r, key) = s->next;
-			r->nstates--;
-			state_free(s);
-			return NULL;
-		}
-	}
-	if (s)
-		return s;
-	if (r->nstates >= r->nbuckets)
-		state_grow(r);
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		return NULL;
-	s->key = strdup(key);
-	s->uid = strdup(uid);
-	if (!s->key || !s->uid) {
-		state_free(s);
-		return NULL;
-	}
-	s->first_seen = uv_now(r->loop);
-	s->next = r->buckets[hash_key(key) % r->nbuckets];
-	r->buckets[hash_key(key) % r->nbuckets] = s;
-	r->nstates++;
-	return s;
-}
-
-static void state_remove(struct controller_reconciler *r, const char *key)
-{
-	struct request_state **p = state_slot(r, key);
-	struct request_state *s = *p;
-
-	if (!s)
-		return;
-	*p = s->next;
-	r->nstates--;
-	state_free(s);
-}
-
-uint64_t reconcile_request_age_ms(struct controller_reconciler *r, const char *key)
-{
-	struct request_state *s = state_find(r, key);
-
-	return s ? uv_now(r->loop) - s->first_seen : 0;
-}
 
 /* ---------- informer bookkeeping ---------- */
 
@@ -162,7 +25,7 @@ void controller_reconciler_request_seen(struct controller_reconciler *r, const j
 	char *key = kube_object_key(obj);
 
 	if (key)
-		state_get(r, key, kube_object_uid(obj));
+		reconcile_state_get(r->states, key, kube_object_uid(obj), uv_now(r->loop));
 	free(key);
 }
 
@@ -171,7 +34,7 @@ void controller_reconciler_request_gone(struct controller_reconciler *r, const j
 	char *key = kube_object_key(obj);
 
 	if (key)
-		state_remove(r, key);
+		reconcile_state_remove(r->states, key);
 	free(key);
 }
 
@@ -188,14 +51,14 @@ void controller_reconciler_pod_seen(struct controller_reconciler *r, const json_
     bool deleted)
 {
 	char *key = controller_reconciler_pod_key(pod);
-	struct request_state *s = key ? state_find(r, key) : NULL;
+	struct reconcile_state *s = key ? reconcile_state_find(r->states, key) : NULL;
 	const char *builder = controller_pod_builder_name(pod);
 
 	/* Added, updated or deleted: either way the cache now speaks for it. */
 	(void)deleted;
 	if (s && s->expected_pod &&
 	    strcmp(kube_object_uid(s->expected_pod), kube_object_uid(pod)) == 0)
-		state_clear_expected(s);
+		reconcile_state_clear_expected(s);
 	free(key);
 	if (builder) {
 		char *bkey = str_printf("%s/%s", kube_object_namespace(pod), builder);
@@ -370,7 +233,8 @@ static void request_status_written(struct reconcile_op *op, const json_t *writte
 	const json_t *st = json_object_get(written, "status");
 	const char *new_phase = json_field_str(st, "phase");
 	const char *new_reason = json_field_str(st, "reason");
-	struct request_state *s = state_get(r, op->key, kube_object_uid(op->nbr));
+	struct reconcile_state *s = reconcile_state_get(r->states, op->key,
+	    kube_object_uid(op->nbr), uv_now(r->loop));
 	enum controller_phase phase = controller_phase_of(written);
 
 	if (s) {
@@ -489,13 +353,14 @@ static void on_pod_created(const struct kube_response *resp, void *data)
 {
 	struct reconcile_op *op = data;
 	struct controller_reconciler *r = op->r;
-	struct request_state *s;
+	struct reconcile_state *s;
 	char *pod_name;
 
 	op->request = 0;
 	if (resp->status == 201 && json_is_object(resp->body)) {
 		metric_add(r->m.pods_created, 1);
-		s = state_get(r, op->key, kube_object_uid(op->nbr));
+		s = reconcile_state_get(r->states, op->key, kube_object_uid(op->nbr),
+		    uv_now(r->loop));
 		if (s) {
 			json_decref(s->expected_pod);
 			/* The pod informer may have shown it already. */
@@ -606,7 +471,7 @@ static void reconcile_gone(struct reconcile_op *op, const char *ns, const char *
 	    uv_now(op->r->loop));
 
 	free(pod_name);
-	state_remove(op->r, op->key);
+	reconcile_state_remove(op->r->states, op->key);
 	if (b) {
 		char *qkey = reconcile_builder_queue_key(controller_builder_key(b));
 
@@ -631,7 +496,7 @@ static void reconcile_request(struct reconcile_op *op)
 	const char *uid = kube_object_uid(op->nbr);
 	const char *status_pod = json_field_str(json_object_get(op->nbr, "status"), "podName");
 	enum controller_phase phase = controller_phase_of(op->nbr);
-	struct request_state *s = state_get(r, op->key, uid);
+	struct reconcile_state *s = reconcile_state_get(r->states, op->key, uid, uv_now(r->loop));
 	char *pod_name = controller_pod_name(kube_object_name(op->nbr));
 	json_t *pod;
 
@@ -662,7 +527,7 @@ static void reconcile_request(struct reconcile_op *op)
 		if (uv_now(r->loop) - s->expected_at < EXPECTATION_TTL_MS)
 			pod = s->expected_pod;
 		else
-			state_clear_expected(s);
+			reconcile_state_clear_expected(s);
 	}
 	if (controller_phase_terminal(phase)) {
 		free(pod_name);
@@ -763,12 +628,11 @@ struct controller_reconciler *controller_reconciler_create(struct kube_client *c
 
 	if (!r)
 		return NULL;
-	r->nbuckets = STATE_BUCKETS_MIN;
-	r->buckets = calloc(r->nbuckets, sizeof(*r->buckets));
+	r->states = reconcile_state_table_create();
 	r->builders = controller_builders_create();
-	if (!r->buckets || !r->builders || controller_builder_class(NULL, r->default_class) < 0) {
+	if (!r->states || !r->builders || controller_builder_class(NULL, r->default_class) < 0) {
 		controller_builders_destroy(r->builders);
-		free(r->buckets);
+		reconcile_state_table_destroy(r->states);
 		free(r);
 		return NULL;
 	}
@@ -788,15 +652,7 @@ void controller_reconciler_destroy(struct controller_reconciler *r)
 	if (!r)
 		return;
 	reconcile_ops_cancel(r);
-	for (size_t i = 0; i < r->nbuckets; i++) {
-		while (r->buckets[i]) {
-			struct request_state *s = r->buckets[i];
-
-			r->buckets[i] = s->next;
-			state_free(s);
-		}
-	}
-	free(r->buckets);
+	reconcile_state_table_destroy(r->states);
 	controller_builders_destroy(r->builders);
 	free(r);
 }

@@ -35,7 +35,7 @@ struct controller_metrics {
 	struct metric *sessions;
 };
 
-struct request_state;
+struct reconcile_state_table;
 struct reconcile_op;
 
 struct controller_reconciler {
@@ -47,9 +47,7 @@ struct controller_reconciler {
 	struct kube_event_recorder *events;
 	struct controller_reconcile_options opts;
 	struct controller_metrics m;
-	struct request_state **buckets;
-	size_t nbuckets;
-	size_t nstates;
+	struct reconcile_state_table *states;
 	struct reconcile_op *ops;
 	size_t in_flight;
 	struct controller_builders *builders;
@@ -69,8 +67,6 @@ void reconcile_set_status(struct reconcile_op *op, enum controller_phase phase,
     const char *reason, const char *message, enum kube_queue_result on_same);
 /* Deletes pod (uid precondition) and finishes the pass. */
 void reconcile_delete_pod(struct reconcile_op *op, const json_t *pod, const char *why);
-/* Loop ms since the informer first showed the request with key. */
-uint64_t reconcile_request_age_ms(struct controller_reconciler *r, const char *key);
 
 /* Builder passes (controller_builder_pass.c). */
 void reconcile_builder(struct reconcile_op *op);

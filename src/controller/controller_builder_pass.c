@@ -19,6 +19,7 @@
 #include "controller_reconcile_internal.h"
 #include "controller_reconcile_op.h"
 #include "controller_reconcile_state.h"
+#include "controller_reconcile_write.h"
 #include "controller_slim.h"
 #include "json_field.h"
 #include "log.h"

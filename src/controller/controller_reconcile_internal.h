@@ -55,19 +55,6 @@ struct controller_reconciler {
 	char default_class[16];
 };
 
-void reconcile_record_event(struct controller_reconciler *r, const json_t *obj,
-    const struct kube_resource *resource, bool warning, const char *reason,
-    const char *message);
-/* Writes res->status to op->nbr's status subresource (op->resource) when it
- * changed, then finishes the pass. Takes res. */
-void reconcile_apply_status(struct reconcile_op *op, struct controller_status_result *res);
-/* Moves op->nbr to phase with reason and message (a decision made without
- * a pod); on_same finishes the pass when nothing changes. */
-void reconcile_set_status(struct reconcile_op *op, enum controller_phase phase,
-    const char *reason, const char *message, enum kube_queue_result on_same);
-/* Deletes pod (uid precondition) and finishes the pass. */
-void reconcile_delete_pod(struct reconcile_op *op, const json_t *pod, const char *why);
-
 /* Builder passes (controller_builder_pass.c). */
 void reconcile_builder(struct reconcile_op *op);
 void reconcile_pool(struct reconcile_op *op);

@@ -9,12 +9,15 @@
  * rebuilt from the caches after a restart) says which requests each
  * builder serves. Deleting the CRDs (uninstall) deletes every NixBuilder,
  * and the garbage collector then deletes their pods. */
+#include "controller_builder_pass.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "buf.h"
 #include "controller_builder.h"
+#include "controller_builders.h"
 #include "controller_pod.h"
 #include "controller_reconcile_internal.h"
 #include "controller_reconcile_op.h"
@@ -30,6 +33,11 @@
 #define SLOT_WAIT_STEP_MS 20
 #define FOREIGN_POD_RECHECK_MS 1000
 
+char *reconcile_builder_queue_key(const char *builder_key)
+{
+	return str_printf("%s%s", BUILDER_KEY_PREFIX, builder_key);
+}
+
 static void enqueue_builder(struct reconcile_op *op, const struct controller_builder *b)
 {
 	char *qkey = reconcile_builder_queue_key(controller_builder_key(b));
@@ -39,10 +47,9 @@ static void enqueue_builder(struct reconcile_op *op, const struct controller_bui
 	free(qkey);
 }
 
-void reconcile_enqueue_served(struct controller_reconciler *r, struct kube_queue *q,
-    const struct controller_builder *b)
+/* Queues the passes of every request builder b serves. */
+static void enqueue_served(struct kube_queue *q, const struct controller_builder *b)
 {
-	(void)r;
 	for (size_t i = 0; i < controller_builder_sessions(b); i++)
 		kube_queue_add(q, controller_builder_request(b, i));
 }
@@ -616,7 +623,7 @@ static void on_builder_pod_created(const struct kube_response *resp, void *data)
 		char *msg = str_printf("builder pod is invalid: %s", resp->message);
 
 		controller_builder_observe_pod(b, false, true, uv_now(r->loop));
-		reconcile_enqueue_served(r, op->q, b);
+		enqueue_served(op->q, b);
 		reconcile_set_status(op, CONTROLLER_PHASE_FAILED, CONTROLLER_REASON_INVALID,
 		    msg ? msg : resp->message, KUBE_QUEUE_FORGET);
 		free(msg);
@@ -761,7 +768,7 @@ void reconcile_builder(struct reconcile_op *op)
 		}
 		if (b) {
 			/* Its requests learn in their passes that it is gone. */
-			reconcile_enqueue_served(r, op->q, b);
+			enqueue_served(op->q, b);
 			controller_builders_remove(r->builders, key);
 		}
 		kube_queue_add(op->q, CONTROLLER_POOL_KEY);
@@ -774,7 +781,7 @@ void reconcile_builder(struct reconcile_op *op)
 		return;
 	}
 	if (reconcile_being_deleted(op->nbr)) {
-		reconcile_enqueue_served(r, op->q, b);
+		enqueue_served(op->q, b);
 		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
 		return;
 	}
@@ -813,7 +820,7 @@ void reconcile_builder(struct reconcile_op *op)
 	    !pod || pod_ended(pod) || controller_phase_of(op->nbr) == CONTROLLER_PHASE_FAILED,
 	    uv_now(r->loop));
 	if (controller_builder_state(b) == BUILDER_FAILED) {
-		reconcile_enqueue_served(r, op->q, b);
+		enqueue_served(op->q, b);
 		if (controller_builder_sessions(b) == 0 &&
 		    controller_phase_of(op->nbr) == CONTROLLER_PHASE_FAILED) {
 			free(pod_name);

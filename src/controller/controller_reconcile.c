@@ -1,4 +1,12 @@
-#include "controller_reconcile_internal.h"
+/* The reconciler's top: the queue's process callback, which sends each key
+ * to its pass (a request with its own pod here; a request with an identity,
+ * a builder or the pool to controller_builder_pass.c), the pass of a
+ * request with a pod of its own, the informers' bookkeeping, and the
+ * reconciler's lifecycle. Everything it calls is below it: the passes, the
+ * writes (controller_reconcile_write.c), the op runtime
+ * (controller_reconcile_op.c) and the per-request table
+ * (controller_reconcile_state.c); none of them calls back up here. */
+#include "controller_reconcile.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -7,6 +15,9 @@
 
 #include "buf.h"
 #include "controller_builder.h"
+#include "controller_builder_pass.h"
+#include "controller_builders.h"
+#include "controller_reconcile_internal.h"
 #include "controller_reconcile_op.h"
 #include "controller_reconcile_state.h"
 #include "controller_reconcile_write.h"
@@ -361,11 +372,6 @@ static void reconcile_request(struct reconcile_op *op)
 	}
 	compute_and_apply(op, pod, pod_name);
 	free(pod_name);
-}
-
-char *reconcile_builder_queue_key(const char *builder_key)
-{
-	return str_printf("%s%s", BUILDER_KEY_PREFIX, builder_key);
 }
 
 static bool split_key(const char *key, char ns[254], const char **name)

@@ -1,13 +1,14 @@
-/* What the reconciler's passes share: the reconciler itself, the op that
- * carries one pass across its API calls, and the steps every pass ends
- * with. Only controller_reconcile*.c and controller_builder_pass.c include
- * this; everyone else sees controller_reconcile.h. */
+/* The reconciler's own data, which its parts share: the dispatcher and
+ * lifecycle (controller_reconcile.c), the op runtime
+ * (controller_reconcile_op.c), the writes (controller_reconcile_write.c)
+ * and the builder passes (controller_builder_pass.c). Definitions only, no
+ * functions: each part's functions are in its own header, so this header
+ * adds no calls between the files that include it. Everyone else sees
+ * controller_reconcile.h. */
 #ifndef NRBC_CONTROLLER_RECONCILE_INTERNAL_H
 #define NRBC_CONTROLLER_RECONCILE_INTERNAL_H
 
-#include "controller_builders.h"
 #include "controller_reconcile.h"
-#include "controller_hostkey.h"
 #include "controller_status.h"
 
 /* A pod or builder we created counts as existing until its informer shows
@@ -35,8 +36,9 @@ struct controller_metrics {
 	struct metric *sessions;
 };
 
-struct reconcile_state_table;
+struct controller_builders;
 struct reconcile_op;
+struct reconcile_state_table;
 
 struct controller_reconciler {
 	struct kube_client *client;
@@ -54,20 +56,5 @@ struct controller_reconciler {
 	size_t pool_creating;   /* pool builder creates in flight */
 	char default_class[16];
 };
-
-/* Builder passes (controller_builder_pass.c). */
-void reconcile_builder(struct reconcile_op *op);
-void reconcile_pool(struct reconcile_op *op);
-/* The pass of a request with an identity: bind it to a builder (reusing,
- * claiming or creating one) and mirror that builder's pod in its status. */
-void reconcile_identity_request(struct reconcile_op *op);
-/* Request keys are "ns/name"; builder keys carry this prefix, which no
- * namespace name can start with. */
-#define BUILDER_KEY_PREFIX "nbd:"
-/* The queue key of a builder's pass. Heap string. */
-char *reconcile_builder_queue_key(const char *builder_key);
-/* Queues the passes of every request builder b serves. */
-void reconcile_enqueue_served(struct controller_reconciler *r, struct kube_queue *q,
-    const struct controller_builder *b);
 
 #endif

@@ -1,11 +1,11 @@
-/* The reconciler's top: the queue's process callback, which sends each key
- * to its pass (a request with its own pod here; a request with an identity,
- * a builder or the pool to controller_builder_pass.c), the pass of a
- * request with a pod of its own, the informers' bookkeeping, and the
- * reconciler's lifecycle. Everything it calls is below it: the passes, the
- * writes (controller_reconcile_write.c), the op runtime
- * (controller_reconcile_op.c) and the per-request table
- * (controller_reconcile_state.c); none of them calls back up here. */
+/* The reconciler's top. The work queue's process callback sends each key to
+ * its pass: a request with an identity, a builder or the pool to
+ * controller_builder_pass.c; a request with a pod of its own to its pass
+ * here. Also the informers' bookkeeping and the reconciler's lifecycle.
+ * Everything it calls is below it: the builder passes, the writes
+ * (controller_reconcile_write.c), the op runtime (controller_reconcile_op.c)
+ * and the per-request table (controller_reconcile_state.c); none of them
+ * calls back up here. */
 #include "controller_reconcile.h"
 
 #include <stdbool.h>

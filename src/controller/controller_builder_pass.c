@@ -9,14 +9,20 @@
  * rebuilt from the caches after a restart) says which requests each
  * builder serves. Deleting the CRDs (uninstall) deletes every NixBuilder,
  * and the garbage collector then deletes their pods. */
+#include "controller_builder_pass.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "buf.h"
 #include "controller_builder.h"
+#include "controller_builders.h"
 #include "controller_pod.h"
 #include "controller_reconcile_internal.h"
+#include "controller_reconcile_op.h"
+#include "controller_reconcile_state.h"
+#include "controller_reconcile_write.h"
 #include "controller_slim.h"
 #include "json_field.h"
 #include "log.h"
@@ -27,6 +33,11 @@
 #define SLOT_WAIT_STEP_MS 20
 #define FOREIGN_POD_RECHECK_MS 1000
 
+char *reconcile_builder_queue_key(const char *builder_key)
+{
+	return str_printf("%s%s", BUILDER_KEY_PREFIX, builder_key);
+}
+
 static void enqueue_builder(struct reconcile_op *op, const struct controller_builder *b)
 {
 	char *qkey = reconcile_builder_queue_key(controller_builder_key(b));
@@ -36,10 +47,9 @@ static void enqueue_builder(struct reconcile_op *op, const struct controller_bui
 	free(qkey);
 }
 
-void reconcile_enqueue_served(struct controller_reconciler *r, struct kube_queue *q,
-    const struct controller_builder *b)
+/* Queues the passes of every request builder b serves. */
+static void enqueue_served(struct kube_queue *q, const struct controller_builder *b)
 {
-	(void)r;
 	for (size_t i = 0; i < controller_builder_sessions(b); i++)
 		kube_queue_add(q, controller_builder_request(b, i));
 }
@@ -248,7 +258,6 @@ static void create_builder(struct reconcile_op *op, const char *identity, const 
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	op->step = OP_CREATE_BUILDER;
 	op->request = kube_create(r->client, &kube_resource_nixbuilders, ns, obj,
 	    on_builder_created, op);
 	json_decref(obj);
@@ -314,7 +323,6 @@ static bool try_claim(struct reconcile_op *op, const char *identity, const char 
 		return false;
 	}
 	controller_builder_claim_start(b, identity);
-	op->step = OP_CLAIM_BUILDER;
 	op->request = kube_patch_merge(r->client, &kube_resource_nixbuilders, ns,
 	    controller_builder_name(b), patch, false, on_builder_claimed, op);
 	json_decref(patch);
@@ -416,7 +424,7 @@ void reconcile_identity_request(struct reconcile_op *op)
 	 * wait a moment for a slot first (a real scale-out waits for a pod
 	 * anyway). */
 	if (controller_builders_usable(r->builders, ns, identity, class) > 0) {
-		uint64_t age = reconcile_request_age_ms(r, op->key);
+		uint64_t age = reconcile_state_age_ms(r->states, op->key, uv_now(r->loop));
 
 		if (age < r->opts.builder_scale_out_wait_ms) {
 			uint64_t left = r->opts.builder_scale_out_wait_ms - age;
@@ -515,7 +523,6 @@ static void delete_builder(struct reconcile_op *op, struct controller_builder *b
 	if (op->nbr)
 		reconcile_record_event(r, op->nbr, &kube_resource_nixbuilders, false,
 		    "BuilderDeleted", why);
-	op->step = OP_DELETE_BUILDER;
 	op->request = kube_delete(r->client, &kube_resource_nixbuilders,
 	    controller_builder_namespace(b), controller_builder_name(b),
 	    *controller_builder_uid(b) ? controller_builder_uid(b) : NULL, "Background",
@@ -616,7 +623,7 @@ static void on_builder_pod_created(const struct kube_response *resp, void *data)
 		char *msg = str_printf("builder pod is invalid: %s", resp->message);
 
 		controller_builder_observe_pod(b, false, true, uv_now(r->loop));
-		reconcile_enqueue_served(r, op->q, b);
+		enqueue_served(op->q, b);
 		reconcile_set_status(op, CONTROLLER_PHASE_FAILED, CONTROLLER_REASON_INVALID,
 		    msg ? msg : resp->message, KUBE_QUEUE_FORGET);
 		free(msg);
@@ -646,7 +653,6 @@ static void create_builder_pod(struct reconcile_op *op, struct controller_builde
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	op->step = OP_CREATE_POD;
 	op->request = kube_create(r->client, &kube_resource_pods, controller_builder_namespace(b),
 	    pod, on_builder_pod_created, op);
 	json_decref(pod);
@@ -694,7 +700,6 @@ static void on_host_key_created(const struct kube_response *resp, void *data)
 		 * Secrets). Replace it. */
 		log_info("%s: host key Secret %s exists without a pod; making a new one",
 		    op->key, secret);
-		op->step = OP_DELETE_HOST_KEY;
 		op->request = kube_delete(op->r->client, &kube_resource_secrets,
 		    controller_builder_namespace(b), secret, NULL, NULL, on_host_key_deleted, op);
 		free(secret);
@@ -733,7 +738,6 @@ static void create_host_key(struct reconcile_op *op, struct controller_builder *
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	op->step = OP_CREATE_HOST_KEY;
 	op->request = kube_create(r->client, &kube_resource_secrets,
 	    controller_builder_namespace(b), secret, on_host_key_created, op);
 	json_decref(secret);
@@ -764,7 +768,7 @@ void reconcile_builder(struct reconcile_op *op)
 		}
 		if (b) {
 			/* Its requests learn in their passes that it is gone. */
-			reconcile_enqueue_served(r, op->q, b);
+			enqueue_served(op->q, b);
 			controller_builders_remove(r->builders, key);
 		}
 		kube_queue_add(op->q, CONTROLLER_POOL_KEY);
@@ -777,7 +781,7 @@ void reconcile_builder(struct reconcile_op *op)
 		return;
 	}
 	if (reconcile_being_deleted(op->nbr)) {
-		reconcile_enqueue_served(r, op->q, b);
+		enqueue_served(op->q, b);
 		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
 		return;
 	}
@@ -816,7 +820,7 @@ void reconcile_builder(struct reconcile_op *op)
 	    !pod || pod_ended(pod) || controller_phase_of(op->nbr) == CONTROLLER_PHASE_FAILED,
 	    uv_now(r->loop));
 	if (controller_builder_state(b) == BUILDER_FAILED) {
-		reconcile_enqueue_served(r, op->q, b);
+		enqueue_served(op->q, b);
 		if (controller_builder_sessions(b) == 0 &&
 		    controller_phase_of(op->nbr) == CONTROLLER_PHASE_FAILED) {
 			free(pod_name);
@@ -897,7 +901,6 @@ void reconcile_pool(struct reconcile_op *op)
 			reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 			return;
 		}
-		op->step = OP_CREATE_POOL_BUILDER;
 		op->request = kube_create(r->client, &kube_resource_nixbuilders, ns, obj,
 		    on_pool_builder_created, op);
 		json_decref(obj);

@@ -1,13 +1,26 @@
-#include "controller_reconcile_internal.h"
+/* The reconciler's top. The work queue's process callback sends each key to
+ * its pass: a request with an identity, a builder or the pool to
+ * controller_builder_pass.c; a request with a pod of its own to its pass
+ * here. Also the informers' bookkeeping and the reconciler's lifecycle.
+ * Everything it calls is below it: the builder passes, the writes
+ * (controller_reconcile_write.c), the op runtime (controller_reconcile_op.c)
+ * and the per-request table (controller_reconcile_state.c); none of them
+ * calls back up here. */
+#include "controller_reconcile.h"
 
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "buf.h"
 #include "controller_builder.h"
+#include "controller_builder_pass.h"
+#include "controller_builders.h"
+#include "controller_reconcile_internal.h"
+#include "controller_reconcile_op.h"
+#include "controller_reconcile_state.h"
+#include "controller_reconcile_write.h"
 #include "controller_slim.h"
 #include "controller_status.h"
 #include "log.h"
@@ -16,152 +29,6 @@
 /* A pod with our name that belongs to an older request of the same name:
  * the garbage collector removes it; look again after this. */
 #define FOREIGN_POD_RECHECK_MS 1000
-#define STATE_BUCKETS_MIN 64
-
-/* What the reconciler remembers about one request between passes. */
-struct request_state {
-	char *key;
-	uint64_t first_seen;     /* loop ms when the informer first showed it */
-	bool pod_created_timed;
-	bool running_timed;
-	char *uid;               /* the incarnation the fields below are about */
-	char *stale_rv;          /* resourceVersion our last status write replaced */
-	json_t *expected_pod;    /* created by us, not yet so in the pod cache */
-	uint64_t expected_at;
-	struct request_state *next;
-};
-
-int64_t reconcile_wall_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* ---------- per-request state ---------- */
-
-static size_t hash_key(const char *s)
-{
-	uint64_t h = 1469598103934665603ULL;
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-	return (size_t)h;
-}
-
-static struct request_state **state_slot(struct controller_reconciler *r, const char *key)
-{
-	struct request_state **p = &r->buckets[hash_key(key) % r->nbuckets];
-
-	for (; *p; p = &(*p)->next) {
-		if (strcmp((*p)->key, key) == 0)
-			break;
-	}
-	return p;
-}
-
-static struct request_state *state_find(struct controller_reconciler *r, const char *key)
-{
-	return *state_slot(r, key);
-}
-
-static void state_grow(struct controller_reconciler *r)
-{
-	size_t n = r->nbuckets * 2;
-	struct request_state **b = calloc(n, sizeof(*b));
-
-	if (!b)
-		return; /* longer chains, still correct */
-	for (size_t i = 0; i < r->nbuckets; i++) {
-		while (r->buckets[i]) {
-			struct request_state *s = r->buckets[i];
-
-			r->buckets[i] = s->next;
-			s->next = b[hash_key(s->key) % n];
-			b[hash_key(s->key) % n] = s;
-		}
-	}
-	free(r->buckets);
-	r->buckets = b;
-	r->nbuckets = n;
-}
-
-static void state_clear_expected(struct request_state *s)
-{
-	json_decref(s->expected_pod);
-	s->expected_pod = NULL;
-}
-
-static void state_free(struct request_state *s)
-{
-	state_clear_expected(s);
-	free(s->key);
-	free(s->uid);
-	free(s->stale_rv);
-	free(s);
-}
-
-/* The state of key for the incarnation uid: a new uid (request deleted and
- * made again under the same name) starts afresh. */
-static struct request_state *state_get(struct controller_reconciler *r, const char *key,
-    const char *uid)
-{
-	struct request_state *s = state_find(r, key);
-
-	if (s && strcmp(s->uid, uid) != 0) {
-		state_clear_expected(s);
-		free(s->stale_rv);
-		s->stale_rv = NULL;
-		free(s->uid);
-		s->uid = strdup(uid);
-		s->pod_created_timed = s->running_timed = false;
-		s->first_seen = uv_now(r->loop);
-		if (!s->uid) {
-			*state_slot(r, key) = s->next;
-			r->nstates--;
-			state_free(s);
-			return NULL;
-		}
-	}
-	if (s)
-		return s;
-	if (r->nstates >= r->nbuckets)
-		state_grow(r);
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		return NULL;
-	s->key = strdup(key);
-	s->uid = strdup(uid);
-	if (!s->key || !s->uid) {
-		state_free(s);
-		return NULL;
-	}
-	s->first_seen = uv_now(r->loop);
-	s->next = r->buckets[hash_key(key) % r->nbuckets];
-	r->buckets[hash_key(key) % r->nbuckets] = s;
-	r->nstates++;
-	return s;
-}
-
-static void state_remove(struct controller_reconciler *r, const char *key)
-{
-	struct request_state **p = state_slot(r, key);
-	struct request_state *s = *p;
-
-	if (!s)
-		return;
-	*p = s->next;
-	r->nstates--;
-	state_free(s);
-}
-
-uint64_t reconcile_request_age_ms(struct controller_reconciler *r, const char *key)
-{
-	struct request_state *s = state_find(r, key);
-
-	return s ? uv_now(r->loop) - s->first_seen : 0;
-}
 
 /* ---------- informer bookkeeping ---------- */
 
@@ -170,7 +37,7 @@ void controller_reconciler_request_seen(struct controller_reconciler *r, const j
 	char *key = kube_object_key(obj);
 
 	if (key)
-		state_get(r, key, kube_object_uid(obj));
+		reconcile_state_get(r->states, key, kube_object_uid(obj), uv_now(r->loop));
 	free(key);
 }
 
@@ -179,7 +46,7 @@ void controller_reconciler_request_gone(struct controller_reconciler *r, const j
 	char *key = kube_object_key(obj);
 
 	if (key)
-		state_remove(r, key);
+		reconcile_state_remove(r->states, key);
 	free(key);
 }
 
@@ -196,14 +63,14 @@ void controller_reconciler_pod_seen(struct controller_reconciler *r, const json_
     bool deleted)
 {
 	char *key = controller_reconciler_pod_key(pod);
-	struct request_state *s = key ? state_find(r, key) : NULL;
+	struct reconcile_state *s = key ? reconcile_state_find(r->states, key) : NULL;
 	const char *builder = controller_pod_builder_name(pod);
 
 	/* Added, updated or deleted: either way the cache now speaks for it. */
 	(void)deleted;
 	if (s && s->expected_pod &&
 	    strcmp(kube_object_uid(s->expected_pod), kube_object_uid(pod)) == 0)
-		state_clear_expected(s);
+		reconcile_state_clear_expected(s);
 	free(key);
 	if (builder) {
 		char *bkey = str_printf("%s/%s", kube_object_namespace(pod), builder);
@@ -315,206 +182,9 @@ static void metrics_init(struct controller_metrics *m, struct metrics *reg)
 	    "NixBuildRequests bound to builders now.", NULL);
 }
 
-/* ---------- ops ---------- */
+/* ---------- the request's own pod ---------- */
 
-static struct reconcile_op *op_create(struct controller_reconciler *r, struct kube_queue *q,
-    const char *key, json_t *nbr, const struct kube_resource *resource)
-{
-	struct reconcile_op *op = calloc(1, sizeof(*op));
-
-	if (!op)
-		return NULL;
-	op->key = strdup(key);
-	if (!op->key) {
-		free(op);
-		return NULL;
-	}
-	op->r = r;
-	op->q = q;
-	op->nbr = json_incref(nbr);
-	op->resource = resource;
-	op->next = r->ops;
-	if (r->ops)
-		r->ops->prev = op;
-	r->ops = op;
-	r->in_flight++;
-	return op;
-}
-
-static void op_free(struct reconcile_op *op)
-{
-	struct controller_reconciler *r = op->r;
-
-	if (op->prev)
-		op->prev->next = op->next;
-	else
-		r->ops = op->next;
-	if (op->next)
-		op->next->prev = op->prev;
-	r->in_flight--;
-	json_decref(op->nbr);
-	controller_hostkey_finish(&op->host_key);
-	free(op->builder_key);
-	free(op->key);
-	free(op);
-}
-
-void reconcile_op_finish(struct reconcile_op *op, enum kube_queue_result result,
-    uint64_t recheck_ms)
-{
-	struct kube_queue *q = op->q;
-	struct controller_reconciler *r = op->r;
-	char *key = op->key;
-
-	op->key = NULL;
-	if (result == KUBE_QUEUE_RETRY)
-		metric_add(r->m.errors, 1);
-	op_free(op);
-	kube_queue_done(q, key, result);
-	if (recheck_ms && result == KUBE_QUEUE_FORGET)
-		kube_queue_add_after(q, key, recheck_ms);
-	free(key);
-}
-
-void reconcile_record_event(struct controller_reconciler *r, const json_t *obj,
-    const struct kube_resource *resource, bool warning, const char *reason,
-    const char *message)
-{
-	if (r->events)
-		kube_event_record(r->events, obj, resource,
-		    warning ? KUBE_EVENT_WARNING : KUBE_EVENT_NORMAL, reason, message);
-}
-
-static void record_event(struct controller_reconciler *r, const json_t *nbr, bool warning,
-    const char *reason, const char *message)
-{
-	reconcile_record_event(r, nbr, &kube_resource_nixbuildrequests, warning, reason,
-	    message);
-}
-
-/* ---------- status ---------- */
-
-static void on_status_written(const struct kube_response *resp, void *data);
-
-static void write_status(struct reconcile_op *op, struct controller_status_result *res)
-{
-	struct controller_reconciler *r = op->r;
-	json_t *body = json_deep_copy(op->nbr);
-
-	if (!body || json_object_set(body, "status", res->status) < 0) {
-		json_decref(body);
-		controller_status_result_finish(res);
-		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
-		return;
-	}
-	op->step = OP_WRITE_STATUS;
-	op->request = kube_update_status(r->client, op->resource,
-	    kube_object_namespace(op->nbr), kube_object_name(op->nbr), body, on_status_written, op);
-	json_decref(body);
-	controller_status_result_finish(res);
-	if (!op->request)
-		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
-}
-
-void reconcile_apply_status(struct reconcile_op *op, struct controller_status_result *res)
-{
-	if (!res->changed) {
-		uint64_t recheck = res->recheck_ms;
-
-		controller_status_result_finish(res);
-		reconcile_op_finish(op, KUBE_QUEUE_FORGET, recheck);
-		return;
-	}
-	write_status(op, res);
-}
-
-/* What a status write that went through means for a request: its own
- * write is stale in the cache until the watch brings it, and a new phase is
- * a transition to count, log and record. */
-static void request_status_written(struct reconcile_op *op, const json_t *written)
-{
-	struct controller_reconciler *r = op->r;
-	const json_t *old = json_object_get(op->nbr, "status");
-	const json_t *st = json_object_get(written, "status");
-	const char *new_phase = json_field_str(st, "phase");
-	const char *new_reason = json_field_str(st, "reason");
-	struct request_state *s = state_get(r, op->key, kube_object_uid(op->nbr));
-	enum controller_phase phase = controller_phase_of(written);
-
-	if (s) {
-		/* Until the informer catches up, the cache holds the version
-		 * this write replaced: passes on it would only conflict. */
-		free(s->stale_rv);
-		s->stale_rv = strdup(kube_object_resource_version(op->nbr));
-	}
-	if (strcmp(json_field_str(old, "phase"), new_phase) == 0 &&
-	    strcmp(json_field_str(old, "reason"), new_reason) == 0)
-		return;
-	log_info("nbr=%s: %s => %s (%s): %s", op->key,
-	    *json_field_str(old, "phase") ? json_field_str(old, "phase") : "Pending", new_phase,
-	    new_reason, json_field_str(st, "message"));
-	if (strcmp(json_field_str(old, "phase"), new_phase) != 0)
-		metric_add(r->m.phase[phase], 1);
-	record_event(r, written, phase == CONTROLLER_PHASE_FAILED ||
-	    strcmp(new_reason, CONTROLLER_REASON_UNSCHEDULABLE) == 0, new_reason,
-	    json_field_str(st, "message"));
-	if (phase == CONTROLLER_PHASE_RUNNING && s && !s->running_timed) {
-		s->running_timed = true;
-		metric_observe(r->m.running_seconds,
-		    (double)(uv_now(r->loop) - s->first_seen) / 1000.0);
-	}
-}
-
-static void builder_status_written(struct reconcile_op *op, const json_t *written)
-{
-	const json_t *old = json_object_get(op->nbr, "status");
-	const json_t *st = json_object_get(written, "status");
-
-	if (strcmp(json_field_str(old, "phase"), json_field_str(st, "phase")) == 0 &&
-	    strcmp(json_field_str(old, "reason"), json_field_str(st, "reason")) == 0)
-		return;
-	log_info("builder=%s/%s: %s => %s (%s): %s", kube_object_namespace(written),
-	    kube_object_name(written), *json_field_str(old, "phase") ?
-	    json_field_str(old, "phase") : "Pending", json_field_str(st, "phase"),
-	    json_field_str(st, "reason"), json_field_str(st, "message"));
-	reconcile_record_event(op->r, written, &kube_resource_nixbuilders,
-	    strcmp(json_field_str(st, "phase"), "Failed") == 0, json_field_str(st, "reason"),
-	    json_field_str(st, "message"));
-}
-
-static void on_status_written(const struct kube_response *resp, void *data)
-{
-	struct reconcile_op *op = data;
-	struct controller_reconciler *r = op->r;
-
-	op->request = 0;
-	if (resp->status == 404) {
-		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
-		return;
-	}
-	if (resp->status == 409) {
-		metric_add(r->m.conflicts, 1);
-		log_debug("%s: status conflict, retrying", op->key);
-		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
-		return;
-	}
-	if (resp->status != 200 || !json_is_object(resp->body)) {
-		log_error("%s: status update failed: HTTP %ld %s %s", op->key, resp->status,
-		    resp->reason, resp->message);
-		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
-		return;
-	}
-	metric_add(r->m.status_writes, 1);
-	if (op->resource == &kube_resource_nixbuildrequests)
-		request_status_written(op, resp->body);
-	else
-		builder_status_written(op, resp->body);
-	/* A terminal phase we just wrote: the next pass (on the watch event)
-	 * deletes the pod. A pending recheck (unschedulable) comes from the
-	 * status we computed, which the next pass recomputes anyway. */
-	reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
-}
-
+/* The request's status as its own pod (NULL: none yet) makes it. */
 static void compute_and_apply(struct reconcile_op *op, const json_t *pod, const char *pod_name)
 {
 	struct controller_status_input in = {
@@ -534,36 +204,18 @@ static void compute_and_apply(struct reconcile_op *op, const json_t *pod, const 
 	reconcile_apply_status(op, &res);
 }
 
-void reconcile_set_status(struct reconcile_op *op, enum controller_phase phase,
-    const char *reason, const char *message, enum kube_queue_result on_same)
-{
-	struct controller_status_result res;
-
-	if (controller_status_set(op->nbr, phase, reason, message, reconcile_wall_ms(), &res) < 0) {
-		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
-		return;
-	}
-	if (!res.changed) {
-		controller_status_result_finish(&res);
-		reconcile_op_finish(op, on_same, 0);
-		return;
-	}
-	write_status(op, &res);
-}
-
-/* ---------- pod create / delete ---------- */
-
 static void on_pod_created(const struct kube_response *resp, void *data)
 {
 	struct reconcile_op *op = data;
 	struct controller_reconciler *r = op->r;
-	struct request_state *s;
+	struct reconcile_state *s;
 	char *pod_name;
 
 	op->request = 0;
 	if (resp->status == 201 && json_is_object(resp->body)) {
 		metric_add(r->m.pods_created, 1);
-		s = state_get(r, op->key, kube_object_uid(op->nbr));
+		s = reconcile_state_get(r->states, op->key, kube_object_uid(op->nbr),
+		    uv_now(r->loop));
 		if (s) {
 			json_decref(s->expected_pod);
 			/* The pod informer may have shown it already. */
@@ -602,7 +254,8 @@ static void on_pod_created(const struct kube_response *resp, void *data)
 
 		log_error("nbr=%s: %s", op->key, msg ? msg : resp->message);
 		if (msg)
-			record_event(r, op->nbr, true, CONTROLLER_REASON_CREATE_FAILED, msg);
+			reconcile_record_event(r, op->nbr, &kube_resource_nixbuildrequests, true,
+			    CONTROLLER_REASON_CREATE_FAILED, msg);
 		reconcile_set_status(op, CONTROLLER_PHASE_PENDING, CONTROLLER_REASON_CREATE_FAILED,
 		    msg ? msg : resp->message, KUBE_QUEUE_RETRY);
 		free(msg);
@@ -622,7 +275,6 @@ static void create_pod(struct reconcile_op *op)
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	op->step = OP_CREATE_POD;
 	op->request = kube_create(r->client, &kube_resource_pods, kube_object_namespace(op->nbr),
 	    pod, on_pod_created, op);
 	json_decref(pod);
@@ -630,45 +282,7 @@ static void create_pod(struct reconcile_op *op)
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 }
 
-static void on_pod_deleted(const struct kube_response *resp, void *data)
-{
-	struct reconcile_op *op = data;
-
-	op->request = 0;
-	/* 404: gone already; 409: the uid precondition failed, so the pod
-	 * with that name is a newer one, not ours to delete. */
-	if (resp->status == 200 || resp->status == 202 || resp->status == 404 ||
-	    resp->status == 409) {
-		if (resp->status < 300)
-			metric_add(op->r->m.pods_deleted, 1);
-		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
-		return;
-	}
-	log_error("nbr=%s: deleting its pod failed: HTTP %ld %s", op->key, resp->status,
-	    resp->message);
-	reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
-}
-
-void reconcile_delete_pod(struct reconcile_op *op, const json_t *pod, const char *why)
-{
-	struct controller_reconciler *r = op->r;
-
-	log_info("nbr=%s: deleting pod %s: %s", op->key, kube_object_name(pod), why);
-	if (op->nbr)
-		reconcile_record_event(r, op->nbr, op->resource, false, "BuilderDeleted", why);
-	op->step = OP_DELETE_POD;
-	op->request = kube_delete(r->client, &kube_resource_pods, kube_object_namespace(pod),
-	    kube_object_name(pod), kube_object_uid(pod), "Background", on_pod_deleted, op);
-	if (!op->request)
-		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
-}
-
 /* ---------- the pass ---------- */
-
-bool reconcile_being_deleted(const json_t *obj)
-{
-	return json_object_get(json_object_get(obj, "metadata"), "deletionTimestamp") != NULL;
-}
 
 /* The request is gone: its own pod goes too, at once, without waiting for
  * the garbage collector; a builder it was bound to loses a session. */
@@ -681,7 +295,7 @@ static void reconcile_gone(struct reconcile_op *op, const char *ns, const char *
 	    uv_now(op->r->loop));
 
 	free(pod_name);
-	state_remove(op->r, op->key);
+	reconcile_state_remove(op->r->states, op->key);
 	if (b) {
 		char *qkey = reconcile_builder_queue_key(controller_builder_key(b));
 
@@ -706,7 +320,7 @@ static void reconcile_request(struct reconcile_op *op)
 	const char *uid = kube_object_uid(op->nbr);
 	const char *status_pod = json_field_str(json_object_get(op->nbr, "status"), "podName");
 	enum controller_phase phase = controller_phase_of(op->nbr);
-	struct request_state *s = state_get(r, op->key, uid);
+	struct reconcile_state *s = reconcile_state_get(r->states, op->key, uid, uv_now(r->loop));
 	char *pod_name = controller_pod_name(kube_object_name(op->nbr));
 	json_t *pod;
 
@@ -737,7 +351,7 @@ static void reconcile_request(struct reconcile_op *op)
 		if (uv_now(r->loop) - s->expected_at < EXPECTATION_TTL_MS)
 			pod = s->expected_pod;
 		else
-			state_clear_expected(s);
+			reconcile_state_clear_expected(s);
 	}
 	if (controller_phase_terminal(phase)) {
 		free(pod_name);
@@ -758,11 +372,6 @@ static void reconcile_request(struct reconcile_op *op)
 	}
 	compute_and_apply(op, pod, pod_name);
 	free(pod_name);
-}
-
-char *reconcile_builder_queue_key(const char *builder_key)
-{
-	return str_printf("%s%s", BUILDER_KEY_PREFIX, builder_key);
 }
 
 static bool split_key(const char *key, char ns[254], const char **name)
@@ -789,7 +398,7 @@ void controller_reconcile(struct kube_queue *q, const char *key, void *data)
 
 	metric_add(r->m.reconciles, 1);
 	if (strcmp(key, CONTROLLER_POOL_KEY) == 0) {
-		op = op_create(r, q, key, NULL, &kube_resource_nixbuilders);
+		op = reconcile_op_create(r, q, key, NULL, &kube_resource_nixbuilders);
 		if (!op) {
 			kube_queue_done(q, key, KUBE_QUEUE_RETRY);
 			return;
@@ -803,7 +412,7 @@ void controller_reconcile(struct kube_queue *q, const char *key, void *data)
 		return;
 	}
 	obj = kube_informer_get(builder ? r->builder_cache : r->requests, ns, name);
-	op = op_create(r, q, key, obj, builder ? &kube_resource_nixbuilders :
+	op = reconcile_op_create(r, q, key, obj, builder ? &kube_resource_nixbuilders :
 	    &kube_resource_nixbuildrequests);
 	if (!op) {
 		log_error("%s: out of memory", key);
@@ -838,12 +447,11 @@ struct controller_reconciler *controller_reconciler_create(struct kube_client *c
 
 	if (!r)
 		return NULL;
-	r->nbuckets = STATE_BUCKETS_MIN;
-	r->buckets = calloc(r->nbuckets, sizeof(*r->buckets));
+	r->states = reconcile_state_table_create();
 	r->builders = controller_builders_create();
-	if (!r->buckets || !r->builders || controller_builder_class(NULL, r->default_class) < 0) {
+	if (!r->states || !r->builders || controller_builder_class(NULL, r->default_class) < 0) {
 		controller_builders_destroy(r->builders);
-		free(r->buckets);
+		reconcile_state_table_destroy(r->states);
 		free(r);
 		return NULL;
 	}
@@ -862,22 +470,8 @@ void controller_reconciler_destroy(struct controller_reconciler *r)
 {
 	if (!r)
 		return;
-	while (r->ops) {
-		struct reconcile_op *op = r->ops;
-
-		if (op->request)
-			kube_client_cancel(r->client, op->request);
-		op_free(op);
-	}
-	for (size_t i = 0; i < r->nbuckets; i++) {
-		while (r->buckets[i]) {
-			struct request_state *s = r->buckets[i];
-
-			r->buckets[i] = s->next;
-			state_free(s);
-		}
-	}
-	free(r->buckets);
+	reconcile_ops_cancel(r);
+	reconcile_state_table_destroy(r->states);
 	controller_builders_destroy(r->builders);
 	free(r);
 }

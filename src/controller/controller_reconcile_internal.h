@@ -1,50 +1,20 @@
-/* What the reconciler's passes share: the reconciler itself, the op that
- * carries one pass across its API calls, and the steps every pass ends
- * with. Only controller_reconcile*.c and controller_builder_pass.c include
- * this; everyone else sees controller_reconcile.h. */
+/* The reconciler's own data, which its parts share: the dispatcher and
+ * lifecycle (controller_reconcile.c), the op runtime
+ * (controller_reconcile_op.c), the writes (controller_reconcile_write.c)
+ * and the builder passes (controller_builder_pass.c). Definitions only, no
+ * functions: each part's functions are in its own header, so this header
+ * adds no calls between the files that include it. Everyone else sees
+ * controller_reconcile.h. */
 #ifndef NRBC_CONTROLLER_RECONCILE_INTERNAL_H
 #define NRBC_CONTROLLER_RECONCILE_INTERNAL_H
 
-#include "controller_builders.h"
 #include "controller_reconcile.h"
-#include "controller_hostkey.h"
 #include "controller_status.h"
 
 /* A pod or builder we created counts as existing until its informer shows
  * it (or its deletion), however late. Kubernetes' controllers give up on
  * such expectations after 5 minutes; so do we. */
 #define EXPECTATION_TTL_MS (5 * 60 * 1000)
-
-enum op_step {
-	OP_NONE,
-	OP_CREATE_POD,
-	OP_CREATE_HOST_KEY,  /* a builder's host key Secret, before its pod */
-	OP_DELETE_HOST_KEY,  /* one left by an earlier try, whose key is lost */
-	OP_WRITE_STATUS,
-	OP_DELETE_POD,
-	OP_CREATE_BUILDER,
-	OP_CLAIM_BUILDER,
-	OP_DELETE_BUILDER,
-	OP_CREATE_POOL_BUILDER,
-};
-
-/* One pass waiting for the API. It owns its request until the callback;
- * destroy cancels that request, so the callback never sees a freed op. */
-struct reconcile_op {
-	struct controller_reconciler *r;
-	struct kube_queue *q;
-	char *key;
-	enum op_step step;
-	uint64_t request;
-	/* The object as cached when the pass began: a NixBuildRequest, or a
-	 * NixBuilder in a builder pass (resource says which). */
-	json_t *nbr;
-	const struct kube_resource *resource;
-	char *builder_key;      /* OP_CREATE_BUILDER / OP_CLAIM_BUILDER: which one */
-	/* OP_CREATE_HOST_KEY: the key pair the Secret and then the pod get. */
-	struct controller_hostkey host_key;
-	struct reconcile_op *prev, *next;
-};
 
 struct controller_metrics {
 	struct metric *reconciles;
@@ -66,7 +36,9 @@ struct controller_metrics {
 	struct metric *sessions;
 };
 
-struct request_state;
+struct controller_builders;
+struct reconcile_op;
+struct reconcile_state_table;
 
 struct controller_reconciler {
 	struct kube_client *client;
@@ -77,49 +49,12 @@ struct controller_reconciler {
 	struct kube_event_recorder *events;
 	struct controller_reconcile_options opts;
 	struct controller_metrics m;
-	struct request_state **buckets;
-	size_t nbuckets;
-	size_t nstates;
+	struct reconcile_state_table *states;
 	struct reconcile_op *ops;
 	size_t in_flight;
 	struct controller_builders *builders;
 	size_t pool_creating;   /* pool builder creates in flight */
 	char default_class[16];
 };
-
-int64_t reconcile_wall_ms(void);
-/* Ends a pass: the one place a key is handed back to the queue. */
-void reconcile_op_finish(struct reconcile_op *op, enum kube_queue_result result,
-    uint64_t recheck_ms);
-void reconcile_record_event(struct controller_reconciler *r, const json_t *obj,
-    const struct kube_resource *resource, bool warning, const char *reason,
-    const char *message);
-/* Writes res->status to op->nbr's status subresource (op->resource) when it
- * changed, then finishes the pass. Takes res. */
-void reconcile_apply_status(struct reconcile_op *op, struct controller_status_result *res);
-/* Moves op->nbr to phase with reason and message (a decision made without
- * a pod); on_same finishes the pass when nothing changes. */
-void reconcile_set_status(struct reconcile_op *op, enum controller_phase phase,
-    const char *reason, const char *message, enum kube_queue_result on_same);
-/* Deletes pod (uid precondition) and finishes the pass. */
-void reconcile_delete_pod(struct reconcile_op *op, const json_t *pod, const char *why);
-bool reconcile_being_deleted(const json_t *obj);
-/* Loop ms since the informer first showed the request with key. */
-uint64_t reconcile_request_age_ms(struct controller_reconciler *r, const char *key);
-
-/* Builder passes (controller_builder_pass.c). */
-void reconcile_builder(struct reconcile_op *op);
-void reconcile_pool(struct reconcile_op *op);
-/* The pass of a request with an identity: bind it to a builder (reusing,
- * claiming or creating one) and mirror that builder's pod in its status. */
-void reconcile_identity_request(struct reconcile_op *op);
-/* Request keys are "ns/name"; builder keys carry this prefix, which no
- * namespace name can start with. */
-#define BUILDER_KEY_PREFIX "nbd:"
-/* The queue key of a builder's pass. Heap string. */
-char *reconcile_builder_queue_key(const char *builder_key);
-/* Queues the passes of every request builder b serves. */
-void reconcile_enqueue_served(struct controller_reconciler *r, struct kube_queue *q,
-    const struct controller_builder *b);
 
 #endif

@@ -4,19 +4,26 @@ their Deployments in containers, builder pods as containers with the
 securityContext, probes and resources the controller sets, and a real Nix
 client building through the proxy's pod."""
 
+import base64
 import hashlib
 import ipaddress
 import json
 import os
+import re
+import shlex
+import shutil
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 import pytest
 
-from conftest import NixClient, free_port, salt, wait_for
+from conftest import NIX_DIR, NixClient, free_port, pod_ready, salt, wait_for
+from nix_wire import NixWire
 from real_stack import BUILDER_IMAGE, IMAGE, RealStack, containerd_ids
 from stack import NAMESPACE, SECRET
 from tcp_lb import TcpLoadBalancer
@@ -185,6 +192,358 @@ def test_build_over_its_memory_limit_fails_and_says_why(stack, nix_client):
     remote = nix_client.build("simple.nix", builders=stack.builders("ssh-ng"),
                               sshopts=stack.sshopts(), args=args)
     assert remote.out == nix_client.build_local("simple.nix", args=args).out
+
+
+# ---- root on one's own builder (issue 21) -------------------------------------------
+
+# Where a builder pod could hold keys, besides its volumes' mount points
+# (taken from the pod spec): sshd's usual places, the entrypoint's copies,
+# and a service-account token, which must not be there.
+KEY_DIRS = ("/etc/ssh", "/etc/nrbc", "/run/nrbc", "/root/.ssh", "/home/nixbld/.ssh",
+            "/run/secrets", "/var/run/secrets")
+SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def identity_of(pub_path):
+    """The identity the proxy gives a client key: the first 128 bits of the
+    SHA-256 of its public key blob, in hex (proxy_session_auth.c)."""
+    blob = base64.b64decode(open(pub_path).read().split()[1])
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def public_of(text, d):
+    """The "type base64" public half of a private key (any format ssh-keygen
+    reads), or None if `text` is no private key."""
+    path = os.path.join(d, "k-%s" % hashlib.sha256(text).hexdigest()[:16])
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(text)
+    r = subprocess.run(["ssh-keygen", "-y", "-f", path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        os.unlink(path)
+        return None
+    return " ".join(r.stdout.split()[:2]), path
+
+
+def public_line(pub_path):
+    return " ".join(open(pub_path).read().split()[:2])
+
+
+def held_session(ssh_argv):
+    """A session through the proxy that stays open (`nix-store --serve`
+    waits for commands), bridged to its builder once the handshake is
+    answered: it keeps its key's builder from going idle."""
+    p = subprocess.Popen(ssh_argv + ["nix-store", "--serve", "--write"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdin.write(struct.pack("<QQ", 0x390c9deb, 0x205))
+    p.stdin.flush()
+    assert struct.unpack("<Q", p.stdout.read(8))[0] == 0x5452eecb, p.stderr.read()
+    p.stdout.read(8)
+    return p
+
+
+def end_session(p):
+    p.stdin.close()
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def builder_pod_of(stack, identity):
+    """The running pod of the one NixBuilder of `identity`."""
+    def find():
+        bs = [b for b in stack.nixbuilders() if b["spec"].get("identity") == identity
+              and not b["metadata"].get("deletionTimestamp")]
+        if len(bs) != 1:
+            return None
+        name = (bs[0].get("status") or {}).get("podName")
+        pods = [p for p in builder_pods(stack) if p["metadata"]["name"] == name]
+        return pods[0] if pods and pods[0]["status"].get("podIP") else None
+    return wait_for(find, 60, what="the builder pod of identity %s" % identity)
+
+
+def read_keys_dump(text):
+    """keys.nix's output: {"uid": int, "pod": name, "dirs": {dir: present},
+    "found": paths with a private key header, "files": {path: bytes, or
+    None when unreadable}}."""
+    lines = text.splitlines()
+    assert lines and lines[-1] == "end", text[-2000:]
+    dump = {"dirs": {}, "found": set(), "files": {}}
+    for line in lines[:-1]:
+        kind, _, rest = line.partition(" ")
+        if kind == "uid":
+            dump["uid"] = int(rest)
+        elif kind == "pod":
+            dump["pod"] = rest
+        elif kind in ("present", "absent"):
+            dump["dirs"][rest] = kind == "present"
+        elif kind == "found":
+            dump["found"].add(rest)
+        elif kind == "file":
+            path, _, b64 = rest.rpartition(" ")
+            dump["files"][path] = base64.b64decode(b64)
+        elif kind == "unreadable":
+            dump["files"][rest] = None
+        else:
+            raise AssertionError("unexpected line in the dump: %r" % line)
+    return dump
+
+
+class FakeSshd:
+    """OpenSSH's sshd on a loopback port presenting one host key, letting
+    in `authorized` as user nixbld (whose commands run on this machine: a
+    Nix client's `nix-daemon --stdio` reaches the host's store)."""
+
+    def __init__(self, host_key_text, authorized):
+        # Read by sshd as user nixbld (authorized_keys): not under pytest's
+        # 0700 tmp dirs.
+        self.dir = tempfile.mkdtemp(prefix="nrbc-fake-sshd-")
+        os.chmod(self.dir, 0o755)
+        key = os.path.join(self.dir, "host_key")
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+            f.write(host_key_text)
+        ak = os.path.join(self.dir, "authorized_keys")
+        with open(ak, "w") as f:
+            f.write(authorized)
+        os.chmod(ak, 0o644)
+        self.port = free_port("127.0.0.1")
+        cfg = os.path.join(self.dir, "sshd_config")
+        with open(cfg, "w") as f:
+            f.write("ListenAddress 127.0.0.1\nPort %d\nHostKey %s\nPidFile %s/pid\n"
+                    "AuthorizedKeysFile %s\nAuthenticationMethods publickey\n"
+                    "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                    "UsePAM no\nPermitRootLogin no\nAllowUsers nixbld\nStrictModes no\n"
+                    "LogLevel VERBOSE\n" % (self.port, key, self.dir, ak))
+        os.makedirs("/run/sshd", exist_ok=True)
+        self.log_path = os.path.join(self.dir, "log")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", cfg],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+        def banner():
+            assert self.proc.poll() is None, "fake sshd exited:\n" + self.log()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 2) as s:
+                    return s.recv(4).startswith(b"SSH-")
+            except OSError:
+                return False
+        wait_for(banner, 30, what="the fake sshd's banner")
+
+    def log(self):
+        return open(self.log_path, errors="replace").read()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def nix_store_ping(home, ssh_config, address):
+    """What the second client's Nix does to reach `ssh-ng://nixbld@ADDRESS`
+    with the files `nrbc client-config --write` gave it."""
+    env = dict(os.environ, HOME=home, NIX_SSHOPTS="-F " + ssh_config)
+    env.pop("NIX_REMOTE", None)
+    return subprocess.run(["nix", "--extra-experimental-features", "nix-command", "store",
+                           "ping", "--store", "ssh-ng://nixbld@" + address],
+                          env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+def ssh_login(ip, known_hosts, key, user):
+    """`id -un` over SSH at ip:22 with `key`, the host checked strictly."""
+    return subprocess.run(
+        ["ssh", "-F", "/dev/null", "-i", key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+         "-o", "UserKnownHostsFile=" + known_hosts, "-o", "StrictHostKeyChecking=yes",
+         "-o", "ConnectTimeout=20", "%s@%s" % (user, ip), "id", "-un"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        timeout=60)
+
+
+def test_root_on_own_builder_reads_every_key_and_gets_nothing_else(stack, nix_client, nrbc_bin,
+                                                                    tmp_path):
+    """An authorized client, as the trusted Nix user of its own builder,
+    turns the build users off (`build-users-group = ""` in its session's
+    wopSetOptions, through the proxy: Nix 2.8's own ssh-ng client sends no
+    settings, so nix_wire.py speaks the protocol) and builds a derivation
+    that runs as root in the builder pod and reads every file under the
+    pod's mounts and key directories, and every private key anywhere in it. With every private
+    key it got: it cannot pass for the proxy to a second client set up by
+    `nrbc client-config` (that client's Nix refuses the host key), and it
+    cannot log in to any other builder's sshd (as nixbld or root). The
+    controls: the proxy's real host key served the same way is taken by
+    that client, and the proxy's login key gets into every one of those
+    builders; without the override the same build runs as a build user and
+    reads no key."""
+    d = str(tmp_path)
+    attacker, victim = stack.USERS[0], stack.USERS[1]
+    proxy_host_key = public_line(stack.keys["host-key"] + ".pub")
+    proxy_login_key = public_line(stack.keys["builder-key"] + ".pub")
+
+    # The attacker's builder A, kept while the test runs.
+    held = [held_session(["ssh"] + shlex.split(stack.sshopts(0)) +
+                         ["nixbld@" + stack.proxy_address])]
+    try:
+        pod_a = builder_pod_of(stack, identity_of(stack.keys[attacker] + ".pub"))
+        name_a = pod_a["metadata"]["name"]
+        dirs = sorted(set(KEY_DIRS) | {SA_TOKEN_DIR} | {
+            m["mountPath"] for c in pod_a["spec"]["containers"]
+            for m in c.get("volumeMounts") or []})
+        assert "/etc/nrbc/ssh" in dirs, dirs
+        assert pod_a["spec"].get("automountServiceAccountToken") is False, pod_a["spec"]
+
+        def read_keys(overrides=None):
+            """keys.nix built on A, with `overrides` sent first as the
+            session's settings; its output read back with Nix."""
+            r = subprocess.run(["nix-instantiate", "--store", nix_client.store,
+                                os.path.join(NIX_DIR, "keys.nix"), "--argstr", "salt", salt(),
+                                "--argstr", "dirs", " ".join(dirs)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert r.returncode == 0, r.stderr
+            drv = r.stdout.strip()
+            text = open(os.path.join(nix_client.store, drv.lstrip("/"))).read()
+            out = re.match(r'Derive\(\[\("out","([^"]+)"', text).group(1)
+            w = NixWire(["ssh"] + shlex.split(stack.sshopts(0)) +
+                        ["nixbld@" + stack.proxy_address, "nix-daemon", "--stdio"])
+            try:
+                if overrides:
+                    w.set_options(overrides)
+                assert w.add_text(os.path.basename(drv)[33:], text) == drv
+                assert w.build([drv + "!out"]) == 1, w.log
+            finally:
+                w.close()
+            env = dict(os.environ, NIX_SSHOPTS=stack.sshopts(0))
+            env.pop("NIX_REMOTE", None)
+            r = subprocess.run(["nix", "--extra-experimental-features", "nix-command", "store",
+                                "cat", "--store", "ssh-ng://nixbld@" + stack.proxy_address, out],
+                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+            return read_keys_dump(r.stdout)
+
+        # Control: as Nix runs builds by default, a build user, reading no key.
+        dump = read_keys()
+        assert dump["pod"] == name_a, (dump["pod"], name_a)
+        assert dump["uid"] >= 30001, dump["uid"]
+        files = dump["files"]
+        assert "/etc/nrbc/ssh/host-key" in files, files
+        assert files["/etc/nrbc/ssh/host-key"] is None, "a build user read the host key"
+        assert not [p for p, v in files.items() if v is not None and public_of(v, d)], \
+            "a build user read a private key"
+        print("a build user (uid %d) in %s could read %d of %d files, no private key" % (
+            dump["uid"], dump["pod"], len([v for v in files.values() if v is not None]),
+            len(files)))
+
+        # The attack: root, through the trusted user's own settings.
+        dump = read_keys({"build-users-group": ""})
+        assert dump["uid"] == 0, \
+            "the build did not run as root (uid %d): the attack did not run" % dump["uid"]
+        assert dump["pod"] == name_a, (dump["pod"], name_a)
+        files = dump["files"]
+        print("root in %s read %d files:\n  %s" % (dump["pod"], len(files), "\n  ".join(
+            "%s (%s)" % (p, "unreadable" if v is None else "%d bytes" % len(v))
+            for p, v in sorted(files.items()))))
+        unreadable = sorted(p for p, v in files.items() if v is None)
+        assert not unreadable, "root could not read: %s" % unreadable
+        # The search of the whole pod for private keys ran: it found the
+        # entrypoint's copy of the host key.
+        assert "/run/nrbc/ssh_host_key" in dump["found"], dump["found"]
+        # No Kubernetes credentials in a builder.
+        assert dump["dirs"][SA_TOKEN_DIR] is False, dump["dirs"]
+        assert not [p for p in files if "/secrets/" in p], files
+        # Every private key: the builder's own host key (its Secret, and the
+        # entrypoint's copy for sshd), and nothing worth more.
+        keys = {}
+        for p, v in sorted(files.items()):
+            got = public_of(v, d) if v is not None else None
+            if got:
+                keys.setdefault(got[0], (got[1], []))[1].append(p)
+        print("private keys found:\n  %s" % "\n  ".join(
+            "%s: %s" % (pub[:40], paths) for pub, (_, paths) in keys.items()))
+        own_key = pod_a["metadata"]["annotations"]["nix.io/host-key"]
+        assert own_key in keys, (own_key, list(keys))
+        assert "/etc/nrbc/ssh/host-key" in keys[own_key][1], keys[own_key]
+        assert proxy_host_key not in keys, "the proxy's host key is in a builder"
+        assert proxy_login_key not in keys, "the proxy's login key is in a builder"
+
+        # A second client, set up as the README says.
+        home = os.path.join(d, "home")
+        os.makedirs(home)
+        r = subprocess.run([nrbc_bin, "client-config", "--kubeconfig", stack.cluster.kubeconfig,
+                            "--identity", stack.keys[victim], "--write"],
+                           env=dict(os.environ, HOME=home), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout
+        ssh_config = os.path.join(home, ".ssh", "config")
+        known = open(os.path.join(home, ".ssh", "known_hosts")).read()
+        assert proxy_host_key in known, known
+        alias = "[%s]:%d" % (stack.proxy_address, stack.proxy_port)
+        assert known.startswith(alias + " "), known
+        # It reaches the real proxy (and so gets a builder of its own, B).
+        r = nix_store_ping(home, ssh_config, stack.proxy_address)
+        assert r.returncode == 0, r.stderr
+
+        # (a) The attacker in the network path between that client and the
+        # proxy: the client's connection lands on the attacker's sshd,
+        # which presents a key it read; the client checks it against the
+        # proxy's entry in its known_hosts.
+        def impostor(host_key_text):
+            with FakeSshd(host_key_text, open(stack.keys[victim] + ".pub").read()) as fake:
+                cfg = os.path.join(d, "ssh_config_impostor")
+                with open(cfg, "w") as f:
+                    # The first value of an option wins: the address is the
+                    # attacker's, the rest (known_hosts, strict checking,
+                    # identity) the client's own.
+                    f.write("Host %s\n  HostName 127.0.0.1\n  Port %d\n  HostKeyAlias %s\n\n"
+                            % (stack.proxy_address, fake.port, alias))
+                    f.write(open(ssh_config).read())
+                return nix_store_ping(home, cfg, stack.proxy_address), fake.log()
+
+        r, log = impostor(open(stack.keys["host-key"], "rb").read())
+        assert r.returncode == 0, "control: the proxy's own key did not pass:\n%s\n%s" % (
+            r.stderr, log)
+        assert "Accepted publickey for nixbld" in log, log
+        for pub, (path, found_at) in keys.items():
+            r, log = impostor(open(path, "rb").read())
+            print("impostor with the key at %s: %s" % (found_at[0], r.stderr.strip()[-300:]))
+            assert r.returncode != 0, "the client took %s for the proxy" % found_at
+            assert "Host key verification failed" in r.stderr, r.stderr
+            assert "Accepted publickey" not in log, log
+
+        # (b) Every other builder: B (the second client's, held open) and
+        # the unclaimed pool builders. Each is checked against its own host
+        # key, so what refuses is its sshd's authentication.
+        held.append(held_session(["ssh", "-F", ssh_config, "nixbld@" + stack.proxy_address]))
+        pod_b = builder_pod_of(stack, identity_of(stack.keys[victim] + ".pub"))
+        others = [p for p in builder_pods(stack)
+                  if p["metadata"]["name"] != name_a and p["status"].get("podIP")
+                  and pod_ready(p)]
+        assert pod_b["metadata"]["name"] in {p["metadata"]["name"] for p in others}, others
+        for p in others:
+            ip = p["status"]["podIP"]
+            kh = os.path.join(d, "known_hosts-" + ip)
+            with open(kh, "w") as f:
+                f.write("%s %s\n" % (ip, p["metadata"]["annotations"]["nix.io/host-key"]))
+            r = ssh_login(ip, kh, stack.keys["builder-key"], "nixbld")
+            assert r.returncode == 0 and r.stdout.strip() == "nixbld", \
+                "control: the proxy's login key did not get into %s: %s" % (
+                    p["metadata"]["name"], r.stderr)
+            for pub, (path, found_at) in keys.items():
+                for user in ("nixbld", "root"):
+                    r = ssh_login(ip, kh, path, user)
+                    assert r.returncode == 255 and "Permission denied" in r.stderr, \
+                        "%s@%s with the key at %s: %d %s %s" % (
+                            user, p["metadata"]["name"], found_at, r.returncode, r.stdout,
+                            r.stderr)
+        print("refused by %d other builders: %s" % (
+            len(others), [p["metadata"]["name"] for p in others]))
+    finally:
+        for p in held:
+            end_session(p)
 
 
 def test_proxy_rollout_restart_during_a_build(stack, nix_client):

@@ -27,18 +27,34 @@ static void signals_on_signal(uv_signal_t *h, int signum)
 	s->cb(s->data, signum);
 }
 
+static void signals_on_close(uv_handle_t *h);
+
 struct signals *signals_create(uv_loop_t *loop, signals_shutdown_cb cb, void *data)
 {
 	struct signals *s = calloc(1, sizeof(*s));
+	int rc;
 
 	if (!s)
 		return NULL;
 	signal(SIGPIPE, SIG_IGN);
 	s->cb = cb;
 	s->data = data;
-	uv_signal_init(loop, &s->sigint);
-	uv_signal_init(loop, &s->sigterm);
+	/* Only initialised handles may be closed: the first failing init
+	 * decides how many go through signals_on_close. */
+	rc = uv_signal_init(loop, &s->sigint);
+	if (rc < 0) {
+		log_error("cannot watch signals: %s", uv_strerror(rc));
+		free(s);
+		return NULL;
+	}
 	s->sigint.data = s->sigterm.data = s;
+	rc = uv_signal_init(loop, &s->sigterm);
+	if (rc < 0) {
+		log_error("cannot watch signals: %s", uv_strerror(rc));
+		s->pending_closes = 1;
+		uv_close((uv_handle_t *)&s->sigint, signals_on_close);
+		return NULL;
+	}
 	if (uv_signal_start(&s->sigint, signals_on_signal, SIGINT) < 0 ||
 	    uv_signal_start(&s->sigterm, signals_on_signal, SIGTERM) < 0) {
 		log_error("cannot install signal handlers");

@@ -566,16 +566,22 @@ int proxy_main(int argc, char **argv)
 	log_init("proxy", level, format);
 	ssh_init();
 	libssh2_init(0);
-	uv_loop_init(&a->loop);
-	if (proxy_setup(a) == 0) {
+	rc = uv_loop_init(&a->loop);
+	if (rc < 0) {
+		log_error("cannot make the event loop: %s", uv_strerror(rc));
+		rc = 1;
+	} else {
+		rc = 1;
+		if (proxy_setup(a) == 0) {
+			uv_run(&a->loop, UV_RUN_DEFAULT);
+			rc = a->exit_code;
+		}
+		proxy_stop(a);
+		/* Let every close callback run, then the loop is empty. */
 		uv_run(&a->loop, UV_RUN_DEFAULT);
-		rc = a->exit_code;
+		if (uv_loop_close(&a->loop) != 0)
+			log_debug("loop still had handles at exit");
 	}
-	proxy_stop(a);
-	/* Let every close callback run, then the loop is empty. */
-	uv_run(&a->loop, UV_RUN_DEFAULT);
-	if (uv_loop_close(&a->loop) != 0)
-		log_debug("loop still had handles at exit");
 	proxy_command_policy_destroy(a->policy);
 	proxy_keys_destroy(a->keys);
 	metrics_destroy(a->metrics);

@@ -87,16 +87,25 @@ static struct server_entry *server_find(struct proxy_server *srv, uint64_t id)
 	return NULL;
 }
 
-static void server_maybe_free(struct proxy_server *srv)
+/* What a server owns besides its handles: the last step of a failed create
+ * and of a destroy once the handles have closed. */
+static void server_free(struct proxy_server *srv)
 {
-	if (!srv->destroying || srv->pending_closes || srv->n_sessions)
-		return;
+	if (srv->lfd >= 0)
+		close(srv->lfd);
 	if (srv->bind)
 		ssh_bind_free(srv->bind);
 	free(srv->listen_address);
 	free(srv->remote_user);
 	free(srv->client_user);
 	free(srv);
+}
+
+static void server_maybe_free(struct proxy_server *srv)
+{
+	if (!srv->destroying || srv->pending_closes || srv->n_sessions)
+		return;
+	server_free(srv);
 }
 
 static void server_on_session_closed(void *data, uint64_t id,
@@ -311,8 +320,16 @@ static void server_on_pause_end(uv_timer_t *t)
 {
 	struct proxy_server *srv = t->data;
 
-	if (srv->listener_open && !srv->draining)
-		uv_poll_start(&srv->listener, UV_READABLE, server_on_listener);
+	int rc;
+
+	if (!srv->listener_open || srv->draining)
+		return;
+	rc = uv_poll_start(&srv->listener, UV_READABLE, server_on_listener);
+	if (rc < 0) {
+		log_error("cannot watch the listening socket: %s; trying again in %dms",
+		    uv_strerror(rc), SERVER_ACCEPT_PAUSE_MS);
+		uv_timer_start(&srv->pause, server_on_pause_end, SERVER_ACCEPT_PAUSE_MS, 0);
+	}
 }
 
 static void server_accept_one(struct proxy_server *srv, int fd, const struct sockaddr *sa)
@@ -491,6 +508,7 @@ struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_ser
     struct metrics *metrics, char **err)
 {
 	struct proxy_server *srv = calloc(1, sizeof(*srv));
+	int rc;
 
 	*err = NULL;
 	if (!srv) {
@@ -585,23 +603,26 @@ struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_ser
 	}
 	srv->budget.limit = srv->opts.buffer_budget;
 	srv->env.budget = &srv->budget;
-	uv_poll_init_socket(loop, &srv->listener, srv->lfd);
+	rc = uv_poll_init_socket(loop, &srv->listener, srv->lfd);
+	if (rc < 0) {
+		*err = str_printf("cannot watch the listening socket: %s", uv_strerror(rc));
+		goto bad;
+	}
 	uv_timer_init(loop, &srv->pause);
 	srv->listener.data = srv->pause.data = srv;
 	srv->listener_open = true;
-	uv_poll_start(&srv->listener, UV_READABLE, server_on_listener);
+	rc = uv_poll_start(&srv->listener, UV_READABLE, server_on_listener);
+	if (rc < 0) {
+		*err = str_printf("cannot watch the listening socket: %s", uv_strerror(rc));
+		/* The handles are live now: they close on the loop, then it goes. */
+		proxy_server_destroy(srv);
+		return NULL;
+	}
 	log_info("listening on %s port %d (host key %s, %zu client key(s))", srv->listen_address,
 	    srv->port, proxy_keys_host_fingerprint(keys), proxy_keys_client_count(keys));
 	return srv;
 bad:
-	if (srv->lfd >= 0)
-		close(srv->lfd);
-	if (srv->bind)
-		ssh_bind_free(srv->bind);
-	free(srv->listen_address);
-	free(srv->remote_user);
-	free(srv->client_user);
-	free(srv);
+	server_free(srv);
 	return NULL;
 }
 

@@ -120,10 +120,18 @@ static void upstream_set_events(struct proxy_upstream *u, int events)
 	if (!u->conn || events == u->poll_events)
 		return;
 	u->poll_events = events;
-	if (events)
-		uv_poll_start(&u->conn->poll, events, upstream_on_poll);
-	else
+	if (!events) {
 		uv_poll_stop(&u->conn->poll);
+		return;
+	}
+	/* libuv refuses only a second handle on the same fd or bad events, both
+	 * bugs here. Failing the connection from inside the many callers would
+	 * call the owner back in the middle of its own call: say it loudly. */
+	int rc = uv_poll_start(&u->conn->poll, events, upstream_on_poll);
+
+	if (rc < 0)
+		log_error("session=%llu builder %s:%d: cannot watch the connection: %s",
+		    (unsigned long long)u->session_id, u->host, u->port, uv_strerror(rc));
 }
 
 /* One way out for every failure: stop watching, tell the owner once. */

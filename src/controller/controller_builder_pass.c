@@ -31,7 +31,6 @@
 #define CLAIM_WAIT_MS 5
 /* Waiting for a slot of a full builder: look again this often. */
 #define SLOT_WAIT_STEP_MS 20
-#define FOREIGN_POD_RECHECK_MS 1000
 
 char *reconcile_builder_queue_key(const char *builder_key)
 {
@@ -446,8 +445,7 @@ static void on_builder_deleted(const struct kube_response *resp, void *data)
 	struct reconcile_op *op = data;
 
 	op->request = 0;
-	if (resp->status == 200 || resp->status == 202 || resp->status == 404 ||
-	    resp->status == 409) {
+	if (kube_delete_done(resp, true)) {
 		if (resp->status < 300)
 			metric_add(op->r->m.builders_deleted, 1);
 		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
@@ -461,7 +459,7 @@ static void on_builder_deleted(const struct kube_response *resp, void *data)
 static void on_builder_pod_deleted(const struct kube_response *resp, void *data)
 {
 	(void)data;
-	if (resp->status >= 300 && resp->status != 404 && resp->status != 409)
+	if (!kube_delete_done(resp, true))
 		log_warnx("deleting the pod of a deleted builder failed: HTTP %ld %s; the "
 		    "garbage collector will", resp->status, resp->message);
 }

@@ -26,10 +26,6 @@
 #include "log.h"
 #include "json_field.h"
 
-/* A pod with our name that belongs to an older request of the same name:
- * the garbage collector removes it; look again after this. */
-#define FOREIGN_POD_RECHECK_MS 1000
-
 /* ---------- informer bookkeeping ---------- */
 
 void controller_reconciler_request_seen(struct controller_reconciler *r, const json_t *obj)

@@ -14,6 +14,11 @@
 #include "kube/kube_client.h"
 #include "kube/kube_queue.h"
 
+/* A pod with our name that belongs to an older owner of the same name (a
+ * request or builder deleted and made again): the garbage collector removes
+ * it; both passes look again after this. */
+#define FOREIGN_POD_RECHECK_MS 1000
+
 struct controller_reconciler;
 
 /* One pass waiting for the API. It owns its request until the callback;

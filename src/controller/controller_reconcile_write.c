@@ -171,8 +171,7 @@ static void on_pod_deleted(const struct kube_response *resp, void *data)
 	op->request = 0;
 	/* 404: gone already; 409: the uid precondition failed, so the pod
 	 * with that name is a newer one, not ours to delete. */
-	if (resp->status == 200 || resp->status == 202 || resp->status == 404 ||
-	    resp->status == 409) {
+	if (kube_delete_done(resp, true)) {
 		if (resp->status < 300)
 			metric_add(op->r->m.pods_deleted, 1);
 		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);

@@ -40,6 +40,16 @@ struct kube_response {
 
 typedef void (*kube_response_cb)(const struct kube_response *resp, void *data);
 
+/* Whether a DELETE is over: the object is gone or going (200, 202), was
+ * gone already (404), or, for a delete with a uid precondition, the name
+ * now holds a newer object than the one meant (409), which is not the
+ * caller's to delete. */
+static inline bool kube_delete_done(const struct kube_response *resp, bool uid_precondition)
+{
+	return resp->status == 200 || resp->status == 202 || resp->status == 404 ||
+	    (uid_precondition && resp->status == 409);
+}
+
 struct kube_client *kube_client_create(uv_loop_t *loop, struct kube_config *cfg);
 /* Cancels every request without calling its callback. Accepts NULL. Destroy
  * informers and watches first: they cancel their requests through the

@@ -204,7 +204,7 @@ static void ending_on_record_reply(struct proxy_endings *e, struct ending *en,
 static void ending_on_delete_reply(struct proxy_endings *e, struct ending *en,
     const struct kube_response *resp)
 {
-	if (resp->status == 200 || resp->status == 202 || resp->status == 404) {
+	if (kube_delete_done(resp, false)) {
 		if (en->failures)
 			log_info("nbr=%s/%s deleted after %u failed tries", e->namespace, en->name,
 			    en->failures);

@@ -53,7 +53,7 @@ def main():
         # The health server listens on the same address: take the SSH
         # port from the proxy's log rather than from the socket list.
         m = common.wait_for(lambda: re.search(r"listening on \S+ port (\d+) \(host key",
-                                              open(setup.proxy_log).read()), 15, "proxy port")
+                                              open(setup.proxy_log).read()), 15, what="proxy port")
         setup.proxy_port = int(m.group(1))
         with open(os.path.join(setup.dir, "known_hosts"), "w") as f:
             pub = open(setup.host + ".pub").read()

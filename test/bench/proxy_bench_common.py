@@ -17,29 +17,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "test", "integration"))
+sys.path.insert(0, os.path.join(REPO, "test", "cluster"))
 from procmem import private_dirty_kib, pss_kib, rss_kib  # noqa: E402,F401
+from cluster import free_port, wait_for  # noqa: E402,F401  (one copy, shared)
 ENTRYPOINT = os.path.join(REPO, "builder", "entrypoint.sh")
 NET = "127.82.%d" % (20 + os.getpid() % 200)
 CIPHER = "aes128-gcm@openssh.com"
-
-
-def free_port(ip):
-    s = socket.socket()
-    s.bind((ip, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_for(fn, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise SystemExit("timed out waiting for " + what)
-        time.sleep(0.05)
 
 
 class Setup:
@@ -76,7 +59,7 @@ class Setup:
                 return True
             except OSError:
                 return False
-        wait_for(builder_up, 30, "builder sshd")
+        wait_for(builder_up, 30, what="builder sshd")
         # proxy
         self.proxy_log = os.path.join(self.dir, "proxy.log")
         argv = [nrbc, "proxy", "--listen-address", self.proxy_ip, "--port", "0",
@@ -89,7 +72,7 @@ class Setup:
         argv += list(proxy_args)
         self.proxy = self._spawn(self.pin(argv, proxy_cpus), dict(os.environ), self.proxy_log)
         # The port is in the info line; at warn level ask the kernel instead.
-        self.proxy_port = wait_for(self._proxy_port, 15, "proxy listening")
+        self.proxy_port = wait_for(self._proxy_port, 15, what="proxy listening")
         with open(os.path.join(self.dir, "known_hosts"), "w") as f:
             pub = open(self.host + ".pub").read()
             f.write("[%s]:%d %s" % (self.builder_ip, self.builder_port, pub))

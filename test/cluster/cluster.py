@@ -76,9 +76,29 @@ def _die_with_parent(sig=signal.SIGKILL):
 
 
 def free_port(host="127.0.0.1"):
+    """A TCP port free on host right now (the caller binds it soon after).
+    The one copy for the cluster, the tests and the benchmarks."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+class WaitTimeout(TimeoutError, AssertionError):
+    """wait_for gave up: a failed assertion to a test, a TimeoutError to
+    the cluster's own code."""
+
+
+def wait_for(fn, timeout=30, interval=0.1, what="condition"):
+    """Polls fn() until it returns something truthy, and returns that.
+    The one copy for the cluster, the tests and the benchmarks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise WaitTimeout("timed out after %ss waiting for %s" % (timeout, what))
+        time.sleep(interval)
 
 
 def build_binaries():
@@ -587,15 +607,7 @@ class Cluster:
         return path
 
     def wait_for(self, fn, timeout=30, interval=0.1, what="condition"):
-        """Poll fn() until it returns a truthy value (returned)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            v = fn()
-            if v:
-                return v
-            if time.monotonic() > deadline:
-                raise TimeoutError("timed out after %ss waiting for %s" % (timeout, what))
-            time.sleep(interval)
+        return wait_for(fn, timeout, interval, what)
 
 
 def _main(argv):

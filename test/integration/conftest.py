@@ -39,19 +39,13 @@ sys.path.insert(0, os.path.join(REPO, "test", "cluster"))
 sys.path.insert(0, os.path.join(REPO, "test", "kubelet"))
 
 import cluster as cluster_mod  # noqa: E402
+from cluster import free_port, wait_for  # noqa: E402,F401  (one copy, shared)
 import kubelet as kubelet_mod  # noqa: E402
 
 NIX_DIR = os.path.join(REPO, "test", "integration", "nix")
 BUILDER_LABEL = "app.kubernetes.io/name=nrbc-builder"
 NODE_NAME = kubelet_mod.NODE_NAME
 NIX_SYSTEM = "x86_64-linux"
-
-
-def free_port(host="127.0.0.1"):
-    """A TCP port free on host right now (the caller binds it soon after)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def relay(a, b):
@@ -69,19 +63,6 @@ def relay(a, b):
         b.shutdown(socket.SHUT_WR)
     except OSError:
         pass
-
-
-def wait_for(fn, timeout=30, interval=0.1, what="condition"):
-    """Poll fn() until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 # ---- cluster ---------------------------------------------------------------------

@@ -25,6 +25,25 @@ kubelet_port, ready_seconds (start until Ready and schedulable).
 
 Runtime choices forced by this kind of VM (hybrid cgroup v1/v2): runc with
 the cgroupfs driver, no QoS cgroups / node allocatable enforcement.
+
+NetworkPolicy is enforced (the CNI plugin enforces nothing): the node runs
+kube-network-policies v0.8.0 (netpol/, built by netpol/build.sh into
+.cache/netpol/<key>) with the admin kubeconfig. It judges each new
+connection's first packet in userspace, read from an NFQUEUE. Its own
+steering into the queue is an nftables `queue` rule, which this machine's
+kernel cannot load (built without CONFIG_NFT_QUEUE; the rules fail as one
+batch and nothing is installed), so the node steers with the xtables
+NFQUEUE target instead (iptables-legacy, chain NRBC-NETPOL-<N>, queue
+100+N for subnet 127.203.N, so nodes of parallel runs do not meet): new
+connections from or to the node's pods in FORWARD, and from its pods to
+the node itself in INPUT. The last is more than kube-network-policies does
+on a real node (its postrouting hook never sees a pod's connection to its
+own node's addresses): here the API server and everything else "outside"
+the pod network are the node's own addresses, so without it no egress
+rule towards them could be tested. Traffic the host makes to pods
+(kubelet probes, the tests' clients) is not judged, as there (root's
+traffic is accepted). Fail closed, as shipped: with the enforcer gone,
+those new connections are dropped. Attribute netpol_queue.
 """
 
 import glob
@@ -41,6 +60,8 @@ sys.path.insert(0, os.path.join(HERE, "image"))
 import image  # noqa: E402
 
 CNI_PLUGIN = os.path.join(HERE, "cni", "nrbc-loopback")
+NETPOL_BUILD = os.path.join(HERE, "netpol", "build.sh")
+IPTABLES = "iptables-legacy"      # the xtables NFQUEUE target (see the module comment)
 SYSTEM_CNI = "/usr/lib/cni"
 IMAGE_CACHE = os.path.join(REPO, ".cache", "node-images")
 # kubelet's hard-coded link directory (kubelet.ContainerLogsDir)
@@ -68,6 +89,9 @@ class RealNode:
         self.image = None                 # name of the test image (also the sandbox)
         self.kubelet_port = None
         self.ready_seconds = None
+        n = int(subnet.rsplit(".", 1)[1])
+        self.netpol_queue = 100 + n
+        self.netpol_chain = "NRBC-NETPOL-%d" % n
 
     def _claim_subnet(self):
         """Holds an abstract unix socket named after the subnet while this
@@ -123,6 +147,7 @@ class RealNode:
                 raise NodeError("containerd did not start")
             time.sleep(0.1)
         self._ctr("-n", "k8s.io", "images", "import", path)
+        self._start_netpol(deadline)
 
         self._write_kubelet_files()
         c._spawn("node-kubelet", [
@@ -159,6 +184,66 @@ class RealNode:
                   if t.get("key") == "node.kubernetes.io/not-ready"]
         return not taints and any(x["type"] == "Ready" and x["status"] == "True"
                                   for x in conds)
+
+    # ---- NetworkPolicy ------------------------------------------------------
+
+    def _start_netpol(self, deadline):
+        """kube-network-policies, then the steering into its queue (pods start
+        only later, with the kubelet, so none runs unjudged)."""
+        c = self.cluster
+        out = subprocess.run([NETPOL_BUILD], check=True, stdout=subprocess.PIPE, text=True)
+        binary = os.path.join(out.stdout.strip().splitlines()[-1], "kube-network-policies")
+        self._steer(False)      # a killed run's rules for this subnet
+        c._spawn("node-netpol", [
+            binary, "--kubeconfig", c.kubeconfig, "--hostname-override", self.name,
+            "--nfqueue-id", str(self.netpol_queue),
+            "--nftables-table", "nrbc-netpol-%d" % (self.netpol_queue - 100), "--v", "1"])
+        # Listening on the queue once this file lists it (nfnetlink_queue:
+        # queue number first on each line).
+        while not self._queue_bound():
+            c._check_alive()
+            if time.monotonic() > deadline:
+                raise NodeError("kube-network-policies did not bind queue %d"
+                                % self.netpol_queue)
+            time.sleep(0.1)
+        self._steer(True)
+
+    def _queue_bound(self):
+        try:
+            with open("/proc/net/netfilter/nfnetlink_queue") as f:
+                return any(line.split()[:1] == [str(self.netpol_queue)] for line in f)
+        except OSError:
+            return False
+
+    def _steer_rules(self):
+        new = ["-m", "conntrack", "--ctstate", "NEW", "-j", self.netpol_chain]
+        return [("FORWARD", ["-s", self.subnet] + new),
+                ("FORWARD", ["-d", self.subnet] + new),
+                ("INPUT", ["!", "-i", "lo", "-s", self.subnet] + new)]
+
+    def _steer(self, on):
+        """on: the chain that queues to the enforcer and the jumps into it;
+        off: removes both, whatever of them exists."""
+        def ipt(*args):
+            return subprocess.run([IPTABLES, "-w", *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        if on:
+            for args in (["-N", self.netpol_chain],
+                         ["-A", self.netpol_chain, "-j", "NFQUEUE",
+                          "--queue-num", str(self.netpol_queue)]):
+                p = ipt(*args)
+                if p.returncode != 0:
+                    raise NodeError("%s %s: %s" % (IPTABLES, " ".join(args), p.stderr.strip()))
+            for chain, rule in self._steer_rules():
+                p = ipt("-I", chain, "1", *rule)
+                if p.returncode != 0:
+                    raise NodeError("%s -I %s: %s" % (IPTABLES, chain, p.stderr.strip()))
+            return
+        for chain, rule in self._steer_rules():
+            while ipt("-D", chain, *rule).returncode == 0:
+                pass
+        ipt("-F", self.netpol_chain)
+        ipt("-X", self.netpol_chain)
 
     # ---- files -------------------------------------------------------------
 
@@ -294,6 +379,8 @@ nodeStatusReportFrequency: 10s
             self._remove_containers()
         c._stop_proc("node-containerd", grace=5)
         clean_dir(self.dir)
+        self._steer(False)
+        c._stop_proc("node-netpol", grace=3)
 
     def _remove_containers(self):
         ns = ("-n", "k8s.io")

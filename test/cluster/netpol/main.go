@@ -54,9 +54,18 @@ func main() {
 		NFTableName: *table,
 		// kernel 6.12+ has the fix; the workaround queues DNS in prerouting
 		NetfilterBug1766Fix: false,
-		// containerd 1.6 has no NRI
-		NRIdisabled: true,
+		// NRI stays "enabled", see below.
+		NRIdisabled: false,
 	}
+	// containerd 1.6 has no NRI, but with NRIdisabled v0.8.0 dereferences
+	// its nil NRI plugin for every packet to or from an address no pod has
+	// (getPodAssignedToIP, controller.go:190): the enforcer panics at the
+	// first connection to the API server. So the plugin is made, and given
+	// a "socket" that fails at once, before any connection is tried: it
+	// never reaches a runtime's socket (/var/run/nri/nri.sock is the
+	// machine's, not this node's), its map stays empty, and the API server
+	// is the only source of pod IPs, as with NRI disabled.
+	os.Setenv("NRI_PLUGIN_SOCKET", "none")
 	ctrl, err := networkpolicy.NewController(clientset,
 		factory.Networking().V1().NetworkPolicies(),
 		factory.Core().V1().Namespaces(),

@@ -42,8 +42,12 @@ own node's addresses): here the API server and everything else "outside"
 the pod network are the node's own addresses, so without it no egress
 rule towards them could be tested. Traffic the host makes to pods
 (kubelet probes, the tests' clients) is not judged, as there (root's
-traffic is accepted). Fail closed, as shipped: with the enforcer gone,
-those new connections are dropped. Attribute netpol_queue.
+traffic is accepted). Unlike kube-network-policies' default (fail
+closed), the queue is bypassed while no enforcer listens: rules a killed
+run left behind must not drop the traffic of the next run (of older code,
+say) that claims the subnet; the cluster's liveness check sees a dead
+enforcer, and tests of denials fail without one. clean_stale() removes
+the chains of subnets nobody claims. Attribute netpol_queue.
 """
 
 import glob
@@ -216,34 +220,24 @@ class RealNode:
             return False
 
     def _steer_rules(self):
-        new = ["-m", "conntrack", "--ctstate", "NEW", "-j", self.netpol_chain]
-        return [("FORWARD", ["-s", self.subnet] + new),
-                ("FORWARD", ["-d", self.subnet] + new),
-                ("INPUT", ["!", "-i", "lo", "-s", self.subnet] + new)]
+        return _steer_rules(self.netpol_chain, self.subnet)
 
     def _steer(self, on):
         """on: the chain that queues to the enforcer and the jumps into it;
         off: removes both, whatever of them exists."""
-        def ipt(*args):
-            return subprocess.run([IPTABLES, "-w", *args], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-        if on:
-            for args in (["-N", self.netpol_chain],
-                         ["-A", self.netpol_chain, "-j", "NFQUEUE",
-                          "--queue-num", str(self.netpol_queue)]):
-                p = ipt(*args)
-                if p.returncode != 0:
-                    raise NodeError("%s %s: %s" % (IPTABLES, " ".join(args), p.stderr.strip()))
-            for chain, rule in self._steer_rules():
-                p = ipt("-I", chain, "1", *rule)
-                if p.returncode != 0:
-                    raise NodeError("%s -I %s: %s" % (IPTABLES, chain, p.stderr.strip()))
+        if not on:
+            _unsteer(self.netpol_chain, self.subnet)
             return
+        for args in (["-N", self.netpol_chain],
+                     ["-A", self.netpol_chain, "-j", "NFQUEUE",
+                      "--queue-num", str(self.netpol_queue), "--queue-bypass"]):
+            p = _ipt(*args)
+            if p.returncode != 0:
+                raise NodeError("%s %s: %s" % (IPTABLES, " ".join(args), p.stderr.strip()))
         for chain, rule in self._steer_rules():
-            while ipt("-D", chain, *rule).returncode == 0:
-                pass
-        ipt("-F", self.netpol_chain)
-        ipt("-X", self.netpol_chain)
+            p = _ipt("-I", chain, "1", *rule)
+            if p.returncode != 0:
+                raise NodeError("%s -I %s: %s" % (IPTABLES, chain, p.stderr.strip()))
 
     # ---- files -------------------------------------------------------------
 
@@ -397,6 +391,51 @@ nodeStatusReportFrequency: 10s
             pass
 
 
+# ---- the enforcer's steering (RealNode._steer) --------------------------------
+
+def _ipt(*args):
+    try:
+        return subprocess.run([IPTABLES, "-w", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(args, 127, "", IPTABLES + " not found")
+
+
+def _steer_rules(chain, subnet):
+    new = ["-m", "conntrack", "--ctstate", "NEW", "-j", chain]
+    return [("FORWARD", ["-s", subnet] + new),
+            ("FORWARD", ["-d", subnet] + new),
+            ("INPUT", ["!", "-i", "lo", "-s", subnet] + new)]
+
+
+def _unsteer(chain, subnet):
+    for hook, rule in _steer_rules(chain, subnet):
+        while _ipt("-D", hook, *rule).returncode == 0:
+            pass
+    _ipt("-F", chain)
+    _ipt("-X", chain)
+
+
+def _clean_stale_steering():
+    """Removes NRBC-NETPOL-N chains (and their jumps) of subnets 127.203.N
+    that no live node claims (RealNode._claim_subnet)."""
+    p = _ipt("-S")
+    for line in p.stdout.splitlines():
+        if not line.startswith("-N NRBC-NETPOL-"):
+            continue
+        chain = line.split()[1]
+        n = chain.rsplit("-", 1)[1]
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.bind("\0nrbc-real-node-127.203.%s" % n)
+        except OSError:
+            continue        # claimed: a live node's
+        else:
+            _unsteer(chain, "127.203.%s.0/24" % n)
+        finally:
+            s.close()
+
+
 # ---- what a node leaves when its containerd is gone ----------------------------
 
 def _node_sock(node_dir):
@@ -489,4 +528,5 @@ def clean_stale():
     stale = sorted(d for d in dirs if not _alive(_node_sock(d)))
     for d in stale:
         clean_dir(d)
+    _clean_stale_steering()
     return stale

@@ -312,11 +312,15 @@ def test_builder_egress_closed_but_for_dns_https_and_the_test_cache(stack, outsi
     except list stops it), the API server and another builder's sshd are
     not. Positive control: with the builders' policies deleted, the same
     pod reaches all of them; applied again, they are closed again."""
-    wait_for(lambda: len([p for p in builder_pods(stack)
-                          if (p["status"].get("containerStatuses") or [{}])[0].get("ready")])
-             >= 2, 120, what="two ready builder pods")
-    a, b = [p for p in builder_pods(stack)
-            if (p["status"].get("containerStatuses") or [{}])[0].get("ready")][:2]
+    def ready_pool_builders():
+        # Unclaimed (warm-pool) builders: nothing deletes them while no
+        # session comes, unlike a served builder after its idle timeout.
+        pool = {"nix-builder-" + b["metadata"]["name"] for b in stack.nixbuilders()
+                if not b["spec"].get("identity")}
+        return [p for p in builder_pods(stack) if p["metadata"]["name"] in pool
+                and (p["status"].get("containerStatuses") or [{}])[0].get("ready")]
+    wait_for(lambda: len(ready_pool_builders()) >= 2, 120, what="two ready pool builders")
+    a, b = ready_pool_builders()[:2]
     pod, other_ip = a["metadata"]["name"], b["status"]["podIP"]
     api = (stack.api_host, stack.api_port)
     cache_get = "GET /nix-cache-info HTTP/1.0\r\n\r\n"

@@ -218,7 +218,8 @@ atexit.register(_stop_all)
 class Cluster:
     def __init__(self, bindir=None, log=None, real_node=False, node_subnet=None):
         """real_node: also run a real node (node.py: containerd, kubelet,
-        kube-scheduler; needs root), whose gateway address the API server
+        kube-scheduler, kube-network-policies enforcing NetworkPolicy; needs
+        root), whose gateway address the API server
         then binds instead of 127.0.0.1 so pods can reach it."""
         self.bindir = bindir
         self.node = None
@@ -623,7 +624,7 @@ def _main(argv):
                          "test/integration/conftest.py (HostNix)")
     up.add_argument("--real-node", action="store_true",
                     help="also run a real node (node.py: containerd, kubelet, "
-                         "kube-scheduler); needs root")
+                         "kube-scheduler, kube-network-policies); needs root")
     args = ap.parse_args(argv[1:])
 
     c = Cluster(real_node=args.real_node)

@@ -26,6 +26,29 @@ kubelet_port, ready_seconds (start until Ready and schedulable).
 
 Runtime choices forced by this kind of VM (hybrid cgroup v1/v2): runc with
 the cgroupfs driver, no QoS cgroups / node allocatable enforcement.
+
+NetworkPolicy is enforced (the CNI plugin enforces nothing): the node runs
+kube-network-policies v0.8.0 (netpol/, built by netpol/build.sh into
+.cache/netpol/<key>) with the admin kubeconfig. It judges each new
+connection's first packet in userspace, read from an NFQUEUE. Its own
+steering into the queue is an nftables `queue` rule, which this machine's
+kernel cannot load (built without CONFIG_NFT_QUEUE; the rules fail as one
+batch and nothing is installed), so the node steers with the xtables
+NFQUEUE target instead (iptables-legacy, chain NRBC-NETPOL-<N>, queue
+100+N for subnet 127.203.N, so nodes of parallel runs do not meet): new
+connections from or to the node's pods in FORWARD, and from its pods to
+the node itself in INPUT. The last is more than kube-network-policies does
+on a real node (its postrouting hook never sees a pod's connection to its
+own node's addresses): here the API server and everything else "outside"
+the pod network are the node's own addresses, so without it no egress
+rule towards them could be tested. Traffic the host makes to pods
+(kubelet probes, the tests' clients) is not judged, as there (root's
+traffic is accepted). Unlike kube-network-policies' default (fail
+closed), the queue is bypassed while no enforcer listens: rules a killed
+run left behind must not drop the traffic of the next run (of older code,
+say) that claims the subnet; the cluster's liveness check sees a dead
+enforcer, and tests of denials fail without one. clean_stale() removes
+the chains of subnets nobody claims. Attribute netpol_queue.
 """
 
 import glob
@@ -42,6 +65,8 @@ sys.path.insert(0, os.path.join(HERE, "image"))
 import image  # noqa: E402
 
 CNI_PLUGIN = os.path.join(HERE, "cni", "nrbc-loopback")
+NETPOL_BUILD = os.path.join(HERE, "netpol", "build.sh")
+IPTABLES = "iptables-legacy"      # the xtables NFQUEUE target (see the module comment)
 SYSTEM_CNI = "/usr/lib/cni"
 IMAGE_CACHE = os.path.join(REPO, ".cache", "node-images")
 # kubelet's hard-coded link directory (kubelet.ContainerLogsDir)
@@ -85,6 +110,9 @@ class RealNode:
         self.runtime = None               # containerd, shim and runc (runtime.sh)
         self.kubelet_port = None
         self.ready_seconds = None
+        n = int(subnet.rsplit(".", 1)[1])
+        self.netpol_queue = 100 + n
+        self.netpol_chain = "NRBC-NETPOL-%d" % n
 
     def _claim_subnet(self):
         """Holds an abstract unix socket named after the subnet while this
@@ -149,6 +177,7 @@ class RealNode:
                 raise NodeError("containerd did not start")
             time.sleep(0.1)
         self._ctr("-n", "k8s.io", "images", "import", path)
+        self._start_netpol(deadline)
 
         self._write_kubelet_files()
         c._spawn("node-kubelet", [
@@ -185,6 +214,56 @@ class RealNode:
                   if t.get("key") == "node.kubernetes.io/not-ready"]
         return not taints and any(x["type"] == "Ready" and x["status"] == "True"
                                   for x in conds)
+
+    # ---- NetworkPolicy ------------------------------------------------------
+
+    def _start_netpol(self, deadline):
+        """kube-network-policies, then the steering into its queue (pods start
+        only later, with the kubelet, so none runs unjudged)."""
+        c = self.cluster
+        out = subprocess.run([NETPOL_BUILD], check=True, stdout=subprocess.PIPE, text=True)
+        binary = os.path.join(out.stdout.strip().splitlines()[-1], "kube-network-policies")
+        self._steer(False)      # a killed run's rules for this subnet
+        c._spawn("node-netpol", [
+            binary, "--kubeconfig", c.kubeconfig, "--hostname-override", self.name,
+            "--nfqueue-id", str(self.netpol_queue),
+            "--nftables-table", "nrbc-netpol-%d" % (self.netpol_queue - 100), "--v", "1"])
+        # Listening on the queue once this file lists it (nfnetlink_queue:
+        # queue number first on each line).
+        while not self._queue_bound():
+            c._check_alive()
+            if time.monotonic() > deadline:
+                raise NodeError("kube-network-policies did not bind queue %d"
+                                % self.netpol_queue)
+            time.sleep(0.1)
+        self._steer(True)
+
+    def _queue_bound(self):
+        try:
+            with open("/proc/net/netfilter/nfnetlink_queue") as f:
+                return any(line.split()[:1] == [str(self.netpol_queue)] for line in f)
+        except OSError:
+            return False
+
+    def _steer_rules(self):
+        return _steer_rules(self.netpol_chain, self.subnet)
+
+    def _steer(self, on):
+        """on: the chain that queues to the enforcer and the jumps into it;
+        off: removes both, whatever of them exists."""
+        if not on:
+            _unsteer(self.netpol_chain, self.subnet)
+            return
+        for args in (["-N", self.netpol_chain],
+                     ["-A", self.netpol_chain, "-j", "NFQUEUE",
+                      "--queue-num", str(self.netpol_queue), "--queue-bypass"]):
+            p = _ipt(*args)
+            if p.returncode != 0:
+                raise NodeError("%s %s: %s" % (IPTABLES, " ".join(args), p.stderr.strip()))
+        for chain, rule in self._steer_rules():
+            p = _ipt("-I", chain, "1", *rule)
+            if p.returncode != 0:
+                raise NodeError("%s -I %s: %s" % (IPTABLES, chain, p.stderr.strip()))
 
     # ---- files -------------------------------------------------------------
 
@@ -326,6 +405,8 @@ featureGates: {{{gates}}}
             self._remove_containers()
         c._stop_proc("node-containerd", grace=5)
         clean_dir(self.dir)
+        self._steer(False)
+        c._stop_proc("node-netpol", grace=3)
 
     def _remove_containers(self):
         ns = ("-n", "k8s.io")
@@ -340,6 +421,51 @@ featureGates: {{{gates}}}
                 self._ctr(*ns, "containers", "delete", *ids, check=False)
         except (subprocess.TimeoutExpired, OSError):
             pass
+
+
+# ---- the enforcer's steering (RealNode._steer) --------------------------------
+
+def _ipt(*args):
+    try:
+        return subprocess.run([IPTABLES, "-w", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(args, 127, "", IPTABLES + " not found")
+
+
+def _steer_rules(chain, subnet):
+    new = ["-m", "conntrack", "--ctstate", "NEW", "-j", chain]
+    return [("FORWARD", ["-s", subnet] + new),
+            ("FORWARD", ["-d", subnet] + new),
+            ("INPUT", ["!", "-i", "lo", "-s", subnet] + new)]
+
+
+def _unsteer(chain, subnet):
+    for hook, rule in _steer_rules(chain, subnet):
+        while _ipt("-D", hook, *rule).returncode == 0:
+            pass
+    _ipt("-F", chain)
+    _ipt("-X", chain)
+
+
+def _clean_stale_steering():
+    """Removes NRBC-NETPOL-N chains (and their jumps) of subnets 127.203.N
+    that no live node claims (RealNode._claim_subnet)."""
+    p = _ipt("-S")
+    for line in p.stdout.splitlines():
+        if not line.startswith("-N NRBC-NETPOL-"):
+            continue
+        chain = line.split()[1]
+        n = chain.rsplit("-", 1)[1]
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.bind("\0nrbc-real-node-127.203.%s" % n)
+        except OSError:
+            continue        # claimed: a live node's
+        else:
+            _unsteer(chain, "127.203.%s.0/24" % n)
+        finally:
+            s.close()
 
 
 # ---- what a node leaves when its containerd is gone ----------------------------
@@ -434,4 +560,5 @@ def clean_stale():
     stale = sorted(d for d in dirs if not _alive(_node_sock(d)))
     for d in stale:
         clean_dir(d)
+    _clean_stale_steering()
     return stale

@@ -9,7 +9,7 @@ empty list or to a BinaryCache served here on a 127.x address.
 BinaryCache: `nix copy --to file://DIR?secret-key=...` of store paths (so
 they are signed with a test key made by `nix-store
 --generate-binary-cache-key`), served over HTTP by Python's http.server in
-a process of its own on 127.77.N.1 (stop() and start() again make it
+a process of its own on 127.77.N.1 or another address given (stop() and start() again make it
 unreachable and back); every request it serves is logged, so a test can see
 which NARs were fetched.
 """
@@ -74,7 +74,9 @@ CacheRef = collections.namedtuple("CacheRef", "url public_key")
 
 
 class BinaryCache:
-    def __init__(self, workdir, name="nrbc-test-cache-1"):
+    def __init__(self, workdir, name="nrbc-test-cache-1", address=CACHE_ADDRESS):
+        """address: where it listens (a real node's pods reach only the
+        node's gateway, not 127.77.N.1)."""
         self.dir = os.path.join(str(workdir), "binary-cache")
         self.nar_dir = os.path.join(self.dir, "files")
         os.makedirs(self.nar_dir, exist_ok=True)
@@ -86,7 +88,7 @@ class BinaryCache:
                             self.secret_key, pub], check=True)
         self.public_key = open(pub).read().strip()
         self.log_path = os.path.join(self.dir, "http.log")
-        self.address = CACHE_ADDRESS
+        self.address = address
         self.port = None
         self.proc = None
 

@@ -19,7 +19,19 @@ What the overlay changes, and why (everything else is as shipped):
 The LoadBalancer Service gets what a cloud's load balancer would give it: an
 external address (here the proxy pod's own, reachable from this machine)
 and the port the proxy listens on (no load balancer maps 22 to it).
-The builders' nix.conf gets no substituters, as in every test (no internet).
+The builders' nix.conf gets no substituters, as in every test (no internet),
+or, given a cache, the test binary cache (binary_cache.BinaryCache on the
+node's address) as its only substituter.
+
+THE TEST STACK'S ADDITION TO THE SHIPPED EGRESS POLICY: with a cache, the
+overlay also carries the NetworkPolicy `nrbc-builder-test-cache` (below,
+_test_cache_policy), which lets builders reach that one cache, address and
+port (plain HTTP on a free port). The shipped `nrbc-builder` policy allows
+DNS and HTTPS outside the private, loopback and link-local ranges only; the
+cache is on the node's loopback address, in its except list. The addition
+is the pattern docs/operations.md ("Builder egress") gives an admin for an
+internal cache: a policy of one's own next to the shipped one, never a
+hole in it.
 """
 
 import json
@@ -36,8 +48,9 @@ PROXY_PORT = 2222           # the proxy Deployment's --port
 
 class RealStack(Stack):
     def __init__(self, cluster, workdir, api_host, api_port, builder_idle_timeout="10s",
-                 cpu_request="100m"):
-        super().__init__(cluster, None, None, workdir, builder_idle_timeout=builder_idle_timeout)
+                 cpu_request="100m", cache=None):
+        super().__init__(cluster, None, None, workdir, builder_idle_timeout=builder_idle_timeout,
+                         cache=cache)
         self.api_host = api_host
         self.api_port = api_port
         self.cpu_request = cpu_request
@@ -94,12 +107,18 @@ class RealStack(Stack):
                         "patch": json.dumps({
                             "apiVersion": "v1", "kind": "ConfigMap",
                             "metadata": {"name": "nix-config"},
-                            "data": {"nix.conf": builders_nix_conf(cm["data"]["nix.conf"])}})})
+                            "data": {"nix.conf": builders_nix_conf(cm["data"]["nix.conf"],
+                                                                   self.cache)}})})
+        resources = [os.path.relpath(os.path.join(REPO, "manifests"), d)]
+        if self.cache is not None:
+            with open(os.path.join(d, "test-cache-networkpolicy.json"), "w") as f:
+                f.write(json.dumps(self._test_cache_policy(), indent=2) + "\n")
+            resources.append("test-cache-networkpolicy.json")
         name, tag = IMAGE.rsplit(":", 1)
         kustomization = {
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
             "kind": "Kustomization",
-            "resources": [os.path.relpath(os.path.join(REPO, "manifests"), d)],
+            "resources": resources,
             "images": [{"name": "ghcr.io/nrbc/nrbc", "newName": name, "newTag": tag}],
             "patches": patches,
         }
@@ -139,6 +158,20 @@ class RealStack(Stack):
         self.cluster.kubectl("-n", "kube-system", "rollout", "status",
                              "daemonset/nrbc-seccomp-profiles", "--timeout=%ds" % timeout,
                              timeout=timeout + 10)
+    TEST_CACHE_POLICY = "nrbc-builder-test-cache"
+
+    def _test_cache_policy(self):
+        """The test stack's addition (see the module comment): builders may
+        also reach the test binary cache, its address and port only."""
+        return {
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": self.TEST_CACHE_POLICY, "namespace": NAMESPACE,
+                         "labels": {"app.kubernetes.io/part-of": "nrbc"}},
+            "spec": {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "nrbc-builder"}},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": self.cache.address + "/32"}}],
+                            "ports": [{"protocol": "TCP", "port": self.cache.port}]}]}}
 
     def install(self):
         """The operator's order: the builders' seccomp profile on the nodes,

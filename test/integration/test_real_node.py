@@ -159,6 +159,35 @@ def test_pod_reaches_api_server(rc):
     assert rc.kubectl("version", "-o", "json").returncode == 0
 
 
+def test_network_policy_is_enforced(rc):
+    """kube-network-policies judges the node's pods' connections: a policy
+    that admits nothing to the namespace's pods stops web -> web2 (reached
+    in test_pod_to_pod), and deleting it opens the way again."""
+    _, p2 = rc.api("GET", "/api/v1/namespaces/%s/pods/web2" % NS)
+    ip2 = p2["status"]["podIP"]
+
+    def reached(timeout):
+        try:
+            return rc.kubectl("exec", "web", "--", "/tool", "send", ip2, "8080",
+                              check=False, timeout=timeout).stdout.startswith("hello from web2")
+        except subprocess.TimeoutExpired:
+            return False   # the SYN got no answer: dropped
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "deny-ingress", "namespace": NS},
+              "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
+    st, body = rc.api("POST", "/apis/networking.k8s.io/v1/namespaces/%s/networkpolicies" % NS,
+                      policy)
+    assert st == 201, body
+    try:
+        wait_for(lambda: not reached(5), 30, what="web2 closed by the policy")
+        # and for good: a second try is dropped too
+        assert not reached(5)
+    finally:
+        rc.api("DELETE", "/apis/networking.k8s.io/v1/namespaces/%s/networkpolicies/deny-ingress"
+               % NS)
+    wait_for(lambda: reached(10), 30, what="web2 reached again without the policy")
+
+
 def test_logs_and_exec(rc):
     _, p = rc.api("GET", "/api/v1/namespaces/%s/pods/web" % NS)
     tcp_get(p["status"]["podIP"], 8080)          # one more "connection from" line
@@ -257,3 +286,7 @@ def test_stop_leaves_nothing(rc):
     assert left == []
     with pytest.raises(OSError):
         tcp_get(ip, 8080, timeout=2)
+    # The enforcer's steering went with it.
+    rules = subprocess.run(["iptables-legacy", "-w", "-S"], stdout=subprocess.PIPE,
+                           text=True).stdout
+    assert node.netpol_chain not in rules, rules

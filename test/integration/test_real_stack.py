@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+from binary_cache import BinaryCache
 from conftest import NIX_DIR, NixClient, free_port, pod_ready, salt, wait_for
 from nix_wire import NixWire
 from real_stack import BUILDER_IMAGE, IMAGE, RealStack, containerd_ids
@@ -32,10 +33,22 @@ from test_e2e import build_graph
 
 
 @pytest.fixture(scope="module")
-def stack(real_cluster, tmp_path_factory):
+def node_cache(real_cluster, tmp_path_factory):
+    """The test binary cache, on the node's address (the one address off
+    the pod network that the node's pods reach): the builders' only
+    substituter, allowed by the test stack's addition to the egress policy."""
+    c = BinaryCache(tmp_path_factory.mktemp("node-cache"), address=real_cluster.node.gateway)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(real_cluster, tmp_path_factory, node_cache):
     c = real_cluster
     api_port = int(c.server.rsplit(":", 1)[1])
-    s = RealStack(c, tmp_path_factory.mktemp("real-stack"), c.node.gateway, api_port)
+    s = RealStack(c, tmp_path_factory.mktemp("real-stack"), c.node.gateway, api_port,
+                  cache=node_cache)
     s.install().start()
     yield s
     s.stop()
@@ -549,78 +562,192 @@ def test_root_on_own_builder_reads_every_key_and_gets_nothing_else(stack, nix_cl
             end_session(p)
 
 
-def test_proxy_rollout_restart_during_a_build(stack, nix_client):
-    """`kubectl rollout restart` of the proxy Deployment while a build runs
-    through a load balancer that follows the Service's ready pods: the
-    sessions on the old pods finish, new sessions reach the new pods, and
-    the build completes with the outputs of a local build. (Last in this
-    file: the proxy pods are new afterwards.)"""
-    old = {p["metadata"]["name"] for p in stack.pods("nrbc-proxy")}
-    args = {"salt": salt(), "n": 4, "seconds": 6}
-    with TcpLoadBalancer(stack.cluster, NAMESPACE, "nrbc-proxy", "ssh") as lb:
-        wait_for(lambda: len(lb.backends) == 2, 60, what="both proxy replicas behind the LB")
-        known_hosts = os.path.join(stack.dir, "known_hosts_lb")
-        with open(known_hosts, "w") as f:
-            f.write("[%s]:%d %s" % (lb.address, lb.port,
-                                    open(stack.keys["host-key"] + ".pub").read()))
-        sshopts = NixClient.sshopts(lb.port, stack.keys[stack.USERS[0]], known_hosts)
-        result = {}
+class Outside:
+    """A network namespace this test makes, standing for what lies beyond
+    the pod network, with a TCP listener on port 443 of two addresses that
+    exist only inside it: LINK_LOCAL (169.254.77.x, a metadata service's
+    kind of address) and PUBLIC (203.0.113.x, TEST-NET-3: an address on the
+    internet's side). The host
+    reaches them through a veth pair of the test's own (its host side holds
+    the node's gateway address, as the CNI plugin's do, and one /32 route
+    per address; the routes go with the veth). Each connection accepted is
+    answered with one line naming the address."""
 
-        def build():
-            result["b"] = nix_client.build(
-                "parallel.nix", builders=NixClient.builders(lb.address, scheme="ssh-ng",
-                                                            max_jobs=1),
-                sshopts=sshopts, args=args, check=False)
-        t = threading.Thread(target=build)
-        t.start()
-        # Mid-build: the first derivation's session is running.
-        wait_for(lambda: any((r.get("status") or {}).get("phase") == "Running"
-                             for r in stack.requests()), 120, what="a session running")
-        stack.cluster.kubectl("-n", NAMESPACE, "rollout", "restart", "deployment/nrbc-proxy")
-        t.join(600)
-        assert not t.is_alive(), "the build did not end"
-        stack.cluster.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/nrbc-proxy",
-                              "--timeout=180s", timeout=190)
-        served = dict(lb.served)
-    b = result["b"]
-    assert b.returncode == 0, "nix-build failed (%d):\n%s" % (b.returncode, b.stderr)
-    local = nix_client.build_local("parallel.nix", args=args)
-    assert b.out == local.out
-    new = {p["metadata"]["name"] for p in stack.pods("nrbc-proxy")}
-    assert new and not (new & old), (old, new)
-    # Sessions reached more than the two old pods: the new ones served too.
-    assert len(served) >= 3, served
-    # Later tests talk to a proxy pod that exists.
-    stack.proxy_address = stack.pods("nrbc-proxy")[0]["status"]["podIP"]
-    stack.publish_service()
+    PORT = 443
 
+    def __init__(self, node):
+        # One host per node subnet 127.203.N (claimed per machine), so test
+        # runs at the same time do not meet.
+        host = 1 + int(node.gateway.split(".")[2]) % 254
+        self.LINK_LOCAL = "169.254.77.%d" % host
+        self.PUBLIC = "203.0.113.%d" % host
+        n = os.getpid() % 100000
+        self.ns = "nrbc-egress-%d" % n
+        self.host_if, self.peer_if = "egrh%05d" % n, "egrp%05d" % n
+        self.gateway, self.subnet = node.gateway, node.subnet
+        self.proc = None
+
+    def _run(self, *argv):
+        subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def start(self):
+        self.stop()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self):
+        self._run("ip", "netns", "add", self.ns)
+        self._run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name",
+                  self.peer_if)
+        self._run("ip", "link", "set", self.peer_if, "netns", self.ns)
+        ns = ["ip", "netns", "exec", self.ns]
+        self._run(*ns, "sysctl", "-qw", "net.ipv4.conf.%s.route_localnet=1" % self.peer_if)
+        for cmd in (["link", "set", "lo", "up"],
+                    ["addr", "add", self.LINK_LOCAL + "/32", "dev", self.peer_if],
+                    ["addr", "add", self.PUBLIC + "/32", "dev", self.peer_if],
+                    ["link", "set", self.peer_if, "up"],
+                    # the node's pods are loopback addresses: routed out, not local
+                    ["route", "add", self.gateway + "/32", "dev", self.peer_if, "table", "local"],
+                    ["route", "add", self.subnet, "via", self.gateway, "dev",
+                     self.peer_if, "table", "local"]):
+            self._run(*ns, "ip", *cmd)
+        for knob in ("route_localnet", "forwarding"):
+            with open("/proc/sys/net/ipv4/conf/%s/%s" % (self.host_if, knob), "w") as f:
+                f.write("1")
+        self._run("ip", "addr", "add", self.gateway + "/32", "dev", self.host_if)
+        self._run("ip", "link", "set", self.host_if, "up")
+        for a in (self.LINK_LOCAL, self.PUBLIC):
+            self._run("ip", "route", "add", a + "/32", "dev", self.host_if, "src", self.gateway)
+        server = ("import socket, threading\n"
+                  "def serve(addr):\n"
+                  "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                  "    s.bind((addr, %d)); s.listen(64)\n"
+                  "    while True:\n"
+                  "        c, _ = s.accept(); c.sendall(b'outside ' + addr.encode() + b'\\n'); c.close()\n"
+                  "for a in %r:\n"
+                  "    threading.Thread(target=serve, args=(a,)).start()\n"
+                  % (self.PORT, [self.LINK_LOCAL, self.PUBLIC]))
+        self.proc = subprocess.Popen(ns + [sys.executable, "-c", server],
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def listening():
+            assert self.proc.poll() is None, "the outside listener exited"
+            r = subprocess.run(ns + ["ss", "-Htln"], stdout=subprocess.PIPE, text=True)
+            return r.stdout.count(":%d " % self.PORT) == 2
+        wait_for(listening, 10, what="listeners in " + self.ns)
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        subprocess.run(["ip", "link", "del", self.host_if], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "netns", "del", self.ns], stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def outside(stack):
+    o = Outside(stack.cluster.node).start()
+    yield o
+    o.stop()
+
+
+def reach(stack, pod, host, port, send="", timeout=3):
+    """What a TCP client inside `pod` gets from host:port: the answer
+    (after sending `send`), or None when no connection came about within
+    `timeout` seconds (a policy's drop: the SYN gets no answer)."""
+    script = ('exec 3<>/dev/tcp/%s/%d || exit 7; echo connected; printf "%%b" "$1" >&3; '
+              'timeout 2 cat <&3; true' % (host, port))
+    r = stack.exec(pod, "timeout", str(timeout), "bash", "-c", script, "reach", send,
+                   check=False)
+    if not r.stdout.startswith("connected"):
+        return None
+    return r.stdout[len("connected\n"):]
+
+
+def test_builder_egress_closed_but_for_dns_https_and_the_test_cache(stack, outside, node_cache):
+    """With the shipped policy enforced (kube-network-policies on the real
+    node), from inside a builder pod: HTTPS to an address outside the
+    except ranges and the test cache (the test stack's addition) are
+    reached; a listener on a link-local address (port 443 too: only the
+    except list stops it), the API server and another builder's sshd are
+    not. Positive control: with the builders' policies deleted, the same
+    pod reaches all of them; applied again, they are closed again."""
+    def ready_pool_builders():
+        # Unclaimed (warm-pool) builders: nothing deletes them while no
+        # session comes, unlike a served builder after its idle timeout.
+        pool = {"nix-builder-" + b["metadata"]["name"] for b in stack.nixbuilders()
+                if not b["spec"].get("identity")}
+        return [p for p in builder_pods(stack) if p["metadata"]["name"] in pool
+                and (p["status"].get("containerStatuses") or [{}])[0].get("ready")]
+    wait_for(lambda: len(ready_pool_builders()) >= 2, 120, what="two ready pool builders")
+    a, b = ready_pool_builders()[:2]
+    pod, other_ip = a["metadata"]["name"], b["status"]["podIP"]
+    api = (stack.api_host, stack.api_port)
+    cache_get = "GET /nix-cache-info HTTP/1.0\r\n\r\n"
+
+    def cache_answers():
+        # The cache's HTTP server answers (with a 404 while nothing is in it).
+        got = reach(stack, pod, node_cache.address, node_cache.port, send=cache_get)
+        return got is not None and "Server: SimpleHTTP" in got
+
+    closed = {"link-local %s:443" % outside.LINK_LOCAL: (outside.LINK_LOCAL, outside.PORT),
+              "the API server %s:%d" % api: api,
+              "builder %s's sshd" % b["metadata"]["name"]: (other_ip, 22)}
+
+    def check_enforced():
+        # Reached: the cache (the addition) and HTTPS outside.
+        wait_for(cache_answers, 30, what="the test cache from " + pod)
+        wait_for(lambda: reach(stack, pod, outside.PUBLIC, outside.PORT)
+                 == "outside %s\n" % outside.PUBLIC, 30, what="HTTPS outside from " + pod)
+        # Not reached, each closed by the policy.
+        for what, (host, port) in closed.items():
+            assert reach(stack, pod, host, port) is None, "%s reached from %s" % (what, pod)
+
+    check_enforced()
+
+    policies = ("nrbc-builder", stack.TEST_CACHE_POLICY)
+    stack.cluster.kubectl("-n", NAMESPACE, "delete", "networkpolicy", *policies)
+    try:
+        # The positive control: the same destinations, the same pod, no policy.
+        wait_for(lambda: reach(stack, pod, outside.LINK_LOCAL, outside.PORT)
+                 == "outside %s\n" % outside.LINK_LOCAL, 30,
+                 what="link-local listener from %s without the policy" % pod)
+        wait_for(lambda: reach(stack, pod, *api) is not None, 30,
+                 what="the API server from %s without the policy" % pod)
+        wait_for(lambda: (reach(stack, pod, other_ip, 22) or "").startswith("SSH-2.0-"), 30,
+                 what="another builder's sshd from %s without the policy" % pod)
+        assert cache_answers()
+    finally:
+        stack.apply_manifests()
+    st, body = stack.cluster.api(
+        "GET", "/apis/networking.k8s.io/v1/namespaces/%s/networkpolicies" % NAMESPACE)
+    assert set(policies) <= {p["metadata"]["name"] for p in body["items"]}, body
+    # Closed again once the enforcer has seen the policies come back.
+    wait_for(lambda: reach(stack, pod, outside.LINK_LOCAL, outside.PORT, timeout=2) is None,
+             30, what="the link-local listener closed again")
+    check_enforced()
 
 
 @pytest.fixture
-def gateway_http(stack, tmp_path):
-    """An HTTP server on the node's gateway, which builder pods reach (as
-    they reach the API server there), serving one file made for the test."""
-    body = ("nrbc sandbox fetch %s\n" % salt()).encode()
-    (tmp_path / "fetch").write_bytes(body)
-    host = stack.cluster.node.gateway
-    port = free_port(host)
-    p = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", host,
-                          "--directory", str(tmp_path), str(port)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def answers():
-        try:
-            socket.create_connection((host, port), 1).close()
-            return True
-        except OSError:
-            return False
+def cache_file(node_cache):
+    """A file made for the test, served by the test binary cache's HTTP
+    server on the node's address: what builder pods reach (the test
+    stack's egress addition), as a fixed-output fetch from a mirror would."""
+    name = "sandbox-fetch-" + salt()
+    body = ("nrbc sandbox fetch %s\n" % name).encode()
+    path = os.path.join(node_cache.nar_dir, name)
+    with open(path, "wb") as f:
+        f.write(body)
     try:
-        wait_for(answers, 10, what="the test's HTTP server")
-        yield {"url": "http://%s:%d/fetch" % (host, port), "body": body,
+        yield {"url": "%s/%s" % (node_cache.url, name), "body": body,
                "hash": hashlib.sha256(body).hexdigest()}
     finally:
-        p.terminate()
-        p.wait(10)
+        os.remove(path)
 
 
 def serving_builder(stack, nix_client):
@@ -634,17 +761,17 @@ def serving_builder(stack, nix_client):
     return pods[0]
 
 
-def test_builds_are_sandboxed(stack, nix_client, gateway_http):
+def test_builds_are_sandboxed(stack, nix_client, cache_file):
     """As shipped, builders build in Nix's sandbox, never without
     (sandbox-fallback = false: a build that ran at all ran sandboxed): an
     ordinary derivation cannot reach a server its builder pod reaches, nor
     see the pod's keys, config or sshd's files, and runs as a build user;
     a fixed-output one fetches from that same server."""
-    args = {"salt": salt(), "url": gateway_http["url"], "hash": gateway_http["hash"]}
+    args = {"salt": salt(), "url": cache_file["url"], "hash": cache_file["hash"]}
     builders = stack.builders("ssh-ng")
     fetched = nix_client.build("sandbox.nix", builders=builders, sshopts=stack.sshopts(),
                                args=args, extra=["-A", "fetched"])
-    assert nix_client.read(fetched.out) == gateway_http["body"]
+    assert nix_client.read(fetched.out) == cache_file["body"]
     probe = nix_client.build("sandbox.nix", builders=builders, sshopts=stack.sshopts(),
                              args=args, extra=["-A", "probe"])
     seen = nix_client.read(probe.out).decode()
@@ -667,8 +794,8 @@ def test_builds_are_sandboxed(stack, nix_client, gateway_http):
         "type": "Localhost", "localhostProfile": "nrbc/builder-sandbox.json"}
     assert spec["containers"][0]["securityContext"]["procMount"] == "Unmasked"
     r = stack.exec(pod["metadata"]["name"], "busybox", "wget", "-q", "-O", "-",
-                   gateway_http["url"])
-    assert r.stdout.encode() == gateway_http["body"]
+                   cache_file["url"])
+    assert r.stdout.encode() == cache_file["body"]
     r = stack.exec(pod["metadata"]["name"], "cat", "/proc/self/uid_map")
     inside, outside, _count = r.stdout.split()
     assert inside == "0" and outside != "0", r.stdout
@@ -717,3 +844,49 @@ def test_builder_that_cannot_sandbox_says_so(stack, nix_client):
     finally:
         stack.cluster.kubectl("-n", NAMESPACE, "delete", "pod", name, "--wait=false",
                               check=False)
+
+
+def test_proxy_rollout_restart_during_a_build(stack, nix_client):
+    """`kubectl rollout restart` of the proxy Deployment while a build runs
+    through a load balancer that follows the Service's ready pods: the
+    sessions on the old pods finish, new sessions reach the new pods, and
+    the build completes with the outputs of a local build. (Last in this
+    file: the proxy pods are new afterwards.)"""
+    old = {p["metadata"]["name"] for p in stack.pods("nrbc-proxy")}
+    args = {"salt": salt(), "n": 4, "seconds": 6}
+    with TcpLoadBalancer(stack.cluster, NAMESPACE, "nrbc-proxy", "ssh") as lb:
+        wait_for(lambda: len(lb.backends) == 2, 60, what="both proxy replicas behind the LB")
+        known_hosts = os.path.join(stack.dir, "known_hosts_lb")
+        with open(known_hosts, "w") as f:
+            f.write("[%s]:%d %s" % (lb.address, lb.port,
+                                    open(stack.keys["host-key"] + ".pub").read()))
+        sshopts = NixClient.sshopts(lb.port, stack.keys[stack.USERS[0]], known_hosts)
+        result = {}
+
+        def build():
+            result["b"] = nix_client.build(
+                "parallel.nix", builders=NixClient.builders(lb.address, scheme="ssh-ng",
+                                                            max_jobs=1),
+                sshopts=sshopts, args=args, check=False)
+        t = threading.Thread(target=build)
+        t.start()
+        # Mid-build: the first derivation's session is running.
+        wait_for(lambda: any((r.get("status") or {}).get("phase") == "Running"
+                             for r in stack.requests()), 120, what="a session running")
+        stack.cluster.kubectl("-n", NAMESPACE, "rollout", "restart", "deployment/nrbc-proxy")
+        t.join(600)
+        assert not t.is_alive(), "the build did not end"
+        stack.cluster.kubectl("-n", NAMESPACE, "rollout", "status", "deployment/nrbc-proxy",
+                              "--timeout=180s", timeout=190)
+        served = dict(lb.served)
+    b = result["b"]
+    assert b.returncode == 0, "nix-build failed (%d):\n%s" % (b.returncode, b.stderr)
+    local = nix_client.build_local("parallel.nix", args=args)
+    assert b.out == local.out
+    new = {p["metadata"]["name"] for p in stack.pods("nrbc-proxy")}
+    assert new and not (new & old), (old, new)
+    # Sessions reached more than the two old pods: the new ones served too.
+    assert len(served) >= 3, served
+    # Later tests talk to a proxy pod that exists.
+    stack.proxy_address = stack.pods("nrbc-proxy")[0]["status"]["podIP"]
+    stack.publish_service()

@@ -3,10 +3,11 @@ TokenRequest and garbage collection -- what the nrbc tests build on."""
 
 import json
 import os
+import re
 import subprocess
 import time
 
-from conftest import wait_for
+from conftest import REPO, wait_for
 
 NBR = "/apis/nix.io/v1alpha1/namespaces/%s/nixbuildrequests"
 
@@ -16,11 +17,18 @@ def nbr(name, spec):
             "metadata": {"name": name}, "spec": spec}
 
 
+def pinned_version():
+    """The Kubernetes release test/cluster/build.sh builds."""
+    text = open(os.path.join(REPO, "test", "cluster", "build.sh")).read()
+    return re.search(r"^K8S_VERSION=(v[0-9.]+)$", text, re.M).group(1)
+
+
 def test_versions(cluster):
+    want = pinned_version()
     st, v = cluster.api("GET", "/version")
-    assert st == 200 and v["gitVersion"] == "v1.32.13", v
+    assert st == 200 and v["gitVersion"] == want, v
     out = cluster.kubectl("version", "-o", "json").stdout
-    assert json.loads(out)["clientVersion"]["gitVersion"] == "v1.32.13"
+    assert json.loads(out)["clientVersion"]["gitVersion"] == want
 
 
 def test_crd_established(cluster):

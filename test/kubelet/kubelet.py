@@ -1235,7 +1235,7 @@ class Kubelet:
             "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "",
                          "kernelVersion": os.uname().release,
                          "osImage": "nrbc test kubelet", "containerRuntimeVersion":
-                         "nrbc-test://1", "kubeletVersion": "v1.32.13",
+                         "nrbc-test://1", "kubeletVersion": "v1.35.4",
                          "kubeProxyVersion": "", "operatingSystem": "linux",
                          "architecture": "amd64"},
         }

@@ -9,7 +9,8 @@
 #   ${NRBC_NETPOL_CACHE:-<repo>/.cache/netpol}/<key>/kube-network-policies
 # Cold: 1 min 40 s on 2 cores with an empty build cache (2 min 20 s on a
 # busy machine); a cache hit costs nothing. Shares the module cache with
-# ../build.sh (client-go and apimachinery at the cluster's v0.32.13).
+# ../build.sh (client-go and apimachinery at v0.32.13: a client of the
+# cluster's newer API server, as any older client is).
 #
 # Usage: test/cluster/netpol/build.sh         prints the binary directory
 #        test/cluster/netpol/build.sh --key   prints only the cache key

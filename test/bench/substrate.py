@@ -30,18 +30,26 @@ def _pool_arg(args, size):
 
 
 class _RealStack(RealStack):
-    # A class attribute: RealStack.__init__ already calls controller_args().
+    # Class attributes: RealStack.__init__ already calls controller_args().
     warm_pool_size = None
+    sandbox = True
 
     def controller_args(self):
         args = super().controller_args()
+        if not self.sandbox:
+            args = args + ["--builder-sandbox=false"]
         return args if self.warm_pool_size is None else _pool_arg(args, self.warm_pool_size)
 
 
 class Substrate:
-    def __init__(self, real_node, nrbc, work, builder_idle_timeout, warm_pool_size=None):
+    def __init__(self, real_node, nrbc, work, builder_idle_timeout, warm_pool_size=None,
+                 sandbox=True):
+        """sandbox: on the real node, builders sandbox builds (as shipped);
+        the test kubelet's never do."""
         self.real_node = real_node
         self.name = "real node" if real_node else "test kubelet"
+        if real_node and not sandbox:
+            self.name += ", no sandbox"
         self.cluster = self.kubelet = self.stack = None
         bindir = os.environ.get("NRBC_CLUSTER_BIN") or conftest.cluster_mod.build_binaries()
         conftest.HostNix().prepare()      # the Nix client's settings, either way
@@ -52,6 +60,7 @@ class Substrate:
             conftest.load_images(self.cluster)
             api_port = int(self.cluster.server.rsplit(":", 1)[1])
             _RealStack.warm_pool_size = warm_pool_size
+            _RealStack.sandbox = sandbox
             self.stack = _RealStack(self.cluster, work, self.cluster.node.gateway, api_port,
                                     builder_idle_timeout=builder_idle_timeout)
             self.stack.install().start()

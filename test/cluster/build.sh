@@ -36,46 +36,9 @@ if [ "${1:-}" = "--key" ]; then
 	exit 0
 fi
 
-cache=${NRBC_CLUSTER_CACHE:-$repo/.cache/cluster}
-dir=$cache/$key
+. "$here/go_cache.sh"
+go_cache_open "${NRBC_CLUSTER_CACHE:-$repo/.cache/cluster}" "$BINARIES"
 
-complete() {
-	for b in $BINARIES; do
-		[ -x "$1/$b" ] || return 1
-	done
-	return 0
-}
-
-if complete "$dir"; then
-	echo "$dir"
-	exit 0
-fi
-
-mkdir -p "$cache"
-# Two test runs starting at once must not both spend 6 minutes building.
-exec 9>"$cache/.lock-$key"
-if command -v flock >/dev/null 2>&1; then
-	flock 9
-fi
-if complete "$dir"; then
-	echo "$dir"
-	exit 0
-fi
-
-tmp=$cache/.tmp-$key-$$
-rm -rf "$tmp"
-mkdir -p "$tmp"
-trap 'rm -rf "$tmp"' EXIT
-
-# A toolchain switch would mean a download; the module files ask for go 1.23.
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
-# VCS stamping would need git (and a trusted checkout) and changes nothing.
-case " ${GOFLAGS:-} " in
-*" -buildvcs="*) ;;
-*) export GOFLAGS="${GOFLAGS:-} -buildvcs=false" ;;
-esac
-
-start=$(date +%s)
 echo "build.sh: building test cluster binaries into $dir (cold: ~6 min on 2 cores)" >&2
 (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" .) >&2
 (cd "$here/k8s" && go build -trimpath -ldflags "$LDFLAGS" -o "$tmp/" \
@@ -84,9 +47,4 @@ echo "build.sh: building test cluster binaries into $dir (cold: ~6 min on 2 core
 	k8s.io/kubernetes/cmd/kubectl \
 	k8s.io/kubernetes/cmd/kubelet \
 	k8s.io/kubernetes/cmd/kube-scheduler) >&2
-complete "$tmp" || { echo "build.sh: binaries missing after build" >&2; exit 1; }
-rm -rf "$dir"
-mv "$tmp" "$dir"
-trap - EXIT
-echo "build.sh: built in $(($(date +%s) - start)) s" >&2
-echo "$dir"
+go_cache_close build.sh

@@ -27,48 +27,15 @@ if [ "${1:-}" = "--key" ]; then
 	exit 0
 fi
 
-cache=${NRBC_RUNTIME_CACHE:-$repo/.cache/runtime}
-dir=$cache/$key
-
-complete() {
-	for b in $BINARIES; do
-		[ -x "$1/$b" ] || return 1
-	done
-	return 0
-}
-
-if complete "$dir"; then
-	echo "$dir"
-	exit 0
-fi
-mkdir -p "$cache"
-exec 9>"$cache/.lock-$key"
-if command -v flock >/dev/null 2>&1; then
-	flock 9
-fi
-if complete "$dir"; then
-	echo "$dir"
-	exit 0
-fi
-
-tmp=$cache/.tmp-$key-$$
-rm -rf "$tmp"
-mkdir -p "$tmp"
-trap 'rm -rf "$tmp"' EXIT
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
-export GOFLAGS="${GOFLAGS:-} -buildvcs=false -trimpath"
+. "$here/go_cache.sh"
+go_cache_open "${NRBC_RUNTIME_CACHE:-$repo/.cache/runtime}" "$BINARIES"
+export GOFLAGS="$GOFLAGS -trimpath"
 export GOBIN="$tmp"
 
-start=$(date +%s)
 echo "runtime.sh: building containerd and runc into $dir (cold: ~5 min on 2 cores)" >&2
 pkg=${CONTAINERD%@*}
 ver=${CONTAINERD#*@}
 go install -ldflags "-s -w" "$pkg/cmd/containerd@$ver" "$pkg/cmd/containerd-shim-runc-v2@$ver" >&2
 # runc needs cgo for its seccomp filters (libseccomp).
 CGO_ENABLED=1 go install -tags seccomp -ldflags "-s -w" "$RUNC" >&2
-complete "$tmp" || { echo "runtime.sh: binaries missing after build" >&2; exit 1; }
-rm -rf "$dir"
-mv "$tmp" "$dir"
-trap - EXIT
-echo "runtime.sh: built in $(($(date +%s) - start)) s" >&2
-echo "$dir"
+go_cache_close runtime.sh

@@ -36,38 +36,9 @@ if [ "${1:-}" = "--key" ]; then
 	exit 0
 fi
 
-cache=${NRBC_NETPOL_CACHE:-$repo/.cache/netpol}
-dir=$cache/$key
-if [ -x "$dir/$BINARY" ]; then
-	echo "$dir"
-	exit 0
-fi
+. "$here/../go_cache.sh"
+go_cache_open "${NRBC_NETPOL_CACHE:-$repo/.cache/netpol}" "$BINARY"
 
-mkdir -p "$cache"
-exec 9>"$cache/.lock-$key"
-if command -v flock >/dev/null 2>&1; then
-	flock 9
-fi
-if [ -x "$dir/$BINARY" ]; then
-	echo "$dir"
-	exit 0
-fi
-
-tmp=$cache/.tmp-$key-$$
-rm -rf "$tmp"
-mkdir -p "$tmp"
-trap 'rm -rf "$tmp"' EXIT
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
-case " ${GOFLAGS:-} " in
-*" -buildvcs="*) ;;
-*) export GOFLAGS="${GOFLAGS:-} -buildvcs=false" ;;
-esac
-
-start=$(date +%s)
 echo "netpol/build.sh: building $BINARY into $dir (cold: ~2 min on 2 cores)" >&2
 (cd "$here" && go build -trimpath -ldflags "$LDFLAGS" -o "$tmp/$BINARY" .) >&2
-rm -rf "$dir"
-mv "$tmp" "$dir"
-trap - EXIT
-echo "netpol/build.sh: built in $(($(date +%s) - start)) s" >&2
-echo "$dir"
+go_cache_close netpol/build.sh

@@ -32,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(REPO, "test", "cluster"))
 
 import cluster as cluster_mod  # noqa: E402
+from cluster import wait_for  # noqa: E402
 
 
 def find_kubetool():
@@ -53,17 +54,6 @@ def find_kubetool():
 @pytest.fixture(scope="module")
 def kubetool():
     return find_kubetool()
-
-
-def wait_until(fn, timeout=30, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 class Tool:
@@ -562,7 +552,7 @@ def cache_of_list(kc, ns, plural="nixbuildrequests", group="/apis/nix.io/v1alpha
         st, body = kc.api("GET", "%s/namespaces/%s/%s" % (group, ns, plural))
         assert st in (200, 429), (st, body)
         return body if st == 200 else None
-    body = wait_until(get, timeout=60, interval=0.2, what="a list")
+    body = wait_for(get, timeout=60, interval=0.2, what="a list")
     return {"%s/%s" % (ns, i["metadata"]["name"]): i["metadata"]["resourceVersion"]
             for i in body["items"]}
 
@@ -611,8 +601,8 @@ def test_informer_crud_and_selector(kc, ns, kubetool):
                   '{"team":"b"}}}')[0] == 0
         assert kt(kubetool, kc, "delete", "nbr", ns, "x")[0] == 0
         want = cache_of_list(kc, ns)
-        wait_until(lambda: replay(t.events()) == want, what="informer converged")
-        wait_until(lambda: any(e["event"] == "delete" for e in ts.events()),
+        wait_for(lambda: replay(t.events()) == want, what="informer converged")
+        wait_for(lambda: any(e["event"] == "delete" for e in ts.events()),
                    what="selector informer saw the delete")
     finally:
         t.stop()
@@ -686,7 +676,7 @@ def second_apiserver(kc, tmp_path):
                 return r.status == 200
         except Exception:
             return False
-    wait_until(ready, timeout=90, what="second apiserver ready")
+    wait_for(ready, timeout=90, what="second apiserver ready")
     return p, kcfg
 
 
@@ -701,7 +691,7 @@ def test_informer_across_apiserver_restart_and_forced_410(kc, ns, kubetool, tmp_
         assert kt(kubetool, kc, "create", "nbr", ns, "-", input=json.dumps(nbr("r%d" % i)))[0] == 0
     t = informer(kubetool, kc, ns)
     try:
-        wait_until(lambda: replay(t.events()) == cache_of_list(kc, ns), what="initial sync")
+        wait_for(lambda: replay(t.events()) == cache_of_list(kc, ns), what="initial sync")
         argv = apiserver_args(kc)
 
         # 1. A plain restart, with changes made right after it is ready: the
@@ -713,7 +703,7 @@ def test_informer_across_apiserver_restart_and_forced_410(kc, ns, kubetool, tmp_
         assert kt(kubetool, kc, "patch", "nbr", ns, "r0", '{"spec":{"image":"i1"}}')[0] == 0
         assert kt(kubetool, kc, "delete", "nbr", ns, "r1")[0] == 0
         want = cache_of_list(kc, ns)
-        wait_until(lambda: replay(t.events()) == want, timeout=60,
+        wait_for(lambda: replay(t.events()) == want, timeout=60,
                    what="informer converged after restart")
 
         # 2. The informer's apiserver goes down; meanwhile a second
@@ -738,7 +728,7 @@ def test_informer_across_apiserver_restart_and_forced_410(kc, ns, kubetool, tmp_
             stop_second(kc, pb)
         start_apiserver(kc, argv)
         want = cache_of_list(kc, ns)
-        wait_until(lambda: replay(t.events()) == want, timeout=90,
+        wait_for(lambda: replay(t.events()) == want, timeout=90,
                    what="informer converged after compaction")
         after = [(e["event"], e["key"].split("/")[1]) for e in t.events()[before:]
                  if e["event"] in ("add", "update", "delete")]

@@ -210,6 +210,14 @@ char *controller_pod_stop_reason(const json_t *pod)
 	    *reason ? reason : "DisruptionTarget", *message ? ": " : "", message);
 }
 
+/* The runtime's words for a Localhost profile that is not on the node name
+ * a path only the node's admin knows: say where it comes from. */
+static const char *seccomp_hint(const char *runtime_message)
+{
+	return strstr(runtime_message, "seccomp") ? " (is the builders' seccomp profile on this "
+	    "node? kubectl apply -k manifests/seccomp; docs/operations.md, Installing)" : "";
+}
+
 static int judge_pod(const struct controller_status_input *in, enum controller_phase current,
     struct verdict *v)
 {
@@ -252,8 +260,10 @@ static int judge_pod(const struct controller_status_input *in, enum controller_p
 		if (strcmp(json_field_str(waiting, "reason"), waiting_failures[i].waiting_reason) == 0) {
 			v->phase = CONTROLLER_PHASE_FAILED;
 			v->reason = waiting_failures[i].reason;
-			v->message = str_printf("builder pod %s: %s: %s", in->pod_name,
-			    waiting_failures[i].waiting_reason, json_field_str(waiting, "message"));
+			const char *msg = json_field_str(waiting, "message");
+
+			v->message = str_printf("builder pod %s: %s: %s%s", in->pod_name,
+			    waiting_failures[i].waiting_reason, msg, seccomp_hint(msg));
 			return v->message ? 0 : -1;
 		}
 	}

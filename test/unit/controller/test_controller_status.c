@@ -263,6 +263,26 @@ static void test_unschedulable_waits_then_fails(void **state)
 	json_decref(req);
 }
 
+/* A node without the builders' seccomp profile: the status says where the
+ * profile comes from. */
+static void test_missing_seccomp_profile(void **state)
+{
+	json_t *req = request_with_status("{\"phase\":\"Creating\",\"podName\":\"" POD "\","
+	                                  "\"reason\":\"PodCreated\"}");
+	struct controller_status_result r = compute(req, "{\"status\":{\"phase\":\"Pending\","
+	    "\"containerStatuses\":[{\"name\":\"builder\",\"state\":{\"waiting\":"
+	    "{\"reason\":\"CreateContainerError\",\"message\":\"failed to generate seccomp "
+	    "spec opts: cannot load seccomp profile \\\"/var/lib/kubelet/seccomp/nrbc/"
+	    "builder-sandbox.json\\\": no such file or directory\"}}}]}}", T0);
+
+	assert_string_equal(str(r.status, "phase"), "Failed");
+	assert_string_equal(str(r.status, "reason"), "ContainerError");
+	assert_non_null(strstr(str(r.status, "message"), "builder-sandbox.json"));
+	assert_non_null(strstr(str(r.status, "message"), "kubectl apply -k manifests/seccomp"));
+	controller_status_result_finish(&r);
+	json_decref(req);
+}
+
 static void test_waiting_failures(void **state)
 {
 	static const struct {
@@ -290,6 +310,7 @@ static void test_waiting_failures(void **state)
 		assert_string_equal(str(r.status, "reason"), cases[i].reason);
 		assert_non_null(strstr(str(r.status, "message"), "it went wrong"));
 		assert_non_null(strstr(str(r.status, "message"), cases[i].waiting));
+		assert_null(strstr(str(r.status, "message"), "manifests/seccomp"));
 		assert_true(r.transition);
 		assert_true(r.warning);
 		assert_string_equal(str(r.status, "completionTime"), "2025-01-15T10:30:00Z");
@@ -546,6 +567,7 @@ int main(void)
 		cmocka_unit_test(test_ready_needs_ip),
 		cmocka_unit_test(test_unschedulable_waits_then_fails),
 		cmocka_unit_test(test_waiting_failures),
+		cmocka_unit_test(test_missing_seccomp_profile),
 		cmocka_unit_test(test_ordinary_waiting_is_creating),
 		cmocka_unit_test(test_pod_failed),
 		cmocka_unit_test(test_pod_succeeded_is_a_failure),

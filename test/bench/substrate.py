@@ -98,6 +98,8 @@ class Substrate:
             conftest.wait_for(lambda: any(conftest.pod_ready(p) for p in s.pods("nrbc-builder")),
                               180, what="a Ready builder pod to copy")
             model = next(p for p in s.pods("nrbc-builder") if conftest.pod_ready(p))
+            # The copy mounts the model's own host key (each builder has one).
+            host_key = model["metadata"]["annotations"]["nix.io/host-key"]
             spec = dict(model["spec"])
             spec.pop("nodeName", None)
             pod = {"apiVersion": "v1", "kind": "Pod",
@@ -107,12 +109,13 @@ class Substrate:
         else:
             pod = conftest.builder_pod(name, NAMESPACE, secret="nix-builder-ssh-keys",
                                        configmap="nix-config")
+            host_key = open(s.keys["host-key"] + ".pub").read().strip()
         self.cluster.apply(json.dumps(pod))
         pod = conftest.wait_pod(self.cluster, NAMESPACE, name, conftest.pod_ready, 180)
         ip = pod["status"]["podIP"]
         kh = os.path.join(s.dir, name + "_known_hosts")
         with open(kh, "w") as f:
-            f.write("%s %s" % (ip, open(s.keys["host-key"] + ".pub").read()))
+            f.write("%s %s\n" % (ip, host_key))
         return (ip, conftest.NixClient.sshopts(22, s.keys["builder-key"], kh),
                 conftest.NixClient.builders(ip, scheme="ssh-ng", max_jobs=4))
 

@@ -94,8 +94,9 @@ def main():
             conftest.load_images(cluster)
             api_port = int(cluster.server.rsplit(":", 1)[1])
             stack = RealStack(cluster, work, cluster.node.gateway, api_port)
-            say("Secret %s with the keys; kubectl apply -k %s (base: manifests)"
-                % ("nix-builder-ssh-keys", stack.kustomize_dir))
+            say("the builders' seccomp profile on the node (kubectl apply -k manifests/seccomp: "
+                "builds run in Nix's sandbox); Secret %s with the keys; kubectl apply -k %s "
+                "(base: manifests)" % ("nix-builder-ssh-keys", stack.kustomize_dir))
             stack.install()
             for (kind, name) in sorted(stack.objects):
                 print("   %s/%s" % (kind, name))

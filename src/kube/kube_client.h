@@ -1,6 +1,10 @@
 /* Asynchronous Kubernetes REST requests on libcurl multi, driven by libuv.
  * Each request has an id; its callback runs exactly once unless the request
- * is cancelled first. Nothing here blocks the loop. */
+ * is cancelled first. One thing blocks the loop: a kubeconfig whose user is
+ * an exec credential plugin runs it synchronously (kube_exec.h, bounded by
+ * its timeout) when a request needs a credential and none is cached, at
+ * start and again only when the credential expires or the API answers 401.
+ * In-cluster configurations (the shipped Deployments) never run one. */
 #ifndef NRBC_KUBE_CLIENT_H
 #define NRBC_KUBE_CLIENT_H
 

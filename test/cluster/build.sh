@@ -23,20 +23,9 @@ K8S_VERSION=v1.35.4
 LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=35"
 BINARIES="etcd kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler"
 
-key=$(
-	{
-		echo "ldflags $LDFLAGS"
-		for f in k8s/go.mod k8s/go.sum etcd/go.mod etcd/go.sum etcd/main.go; do
-			echo "$f $(sha256sum <"$here/$f" | cut -d' ' -f1)"
-		done
-	} | sha256sum | cut -c1-16
-)
-if [ "${1:-}" = "--key" ]; then
-	echo "$key"
-	exit 0
-fi
-
 . "$here/go_cache.sh"
+go_cache_key "${1:-}" "ldflags $LDFLAGS" "$here" \
+	k8s/go.mod k8s/go.sum etcd/go.mod etcd/go.sum etcd/main.go
 go_cache_open "${NRBC_CLUSTER_CACHE:-$repo/.cache/cluster}" "$BINARIES"
 
 echo "build.sh: building test cluster binaries into $dir (cold: ~6 min on 2 cores)" >&2

@@ -23,20 +23,8 @@ repo=$(cd "$here/../../.." && pwd)
 LDFLAGS="-s -w"
 BINARY=kube-network-policies
 
-key=$(
-	{
-		echo "ldflags $LDFLAGS"
-		for f in go.mod go.sum main.go; do
-			echo "$f $(sha256sum <"$here/$f" | cut -d' ' -f1)"
-		done
-	} | sha256sum | cut -c1-16
-)
-if [ "${1:-}" = "--key" ]; then
-	echo "$key"
-	exit 0
-fi
-
 . "$here/../go_cache.sh"
+go_cache_key "${1:-}" "ldflags $LDFLAGS" "$here" go.mod go.sum main.go
 go_cache_open "${NRBC_NETPOL_CACHE:-$repo/.cache/netpol}" "$BINARY"
 
 echo "netpol/build.sh: building $BINARY into $dir (cold: ~2 min on 2 cores)" >&2

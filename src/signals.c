@@ -47,7 +47,7 @@ struct signals *signals_create(uv_loop_t *loop, signals_shutdown_cb cb, void *da
 		free(s);
 		return NULL;
 	}
-	s->sigint.data = s->sigterm.data = s;
+	s->sigint.data = s;
 	rc = uv_signal_init(loop, &s->sigterm);
 	if (rc < 0) {
 		log_error("cannot watch signals: %s", uv_strerror(rc));
@@ -55,6 +55,7 @@ struct signals *signals_create(uv_loop_t *loop, signals_shutdown_cb cb, void *da
 		uv_close((uv_handle_t *)&s->sigint, signals_on_close);
 		return NULL;
 	}
+	s->sigterm.data = s;
 	if (uv_signal_start(&s->sigint, signals_on_signal, SIGINT) < 0 ||
 	    uv_signal_start(&s->sigterm, signals_on_signal, SIGTERM) < 0) {
 		log_error("cannot install signal handlers");

@@ -660,6 +660,11 @@ static int parse_flags(struct controller_flags *f, const struct flag *table, siz
 		                "--warm-pool-size or --builder-slots out of range\n");
 		return 2;
 	}
+	if (f->builder_sandbox && (!f->builder_sandbox_seccomp || !*f->builder_sandbox_seccomp)) {
+		fprintf(stderr, "nrbc controller: --builder-sandbox needs a "
+		                "--builder-sandbox-seccomp profile\n");
+		return 2;
+	}
 	if (f->leader_elect && (f->renew_deadline_ms >= f->lease_duration_ms ||
 	    f->retry_period_ms >= f->renew_deadline_ms || f->retry_period_ms == 0)) {
 		fprintf(stderr, "nrbc controller: need retry period < renew deadline < "

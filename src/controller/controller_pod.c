@@ -289,6 +289,8 @@ static json_t *pod_volumes(const struct controller_pod_options *o, const char *h
  * profile (manifests/seccomp/) allows them, as Pod Security baseline does. */
 static int pod_sandbox(json_t *ps, const struct controller_pod_options *o)
 {
+	/* The controller refuses to start without one; never a pod the node
+	 * cannot run. */
 	if (str_empty(o->sandbox_seccomp_profile))
 		return -1;
 	if (json_object_set_new(ps, "hostUsers", json_false()) < 0)

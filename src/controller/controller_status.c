@@ -258,10 +258,10 @@ static int judge_pod(const struct controller_status_input *in, enum controller_p
 	}
 	for (size_t i = 0; waiting && i < sizeof(waiting_failures) / sizeof(waiting_failures[0]); i++) {
 		if (strcmp(json_field_str(waiting, "reason"), waiting_failures[i].waiting_reason) == 0) {
-			v->phase = CONTROLLER_PHASE_FAILED;
-			v->reason = waiting_failures[i].reason;
 			const char *msg = json_field_str(waiting, "message");
 
+			v->phase = CONTROLLER_PHASE_FAILED;
+			v->reason = waiting_failures[i].reason;
 			v->message = str_printf("builder pod %s: %s: %s%s", in->pod_name,
 			    waiting_failures[i].waiting_reason, msg, seccomp_hint(msg));
 			return v->message ? 0 : -1;

@@ -319,7 +319,6 @@ static void server_on_listener(uv_poll_t *h, int status, int events);
 static void server_on_pause_end(uv_timer_t *t)
 {
 	struct proxy_server *srv = t->data;
-
 	int rc;
 
 	if (!srv->listener_open || srv->draining)

@@ -117,6 +117,8 @@ static void upstream_handshake_lost(struct proxy_upstream *u, const char *why);
 
 static void upstream_set_events(struct proxy_upstream *u, int events)
 {
+	int rc;
+
 	if (!u->conn || events == u->poll_events)
 		return;
 	u->poll_events = events;
@@ -127,8 +129,7 @@ static void upstream_set_events(struct proxy_upstream *u, int events)
 	/* libuv refuses only a second handle on the same fd or bad events, both
 	 * bugs here. Failing the connection from inside the many callers would
 	 * call the owner back in the middle of its own call: say it loudly. */
-	int rc = uv_poll_start(&u->conn->poll, events, upstream_on_poll);
-
+	rc = uv_poll_start(&u->conn->poll, events, upstream_on_poll);
 	if (rc < 0)
 		log_error("session=%llu builder %s:%d: cannot watch the connection: %s",
 		    (unsigned long long)u->session_id, u->host, u->port, uv_strerror(rc));

@@ -607,9 +607,6 @@ class Cluster:
                                  "    namespace: %s\n" % namespace))
         return path
 
-    def wait_for(self, fn, timeout=30, interval=0.1, what="condition"):
-        return wait_for(fn, timeout, interval, what)
-
 
 def _main(argv):
     import argparse

@@ -16,6 +16,9 @@ What the overlay changes, and why (everything else is as shipped):
   - --default-memory-limit: 1Gi rather than 8Gi, so a build that takes
     memory without end meets the limit in seconds, not after eating the
     machine's.
+The builders' seccomp profile goes in as shipped (manifests/seccomp, the
+README's first install step), with the local image and a hostPath into
+this node's kubelet directory (its --root-dir is private).
 The LoadBalancer Service gets what a cloud's load balancer would give it: an
 external address (here the proxy pod's own, reachable from this machine)
 and the port the proxy listens on (no load balancer maps 22 to it).
@@ -114,42 +117,23 @@ class RealStack(Stack):
             with open(os.path.join(d, "test-cache-networkpolicy.json"), "w") as f:
                 f.write(json.dumps(self._test_cache_policy(), indent=2) + "\n")
             resources.append("test-cache-networkpolicy.json")
-        name, tag = IMAGE.rsplit(":", 1)
-        kustomization = {
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "resources": resources,
-            "images": [{"name": "ghcr.io/nrbc/nrbc", "newName": name, "newTag": tag}],
-            "patches": patches,
-        }
-        with open(os.path.join(d, "kustomization.yaml"), "w") as f:
-            # JSON is YAML: no YAML library needed.
-            f.write(json.dumps(kustomization, indent=2) + "\n")
-        return d
+        return _write_kustomization(d, resources, patches)
 
     def _write_seccomp_overlay(self):
         """manifests/seccomp with the local image, writing into this node's
         kubelet (its --root-dir is private, not /var/lib/kubelet)."""
         d = os.path.join(self.dir, "overlay-seccomp")
         os.makedirs(d, exist_ok=True)
-        name, tag = IMAGE.rsplit(":", 1)
         hostpath = os.path.join(self.cluster.node.dir, "kubelet", "seccomp")
         patch = {"apiVersion": "apps/v1", "kind": "DaemonSet",
                  "metadata": {"name": "nrbc-seccomp-profiles"},
                  "spec": {"template": {"spec": {"volumes": [
                      {"name": "seccomp", "hostPath": {"path": hostpath,
                                                       "type": "DirectoryOrCreate"}}]}}}}
-        kustomization = {
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "resources": [os.path.relpath(os.path.join(REPO, "manifests", "seccomp"), d)],
-            "images": [{"name": "ghcr.io/nrbc/nrbc", "newName": name, "newTag": tag}],
-            "patches": [{"target": {"kind": "DaemonSet", "name": "nrbc-seccomp-profiles"},
-                         "patch": json.dumps(patch)}],
-        }
-        with open(os.path.join(d, "kustomization.yaml"), "w") as f:
-            f.write(json.dumps(kustomization, indent=2) + "\n")
-        return d
+        return _write_kustomization(
+            d, [os.path.relpath(os.path.join(REPO, "manifests", "seccomp"), d)],
+            [{"target": {"kind": "DaemonSet", "name": "nrbc-seccomp-profiles"},
+              "patch": json.dumps(patch)}])
 
     def install_seccomp_profiles(self, timeout=120):
         """`kubectl apply -k manifests/seccomp`, as the README has the
@@ -158,6 +142,7 @@ class RealStack(Stack):
         self.cluster.kubectl("-n", "kube-system", "rollout", "status",
                              "daemonset/nrbc-seccomp-profiles", "--timeout=%ds" % timeout,
                              timeout=timeout + 10)
+
     TEST_CACHE_POLICY = "nrbc-builder-test-cache"
 
     def _test_cache_policy(self):
@@ -231,6 +216,23 @@ class RealStack(Stack):
             return False
         wait_for(leader, timeout, what="a controller pod holding the lease")
         return names["pod"], names["holder"]
+
+
+def _write_kustomization(d, resources, patches):
+    """d/kustomization.yaml: resources and patches, with the local nrbc
+    image in place of the shipped one (no registry is reachable). Returns d."""
+    name, tag = IMAGE.rsplit(":", 1)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": resources,
+        "images": [{"name": "ghcr.io/nrbc/nrbc", "newName": name, "newTag": tag}],
+        "patches": patches,
+    }
+    with open(os.path.join(d, "kustomization.yaml"), "w") as f:
+        # JSON is YAML: no YAML library needed.
+        f.write(json.dumps(kustomization, indent=2) + "\n")
+    return d
 
 
 def containerd_ids(pod):

@@ -8,17 +8,26 @@
 #include "json_field.h"
 #include "kube/kube_client.h"
 
-enum client_object { OBJ_SERVICE, OBJ_CONFIG_MAP, OBJ_HOST_KEY, OBJ_COUNT };
+/* The three GETs and the LIST of classes. */
+enum client_object { OBJ_SERVICE, OBJ_CONFIG_MAP, OBJ_HOST_KEY, OBJ_CLASSES, OBJ_COUNT };
 
 static const struct kube_resource resource_services = {
 	.group = "", .version = "v1", .plural = "services", .kind = "Service", .namespaced = true,
+};
+
+static const struct kube_resource resource_classes = {
+	.group = "nix.io", .version = "v1alpha1", .plural = "nixbuilderclasses",
+	.kind = "NixBuilderClass", .namespaced = true,
 };
 
 struct client_cluster {
 	json_t *obj[OBJ_COUNT];
 	char *err;   /* the first failure */
 	int pending;
+	long classes_status; /* the LIST's HTTP status */
+	char *warnings;      /* lines, or NULL */
 	struct client_facts facts;
+	struct client_class_list classes;
 	const struct client_cluster_names *names;
 };
 
@@ -34,7 +43,7 @@ static const char *data_str(const json_t *cm, const char *key)
 	return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
-static int parse_long(const char *s, long *out)
+static int parse_long(const char *s, long max, long *out)
 {
 	char *end;
 	long v;
@@ -42,10 +51,17 @@ static int parse_long(const char *s, long *out)
 	if (!s || !s[0])
 		return -1;
 	v = strtol(s, &end, 10);
-	if (*end || v < 1 || v > 1000000)
+	if (*end || v < 1 || v > max)
 		return -1;
 	*out = v;
 	return 0;
+}
+
+/* A ConfigMap key older installs lack: absent is def. */
+static int parse_optional_long(const char *s, long max, long def, long *out)
+{
+	*out = def;
+	return s ? parse_long(s, max, out) : 0;
 }
 
 /* The address a client outside the cluster reaches the Service at. */
@@ -90,7 +106,7 @@ int client_cluster_facts_from(const json_t *service, const json_t *config_map,
     const json_t *host_key_config_map, const struct client_cluster_names *names,
     struct client_facts *f, char **err)
 {
-	const char *slots;
+	const char *slots, *per_key, *sessions;
 
 	memset(f, 0, sizeof(*f));
 	f->address = names->address ? names->address : service_address(service);
@@ -116,11 +132,19 @@ int client_cluster_facts_from(const json_t *service, const json_t *config_map,
 	f->systems = data_str(config_map, "systems");
 	f->features = data_str(config_map, "supported-features");
 	slots = data_str(config_map, "builder-slots");
-	if (!f->user || !f->user[0] || strpbrk(f->user, "@:/ \t\n") || !f->systems ||
-	    !f->systems[0] || strpbrk(f->systems, " \t\n") || parse_long(slots, &f->slots) < 0 ||
-	    (f->features && strpbrk(f->features, " \t\n"))) {
+	per_key = data_str(config_map, "builders-per-key");
+	sessions = data_str(config_map, "sessions-per-key");
+	/* The user and the lists go into builders lines and Nix strings: no
+	 * separators or quotes in them. */
+	if (!f->user || !f->user[0] || strpbrk(f->user, "@:/ \t\n;\"\\$") || !f->systems ||
+	    !f->systems[0] || strpbrk(f->systems, " \t\n;\"\\$") ||
+	    parse_long(slots, 1000000, &f->slots) < 0 ||
+	    parse_optional_long(per_key, 1000, 1, &f->per_key) < 0 ||
+	    parse_optional_long(sessions, 1000000, 16, &f->sessions_per_key) < 0 ||
+	    (f->features && strpbrk(f->features, " \t\n;\"\\$"))) {
 		*err = str_printf("ConfigMap %s/%s: needs user, systems (comma-separated) and "
-		    "builder-slots (a number), optionally supported-features (comma-separated)",
+		    "builder-slots (a number), optionally supported-features (comma-separated), "
+		    "builders-per-key (1..1000) and sessions-per-key (a number)",
 		    names->ns, names->config_map);
 		return -1;
 	}
@@ -130,9 +154,10 @@ int client_cluster_facts_from(const json_t *service, const json_t *config_map,
 static const char *object_name(const struct client_cluster_names *n, enum client_object w,
     const char **kind)
 {
-	*kind = w == OBJ_SERVICE ? "Service" : "ConfigMap";
+	*kind = w == OBJ_SERVICE ? "Service" : w == OBJ_CLASSES ? "NixBuilderClasses" :
+	    "ConfigMap";
 	return w == OBJ_SERVICE ? n->service : w == OBJ_CONFIG_MAP ? n->config_map :
-	    n->host_key_config_map;
+	    w == OBJ_CLASSES ? "" : n->host_key_config_map;
 }
 
 static char *fetch_error(const struct client_cluster_names *n, enum client_object w,
@@ -151,6 +176,9 @@ static char *fetch_error(const struct client_cluster_names *n, enum client_objec
 	if (resp->status == 401)
 		return str_printf("the API server refused your credentials (401): %s",
 		    resp->message);
+	if (w == OBJ_CLASSES)
+		return str_printf("LIST NixBuilderClasses in %s: %s%s", n->ns,
+		    resp->status ? "" : "no answer: ", resp->message);
 	if (resp->status == 403)
 		return str_printf("not allowed to get %s %s/%s (403): ask for a RoleBinding to "
 		    "the Role nrbc-client (manifests/client-role.yaml)", kind, n->ns, name);
@@ -164,11 +192,41 @@ static void on_get(const struct kube_response *resp, void *data)
 	struct client_cluster *cc = f->cc;
 
 	cc->pending--;
+	if (f->which == OBJ_CLASSES)
+		cc->classes_status = resp->status;
+	if (f->which == OBJ_CLASSES && (resp->status == 404 || resp->status == 403))
+		return; /* an older install: no classes, said in classes_warning() */
 	if (resp->status == 200 && json_is_object(resp->body)) {
 		cc->obj[f->which] = json_incref(resp->body);
 	} else if (!cc->err) {
 		cc->err = fetch_error(cc->names, f->which, resp);
 	}
+}
+
+/* Why an older install has no classes, or NULL. */
+static const char *classes_warning(long status)
+{
+	if (status == 404)
+		return "no NixBuilderClasses (404: the CRD is not installed, an older nrbc): "
+		       "only the default class\n";
+	if (status == 403)
+		return "not allowed to list NixBuilderClasses (403: an older Role nrbc-client, see "
+		       "manifests/client-role.yaml): only the default class\n";
+	return NULL;
+}
+
+/* The classes from the LIST, with the ConfigMap's values as defaults. */
+static int classes_from(struct client_cluster *cc)
+{
+	struct client_class_defaults d = { cc->facts.user, cc->facts.slots, cc->facts.per_key };
+	const char *w = classes_warning(cc->classes_status);
+
+	if (w ? !(cc->warnings = strdup(w)) :
+	    client_class_list_parse(cc->obj[OBJ_CLASSES], &d, &cc->classes, &cc->warnings) < 0) {
+		cc->err = strdup("out of memory");
+		return -1;
+	}
+	return 0;
 }
 
 struct client_cluster *client_cluster_fetch(struct kube_config *cfg,
@@ -192,12 +250,16 @@ struct client_cluster *client_cluster_fetch(struct kube_config *cfg,
 	for (int i = 0; i < OBJ_COUNT; i++) {
 		const struct kube_resource *r = i == OBJ_SERVICE ? &resource_services :
 		    &kube_resource_configmaps;
-		const char *kind;
+		const char *kind, *name = object_name(names, (enum client_object)i, &kind);
+		uint64_t id;
 
 		fetches[i].cc = cc;
 		fetches[i].which = (enum client_object)i;
-		if (!kube_get(kube, r, names->ns, object_name(names, (enum client_object)i, &kind),
-		    on_get, &fetches[i])) {
+		/* One more than are used, so the parse sees there are too many. */
+		id = i == OBJ_CLASSES ? kube_list(kube, &resource_classes, names->ns, NULL, NULL,
+		    CLIENT_CLASS_MAX + 1, on_get, &fetches[i]) :
+		    kube_get(kube, r, names->ns, name, on_get, &fetches[i]);
+		if (!id) {
 			if (!cc->err)
 				cc->err = str_printf("cannot start the request for %s (see the log)",
 				    kind);
@@ -212,7 +274,8 @@ struct client_cluster *client_cluster_fetch(struct kube_config *cfg,
 	uv_loop_close(&loop);
 	if (!cc->err && cc->pending == 0 &&
 	    client_cluster_facts_from(cc->obj[OBJ_SERVICE], cc->obj[OBJ_CONFIG_MAP],
-	    cc->obj[OBJ_HOST_KEY], names, &cc->facts, &cc->err) == 0)
+	    cc->obj[OBJ_HOST_KEY], names, &cc->facts, &cc->err) == 0 &&
+	    classes_from(cc) == 0)
 		return cc;
 	*err = cc->err ? cc->err : strdup("the API requests did not finish");
 	cc->err = NULL;
@@ -232,6 +295,8 @@ void client_cluster_destroy(struct client_cluster *cc)
 		return;
 	for (int i = 0; i < OBJ_COUNT; i++)
 		json_decref(cc->obj[i]);
+	client_class_list_finish(&cc->classes);
+	free(cc->warnings);
 	free(cc->err);
 	free(cc);
 }
@@ -239,4 +304,14 @@ void client_cluster_destroy(struct client_cluster *cc)
 const struct client_facts *client_cluster_facts(const struct client_cluster *cc)
 {
 	return &cc->facts;
+}
+
+struct client_class_list *client_cluster_classes(struct client_cluster *cc)
+{
+	return &cc->classes;
+}
+
+const char *client_cluster_warnings(const struct client_cluster *cc)
+{
+	return cc->warnings;
 }

@@ -1,6 +1,7 @@
-/* nrbc client-config: read the facts (client_cluster), render the lines
- * (client_render), print them or edit the files (client_edit), and with
- * --check connect once through the proxy (client_check). */
+/* nrbc client-config: read the facts and the classes (client_cluster,
+ * client_class), render the lines (client_render, or client_nixos for a
+ * NixOS module), print them or edit the files (client_edit), and with
+ * --check connect through the proxy once per class (client_check). */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "client_check.h"
 #include "client_cluster.h"
 #include "client_edit.h"
+#include "client_nixos.h"
 #include "client_render.h"
 #include "flags.h"
 #include "kube/kube_config.h"
@@ -32,6 +34,8 @@ struct client_flags {
 	bool system;
 	bool force;
 	bool check;
+	bool nixos;
+	char *classes;
 	char *log_level;
 };
 
@@ -44,17 +48,31 @@ struct client_paths {
 
 /* The rendered pieces. */
 struct client_output {
-	char *builders;
+	char *builders;         /* the builders value, or with --nixos the module */
 	char *known_hosts_line;
 	char *ssh_block;
 };
 
 static const char client_summary[] =
     "Configure this machine's Nix to build on the cluster through the nrbc proxy.\n"
-    "Reads (with `get` only) the proxy Service, the nrbc-client ConfigMap and the\n"
-    "published host key, then prints the nix.conf settings, the known_hosts entry\n"
-    "and an ssh_config block; --write puts them into your files (--system: /etc),\n"
-    "never replacing a different entry without --force; --check connects once.";
+    "Reads (with `get` and `list` only) the proxy Service, the nrbc-client ConfigMap,\n"
+    "the published host key and the NixBuilderClasses, then prints the nix.conf\n"
+    "settings, the known_hosts entry and an ssh_config block; --write puts them into\n"
+    "your files (--system: /etc), never replacing a different entry without --force;\n"
+    "--nixos prints a NixOS / nix-darwin module instead; --check connects once per\n"
+    "class.\n"
+    "\n"
+    "`builders` gets one machine per class, reached by the class's name as the SSH\n"
+    "user: first the default class (the ConfigMap's user, nixbld), then each\n"
+    "NixBuilderClass with its systems, features and speedFactor. maxJobs is slots x\n"
+    "builders per key (the ConfigMap's builder-slots x builders-per-key for the\n"
+    "default class, a class's slots x maxBuildersPerIdentity), so Nix spreads a wide\n"
+    "build over that many builders. The proxy's --max-sessions-per-key (default 16)\n"
+    "bounds one key's sessions over all classes: keep the sum of maxJobs within it\n"
+    "(a warning says when it exceeds the ConfigMap's sessions-per-key), or Nix's\n"
+    "extra sessions are refused. A key the proxy allows only some classes\n"
+    "(authorized_keys nrbc-classes=\"big,arm\") needs --classes: `--classes nixbld,big`\n"
+    "writes the default class and big, `--classes big` only big.";
 
 static void paths_finish(struct client_paths *p)
 {
@@ -120,11 +138,12 @@ static int parse_address(char *address, long *port)
 	return 0;
 }
 
-static int render(const struct client_facts *facts, const char *identity,
-    const char *known_hosts_path, struct client_output *o)
+static int render(const struct client_facts *facts, const struct client_class_list *classes,
+    bool nixos, const char *identity, const char *known_hosts_path, struct client_output *o)
 {
 	memset(o, 0, sizeof(*o));
-	o->builders = client_render_builders(facts, identity);
+	o->builders = nixos ? client_nixos_render(facts, classes, identity) :
+	    client_render_builders(facts, classes, identity);
 	o->known_hosts_line = client_render_known_hosts_line(facts);
 	o->ssh_block = client_render_ssh_config(facts, identity, known_hosts_path);
 	if (!o->builders || !o->known_hosts_line || !o->ssh_block) {
@@ -134,6 +153,12 @@ static int render(const struct client_facts *facts, const char *identity,
 		return -1;
 	}
 	return 0;
+}
+
+static void print_nixos(const struct client_output *o)
+{
+	printf("# A NixOS / nix-darwin module: import it (prefix `{ ... }:` in a file of its "
+	    "own)\n# or merge its attributes into your configuration.\n%s", o->builders);
 }
 
 static void print_all(const struct client_paths *p, const struct client_output *o)
@@ -246,7 +271,8 @@ static const char *check_advice(enum client_check_verdict v)
 		       "the Secret's host-key";
 	case CLIENT_CHECK_KEY_REFUSED:
 		return "the proxy refused your key: the operator must add the public half of "
-		       "--identity to the Secret's authorized-keys";
+		       "--identity to the Secret's authorized-keys, or the key's nrbc-classes= "
+		       "does not allow this class (leave it out with --classes)";
 	case CLIENT_CHECK_NO_BUILDER:
 		return "logged in, but no builder served the session: see the proxy's message "
 		       "above and `kubectl -n nrbc get nbr,nbd,pods`";
@@ -256,19 +282,43 @@ static const char *check_advice(enum client_check_verdict v)
 	return "";
 }
 
-static int check(const struct client_facts *facts, const struct client_paths *p,
-    const struct client_flags *f, const char *identity)
+/* One ping as the class's user; one line saying how it went. */
+static int check_class(const struct client_facts *facts, const char *name,
+    const char *ssh_config)
 {
-	char dir[] = "/tmp/nrbc-client-check-XXXXXX", *kh = NULL, *cfg = NULL, *uri = NULL;
-	char *output = NULL, *err = NULL, *line = NULL;
+	char *uri = str_printf("ssh-ng://%s@%s", name, facts->address), *output = NULL;
+	enum client_check_verdict v;
+
+	if (!uri) {
+		printf("FAILED %s: out of memory\n", name);
+		return 1;
+	}
+	fflush(stdout);
+	v = client_check_run(uri, ssh_config, &output);
+	if (v != CLIENT_CHECK_OK && output && output[0])
+		printf("%s%s", output, output[strlen(output) - 1] == '\n' ? "" : "\n");
+	if (v == CLIENT_CHECK_OK)
+		printf("ok %s\n", name);
+	else
+		printf("FAILED %s: %s: %s\n", name, client_check_verdict_name(v), check_advice(v));
+	free(output);
+	free(uri);
+	return v == CLIENT_CHECK_OK ? 0 : 1;
+}
+
+static int check(const struct client_facts *facts, const struct client_class_list *classes,
+    const struct client_paths *p, const struct client_flags *f, const char *identity)
+{
+	char dir[] = "/tmp/nrbc-client-check-XXXXXX", *kh = NULL, *cfg = NULL;
+	char *err = NULL, *line = NULL;
 	const char *ssh_config = p->ssh_config;
 	struct client_output tmp = { 0 };
-	enum client_check_verdict v;
 	bool made = false;
 	int rc = 1;
 
+	/* Nothing written (or a NixOS module to be): check what would be, from
+	 * a scratch directory. */
 	if (!f->write) {
-		/* Nothing written: check what would be, from a scratch directory. */
 		if (!mkdtemp(dir)) {
 			printf("check: cannot create a temporary directory\n");
 			return 1;
@@ -276,7 +326,7 @@ static int check(const struct client_facts *facts, const struct client_paths *p,
 		made = true;
 		kh = str_printf("%s/known_hosts", dir);
 		cfg = str_printf("%s/ssh_config", dir);
-		if (!kh || !cfg || render(facts, identity, kh, &tmp) < 0)
+		if (!kh || !cfg || render(facts, classes, false, identity, kh, &tmp) < 0)
 			goto out;
 		line = str_printf("%s\n", tmp.known_hosts_line);
 		if (!line || client_file_write(kh, line, 0600, &err) < 0 ||
@@ -284,16 +334,11 @@ static int check(const struct client_facts *facts, const struct client_paths *p,
 			goto out;
 		ssh_config = cfg;
 	}
-	uri = str_printf("ssh-ng://%s@%s", facts->user, facts->address);
-	if (!uri)
-		goto out;
-	printf("check: nix store ping --store %s (ssh -F %s)\n", uri, ssh_config);
-	fflush(stdout);
-	v = client_check_run(uri, ssh_config, &output);
-	if (v != CLIENT_CHECK_OK && output && output[0])
-		printf("%s%s", output, output[strlen(output) - 1] == '\n' ? "" : "\n");
-	printf("check: %s: %s\n", client_check_verdict_name(v), check_advice(v));
-	rc = v == CLIENT_CHECK_OK ? 0 : 1;
+	printf("check: nix store ping --store ssh-ng://CLASS@%s for each class (ssh -F %s)\n",
+	    facts->address, ssh_config);
+	rc = 0;
+	for (size_t i = 0; i < classes->n; i++)
+		rc |= check_class(facts, classes->items[i].name, ssh_config);
 out:
 	if (err) {
 		printf("check: %s\n", err);
@@ -308,11 +353,46 @@ out:
 	}
 	output_finish(&tmp);
 	free(line);
-	free(output);
-	free(uri);
 	free(kh);
 	free(cfg);
 	return rc;
+}
+
+/* The classes to write: the default first, then the cluster's, cut to
+ * --classes; warnings on stderr. 0, 1 (out of memory) or 2 (a bad
+ * --classes). */
+static int pick_classes(struct client_cluster *cc, const struct client_flags *f)
+{
+	const struct client_facts *facts = client_cluster_facts(cc);
+	struct client_class_list *classes = client_cluster_classes(cc);
+	struct client_class_defaults d = { facts->user, facts->slots, facts->per_key };
+	const char *w = client_cluster_warnings(cc);
+	char *err = NULL;
+	long jobs;
+
+	while (w && *w) {
+		size_t n = strcspn(w, "\n");
+
+		fprintf(stderr, "nrbc client-config: warning: %.*s\n", (int)n, w);
+		w += n + (w[n] == '\n');
+	}
+	if (client_class_list_add_default(classes, &d, facts->systems, facts->features) < 0) {
+		fprintf(stderr, "nrbc client-config: out of memory\n");
+		return 1;
+	}
+	if (client_class_list_select(classes, f->classes, &err) < 0) {
+		fprintf(stderr, "nrbc client-config: %s\n", err);
+		free(err);
+		return 2;
+	}
+	jobs = client_class_list_max_jobs(classes);
+	if (jobs > facts->sessions_per_key)
+		fprintf(stderr, "nrbc client-config: warning: maxJobs over the %zu builders lines "
+		    "sum to %ld, more than the %ld sessions the proxy allows one key "
+		    "(sessions-per-key, its --max-sessions-per-key): Nix's extra sessions will be "
+		    "refused; lower slots or builders per key, or write fewer classes with "
+		    "--classes\n", classes->n, jobs, facts->sessions_per_key);
+	return 0;
 }
 
 static int run(struct client_flags *f)
@@ -321,6 +401,7 @@ static int run(struct client_flags *f)
 		f->host_key_config_map, NULL, 0 };
 	struct kube_config *cfg;
 	struct client_cluster *cc = NULL;
+	struct client_class_list *classes;
 	struct client_facts facts;
 	struct client_paths paths;
 	struct client_output out;
@@ -329,6 +410,11 @@ static int run(struct client_flags *f)
 
 	if (f->address && parse_address(f->address, &names.port) < 0)
 		return 2;
+	if (f->nixos && f->write) {
+		fprintf(stderr, "nrbc client-config: --nixos prints a module for your "
+		    "configuration; it does not combine with --write\n");
+		return 2;
+	}
 	names.address = f->address;
 	if (paths_init(&paths, f) < 0)
 		return 1;
@@ -347,22 +433,31 @@ static int run(struct client_flags *f)
 		goto out_cfg;
 	}
 	facts = *client_cluster_facts(cc);
+	rc = pick_classes(cc, f);
+	if (rc != 0)
+		goto out_cc;
+	rc = 1;
+	classes = client_cluster_classes(cc);
 	if (access(identity, R_OK) != 0)
 		fprintf(stderr, "nrbc client-config: warning: the identity %s is not readable "
 		    "here; give the private key Nix should use with --identity\n", identity);
-	if (render(&facts, identity, paths.known_hosts, &out) < 0)
+	if (render(&facts, classes, f->nixos, identity, paths.known_hosts, &out) < 0)
 		goto out_cc;
-	printf("# nrbc client-config: proxy %s port %ld (Service %s/%s), %ld builder slots\n",
-	    facts.address, facts.port, f->namespace, f->service, facts.slots);
+	printf("# nrbc client-config: proxy %s port %ld (Service %s/%s), %zu builder classes, "
+	    "maxJobs %ld in all\n", facts.address, facts.port, f->namespace, f->service,
+	    classes->n, client_class_list_max_jobs(classes));
 	if (f->write)
 		rc = write_all(&paths, &out, f->force);
 	else {
-		print_all(&paths, &out);
+		if (f->nixos)
+			print_nixos(&out);
+		else
+			print_all(&paths, &out);
 		rc = 0;
 	}
 	if (f->check) {
 		fflush(stdout);
-		rc |= check(&facts, &paths, f, identity);
+		rc |= check(&facts, classes, &paths, f, identity);
 	}
 	output_finish(&out);
 out_cc:
@@ -390,7 +485,8 @@ int client_config_main(int argc, char **argv)
 		{ "service", NULL, FLAG_STRING, &f.service, "nrbc-proxy",
 		  "the proxy's Service", false },
 		{ "config-map", NULL, FLAG_STRING, &f.config_map, "nrbc-client",
-		  "ConfigMap with user, systems, builder-slots, supported-features", false },
+		  "ConfigMap with user, systems, builder-slots, supported-features, "
+		  "builders-per-key, sessions-per-key", false },
 		{ "host-key-config-map", NULL, FLAG_STRING, &f.host_key_config_map, "nrbc-host-key",
 		  "ConfigMap whose host-key.pub is the proxy's public host key", false },
 		{ "identity", NULL, FLAG_STRING, &f.identity, NULL,
@@ -407,8 +503,16 @@ int client_config_main(int argc, char **argv)
 		  "where --system writes (tests, chroots)", false },
 		{ "force", NULL, FLAG_BOOL, &f.force, "false",
 		  "replace entries that differ from what the cluster says", false },
+		{ "classes", "NRBC_CLIENT_CLASSES", FLAG_STRING, &f.classes, NULL,
+		  "comma-separated classes to write (default: all); the default class's user "
+		  "among them keeps its line: `nixbld,big` = default + big, `big` = big only",
+		  false },
+		{ "nixos", NULL, FLAG_BOOL, &f.nixos, "false",
+		  "print a NixOS / nix-darwin module (nix.buildMachines, programs.ssh) instead "
+		  "of nix.conf lines", false },
 		{ "check", NULL, FLAG_BOOL, &f.check, "false",
-		  "connect once through the proxy (nix store ping) and say what works", false },
+		  "connect through the proxy once per class written (nix store ping) and say "
+		  "what works", false },
 		{ "log-level", NULL, FLAG_STRING, &f.log_level, "warn", "error, warn, info, debug",
 		  false },
 	};

@@ -34,25 +34,61 @@ char *client_render_host_key(const char *key)
 	return str_printf("%.*s %.*s", (int)type_len, key, (int)blob_len, blob);
 }
 
-char *client_render_builders(const struct client_facts *f, const char *identity)
+char *client_render_pinned_host_key(const struct client_facts *f)
 {
-	char *key, *b64 = NULL, *out;
+	char *key, *b64;
 
-	if (f->port == 22) {
-		key = client_render_host_key(f->host_key);
-		if (!key)
-			return NULL;
-		/* Nix wants the whole known_hosts key line, base64-encoded. */
-		b64 = base64_encode(key, strlen(key));
-		free(key);
-		if (!b64)
-			return NULL;
-	}
-	out = str_printf("ssh-ng://%s@%s %s %s %ld 1 %s - %s", f->user, f->address, f->systems,
-	    identity, f->slots, f->features && f->features[0] ? f->features : "-",
-	    b64 ? b64 : "-");
+	if (f->port != 22)
+		return strdup("");
+	key = client_render_host_key(f->host_key);
+	if (!key)
+		return NULL;
+	/* Nix wants the whole known_hosts key line, base64-encoded. */
+	b64 = base64_encode(key, strlen(key));
+	free(key);
+	return b64;
+}
+
+static const char *or_dash(const char *s)
+{
+	return s && s[0] ? s : "-";
+}
+
+static int render_entry(struct buf *b, const struct client_facts *f,
+    const struct client_class *c, const char *identity, const char *b64)
+{
+	char *features = client_class_features(c);
+	int rc;
+
+	if (!features)
+		return -1;
+	rc = buf_printf(b, "%sssh-ng://%s@%s %s %s %ld %ld %s %s %s", b->len ? " ; " : "",
+	    c->name, f->address, c->systems, identity, client_class_max_jobs(c), c->speed_factor,
+	    or_dash(features), or_dash(c->mandatory), or_dash(b64));
+	free(features);
+	return rc;
+}
+
+char *client_render_builders(const struct client_facts *f, const struct client_class_list *l,
+    const char *identity)
+{
+	char *b64 = client_render_pinned_host_key(f);
+	struct buf b;
+
+	if (!b64)
+		return NULL;
+	buf_init(&b, 1 << 20);
+	if (buf_append(&b, "", 0) < 0)
+		goto fail;
+	for (size_t i = 0; i < l->n; i++)
+		if (render_entry(&b, f, &l->items[i], identity, b64) < 0)
+			goto fail;
 	free(b64);
-	return out;
+	return buf_steal(&b);
+fail:
+	free(b64);
+	buf_finish(&b);
+	return NULL;
 }
 
 char *client_render_known_hosts_host(const struct client_facts *f)

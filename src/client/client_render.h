@@ -6,6 +6,8 @@
 
 #include <stdbool.h>
 
+#include "client_class.h"
+
 /* What the cluster publishes (see client_cluster.h); all strings borrowed. */
 struct client_facts {
 	const char *address;   /* the proxy Service's external IP or host name */
@@ -14,16 +16,27 @@ struct client_facts {
 	const char *user;      /* the user clients log in as (nixbld) */
 	const char *systems;   /* "x86_64-linux" */
 	const char *features;  /* supported features, "" or NULL for none */
-	long slots;            /* the controller's --builder-slots = maxJobs */
+	long slots;            /* the controller's --builder-slots */
+	long per_key;          /* its --max-builders-per-identity (builders-per-key; 1) */
+	long sessions_per_key; /* the proxy's --max-sessions-per-key (sessions-per-key; 16) */
 };
 
-/* The value of nix.conf's `builders`: "ssh-ng://USER@ADDRESS SYSTEMS
- * IDENTITY SLOTS 1 FEATURES - HOSTKEY". Nix (2.8 and later) store URIs
- * take no port, so the port comes from the ssh_config block; the base64
- * host key is pinned only on port 22, because Nix writes it to a
- * known_hosts file under the bare address, which ssh does not consult
- * for any other port. Heap string. */
-char *client_render_builders(const struct client_facts *f, const char *identity);
+/* The value of nix.conf's `builders`: one entry per class, joined by
+ * " ; " (Nix takes ';' or a newline between machines), each
+ * "ssh-ng://CLASS@ADDRESS SYSTEMS IDENTITY MAXJOBS SPEED SUPPORTED
+ * MANDATORY HOSTKEY" with MAXJOBS slots times builders per key, SUPPORTED
+ * including the mandatory features and "-" for an empty field. Nix (2.8
+ * and later) store URIs take no port, so the port comes from the
+ * ssh_config block; the base64 host key is pinned only on port 22,
+ * because Nix writes it to a known_hosts file under the bare address,
+ * which ssh does not consult for any other port. Heap string; NULL when
+ * the host key is not one key line, or out of memory. */
+char *client_render_builders(const struct client_facts *f, const struct client_class_list *l,
+    const char *identity);
+
+/* What Nix pins as a machine's publicHostKey: the base64 of the host key's
+ * "TYPE BASE64" on port 22; "" on any other port. NULL as above. */
+char *client_render_pinned_host_key(const struct client_facts *f);
 
 /* The known_hosts host field: "ADDRESS" on port 22, else "[ADDRESS]:PORT". */
 char *client_render_known_hosts_host(const struct client_facts *f);

@@ -21,15 +21,42 @@ static struct client_facts facts(long port)
 {
 	struct client_facts f = { .address = "203.0.113.7", .port = port,
 		.host_key = KEY " nrbc-host\n", .user = "nixbld", .systems = "x86_64-linux",
-		.features = "", .slots = 4 };
+		.features = "", .slots = 4, .per_key = 1, .sessions_per_key = 16 };
 
 	return f;
+}
+
+/* The default class of f alone, as client-config makes it. */
+static struct client_class_list default_only(const struct client_facts *f)
+{
+	struct client_class_defaults d = { f->user, f->slots, f->per_key };
+	struct client_class_list l = { NULL, 0 };
+
+	assert_int_equal(client_class_list_add_default(&l, &d, f->systems, f->features), 0);
+	return l;
+}
+
+/* The default class of f and the classes of the JSON list. */
+static struct client_class_list with_classes(const struct client_facts *f, const char *list)
+{
+	struct client_class_defaults d = { f->user, f->slots, f->per_key };
+	struct client_class_list l;
+	json_t *j = json_loads(list, 0, NULL);
+	char *warnings = NULL;
+
+	assert_non_null(j);
+	assert_int_equal(client_class_list_parse(j, &d, &l, &warnings), 0);
+	assert_null(warnings);
+	assert_int_equal(client_class_list_add_default(&l, &d, f->systems, f->features), 0);
+	json_decref(j);
+	return l;
 }
 
 static void test_builders_pins_host_key_on_port_22(void **state)
 {
 	struct client_facts f = facts(22);
-	char *b = client_render_builders(&f, "/home/u/.ssh/id_ed25519"), *want, *b64;
+	struct client_class_list l = default_only(&f);
+	char *b = client_render_builders(&f, &l, "/home/u/.ssh/id_ed25519"), *want, *b64;
 
 	b64 = base64_encode(KEY, strlen(KEY));
 	want = malloc(1024);
@@ -40,11 +67,70 @@ static void test_builders_pins_host_key_on_port_22(void **state)
 	free(want);
 	free(b64);
 
+	client_class_list_finish(&l);
+
 	f = facts(2222);
 	f.features = "kvm,big-parallel";
-	b = client_render_builders(&f, "/k");
+	l = default_only(&f);
+	b = client_render_builders(&f, &l, "/k");
 	assert_string_equal(b, "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 kvm,big-parallel - -");
 	free(b);
+	client_class_list_finish(&l);
+}
+
+static void test_builders_default_max_jobs_is_slots_times_per_key(void **state)
+{
+	struct client_facts f = facts(2222);
+	struct client_class_list l;
+	char *b;
+
+	f.per_key = 4;
+	l = default_only(&f);
+	b = client_render_builders(&f, &l, "/k");
+	assert_string_equal(b, "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 16 1 - - -");
+	assert_int_equal(client_class_list_max_jobs(&l), 16);
+	free(b);
+	client_class_list_finish(&l);
+}
+
+static void test_builders_several_classes(void **state)
+{
+	struct client_facts f = facts(22);
+	struct client_class_list l = with_classes(&f, "{\"items\":["
+	    "{\"metadata\":{\"name\":\"big\"},\"spec\":{\"systems\":[\"x86_64-linux\","
+	    "\"aarch64-linux\"],\"supportedFeatures\":[\"big-parallel\",\"kvm\"],"
+	    "\"mandatoryFeatures\":[\"big-parallel\"],\"speedFactor\":2,\"slots\":2,"
+	    "\"maxBuildersPerIdentity\":3}},"
+	    "{\"metadata\":{\"name\":\"arm\"},\"spec\":{\"systems\":[\"aarch64-linux\"]}}]}");
+	char *b = client_render_builders(&f, &l, "/k"), *b64 = base64_encode(KEY, strlen(KEY));
+	char want[2048];
+
+	snprintf(want, sizeof(want), "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 - - %s ; "
+	    "ssh-ng://big@203.0.113.7 x86_64-linux,aarch64-linux /k 6 2 big-parallel,kvm "
+	    "big-parallel %s ; ssh-ng://arm@203.0.113.7 aarch64-linux /k 4 1 - - %s", b64, b64,
+	    b64);
+	assert_string_equal(b, want);
+	assert_int_equal(client_class_list_max_jobs(&l), 14);
+	free(b);
+	free(b64);
+	client_class_list_finish(&l);
+}
+
+static void test_builders_mandatory_features_are_supported_too(void **state)
+{
+	struct client_facts f = facts(2222);
+	struct client_class_list l = with_classes(&f, "{\"items\":["
+	    "{\"metadata\":{\"name\":\"vm\"},\"spec\":{\"supportedFeatures\":[\"kvm\"],"
+	    "\"mandatoryFeatures\":[\"nixos-test\",\"kvm\"]}},"
+	    "{\"metadata\":{\"name\":\"only\"},\"spec\":{\"mandatoryFeatures\":"
+	    "[\"benchmark\"],\"speedFactor\":10}}]}");
+	char *b = client_render_builders(&f, &l, "/k");
+
+	assert_string_equal(b, "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 - - - ; "
+	    "ssh-ng://vm@203.0.113.7 x86_64-linux /k 4 1 kvm,nixos-test nixos-test,kvm - ; "
+	    "ssh-ng://only@203.0.113.7 x86_64-linux /k 4 10 benchmark benchmark -");
+	free(b);
+	client_class_list_finish(&l);
 }
 
 static void test_known_hosts_and_ssh_config(void **state)
@@ -71,13 +157,15 @@ static void test_bad_host_keys(void **state)
 	const char *bad[] = { "", "ssh-ed25519", "ssh-ed25519 not*base64",
 		KEY " one\n" KEY " two\n", "SSH ED25519 AAAA" };
 	struct client_facts f = facts(22);
+	struct client_class_list l = default_only(&f);
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		assert_null(client_render_host_key(bad[i]));
 		f.host_key = bad[i];
-		assert_null(client_render_builders(&f, "/k"));
+		assert_null(client_render_builders(&f, &l, "/k"));
 		assert_null(client_render_known_hosts_line(&f));
 	}
+	client_class_list_finish(&l);
 }
 
 static void test_facts_from_objects(void **state)
@@ -101,6 +189,8 @@ static void test_facts_from_objects(void **state)
 	assert_string_equal(f.address, "lb.example.com");
 	assert_int_equal(f.port, 22);
 	assert_int_equal(f.slots, 6);
+	assert_int_equal(f.per_key, 1); /* an older ConfigMap: one builder per key */
+	assert_int_equal(f.sessions_per_key, 16);
 	assert_string_equal(f.host_key, KEY);
 
 	assert_int_equal(client_cluster_facts_from(pending, cm, hk, &n, &f, &err), -1);
@@ -118,6 +208,17 @@ static void test_facts_from_objects(void **state)
 	assert_non_null(strstr(err, "ConfigMap nrbc/nrbc-client: needs user"));
 	free(err);
 	err = NULL;
+	json_object_set_new(json_object_get(cm, "data"), "builders-per-key", json_string("4"));
+	json_object_set_new(json_object_get(cm, "data"), "sessions-per-key", json_string("32"));
+	assert_int_equal(client_cluster_facts_from(svc, cm, hk, &n, &f, &err), 0);
+	assert_int_equal(f.per_key, 4);
+	assert_int_equal(f.sessions_per_key, 32);
+	json_object_set_new(json_object_get(cm, "data"), "builders-per-key", json_string("0"));
+	assert_int_equal(client_cluster_facts_from(svc, cm, hk, &n, &f, &err), -1);
+	assert_non_null(strstr(err, "builders-per-key"));
+	free(err);
+	err = NULL;
+	json_object_del(json_object_get(cm, "data"), "builders-per-key");
 	assert_int_equal(client_cluster_facts_from(svc, cm, cm, &n, &f, &err), -1);
 	assert_non_null(strstr(err, "ConfigMap nrbc/nrbc-host-key has no data \"host-key.pub\""));
 	free(err);
@@ -149,6 +250,9 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_builders_pins_host_key_on_port_22),
+		cmocka_unit_test(test_builders_default_max_jobs_is_slots_times_per_key),
+		cmocka_unit_test(test_builders_several_classes),
+		cmocka_unit_test(test_builders_mandatory_features_are_supported_too),
 		cmocka_unit_test(test_known_hosts_and_ssh_config),
 		cmocka_unit_test(test_bad_host_keys),
 		cmocka_unit_test(test_facts_from_objects),

@@ -270,10 +270,11 @@ int client_class_list_parse(const json_t *list, const struct client_class_defaul
 	}
 	count = json_array_size(items);
 	/* Only the first CLIENT_CLASS_MAX items are read: bounded work and
-	 * warnings whatever the list holds. */
+	 * warnings whatever the list holds (client_cluster asks for one more,
+	 * to know there are more). */
 	if (count > CLIENT_CLASS_MAX) {
-		if (buf_printf(&w, "%zu NixBuilderClasses: only the first %d are used\n", count,
-		    CLIENT_CLASS_MAX) < 0)
+		if (buf_printf(&w, "more than %d NixBuilderClasses: only the first %d are used\n",
+		    CLIENT_CLASS_MAX, CLIENT_CLASS_MAX) < 0)
 			goto nomem;
 		count = CLIENT_CLASS_MAX;
 	}

@@ -153,8 +153,8 @@ static void test_names(void **state)
 {
 	const char *bad[] = { "", "Big", "-big", "big-", "big.one", "b_g", "nixbld",
 		"a123456789a123456789a123456789a123456789a123456789a123456789abcd" };
-	const char *good[] = { "a", "0", "big-1", "a123456789a123456789a123456789a123456789"
-		"a123456789a123456789abc" };
+	const char *good[] = { "a", "0", "big-1",
+		("a123456789a123456789a123456789a123456789a123456789a123456789abc") };
 	struct client_class_list l;
 	char *warnings;
 

@@ -443,7 +443,7 @@ static int run(struct client_flags *f)
 		    "here; give the private key Nix should use with --identity\n", identity);
 	if (render(&facts, classes, f->nixos, identity, paths.known_hosts, &out) < 0)
 		goto out_cc;
-	printf("# nrbc client-config: proxy %s port %ld (Service %s/%s), %zu builder classes, "
+	printf("# nrbc client-config: proxy %s port %ld (Service %s/%s), builder classes: %zu, "
 	    "maxJobs %ld in all\n", facts.address, facts.port, f->namespace, f->service,
 	    classes->n, client_class_list_max_jobs(classes));
 	if (f->write)

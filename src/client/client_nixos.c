@@ -52,13 +52,8 @@ static int list_attr(struct buf *b, int indent, const char *key, const char *csv
 }
 
 static int machine(struct buf *b, const struct client_facts *f, const struct client_class *c,
-    const char *identity, const char *b64)
+    const char *features, const char *identity, const char *b64)
 {
-	char *features = client_class_features(c);
-	int rc = -1;
-
-	if (!features)
-		return -1;
 	if (buf_append_str(b, "    {\n") < 0 || quoted_attr(b, 6, "hostName", f->address) < 0 ||
 	    quoted_attr(b, 6, "sshUser", c->name) < 0 ||
 	    quoted_attr(b, 6, "protocol", "ssh-ng") < 0 ||
@@ -68,13 +63,9 @@ static int machine(struct buf *b, const struct client_facts *f, const struct cli
 	    list_attr(b, 6, "supportedFeatures", features) < 0 ||
 	    list_attr(b, 6, "mandatoryFeatures", c->mandatory) < 0 ||
 	    quoted_attr(b, 6, "sshKey", identity) < 0 ||
-	    (b64[0] && quoted_attr(b, 6, "publicHostKey", b64) < 0) ||
-	    buf_append_str(b, "    }\n") < 0)
-		goto out;
-	rc = 0;
-out:
-	free(features);
-	return rc;
+	    (b64[0] && quoted_attr(b, 6, "publicHostKey", b64) < 0))
+		return -1;
+	return buf_append_str(b, "    }\n");
 }
 
 /* The proxy's host key for ssh, and on another port than 22 the block
@@ -107,25 +98,16 @@ out:
 char *client_nixos_render(const struct client_facts *f, const struct client_class_list *l,
     const char *identity)
 {
-	char *b64 = client_render_pinned_host_key(f);
 	struct buf b;
 
-	if (!b64)
-		return NULL;
 	buf_init(&b, 1 << 20);
 	if (buf_append_str(&b, "{\n  nix.distributedBuilds = true;\n"
-	    "  nix.settings.builders-use-substitutes = true;\n  nix.buildMachines = [\n") < 0)
-		goto fail;
-	for (size_t i = 0; i < l->n; i++)
-		if (machine(&b, f, &l->items[i], identity, b64) < 0)
-			goto fail;
-	if (buf_append_str(&b, "  ];\n") < 0 || ssh_settings(&b, f, identity) < 0 ||
-	    buf_append_str(&b, "}\n") < 0)
-		goto fail;
-	free(b64);
+	    "  nix.settings.builders-use-substitutes = true;\n  nix.buildMachines = [\n") < 0 ||
+	    client_render_machines(&b, f, l, identity, machine) < 0 ||
+	    buf_append_str(&b, "  ];\n") < 0 || ssh_settings(&b, f, identity) < 0 ||
+	    buf_append_str(&b, "}\n") < 0) {
+		buf_finish(&b);
+		return NULL;
+	}
 	return buf_steal(&b);
-fail:
-	free(b64);
-	buf_finish(&b);
-	return NULL;
 }

@@ -34,7 +34,8 @@ char *client_render_host_key(const char *key)
 	return str_printf("%.*s %.*s", (int)type_len, key, (int)blob_len, blob);
 }
 
-char *client_render_pinned_host_key(const struct client_facts *f)
+/* What Nix pins as a machine's publicHostKey. */
+static char *pinned_host_key(const struct client_facts *f)
 {
 	char *key, *b64;
 
@@ -49,46 +50,51 @@ char *client_render_pinned_host_key(const struct client_facts *f)
 	return b64;
 }
 
+int client_render_machines(struct buf *b, const struct client_facts *f,
+    const struct client_class_list *l, const char *identity, client_render_machine_fn machine)
+{
+	char *b64 = pinned_host_key(f), *features;
+	int rc = -1;
+
+	if (!b64)
+		return -1;
+	for (size_t i = 0; i < l->n; i++) {
+		features = client_class_features(&l->items[i]);
+		rc = features ? machine(b, f, &l->items[i], features, identity, b64) : -1;
+		free(features);
+		if (rc < 0)
+			break;
+	}
+	free(b64);
+	return l->n ? rc : 0;
+}
+
 static const char *or_dash(const char *s)
 {
 	return s && s[0] ? s : "-";
 }
 
-static int render_entry(struct buf *b, const struct client_facts *f,
-    const struct client_class *c, const char *identity, const char *b64)
+static int builders_entry(struct buf *b, const struct client_facts *f,
+    const struct client_class *c, const char *features, const char *identity,
+    const char *b64)
 {
-	char *features = client_class_features(c);
-	int rc;
-
-	if (!features)
-		return -1;
-	rc = buf_printf(b, "%sssh-ng://%s@%s %s %s %ld %ld %s %s %s", b->len ? " ; " : "",
+	return buf_printf(b, "%sssh-ng://%s@%s %s %s %ld %ld %s %s %s", b->len ? " ; " : "",
 	    c->name, f->address, c->systems, identity, client_class_max_jobs(c), c->speed_factor,
 	    or_dash(features), or_dash(c->mandatory), or_dash(b64));
-	free(features);
-	return rc;
 }
 
 char *client_render_builders(const struct client_facts *f, const struct client_class_list *l,
     const char *identity)
 {
-	char *b64 = client_render_pinned_host_key(f);
 	struct buf b;
 
-	if (!b64)
-		return NULL;
 	buf_init(&b, 1 << 20);
-	if (buf_append(&b, "", 0) < 0)
-		goto fail;
-	for (size_t i = 0; i < l->n; i++)
-		if (render_entry(&b, f, &l->items[i], identity, b64) < 0)
-			goto fail;
-	free(b64);
+	if (buf_append(&b, "", 0) < 0 ||
+	    client_render_machines(&b, f, l, identity, builders_entry) < 0) {
+		buf_finish(&b);
+		return NULL;
+	}
 	return buf_steal(&b);
-fail:
-	free(b64);
-	buf_finish(&b);
-	return NULL;
 }
 
 char *client_render_known_hosts_host(const struct client_facts *f)

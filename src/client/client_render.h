@@ -34,9 +34,21 @@ struct client_facts {
 char *client_render_builders(const struct client_facts *f, const struct client_class_list *l,
     const char *identity);
 
-/* What Nix pins as a machine's publicHostKey: the base64 of the host key's
- * "TYPE BASE64" on port 22; "" on any other port. NULL as above. */
-char *client_render_pinned_host_key(const struct client_facts *f);
+#include "buf.h"
+
+/* What one machine is written as, appended to b: the class, its features
+ * (client_class_features), and the pinned host key ("" when none). */
+typedef int (*client_render_machine_fn)(struct buf *b, const struct client_facts *f,
+    const struct client_class *c, const char *features, const char *identity,
+    const char *host_key_b64);
+
+/* Runs machine for each class of l, in order, on b: the one loop of the
+ * builders value and the NixOS module. The host key Nix pins is the base64
+ * of the host key's "TYPE BASE64" on port 22, "" on any other port. 0, or
+ * -1 when the host key is not one key line, out of memory or machine
+ * failed. */
+int client_render_machines(struct buf *b, const struct client_facts *f,
+    const struct client_class_list *l, const char *identity, client_render_machine_fn machine);
 
 /* The known_hosts host field: "ADDRESS" on port 22, else "[ADDRESS]:PORT". */
 char *client_render_known_hosts_host(const struct client_facts *f);

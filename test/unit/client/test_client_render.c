@@ -57,44 +57,55 @@ static void test_builders_default_max_jobs_is_slots_times_per_key(void **state)
 	client_class_list_finish(&l);
 }
 
+/* The builders value for the default class of f and the classes of list. */
+static char *builders_with(const struct client_facts *f, const char *list, long *jobs)
+{
+	struct client_class_list l = with_classes(f, list);
+	char *b = client_render_builders(f, &l, "/k");
+
+	*jobs = client_class_list_max_jobs(&l);
+	client_class_list_finish(&l);
+	return b;
+}
+
 static void test_builders_several_classes(void **state)
 {
 	struct client_facts f = facts(22);
-	struct client_class_list l = with_classes(&f, "{\"items\":["
+	long jobs;
+	char *b = builders_with(&f, "{\"items\":["
 	    "{\"metadata\":{\"name\":\"big\"},\"spec\":{\"systems\":[\"x86_64-linux\","
 	    "\"aarch64-linux\"],\"supportedFeatures\":[\"big-parallel\",\"kvm\"],"
 	    "\"mandatoryFeatures\":[\"big-parallel\"],\"speedFactor\":2,\"slots\":2,"
 	    "\"maxBuildersPerIdentity\":3}},"
-	    "{\"metadata\":{\"name\":\"arm\"},\"spec\":{\"systems\":[\"aarch64-linux\"]}}]}");
-	char *b = client_render_builders(&f, &l, "/k"), *b64 = base64_encode(KEY, strlen(KEY));
-	char want[2048];
+	    "{\"metadata\":{\"name\":\"arm\"},\"spec\":{\"systems\":[\"aarch64-linux\"]}}]}",
+	    &jobs);
+	char *b64 = base64_encode(KEY, strlen(KEY)), want[2048];
 
 	snprintf(want, sizeof(want), "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 - - %s ; "
 	    "ssh-ng://big@203.0.113.7 x86_64-linux,aarch64-linux /k 6 2 big-parallel,kvm "
 	    "big-parallel %s ; ssh-ng://arm@203.0.113.7 aarch64-linux /k 4 1 - - %s", b64, b64,
 	    b64);
 	assert_string_equal(b, want);
-	assert_int_equal(client_class_list_max_jobs(&l), 14);
+	assert_int_equal(jobs, 14);
 	free(b);
 	free(b64);
-	client_class_list_finish(&l);
 }
 
 static void test_builders_mandatory_features_are_supported_too(void **state)
 {
 	struct client_facts f = facts(2222);
-	struct client_class_list l = with_classes(&f, "{\"items\":["
+	long jobs;
+	char *b = builders_with(&f, "{\"items\":["
 	    "{\"metadata\":{\"name\":\"vm\"},\"spec\":{\"supportedFeatures\":[\"kvm\"],"
 	    "\"mandatoryFeatures\":[\"nixos-test\",\"kvm\"]}},"
 	    "{\"metadata\":{\"name\":\"only\"},\"spec\":{\"mandatoryFeatures\":"
-	    "[\"benchmark\"],\"speedFactor\":10}}]}");
-	char *b = client_render_builders(&f, &l, "/k");
+	    "[\"benchmark\"],\"speedFactor\":10}}]}", &jobs);
 
 	assert_string_equal(b, "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 - - - ; "
 	    "ssh-ng://vm@203.0.113.7 x86_64-linux /k 4 1 kvm,nixos-test nixos-test,kvm - ; "
 	    "ssh-ng://only@203.0.113.7 x86_64-linux /k 4 10 benchmark benchmark -");
+	assert_int_equal(jobs, 12);
 	free(b);
-	client_class_list_finish(&l);
 }
 
 static void test_known_hosts_and_ssh_config(void **state)

@@ -38,6 +38,18 @@ static char *parse_one(const char *name, const char *spec, struct client_class_l
 	return parse(text, l);
 }
 
+/* The class's fields, all but the name. */
+static void assert_class(const struct client_class *c, const char *systems,
+    const char *supported, const char *mandatory, long speed_factor, long slots, long per_key)
+{
+	assert_string_equal(c->systems, systems);
+	assert_string_equal(c->supported, supported);
+	assert_string_equal(c->mandatory, mandatory);
+	assert_int_equal(c->speed_factor, speed_factor);
+	assert_int_equal(c->slots, slots);
+	assert_int_equal(c->per_key, per_key);
+}
+
 static void test_not_a_list(void **state)
 {
 	/* NULL is what the kube client hands over for a body that is not JSON. */
@@ -78,12 +90,8 @@ static void test_all_fields(void **state)
 	    "\"image\":\"x\",\"idleTimeoutSeconds\":60}", &l));
 	assert_int_equal(l.n, 1);
 	assert_string_equal(l.items[0].name, "big");
-	assert_string_equal(l.items[0].systems, "x86_64-linux,aarch64-linux");
-	assert_string_equal(l.items[0].supported, "big-parallel,kvm");
-	assert_string_equal(l.items[0].mandatory, "big-parallel");
-	assert_int_equal(l.items[0].speed_factor, 2);
-	assert_int_equal(l.items[0].slots, 8);
-	assert_int_equal(l.items[0].per_key, 3);
+	assert_class(&l.items[0], "x86_64-linux,aarch64-linux", "big-parallel,kvm",
+	    "big-parallel", 2, 8, 3);
 	assert_int_equal(client_class_max_jobs(&l.items[0]), 24);
 	features = client_class_features(&l.items[0]);
 	assert_string_equal(features, "big-parallel,kvm");
@@ -101,12 +109,7 @@ static void test_missing_fields_take_defaults(void **state)
 	for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
 		assert_null(parse_one("plain", specs[i], &l));
 		assert_int_equal(l.n, 1);
-		assert_string_equal(l.items[0].systems, "x86_64-linux");
-		assert_string_equal(l.items[0].supported, "");
-		assert_string_equal(l.items[0].mandatory, "");
-		assert_int_equal(l.items[0].speed_factor, 1);
-		assert_int_equal(l.items[0].slots, 4);
-		assert_int_equal(l.items[0].per_key, 2);
+		assert_class(&l.items[0], "x86_64-linux", "", "", 1, 4, 2);
 		client_class_list_finish(&l);
 	}
 	/* No spec at all. */

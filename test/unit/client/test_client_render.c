@@ -68,44 +68,56 @@ static char *builders_with(const struct client_facts *f, const char *list, long 
 	return b;
 }
 
-static void test_builders_several_classes(void **state)
+#define BIG_AND_ARM "{\"items\":[{\"metadata\":{\"name\":\"big\"},\"spec\":" \
+	"{\"systems\":[\"x86_64-linux\",\"aarch64-linux\"],\"supportedFeatures\":" \
+	"[\"big-parallel\",\"kvm\"],\"mandatoryFeatures\":[\"big-parallel\"],\"speedFactor\":2," \
+	"\"slots\":2,\"maxBuildersPerIdentity\":3}},{\"metadata\":{\"name\":\"arm\"}," \
+	"\"spec\":{\"systems\":[\"aarch64-linux\"]}}]}"
+
+static void test_builders_classes(void **state)
+{
+	const struct {
+		const char *list, *want;
+		long jobs;
+	} cases[] = {
+		{ BIG_AND_ARM, "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 - - - ; "
+		  "ssh-ng://big@203.0.113.7 x86_64-linux,aarch64-linux /k 6 2 big-parallel,kvm "
+		  "big-parallel - ; ssh-ng://arm@203.0.113.7 aarch64-linux /k 4 1 - - -", 14 },
+		/* Mandatory features are supported too; empty fields are "-". */
+		{ "{\"items\":[{\"metadata\":{\"name\":\"vm\"},\"spec\":{\"supportedFeatures\":"
+		  "[\"kvm\"],\"mandatoryFeatures\":[\"nixos-test\",\"kvm\"]}},{\"metadata\":"
+		  "{\"name\":\"only\"},\"spec\":{\"mandatoryFeatures\":[\"benchmark\"],"
+		  "\"speedFactor\":10}}]}",
+		  "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 - - - ; "
+		  "ssh-ng://vm@203.0.113.7 x86_64-linux /k 4 1 kvm,nixos-test nixos-test,kvm - ; "
+		  "ssh-ng://only@203.0.113.7 x86_64-linux /k 4 10 benchmark benchmark -", 12 },
+	};
+	struct client_facts f = facts(2222);
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		long jobs;
+		char *b = builders_with(&f, cases[i].list, &jobs);
+
+		assert_string_equal(b, cases[i].want);
+		assert_int_equal(jobs, cases[i].jobs);
+		free(b);
+	}
+}
+
+static void test_builders_pin_the_host_key_on_every_entry(void **state)
 {
 	struct client_facts f = facts(22);
+	char *b64 = base64_encode(KEY, strlen(KEY)), want[2048], *b;
 	long jobs;
-	char *b = builders_with(&f, "{\"items\":["
-	    "{\"metadata\":{\"name\":\"big\"},\"spec\":{\"systems\":[\"x86_64-linux\","
-	    "\"aarch64-linux\"],\"supportedFeatures\":[\"big-parallel\",\"kvm\"],"
-	    "\"mandatoryFeatures\":[\"big-parallel\"],\"speedFactor\":2,\"slots\":2,"
-	    "\"maxBuildersPerIdentity\":3}},"
-	    "{\"metadata\":{\"name\":\"arm\"},\"spec\":{\"systems\":[\"aarch64-linux\"]}}]}",
-	    &jobs);
-	char *b64 = base64_encode(KEY, strlen(KEY)), want[2048];
 
 	snprintf(want, sizeof(want), "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 - - %s ; "
 	    "ssh-ng://big@203.0.113.7 x86_64-linux,aarch64-linux /k 6 2 big-parallel,kvm "
 	    "big-parallel %s ; ssh-ng://arm@203.0.113.7 aarch64-linux /k 4 1 - - %s", b64, b64,
 	    b64);
+	b = builders_with(&f, BIG_AND_ARM, &jobs);
 	assert_string_equal(b, want);
-	assert_int_equal(jobs, 14);
 	free(b);
 	free(b64);
-}
-
-static void test_builders_mandatory_features_are_supported_too(void **state)
-{
-	struct client_facts f = facts(2222);
-	long jobs;
-	char *b = builders_with(&f, "{\"items\":["
-	    "{\"metadata\":{\"name\":\"vm\"},\"spec\":{\"supportedFeatures\":[\"kvm\"],"
-	    "\"mandatoryFeatures\":[\"nixos-test\",\"kvm\"]}},"
-	    "{\"metadata\":{\"name\":\"only\"},\"spec\":{\"mandatoryFeatures\":"
-	    "[\"benchmark\"],\"speedFactor\":10}}]}", &jobs);
-
-	assert_string_equal(b, "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 - - - ; "
-	    "ssh-ng://vm@203.0.113.7 x86_64-linux /k 4 1 kvm,nixos-test nixos-test,kvm - ; "
-	    "ssh-ng://only@203.0.113.7 x86_64-linux /k 4 10 benchmark benchmark -");
-	assert_int_equal(jobs, 12);
-	free(b);
 }
 
 static void test_known_hosts_and_ssh_config(void **state)
@@ -226,8 +238,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_builders_pins_host_key_on_port_22),
 		cmocka_unit_test(test_builders_default_max_jobs_is_slots_times_per_key),
-		cmocka_unit_test(test_builders_several_classes),
-		cmocka_unit_test(test_builders_mandatory_features_are_supported_too),
+		cmocka_unit_test(test_builders_classes),
+		cmocka_unit_test(test_builders_pin_the_host_key_on_every_entry),
 		cmocka_unit_test(test_known_hosts_and_ssh_config),
 		cmocka_unit_test(test_bad_host_keys),
 		cmocka_unit_test(test_facts_from_objects),

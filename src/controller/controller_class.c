@@ -2,6 +2,7 @@
 
 #include <string.h>
 
+#include "dns_label.h"
 #include "json_field.h"
 
 /* What a class gives a request's spec, under the same names. */
@@ -16,17 +17,7 @@ const char *controller_class_of(const json_t *obj)
 
 bool controller_class_name_valid(const char *name)
 {
-	size_t n = strlen(name);
-
-	if (n == 0 || n > CONTROLLER_CLASS_NAME_MAX || name[0] == '-' || name[n - 1] == '-')
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		char c = name[i];
-
-		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
-			return false;
-	}
-	return true;
+	return dns_label_valid(name, strlen(name));
 }
 
 static bool in_array(const json_t *a, const char *s)

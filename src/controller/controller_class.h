@@ -11,7 +11,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define CONTROLLER_CLASS_NAME_MAX 63
 #define CONTROLLER_REASON_UNKNOWN_CLASS "UnknownBuilderClass"
 
 /* spec.builderClass of a request or builder; "" for the default class. */

@@ -25,6 +25,13 @@
 #                                sandboxed build is tried before sshd
 #                                listens, and if it fails the builder exits
 #                                saying why (also in the termination log)
+#   NRBC_BUILDER_SYSTEMS         the builder class's Nix systems, space-separated:
+#                                nix.conf extra-platforms (the builder's own
+#                                system stays what Nix detects)
+#   NRBC_BUILDER_FEATURES        the builder class's features, space-separated:
+#                                nix.conf system-features (instead of Nix's
+#                                defaults, so a class without big-parallel
+#                                does not take such builds)
 #   NRBC_BUILDER_MAX_STARTUPS    sshd MaxStartups (64:30:256): every connection
 #                                comes from the proxy, which already rations
 #                                unauthenticated clients; sshd's default
@@ -287,6 +294,13 @@ sandbox-paths = /bin/sh=$ROOT/bin/busybox"
 		export NIX_CONFIG="${NIX_CONFIG:+$NIX_CONFIG
 }$sandbox_config"
 	fi
+	# The class's systems and features, after the ConfigMap's nix.conf.
+	class_config=
+	[ -n "${NRBC_BUILDER_SYSTEMS:-}" ] && class_config="extra-platforms = $NRBC_BUILDER_SYSTEMS"
+	[ -n "${NRBC_BUILDER_FEATURES:-}" ] && class_config="${class_config:+$class_config
+}system-features = $NRBC_BUILDER_FEATURES"
+	[ -n "$class_config" ] && export NIX_CONFIG="${NIX_CONFIG:+$NIX_CONFIG
+}$class_config"
 	NIX_CONF_DIR=$NIX_DIR nix-daemon &
 	daemon=$!
 	# sshd (and so readiness) only once the daemon listens: a client let

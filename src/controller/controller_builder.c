@@ -8,9 +8,12 @@
 #include "buf.h"
 #include "json_field.h"
 
-/* The request fields that shape a builder pod. timeoutSeconds is not one:
- * it bounds a request, not the builder that outlives it. */
-static const char *const class_fields[] = { "image", "resources", "nodeSelector" };
+/* The request fields that shape a builder pod, with the builder class that
+ * set them (controller_class.h). timeoutSeconds is not one: it bounds a
+ * request, not the builder that outlives it. */
+static const char *const class_fields[] = { "image", "resources", "nodeSelector",
+	"builderClass", "tolerations", "affinity", "systems", "supportedFeatures",
+	"idleTimeoutSeconds" };
 
 const char *controller_builder_identity(const json_t *obj)
 {
@@ -38,6 +41,8 @@ static bool field_empty(const json_t *v)
 		return true;
 	if (json_is_string(v))
 		return !*json_string_value(v);
+	if (json_is_array(v))
+		return json_array_size(v) == 0;
 	if (json_is_object(v)) {
 		const char *k;
 		json_t *sub;

@@ -24,8 +24,9 @@ const char *controller_builder_identity(const json_t *obj);
  * writes and the CRD admits). */
 bool controller_builder_identity_valid(const char *identity);
 
-/* The builder class of a request: a hash of what shapes its pod (image,
- * resources, nodeSelector), so requests asking for the same pod share a
+/* The class hash of a request: of what shapes its pod (image, resources,
+ * nodeSelector, tolerations, affinity, systems, features, idle timeout)
+ * and the NixBuilderClass that set them, so requests asking for the same pod share a
  * class whatever their field order. Empty fields count as absent. 0, or -1
  * when out of memory. */
 int controller_builder_class(const json_t *request, char out[CONTROLLER_CLASS_LEN + 1]);

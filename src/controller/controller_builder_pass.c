@@ -18,6 +18,7 @@
 #include "buf.h"
 #include "controller_builder.h"
 #include "controller_builders.h"
+#include "controller_class.h"
 #include "controller_pod.h"
 #include "controller_reconcile_internal.h"
 #include "controller_reconcile_op.h"
@@ -31,6 +32,8 @@
 #define CLAIM_WAIT_MS 5
 /* Waiting for a slot of a full builder: look again this often. */
 #define SLOT_WAIT_STEP_MS 20
+/* How often a request of an identity at its builder bound looks for a slot. */
+#define BOUND_WAIT_STEP_MS 100
 
 char *reconcile_builder_queue_key(const char *builder_key)
 {
@@ -238,11 +241,12 @@ static void create_builder(struct reconcile_op *op, const char *identity, const 
 {
 	struct controller_reconciler *r = op->r;
 	const char *ns = kube_object_namespace(op->nbr);
+	long slots = controller_class_slots(op->nbr, r->opts.builder_slots);
 	char *name = controller_builders_next_name(r->builders, ns, identity, class);
-	json_t *obj = name ? controller_builder_build(ns, name, identity, class,
-	    r->opts.builder_slots, op->nbr) : NULL;
+	json_t *obj = name ? controller_builder_build(ns, name, identity, class, slots,
+	    op->nbr) : NULL;
 	struct controller_builder *b = obj ? controller_builders_add(r->builders, ns, name,
-	    identity, class, r->opts.builder_slots, uv_now(r->loop)) : NULL;
+	    identity, class, slots, uv_now(r->loop)) : NULL;
 
 	free(name);
 	/* Bound at once: a pass for the next request of this identity sees the
@@ -352,6 +356,24 @@ static void refuse_foreign_builder(struct reconcile_op *op, struct controller_bu
 	free(msg);
 }
 
+/* The identity holds as many builders of the class as it may: the request
+ * waits for a slot on one of them (Nix's maxJobs, from client-config, keeps
+ * this rare). True when the pass is over. */
+static bool at_builder_bound(struct reconcile_op *op, const char *identity, const char *class)
+{
+	struct controller_reconciler *r = op->r;
+	long max = controller_class_max_builders(op->nbr, r->opts.max_builders_per_identity);
+	size_t have = controller_builders_usable(r->builders, kube_object_namespace(op->nbr),
+	    identity, class);
+
+	if (max <= 0 || have < (size_t)max)
+		return false;
+	log_debug("nbr=%s: identity holds %zu builders of its class (at most %ld): waiting for "
+	    "a slot", op->key, have, max);
+	reconcile_op_finish(op, KUBE_QUEUE_FORGET, BOUND_WAIT_STEP_MS);
+	return true;
+}
+
 void reconcile_identity_request(struct reconcile_op *op)
 {
 	struct controller_reconciler *r = op->r;
@@ -433,6 +455,8 @@ void reconcile_identity_request(struct reconcile_op *op)
 			return;
 		}
 	}
+	if (at_builder_bound(op, identity, class))
+		return;
 	if (try_claim(op, identity, class))
 		return;
 	create_builder(op, identity, class);
@@ -576,12 +600,13 @@ static void builder_status(struct reconcile_op *op, struct controller_builder *b
 	}
 	res.changed = !json_is_object(old) || !json_equal((json_t *)old, res.status);
 	if (controller_builder_state(b) == BUILDER_IDLE && idle) {
-		uint64_t left = now - idle >= r->opts.builder_idle_timeout_ms ? 0 :
-		    r->opts.builder_idle_timeout_ms - (now - idle);
+		uint64_t timeout = controller_class_idle_timeout_ms(op->nbr,
+		    r->opts.builder_idle_timeout_ms);
+		uint64_t left = now - idle >= timeout ? 0 : timeout - (now - idle);
 
 		if (left == 0) {
 			controller_status_result_finish(&res);
-			delete_builder(op, b, "idle for --builder-idle-timeout");
+			delete_builder(op, b, "idle for its idle timeout");
 			return;
 		}
 		if (!res.recheck_ms || left < res.recheck_ms)

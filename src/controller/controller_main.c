@@ -68,6 +68,7 @@ struct controller_flags {
 	long workers;
 	long warm_pool_size;
 	long builder_slots;
+	long max_builders_per_identity;
 	uint64_t builder_idle_timeout_ms;
 	uint64_t builder_scale_out_wait_ms;
 	uint64_t builder_drain_timeout_ms;
@@ -106,6 +107,7 @@ struct controller {
 	struct kube_informer *requests;
 	struct kube_informer *pods;
 	struct kube_informer *builders;
+	struct kube_informer *classes;
 	struct kube_event_recorder *events;
 	struct controller_reconciler *rec;
 	struct kube_queue *queue;
@@ -247,8 +249,9 @@ static void on_builder_delete(json_t *obj, void *data)
 
 static bool caches_synced(const struct controller *c)
 {
-	return c->requests && c->pods && c->builders && kube_informer_synced(c->requests) &&
-	    kube_informer_synced(c->pods) && kube_informer_synced(c->builders);
+	return c->requests && c->pods && c->builders && c->classes &&
+	    kube_informer_synced(c->requests) && kube_informer_synced(c->pods) &&
+	    kube_informer_synced(c->builders) && kube_informer_synced(c->classes);
 }
 
 static bool check_ready(void *data, const char **why)
@@ -423,6 +426,8 @@ static void teardown(uv_timer_t *t)
 	c->pods = NULL;
 	kube_informer_destroy(c->builders);
 	c->builders = NULL;
+	kube_informer_destroy(c->classes);
+	c->classes = NULL;
 	kube_event_recorder_destroy(c->events);
 	c->events = NULL;
 	kube_client_destroy(c->client);
@@ -540,6 +545,11 @@ static int start_kube(struct controller *c)
 		.on_synced = on_synced,
 		.transform = controller_slim_request_transform,
 	};
+	/* Classes are read where a request names one; a change reaches the
+	 * builders made after it (the class hash tells them apart). */
+	static const struct kube_informer_handlers class_handlers = {
+		.on_synced = on_synced,
+	};
 	static const struct kube_informer_handlers pod_handlers = {
 		.on_add = on_pod_add,
 		.on_update = on_pod_update,
@@ -549,6 +559,7 @@ static int start_kube(struct controller *c)
 	};
 	const char *ns = c->f.namespace && *c->f.namespace ? c->f.namespace : NULL;
 	char *err = NULL;
+	struct controller_reconcile_caches caches;
 	struct controller_reconcile_options ro = {
 		.pod = {
 			.builder_image = c->f.builder_image,
@@ -569,6 +580,7 @@ static int start_kube(struct controller *c)
 		.warm_pool_size = c->f.warm_pool_size,
 		.pool_namespace = ns,
 		.builder_slots = c->f.builder_slots,
+		.max_builders_per_identity = c->f.max_builders_per_identity,
 		.builder_idle_timeout_ms = c->f.builder_idle_timeout_ms,
 		.builder_scale_out_wait_ms = c->f.builder_scale_out_wait_ms,
 	};
@@ -598,10 +610,13 @@ static int start_kube(struct controller *c)
 	    CONTROLLER_POD_SELECTOR, &pod_handlers, c);
 	c->builders = kube_informer_create(c->client, &kube_resource_nixbuilders, ns, NULL,
 	    &builder_handlers, c);
-	if (!c->events || !c->requests || !c->pods || !c->builders)
+	c->classes = kube_informer_create(c->client, &kube_resource_nixbuilderclasses, ns, NULL,
+	    &class_handlers, c);
+	if (!c->events || !c->requests || !c->pods || !c->builders || !c->classes)
 		return -1;
-	c->rec = controller_reconciler_create(c->client, c->requests, c->pods, c->builders,
-	    c->events, &ro, c->metrics);
+	caches = (struct controller_reconcile_caches){ .requests = c->requests, .pods = c->pods,
+		.builders = c->builders, .classes = c->classes };
+	c->rec = controller_reconciler_create(c->client, &caches, c->events, &ro, c->metrics);
 	if (!c->rec)
 		return -1;
 	if (c->f.leader_elect) {
@@ -627,9 +642,9 @@ static int start_kube(struct controller *c)
 			return -1;
 	}
 	if (kube_informer_start(c->requests) < 0 || kube_informer_start(c->pods) < 0 ||
-	    kube_informer_start(c->builders) < 0)
+	    kube_informer_start(c->builders) < 0 || kube_informer_start(c->classes) < 0)
 		return -1;
-	log_info("watching NixBuildRequests, NixBuilders and builder pods in %s",
+	log_info("watching NixBuildRequests, NixBuilders, NixBuilderClasses and builder pods in %s",
 	    ns ? ns : "all namespaces");
 	return 0;
 }
@@ -655,9 +670,11 @@ static int parse_flags(struct controller_flags *f, const struct flag *table, siz
 	if (f->remote_port < 1 || f->remote_port > 65535 || f->health_port < 0 ||
 	    f->health_port > 65535 || f->workers < 1 || f->workers > 10000 ||
 	    f->warm_pool_size < 0 || f->warm_pool_size > 1000 || f->builder_slots < 1 ||
+	    f->max_builders_per_identity < 0 || f->max_builders_per_identity > 1000 ||
 	    f->builder_slots > 1000) {
 		fprintf(stderr, "nrbc controller: --remote-port, --health-port, --workers, "
-		                "--warm-pool-size or --builder-slots out of range\n");
+		                "--warm-pool-size, --builder-slots or --max-builders-per-identity "
+		                "out of range\n");
 		return 2;
 	}
 	if (f->builder_sandbox && (!f->builder_sandbox_seccomp || !*f->builder_sandbox_seccomp)) {
@@ -743,7 +760,12 @@ int controller_main(int argc, char **argv)
 		    "1", "unclaimed builders kept for new identities to claim (needs --namespace)",
 		    false },
 		{ "builder-slots", "NRBC_CONTROLLER_BUILDER_SLOTS", FLAG_INT, &f->builder_slots,
-		    "4", "sessions one builder serves at once (match maxJobs in nix.conf)", false },
+		    "4", "sessions one builder serves at once (the nrbc-client ConfigMap's "
+		    "builder-slots)", false },
+		{ "max-builders-per-identity", "NRBC_CONTROLLER_MAX_BUILDERS_PER_IDENTITY", FLAG_INT,
+		    &f->max_builders_per_identity, "4", "builders of one class one client key may "
+		    "hold at once (0: no bound; the ConfigMap's builders-per-key; a class's "
+		    "maxBuildersPerIdentity overrides)", false },
 		{ "builder-idle-timeout", "NRBC_CONTROLLER_BUILDER_IDLE_TIMEOUT", FLAG_DURATION,
 		    &f->builder_idle_timeout_ms, "5m",
 		    "delete an identity's builder after this long without a session", false },

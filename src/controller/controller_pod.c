@@ -215,6 +215,56 @@ static int container_sandbox(json_t *c)
 	return json_object_set_new(sc, "procMount", json_string("Unmasked"));
 }
 
+/* A string array as one space-separated value; NULL when it is empty or
+ * holds anything but strings without blanks. Heap string. */
+static char *words(const json_t *a)
+{
+	struct buf b;
+	size_t i;
+	json_t *v;
+
+	buf_init(&b, 4096);
+	json_array_foreach(a, i, v) {
+		const char *w = json_string_value(v);
+
+		if (!w || !*w || strpbrk(w, " \t\n\"'\\$`") ||
+		    buf_printf(&b, "%s%s", i ? " " : "", w) < 0) {
+			buf_finish(&b);
+			return NULL;
+		}
+	}
+	if (!b.len) {
+		buf_finish(&b);
+		return NULL;
+	}
+	return buf_steal(&b);
+}
+
+/* The builder class's systems (nix.conf extra-platforms) and features
+ * (system-features), for the entrypoint to add to nix.conf. */
+static int container_class_env(json_t *c, const json_t *spec)
+{
+	static const struct { const char *field, *var; } vars[] = {
+		{ "systems", "NRBC_BUILDER_SYSTEMS" },
+		{ "supportedFeatures", "NRBC_BUILDER_FEATURES" },
+	};
+	json_t *env = json_object_get(c, "env");
+
+	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+		char *value = words(json_object_get(spec, vars[i].field));
+		int rc;
+
+		if (!value)
+			continue;
+		rc = json_array_append_new(env, json_pack("{s:s,s:s}", "name", vars[i].var,
+		    "value", value));
+		free(value);
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
 static json_t *pod_container(const json_t *spec, const struct controller_pod_options *o)
 {
 	const char *image = json_field_str(spec, "image");
@@ -246,7 +296,7 @@ static json_t *pod_container(const json_t *spec, const struct controller_pod_opt
 	    "name", "nix-config", "mountPath", CONTROLLER_POD_NIX_DIR, "readOnly", 1,
 	    "securityContext", "allowPrivilegeEscalation", 0, "capabilities", caps,
 	    "privileged", 0);
-	if (c && o->sandbox && container_sandbox(c) < 0) {
+	if (c && ((o->sandbox && container_sandbox(c) < 0) || container_class_env(c, spec) < 0)) {
 		json_decref(c);
 		return NULL;
 	}
@@ -312,6 +362,8 @@ static json_t *pod_spec(const json_t *spec, const struct controller_pod_options 
 	    "containers", json_pack("[o]", pod_container(spec, o)),
 	    "volumes", pod_volumes(o, host_key_secret));
 	const json_t *node_selector = json_object_get(spec, "nodeSelector");
+	const json_t *tolerations = json_object_get(spec, "tolerations");
+	const json_t *affinity = json_object_get(spec, "affinity");
 	const json_t *timeout = json_object_get(spec, "timeoutSeconds");
 
 	if (!ps)
@@ -320,6 +372,12 @@ static json_t *pod_spec(const json_t *spec, const struct controller_pod_options 
 		goto fail;
 	if (json_object_size(node_selector) &&
 	    json_object_set_new(ps, "nodeSelector", json_deep_copy(node_selector)) < 0)
+		goto fail;
+	if (json_array_size(tolerations) &&
+	    json_object_set_new(ps, "tolerations", json_deep_copy(tolerations)) < 0)
+		goto fail;
+	if (json_object_size(affinity) &&
+	    json_object_set_new(ps, "affinity", json_deep_copy(affinity)) < 0)
 		goto fail;
 	if (json_is_integer(timeout) && json_integer_value(timeout) > 0 &&
 	    json_object_set_new(ps, "activeDeadlineSeconds",

@@ -17,6 +17,7 @@
 #include "controller_builder.h"
 #include "controller_builder_pass.h"
 #include "controller_builders.h"
+#include "controller_class.h"
 #include "controller_reconcile_internal.h"
 #include "controller_reconcile_op.h"
 #include "controller_reconcile_state.h"
@@ -370,6 +371,36 @@ static void reconcile_request(struct reconcile_op *op)
 	free(pod_name);
 }
 
+/* The request as its NixBuilderClass shapes it replaces op->nbr for the
+ * pass (status writes send only the status). -1 when the pass is over:
+ * no such class (the request fails, its client is told), or out of memory. */
+static int apply_builder_class(struct reconcile_op *op)
+{
+	struct controller_reconciler *r = op->r;
+	const char *ns = kube_object_namespace(op->nbr), *name = controller_class_of(op->nbr);
+	const json_t *cls = controller_class_name_valid(name) && r->classes ?
+	    kube_informer_get(r->classes, ns, name) : NULL;
+	json_t *shaped;
+
+	if (!cls) {
+		char *msg = str_printf("no builder class \"%.63s\" (the SSH user name) in namespace "
+		    "%s; the admin's classes: kubectl -n %s get nixbuilderclasses", name, ns, ns);
+
+		reconcile_set_status(op, CONTROLLER_PHASE_FAILED, CONTROLLER_REASON_UNKNOWN_CLASS,
+		    msg ? msg : "no such builder class", KUBE_QUEUE_FORGET);
+		free(msg);
+		return -1;
+	}
+	shaped = controller_class_apply(op->nbr, cls);
+	if (!shaped) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return -1;
+	}
+	json_decref(op->nbr);
+	op->nbr = shaped;
+	return 0;
+}
+
 static bool split_key(const char *key, char ns[254], const char **name)
 {
 	const char *slash = strchr(key, '/');
@@ -429,14 +460,16 @@ void controller_reconcile(struct kube_queue *q, const char *key, void *data)
 		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
 		return;
 	}
+	if (*controller_class_of(obj) && !controller_phase_terminal(controller_phase_of(obj)) &&
+	    apply_builder_class(op) < 0)
+		return;
 	reconcile_request(op);
 }
 
 /* ---------- lifecycle ---------- */
 
 struct controller_reconciler *controller_reconciler_create(struct kube_client *c,
-    struct kube_informer *requests, struct kube_informer *pods,
-    struct kube_informer *builders, struct kube_event_recorder *events,
+    const struct controller_reconcile_caches *caches, struct kube_event_recorder *events,
     const struct controller_reconcile_options *o, struct metrics *metrics)
 {
 	struct controller_reconciler *r = calloc(1, sizeof(*r));
@@ -451,11 +484,12 @@ struct controller_reconciler *controller_reconciler_create(struct kube_client *c
 		free(r);
 		return NULL;
 	}
-	r->builder_cache = builders;
+	r->builder_cache = caches->builders;
 	r->client = c;
 	r->loop = kube_client_loop(c);
-	r->requests = requests;
-	r->pods = pods;
+	r->requests = caches->requests;
+	r->pods = caches->pods;
+	r->classes = caches->classes;
 	r->events = events;
 	r->opts = *o;
 	metrics_init(&r->m, metrics);

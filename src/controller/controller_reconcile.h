@@ -28,6 +28,8 @@ struct controller_reconcile_options {
 	const char *pool_namespace;
 	/* Sessions one NixBuilder serves at once. */
 	long builder_slots;
+	/* Builders of one class one identity may hold at once; 0: no bound. */
+	long max_builders_per_identity;
 	/* An identity's builder with no session is deleted after this. */
 	uint64_t builder_idle_timeout_ms;
 	/* A request whose identity's builders are all full waits this long
@@ -40,12 +42,18 @@ struct controller_reconcile_options {
 
 struct controller_reconciler;
 
-/* requests, pods and builders are the informers whose caches are read;
- * events may be NULL; metrics may be NULL. All must outlive the
- * reconciler. */
+/* The informers whose caches the reconciler reads. */
+struct controller_reconcile_caches {
+	struct kube_informer *requests;
+	struct kube_informer *pods;
+	struct kube_informer *builders;
+	struct kube_informer *classes; /* NixBuilderClasses; NULL: every class is unknown */
+};
+
+/* events may be NULL; metrics may be NULL. The informers, events and
+ * metrics must outlive the reconciler. */
 struct controller_reconciler *controller_reconciler_create(struct kube_client *c,
-    struct kube_informer *requests, struct kube_informer *pods,
-    struct kube_informer *builders, struct kube_event_recorder *events,
+    const struct controller_reconcile_caches *caches, struct kube_event_recorder *events,
     const struct controller_reconcile_options *o, struct metrics *metrics);
 /* Cancels reconciles in flight (their keys are never marked done). */
 void controller_reconciler_destroy(struct controller_reconciler *r);

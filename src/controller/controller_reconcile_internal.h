@@ -46,6 +46,7 @@ struct controller_reconciler {
 	struct kube_informer *requests;
 	struct kube_informer *pods;
 	struct kube_informer *builder_cache;
+	struct kube_informer *classes;
 	struct kube_event_recorder *events;
 	struct controller_reconcile_options opts;
 	struct controller_metrics m;

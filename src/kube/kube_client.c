@@ -33,6 +33,9 @@ const struct kube_resource kube_resource_nixbuildrequests = {
 const struct kube_resource kube_resource_nixbuilders = {
 	"nix.io", "v1alpha1", "nixbuilders", "NixBuilder", true
 };
+const struct kube_resource kube_resource_nixbuilderclasses = {
+	"nix.io", "v1alpha1", "nixbuilderclasses", "NixBuilderClass", true
+};
 
 struct kube_request {
 	struct kube_request *prev, *next;

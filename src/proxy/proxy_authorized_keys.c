@@ -6,6 +6,7 @@
 
 #include "base64.h"
 #include "buf.h"
+#include "dns_label.h"
 
 #define WARNINGS_MAX (64 * 1024)
 
@@ -94,66 +95,168 @@ static int has_control_chars(const char *s, const char *end)
 	return 0;
 }
 
+#define OPTION_PREFIX "nrbc-"
 #define MAX_SESSIONS_OPT "nrbc-max-sessions="
+#define CLASSES_OPT "nrbc-classes="
+
+/* The value of one option at [*p, end) up to the next comma outside quotes
+ * (quotes dropped); *p moves past the comma. -1 on an unclosed quote. */
+static int option_value(const char **p, const char *end, const char **v, size_t *len)
+{
+	const char *s = *p;
+
+	if (s < end && *s == '"') {
+		const char *q = memchr(s + 1, '"', (size_t)(end - s - 1));
+
+		if (!q || (q + 1 < end && q[1] != ','))
+			return -1;
+		*v = s + 1;
+		*len = (size_t)(q - s - 1);
+		*p = q + 1 < end ? q + 2 : q + 1;
+		return 0;
+	}
+	*v = s;
+	while (s < end && *s != ',' && *s != '"')
+		s++;
+	if (s < end && *s == '"')
+		return -1;
+	*len = (size_t)(s - *v);
+	*p = s < end ? s + 1 : s;
+	return 0;
+}
+
+static int parse_max_sessions(const char *v, size_t len, long *out)
+{
+	long n = 0;
+
+	if (len == 0 || len > 5)
+		return -1;
+	for (size_t i = 0; i < len; i++) {
+		if (v[i] < '0' || v[i] > '9')
+			return -1;
+		n = n * 10 + (v[i] - '0');
+	}
+	if (n < 1 || n > PROXY_AUTHORIZED_KEYS_MAX_SESSIONS)
+		return -1;
+	*out = n;
+	return 0;
+}
+
+/* "a,b,c": each a DNS label, at most PROXY_AUTHORIZED_KEYS_MAX_CLASSES. */
+static int parse_classes(const char *v, size_t len, char **out)
+{
+	const char *p = v, *end = v + len;
+	size_t n = 0;
+
+	if (len == 0)
+		return -1;
+	while (p <= end) {
+		const char *c = memchr(p, ',', (size_t)(end - p));
+		size_t l = c ? (size_t)(c - p) : (size_t)(end - p);
+
+		if (!dns_label_valid(p, l) || ++n > PROXY_AUTHORIZED_KEYS_MAX_CLASSES)
+			return -1;
+		if (!c)
+			break;
+		p = c + 1;
+	}
+	*out = strndup(v, len);
+	return *out ? 0 : -2;
+}
+
+/* The proxy's options, comma-separated before the key type (OpenSSH's
+ * form): nrbc-max-sessions=N and nrbc-classes="a,b". 0, -1 with *why (a
+ * static string) for a bad list, -2 when out of memory. */
+static int parse_options(const char *s, size_t len, struct proxy_authorized_key *k,
+    const char **why)
+{
+	const char *p = s, *end = s + len;
+
+	while (p < end) {
+		const char *v;
+		size_t vlen;
+		int rc;
+
+		if ((size_t)(end - p) >= sizeof(MAX_SESSIONS_OPT) - 1 &&
+		    memcmp(p, MAX_SESSIONS_OPT, sizeof(MAX_SESSIONS_OPT) - 1) == 0) {
+			p += sizeof(MAX_SESSIONS_OPT) - 1;
+			if (k->max_sessions || option_value(&p, end, &v, &vlen) < 0 ||
+			    parse_max_sessions(v, vlen, &k->max_sessions) < 0) {
+				*why = "nrbc-max-sessions= wants a number from 1 to 10000; line ignored";
+				return -1;
+			}
+		} else if ((size_t)(end - p) >= sizeof(CLASSES_OPT) - 1 &&
+		    memcmp(p, CLASSES_OPT, sizeof(CLASSES_OPT) - 1) == 0) {
+			p += sizeof(CLASSES_OPT) - 1;
+			if (k->classes || option_value(&p, end, &v, &vlen) < 0 ||
+			    (rc = parse_classes(v, vlen, &k->classes)) == -1) {
+				*why = "nrbc-classes= wants \"name,name\" (builder class names, or the "
+				    "client user name for the default class); line ignored";
+				return -1;
+			}
+			if (rc == -2)
+				return -2;
+		} else {
+			*why = "options other than nrbc-max-sessions= and nrbc-classes= are not "
+			    "supported; line ignored";
+			return -1;
+		}
+	}
+	return 0;
+}
 
 /* 1: key added; 0: line skipped (warning given); -1: out of memory. */
 static int parse_line(struct proxy_authorized_keys *out, struct buf *w, const char *s,
     const char *end, int line)
 {
-	struct proxy_authorized_key *k;
-	const char *type, *b64, *p = s;
+	struct proxy_authorized_key *k, opts = { 0 };
+	const char *type, *b64, *p = s, *why = NULL;
 	size_t type_len, b64_len;
 	unsigned char *blob;
 	size_t blob_len;
-	long max_sessions = 0;
 
 	if (has_control_chars(s, end)) {
 		warn_line(out, w, line, "control characters in line");
 		return 0;
 	}
 	type = next_token(&p, end, &type_len);
-	/* Our one option: nrbc-max-sessions=N, alone, before the type. */
-	if (type && type_len > sizeof(MAX_SESSIONS_OPT) - 1 &&
-	    memcmp(type, MAX_SESSIONS_OPT, sizeof(MAX_SESSIONS_OPT) - 1) == 0) {
-		max_sessions = 0;
-		for (size_t i = sizeof(MAX_SESSIONS_OPT) - 1; i < type_len; i++) {
-			if (type[i] < '0' || type[i] > '9' ||
-			    max_sessions > PROXY_AUTHORIZED_KEYS_MAX_SESSIONS) {
-				max_sessions = -1;
-				break;
-			}
-			max_sessions = max_sessions * 10 + (type[i] - '0');
+	/* Our own options, before the type. */
+	if (type && type_len > sizeof(OPTION_PREFIX) - 1 &&
+	    memcmp(type, OPTION_PREFIX, sizeof(OPTION_PREFIX) - 1) == 0) {
+		int rc = parse_options(type, type_len, &opts, &why);
+
+		if (rc == -2) {
+			free(opts.classes);
+			return -1;
 		}
-		if (max_sessions < 1 || max_sessions > PROXY_AUTHORIZED_KEYS_MAX_SESSIONS) {
-			warn_line(out, w, line, "nrbc-max-sessions= wants a number from 1 to 10000; "
-			    "line ignored");
-			return 0;
-		}
+		if (rc < 0)
+			goto skip;
 		type = next_token(&p, end, &type_len);
 	}
 	if (!type || !proxy_authorized_keys_type_known(type, type_len)) {
-		warn_line(out, w, line, mentions_known_type(p, end) ?
+		why = mentions_known_type(p, end) ?
 		    "options before the key type are not supported; line ignored" :
-		    "unknown or unsupported key type; line ignored");
-		return 0;
+		    "unknown or unsupported key type; line ignored";
+		goto skip;
 	}
 	b64 = next_token(&p, end, &b64_len);
 	if (!b64) {
-		warn_line(out, w, line, "key type without key data");
-		return 0;
+		why = "key type without key data";
+		goto skip;
 	}
 	blob = (unsigned char *)base64_decode(b64, b64_len, &blob_len);
 	if (!blob) {
-		warn_line(out, w, line, "key data is not valid base64");
-		return 0;
+		why = "key data is not valid base64";
+		goto skip;
 	}
 	if (!blob_matches_type(blob, blob_len, type, type_len)) {
 		free(blob);
-		warn_line(out, w, line, "key data does not match its declared type");
-		return 0;
+		why = "key data does not match its declared type";
+		goto skip;
 	}
 	if (out->n == PROXY_AUTHORIZED_KEYS_MAX_KEYS) {
 		free(blob);
+		free(opts.classes);
 		return -2;
 	}
 	while (p < end && is_blank(*p))
@@ -166,11 +269,16 @@ static int parse_line(struct proxy_authorized_keys *out, struct buf *w, const ch
 	k->blob = blob;
 	k->blob_len = blob_len;
 	k->line = line;
-	k->max_sessions = max_sessions;
+	k->max_sessions = opts.max_sessions;
+	k->classes = opts.classes;
 	out->n++;
 	if (!k->type || !k->base64 || !k->comment)
 		return -1;
 	return 1;
+skip:
+	free(opts.classes);
+	warn_line(out, w, line, why);
+	return 0;
 }
 
 int proxy_authorized_keys_parse(const char *text, size_t len,
@@ -245,6 +353,7 @@ void proxy_authorized_keys_finish(struct proxy_authorized_keys *keys)
 		free(keys->keys[i].base64);
 		free(keys->keys[i].blob);
 		free(keys->keys[i].comment);
+		free(keys->keys[i].classes);
 	}
 	free(keys->keys);
 	free(keys->warnings);

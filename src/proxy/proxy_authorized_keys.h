@@ -2,9 +2,11 @@
  * Pure (no SSH library), so it can be fuzzed and unit-tested alone. Lines with
  * an options prefix (from="...", command="...", ...) are refused rather than
  * half-honoured: the proxy has no use for them and ignoring a restriction
- * would widen access. The one option understood is the proxy's own,
- * "nrbc-max-sessions=N" (1..10000): this key's concurrent sessions; a line
- * with any other option is skipped with a warning. */
+ * would widen access. The options understood are the proxy's own, comma-
+ * separated before the type as OpenSSH writes options:
+ * "nrbc-max-sessions=N" (1..10000), this key's concurrent sessions, and
+ * nrbc-classes="a,b", the builder classes (SSH user names) it may use; a
+ * line with any other option is skipped with a warning. */
 #ifndef NRBC_PROXY_AUTHORIZED_KEYS_H
 #define NRBC_PROXY_AUTHORIZED_KEYS_H
 
@@ -14,6 +16,7 @@
 #define PROXY_AUTHORIZED_KEYS_MAX_KEYS 1000
 #define PROXY_AUTHORIZED_KEYS_MAX_LINE 16384
 #define PROXY_AUTHORIZED_KEYS_MAX_SESSIONS 10000
+#define PROXY_AUTHORIZED_KEYS_MAX_CLASSES 64
 
 struct proxy_authorized_key {
 	char *type;          /* "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", ... */
@@ -22,6 +25,7 @@ struct proxy_authorized_key {
 	size_t blob_len;
 	char *comment;       /* "" when absent */
 	long max_sessions;   /* nrbc-max-sessions=N option; 0 when absent */
+	char *classes;       /* nrbc-classes= option, "a,b"; NULL when absent (any) */
 	int line;            /* 1-based line number in the text */
 };
 

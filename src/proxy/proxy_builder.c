@@ -1,8 +1,9 @@
 #include "proxy_builder_backend.h"
 
-int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity)
+int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity,
+    const char *builder_class)
 {
-	return b->ops->acquire(b, session_id, identity);
+	return b->ops->acquire(b, session_id, identity, builder_class);
 }
 
 void proxy_builder_release(struct proxy_builder *b, uint64_t session_id, bool ok,

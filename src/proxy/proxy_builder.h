@@ -47,11 +47,13 @@ struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_cli
     const struct proxy_builder_kube_options *opts, const struct proxy_builder_events *events,
     void *data);
 
-/* Starts getting a builder for session_id of the client identity (a hash
- * of the key it logged in with: builders are reused across the sessions
- * of one identity and never shared between two); 0, or -1 when it cannot
- * start (no event follows then). */
-int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity);
+/* Starts getting a builder of builder_class ("" for the default; the
+ * user name the client logged in as) for session_id of the client
+ * identity (a hash of the key it logged in with: builders are reused
+ * across the sessions of one identity and never shared between two); 0,
+ * or -1 when it cannot start (no event follows then). */
+int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity,
+    const char *builder_class);
 /* The session is over (or gave up waiting): ok tells Completed from Failed,
  * message says why. No event for session_id follows. */
 void proxy_builder_release(struct proxy_builder *b, uint64_t session_id, bool ok,

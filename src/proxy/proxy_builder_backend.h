@@ -6,7 +6,8 @@
 
 struct proxy_builder_ops {
 	const char *name;
-	int (*acquire)(struct proxy_builder *b, uint64_t session_id, const char *identity);
+	int (*acquire)(struct proxy_builder *b, uint64_t session_id, const char *identity,
+	    const char *builder_class);
 	void (*release)(struct proxy_builder *b, uint64_t session_id, bool ok, const char *message);
 	bool (*is_ready)(const struct proxy_builder *b);
 	bool (*flush)(struct proxy_builder *b, void (*done)(void *data), void *data); /* optional */

@@ -497,7 +497,7 @@ static bool kube_flush(struct proxy_builder *b, void (*done)(void *data), void *
 }
 
 static json_t *kube_request_object(struct proxy_builder_kube *k, const char *name,
-    const char *session, const char *identity)
+    const char *session, const char *identity, const char *builder_class)
 {
 	json_t *obj = json_pack("{s:s, s:s, s:{s:s, s:s, s:{s:s, s:s, s:s, s:s}}, s:{s:s, s:s}}",
 	    "apiVersion", "nix.io/v1alpha1", "kind", "NixBuildRequest",
@@ -511,6 +511,11 @@ static json_t *kube_request_object(struct proxy_builder_kube *k, const char *nam
 		return NULL;
 	if (k->image)
 		json_object_set_new(spec, "image", json_string(k->image));
+	if (builder_class && *builder_class &&
+	    json_object_set_new(spec, "builderClass", json_string(builder_class)) < 0) {
+		json_decref(obj);
+		return NULL;
+	}
 	if (k->timeout_seconds > 0)
 		json_object_set_new(spec, "timeoutSeconds", json_integer(k->timeout_seconds));
 	/* Owned by the proxy's Pod: if the proxy goes for good, the garbage
@@ -583,7 +588,8 @@ static void kube_free_handle(uv_handle_t *h)
 	free(h);
 }
 
-static int kube_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity)
+static int kube_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity,
+    const char *builder_class)
 {
 	struct proxy_builder_kube *k = (struct proxy_builder_kube *)b;
 	unsigned char rnd[6];
@@ -601,13 +607,15 @@ static int kube_acquire(struct proxy_builder *b, uint64_t session_id, const char
 	w->started_ms = kube_now_ms(k);
 	w->state = KUBE_WAIT_CREATING;
 	snprintf(w->name, sizeof(w->name), "build-%s", session);
-	w->create_body = kube_request_object(k, w->name, session, identity);
+	w->create_body = kube_request_object(k, w->name, session, identity, builder_class);
 	if (!w->create_body || kube_send_create(k, w) < 0)
 		goto fail;
 	w->next = k->waits;
 	k->waits = w;
-	log_info("session=%llu nbr=%s/%s: requesting a builder", (unsigned long long)session_id,
-	    k->namespace, w->name);
+	log_info("session=%llu nbr=%s/%s: requesting a builder%s%s",
+	    (unsigned long long)session_id, k->namespace, w->name,
+	    builder_class && *builder_class ? " of class " : "",
+	    builder_class && *builder_class ? builder_class : "");
 	return 0;
 fail:
 	json_decref(w->create_body);

@@ -10,6 +10,7 @@
 
 struct static_pending {
 	uint64_t session_id;
+	bool other_class; /* asked for a builder class: there is only the one */
 	struct static_pending *next;
 };
 
@@ -32,15 +33,20 @@ static void static_on_idle(uv_idle_t *h)
 	while (s->pending) {
 		struct static_pending *p = s->pending;
 		s->pending = p->next;
-		s->base.events->ready(p->session_id, s->host, s->port, s->name, NULL,
-		    s->base.data);
+		if (p->other_class)
+			s->base.events->failed(p->session_id, "this proxy has one fixed builder and "
+			    "no builder classes: log in as the default user", s->base.data);
+		else
+			s->base.events->ready(p->session_id, s->host, s->port, s->name, NULL,
+			    s->base.data);
 		free(p);
 		if (s->closing)
 			return;
 	}
 }
 
-static int static_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity)
+static int static_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity,
+    const char *builder_class)
 {
 	struct proxy_builder_static *s = (struct proxy_builder_static *)b;
 	struct static_pending *p = calloc(1, sizeof(*p));
@@ -50,6 +56,7 @@ static int static_acquire(struct proxy_builder *b, uint64_t session_id, const ch
 	if (!p)
 		return -1;
 	p->session_id = session_id;
+	p->other_class = builder_class && *builder_class;
 	while (*tail)
 		tail = &(*tail)->next;
 	*tail = p;

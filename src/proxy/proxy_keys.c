@@ -17,6 +17,7 @@ struct proxy_client_key {
 	ssh_key key;
 	char *comment;
 	long max_sessions; /* nrbc-max-sessions=; 0: the default */
+	char *classes;     /* nrbc-classes=, "a,b"; NULL: any */
 };
 
 struct proxy_keys {
@@ -225,7 +226,9 @@ static int load_clients(struct proxy_keys *k, const char *text, char **err)
 		k->clients[k->n_clients].key = key;
 		k->clients[k->n_clients].max_sessions = a->max_sessions;
 		k->clients[k->n_clients].comment = strdup(a->comment);
-		if (!k->clients[k->n_clients].comment) {
+		k->clients[k->n_clients].classes = a->classes ? strdup(a->classes) : NULL;
+		if (!k->clients[k->n_clients].comment ||
+		    (a->classes && !k->clients[k->n_clients].classes)) {
 			k->n_clients++;
 			*err = str_printf("out of memory");
 			goto bad;
@@ -362,6 +365,7 @@ void proxy_keys_destroy(struct proxy_keys *k)
 	for (size_t i = 0; i < k->n_clients; i++) {
 		ssh_key_free(k->clients[i].key);
 		free(k->clients[i].comment);
+		free(k->clients[i].classes);
 	}
 	free(k->clients);
 	if (k->upstream_private)
@@ -398,6 +402,32 @@ int proxy_keys_find_client(const struct proxy_keys *k, const ssh_key pub, const 
 		}
 	}
 	return -1;
+}
+
+const char *proxy_keys_client_classes(const struct proxy_keys *k, int index)
+{
+	if (index < 0 || (size_t)index >= k->n_clients)
+		return NULL;
+	return k->clients[index].classes;
+}
+
+bool proxy_keys_client_may_use(const struct proxy_keys *k, int index, const char *class_user)
+{
+	const char *list = proxy_keys_client_classes(k, index);
+	size_t n = strlen(class_user);
+
+	if (!list)
+		return true;
+	for (const char *p = list; *p;) {
+		size_t l = strcspn(p, ",");
+
+		if (l == n && memcmp(p, class_user, n) == 0)
+			return true;
+		p += l;
+		if (*p == ',')
+			p++;
+	}
+	return false;
 }
 
 long proxy_keys_client_max_sessions(const struct proxy_keys *k, int index)

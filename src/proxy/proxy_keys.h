@@ -56,6 +56,12 @@ const char *proxy_keys_host_fingerprint(const struct proxy_keys *k);
 /* The index of the allowed key equal to pub, or -1. *comment: its comment. */
 int proxy_keys_find_client(const struct proxy_keys *k, const ssh_key pub, const char **comment);
 size_t proxy_keys_client_count(const struct proxy_keys *k);
+/* The key's nrbc-classes= option ("a,b"), NULL when it has none. */
+const char *proxy_keys_client_classes(const struct proxy_keys *k, int index);
+/* Whether the key may use the builder class named by the user name it logs
+ * in as (the client user name for the default class): any, without the
+ * option. */
+bool proxy_keys_client_may_use(const struct proxy_keys *k, int index, const char *class_user);
 /* The key's nrbc-max-sessions= option; 0 when it has none. */
 long proxy_keys_client_max_sessions(const struct proxy_keys *k, int index);
 

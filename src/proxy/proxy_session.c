@@ -138,6 +138,7 @@ static void session_on_handle_closed(uv_handle_t *h)
 	if (s->created)
 		s->env->on_closed(s->env->data, s->id, &stats);
 	free(s->user);
+	free(s->builder_class);
 	free(s->key_comment);
 	free(s->limit_refusal);
 	free(s->builder_status);
@@ -709,7 +710,8 @@ static void session_ask_builder(struct proxy_session *s)
 	s->wait_started = uv_now(s->env->loop);
 	session_set_hold(s, SESSION_HOLD_ASKED);
 	session_set_state(s, SESSION_WAIT_BUILDER);
-	if (proxy_builder_acquire(s->env->builder, s->id, s->identity) < 0) {
+	if (proxy_builder_acquire(s->env->builder, s->id, s->identity,
+	    s->builder_class ? s->builder_class : "") < 0) {
 		session_set_hold(s, SESSION_HOLD_RELEASED); /* no event will follow */
 		session_fail(s, "cannot request a builder (see the proxy's log)");
 	}

@@ -55,7 +55,9 @@ struct proxy_session_env {
 	uint64_t keepalive_interval_ms;
 	int keepalive_count;
 	int max_auth_tries;
-	/* The user name clients must log in as (any other is refused). */
+	/* The user name of the default builder class. Another user name that
+	 * is a DNS label names a builder class (ssh-ng://big@proxy); any other
+	 * is refused. Empty: any user name, always the default class. */
 	const char *client_user;
 	/* Metrics (each may be NULL). */
 	struct metrics *metrics;      /* for labelled counters made on use */

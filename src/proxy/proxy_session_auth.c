@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
+#include "dns_label.h"
 #include "log.h"
 #include "metrics.h"
 #include "proxy_keys.h"
@@ -61,7 +63,27 @@ static void session_auth_failed(struct proxy_session *s, const char *method, con
 static bool session_user_ok(const struct proxy_session *s, const char *user)
 {
 	return !s->env->client_user || !*s->env->client_user ||
-	    strcmp(user, s->env->client_user) == 0;
+	    strcmp(user, s->env->client_user) == 0 || dns_label_valid(user, strlen(user));
+}
+
+/* The builder class the user name names: "" for the default. */
+static const char *session_class_of(const struct proxy_session *s, const char *user)
+{
+	if (!s->env->client_user || !*s->env->client_user ||
+	    strcmp(user, s->env->client_user) == 0)
+		return "";
+	return user;
+}
+
+/* The key may not use the class it asked for: every command it runs is
+ * told so. Heap string or NULL. */
+static char *session_class_refusal(const struct proxy_session *s, int key_index,
+    const char *user)
+{
+	if (proxy_keys_client_may_use(s->env->keys, key_index, user))
+		return NULL;
+	return str_printf("this key may not use builder class \"%s\" (ssh-ng://%s@...); it may "
+	    "use: %s", user, user, proxy_keys_client_classes(s->env->keys, key_index));
 }
 
 /* "SHA256:..." (heap, free with ssh_string_free_char) or NULL. */
@@ -92,8 +114,8 @@ int proxy_session_auth_pubkey(ssh_session ssh, const char *user, struct ssh_key_
 	fp = session_key_fingerprint(pubkey);
 	if (!session_user_ok(s, user)) {
 		char why[160];
-		snprintf(why, sizeof(why), "not the user name clients log in as (\"%.64s\")",
-		    s->env->client_user);
+		snprintf(why, sizeof(why), "neither the user name clients log in as (\"%.64s\") "
+		    "nor a builder class name", s->env->client_user);
 		session_auth_failed(s, "publickey", user, fp, why);
 		goto denied;
 	}
@@ -120,8 +142,11 @@ int proxy_session_auth_pubkey(ssh_session ssh, const char *user, struct ssh_key_
 	} else {
 		session_auth_count(s, "publickey", "success");
 	}
+	if (!s->limit_refusal)
+		s->limit_refusal = session_class_refusal(s, idx, user);
 	s->authenticated = true;
 	s->user = strdup(user);
+	s->builder_class = strdup(session_class_of(s, user));
 	s->key_comment = strdup(comment ? comment : "");
 	log_info("session=%llu from %s: authenticated user \"%s\" with key %s \"%s\"%s%s",
 	    (unsigned long long)s->id, s->peer, log_escape(u, 64, user, (size_t)-1),

@@ -85,6 +85,7 @@ struct proxy_session {
 	struct ssh_channel_callbacks_struct guard_cb; /* env/subsystem, before the bridge's */
 	unsigned refused_logged; /* SESSION_REFUSED_* bits: one log line each */
 	char *user;
+	char *builder_class;  /* "" for the default class; NULL until authenticated */
 	char *key_comment;
 	/* Hex SHA-256 prefix of the client's public key: which builders this
 	 * session may be served by (never the key itself). */

@@ -462,8 +462,14 @@ class NixClient:
         self.store = os.path.join(self.dir, "client-store")
 
     @staticmethod
-    def builders(host, scheme="ssh", user="nixbld", max_jobs=4, system=NIX_SYSTEM):
-        return "%s://%s@%s %s - %d" % (scheme, user, host, system, max_jobs)
+    def builders(host, scheme="ssh", user="nixbld", max_jobs=4, system=NIX_SYSTEM,
+                 features=None, mandatory=None):
+        """One machine of Nix's builders setting; features and mandatory:
+        comma-separated system features."""
+        line = "%s://%s@%s %s - %d" % (scheme, user, host, system, max_jobs)
+        if features or mandatory:
+            line += " 1 %s %s" % (features or mandatory, mandatory or "-")
+        return line
 
     @staticmethod
     def sshopts(port, key, known_hosts):

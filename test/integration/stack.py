@@ -156,8 +156,11 @@ class Role:
 
 class Stack:
     def __init__(self, cluster, kubelet, nrbc_bin, workdir, builder_idle_timeout="10s",
-                 cache=None):
+                 cache=None, controller_args=(), key_options=None):
         self.builder_idle_timeout = builder_idle_timeout
+        self.controller_args = list(controller_args)
+        # {user key name: authorized_keys options}, e.g. 'nrbc-classes="big"'.
+        self.key_options = dict(key_options or {})
         self.cache = cache      # a binary_cache.BinaryCache the builders trust, or None
         self.builder_nix_settings = {}
         self.cluster = cluster
@@ -213,7 +216,9 @@ class Stack:
                                  "public": open(k["builder-key"] + ".pub").read(),
                                  "host-key": open(k["host-key"]).read(),
                                  "authorized-keys": "".join(
-                                     open(k[u] + ".pub").read() for u in self.USERS)}}
+                                     (self.key_options[u] + " " if u in self.key_options
+                                      else "") + open(k[u] + ".pub").read()
+                                     for u in self.USERS)}}
         self.cluster.apply(json.dumps(secret))
         self.cluster.apply(json.dumps(
             {"apiVersion": "v1", "kind": "ConfigMap",
@@ -258,7 +263,7 @@ class Stack:
                                 # processes: no user namespace, no seccomp,
                                 # nothing of the sandbox's pod to test.
                                 "--builder-sandbox=false"]
-                               + remote)
+                               + remote + self.controller_args)
         self.controller.health_port = controller_health
         self.proxy = Role(self, self.deployment("nrbc-proxy"),
                           ["--listen-address=" + PROXY_ADDRESS, "--port=%d" % self.proxy_port,
@@ -335,8 +340,9 @@ class Stack:
         return NixClient.sshopts(self.proxy_port, self.keys[self.USERS[user]],
                                  self.known_hosts())
 
-    def builders(self, scheme="ssh", max_jobs=4):
-        return NixClient.builders(self.proxy_address, scheme=scheme, max_jobs=max_jobs)
+    def builders(self, scheme="ssh", max_jobs=4, user="nixbld", **kw):
+        return NixClient.builders(self.proxy_address, scheme=scheme, max_jobs=max_jobs,
+                                  user=user, **kw)
 
     def requests(self):
         st, body = self.cluster.api(

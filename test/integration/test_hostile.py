@@ -342,11 +342,19 @@ def test_refused_and_accepted_keys_are_logged_with_fingerprints(hw):
 
 def test_other_user_names_are_refused(hw):
     p = hw.proxy("--allow-any-command")
-    r = subprocess.run(p.ssh_argv()[:-1] + ["root@" + p.ip, "true"], stdout=subprocess.PIPE,
+    # Not a builder class name either (classes are DNS labels).
+    r = subprocess.run(p.ssh_argv()[:-1] + ["Root_1@" + p.ip, "true"], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=60)
     assert r.returncode == 255
     assert b"Permission denied" in r.stderr
-    assert 'not the user name clients log in as ("nixbld")' in p.log()
+    assert ('neither the user name clients log in as ("nixbld") nor a builder class name'
+            in p.log())
+    # A class name: let in, but this proxy's one fixed builder has no classes,
+    # and the client is told so in one line.
+    r = subprocess.run(p.ssh_argv()[:-1] + ["big@" + p.ip, "true"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=60)
+    assert r.returncode == 1, r
+    assert b"no builder classes" in r.stderr, r.stderr
 
 
 # ---- 3. escaping ---------------------------------------------------------------------

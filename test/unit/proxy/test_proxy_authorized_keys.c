@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,8 +85,43 @@ static void test_max_sessions_option(void **state)
 	assert_int_equal(k.skipped, 5);
 	assert_non_null(strstr(k.warnings, "line 3: nrbc-max-sessions="));
 	assert_non_null(strstr(k.warnings, "line 4: nrbc-max-sessions="));
-	assert_non_null(strstr(k.warnings, "line 5: nrbc-max-sessions="));
+	assert_non_null(strstr(k.warnings, "line 5: options other than"));
 	assert_non_null(strstr(k.warnings, "line 6: nrbc-max-sessions="));
+	proxy_authorized_keys_finish(&k);
+}
+
+static void test_classes_option(void **state)
+{
+	struct proxy_authorized_keys k;
+
+	(void)state;
+	parse_ok("nrbc-classes=\"nixbld,big\" ssh-ed25519 " KEY_A " two\n"
+	         "nrbc-max-sessions=3,nrbc-classes=arm ssh-ed25519 " KEY_B " both\n"
+	         "nrbc-classes=\"big\",nrbc-max-sessions=2 ssh-ed25519 " KEY_A " other order\n"
+	         "ssh-ed25519 " KEY_B " any\n"
+	         "nrbc-classes=\"Big\" ssh-ed25519 " KEY_A " upper\n"
+	         "nrbc-classes=\"big,\" ssh-ed25519 " KEY_A " trailing comma\n"
+	         "nrbc-classes=\"big ssh-ed25519 " KEY_A " unclosed\n"
+	         "nrbc-classes= ssh-ed25519 " KEY_A " empty\n"
+	         "nrbc-classes=a,nrbc-classes=b ssh-ed25519 " KEY_A " twice\n"
+	         "nrbc-classes=\"-x\" ssh-ed25519 " KEY_A " dash\n"
+	         "nrbc-classes=\"a\"b ssh-ed25519 " KEY_A " junk after quote\n", &k);
+	assert_int_equal(k.n, 4);
+	assert_string_equal(k.keys[0].classes, "nixbld,big");
+	assert_int_equal(k.keys[0].max_sessions, 0);
+	assert_string_equal(k.keys[1].classes, "arm");
+	assert_int_equal(k.keys[1].max_sessions, 3);
+	assert_string_equal(k.keys[2].classes, "big");
+	assert_int_equal(k.keys[2].max_sessions, 2);
+	assert_string_equal(k.keys[2].comment, "other order");
+	assert_null(k.keys[3].classes);
+	assert_int_equal(k.skipped, 7);
+	for (int line = 5; line <= 11; line++) {
+		char want[32];
+
+		snprintf(want, sizeof(want), "line %d: nrbc-classes=", line);
+		assert_non_null(strstr(k.warnings, want));
+	}
 	proxy_authorized_keys_finish(&k);
 }
 
@@ -147,6 +183,7 @@ int main(void)
 		cmocka_unit_test(test_plain_lines),
 		cmocka_unit_test(test_bad_lines_are_skipped_with_warnings),
 		cmocka_unit_test(test_max_sessions_option),
+		cmocka_unit_test(test_classes_option),
 		cmocka_unit_test(test_whole_text_errors),
 		cmocka_unit_test(test_too_many_keys),
 		cmocka_unit_test(test_empty_and_unterminated),

@@ -18,11 +18,12 @@ static const char *const verdict_names[] = {
 	[CLIENT_CHECK_KEY_REFUSED] = "key refused",
 	[CLIENT_CHECK_NO_BUILDER] = "no builder",
 	[CLIENT_CHECK_NO_NIX] = "nix missing",
+	[CLIENT_CHECK_CLASS_REFUSED] = "class not allowed",
 };
 
 const char *client_check_verdict_name(enum client_check_verdict v)
 {
-	return v <= CLIENT_CHECK_NO_NIX ? verdict_names[v] : "?";
+	return v <= CLIENT_CHECK_CLASS_REFUSED ? verdict_names[v] : "?";
 }
 
 enum client_check_verdict client_check_classify(int exit_status, const char *err)
@@ -39,6 +40,10 @@ enum client_check_verdict client_check_classify(int exit_status, const char *err
 	for (size_t i = 0; i < sizeof(host_key) / sizeof(host_key[0]); i++)
 		if (strstr(err, host_key[i]))
 			return CLIENT_CHECK_HOST_KEY;
+	/* The proxy's own words (proxy_session_auth.c) for a key whose
+	 * nrbc-classes= leaves the class out. */
+	if (strstr(err, "nrbc: this key may not use builder class"))
+		return CLIENT_CHECK_CLASS_REFUSED;
 	if (strstr(err, "Permission denied"))
 		return CLIENT_CHECK_KEY_REFUSED;
 	for (size_t i = 0; i < sizeof(unreachable) / sizeof(unreachable[0]); i++)

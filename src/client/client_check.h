@@ -13,6 +13,7 @@ enum client_check_verdict {
 	CLIENT_CHECK_KEY_REFUSED,  /* the proxy did not accept the client key */
 	CLIENT_CHECK_NO_BUILDER,   /* logged in, but no builder served the session */
 	CLIENT_CHECK_NO_NIX,       /* the nix command is missing here */
+	CLIENT_CHECK_CLASS_REFUSED, /* the key may not use this class (nrbc-classes=) */
 };
 
 const char *client_check_verdict_name(enum client_check_verdict v);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "dns_label.h"
 #include "json_field.h"
 
 /* Warnings name at most this much of a name they quote. */
@@ -80,17 +81,6 @@ char *client_class_features(const struct client_class *c)
 nomem:
 	buf_finish(&b);
 	return NULL;
-}
-
-/* Kubernetes object names of classes are DNS labels (RFC 1123), which is
- * also what an SSH user name may be here. */
-static bool is_dns_label(const char *s)
-{
-	size_t n = strlen(s);
-
-	if (n < 1 || n > 63 || s[0] == '-' || s[n - 1] == '-')
-		return false;
-	return strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-") == n;
 }
 
 /* The CRD's patterns: systems ^[a-z0-9_]+-[a-z0-9_]+$, features
@@ -232,7 +222,7 @@ static int parse_item(const json_t *item, size_t index, const struct client_clas
 	enum field_result r;
 
 	shown_name(name, shown);
-	if (!is_dns_label(name))
+	if (!dns_label_valid(name, strlen(name)))
 		return buf_printf(w, "NixBuilderClass %zu \"%s\" skipped: its name is not a DNS "
 		    "label (a-z, 0-9, '-'; 1 to 63)\n", index, shown);
 	if (strcmp(name, d->user) == 0)

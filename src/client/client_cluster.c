@@ -15,10 +15,6 @@ static const struct kube_resource resource_services = {
 	.group = "", .version = "v1", .plural = "services", .kind = "Service", .namespaced = true,
 };
 
-static const struct kube_resource resource_classes = {
-	.group = "nix.io", .version = "v1alpha1", .plural = "nixbuilderclasses",
-	.kind = "NixBuilderClass", .namespaced = true,
-};
 
 struct client_cluster {
 	json_t *obj[OBJ_COUNT];
@@ -256,7 +252,7 @@ struct client_cluster *client_cluster_fetch(struct kube_config *cfg,
 		fetches[i].cc = cc;
 		fetches[i].which = (enum client_object)i;
 		/* One more than are used, so the parse sees there are too many. */
-		id = i == OBJ_CLASSES ? kube_list(kube, &resource_classes, names->ns, NULL, NULL,
+		id = i == OBJ_CLASSES ? kube_list(kube, &kube_resource_nixbuilderclasses, names->ns, NULL, NULL,
 		    CLIENT_CLASS_MAX + 1, on_get, &fetches[i]) :
 		    kube_get(kube, r, names->ns, name, on_get, &fetches[i]);
 		if (!id) {

@@ -271,13 +271,15 @@ static const char *check_advice(enum client_check_verdict v)
 		       "the Secret's host-key";
 	case CLIENT_CHECK_KEY_REFUSED:
 		return "the proxy refused your key: the operator must add the public half of "
-		       "--identity to the Secret's authorized-keys, or the key's nrbc-classes= "
-		       "does not allow this class (leave it out with --classes)";
+		       "--identity to the Secret's authorized-keys";
 	case CLIENT_CHECK_NO_BUILDER:
 		return "logged in, but no builder served the session: see the proxy's message "
 		       "above and `kubectl -n nrbc get nbr,nbd,pods`";
 	case CLIENT_CHECK_NO_NIX:
 		return "the nix command is not installed here";
+	case CLIENT_CHECK_CLASS_REFUSED:
+		return "your key may not use this class (its nrbc-classes= option): leave it out "
+		       "with --classes, or ask the operator to allow it";
 	}
 	return "";
 }

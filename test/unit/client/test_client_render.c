@@ -230,7 +230,12 @@ static void test_check_verdicts(void **state)
 	    CLIENT_CHECK_NO_BUILDER);
 	assert_int_equal(client_check_classify(127, "cannot run nix: No such file or directory\n"),
 	    CLIENT_CHECK_NO_NIX);
+	assert_int_equal(client_check_classify(1, "nrbc: this key may not use builder class "
+	    "\"big\" (ssh-ng://big@...); it may use: nixbld,arm\nerror: cannot open connection\n"),
+	    CLIENT_CHECK_CLASS_REFUSED);
 	assert_string_equal(client_check_verdict_name(CLIENT_CHECK_HOST_KEY), "host key mismatch");
+	assert_string_equal(client_check_verdict_name(CLIENT_CHECK_CLASS_REFUSED),
+	    "class not allowed");
 }
 
 int main(void)

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "csv_list.h"
 #include "dns_label.h"
 #include "json_field.h"
 
@@ -44,21 +45,6 @@ long client_class_list_max_jobs(const struct client_class_list *l)
 	return sum;
 }
 
-/* Whether the comma-separated list holds item (len bytes). */
-static bool csv_has(const char *list, const char *item, size_t len)
-{
-	while (*list) {
-		size_t n = strcspn(list, ",");
-
-		if (n == len && strncmp(list, item, len) == 0)
-			return true;
-		list += n;
-		if (*list == ',')
-			list++;
-	}
-	return false;
-}
-
 char *client_class_features(const struct client_class *c)
 {
 	const char *m = c->mandatory;
@@ -70,7 +56,7 @@ char *client_class_features(const struct client_class *c)
 	while (*m) {
 		size_t n = strcspn(m, ",");
 
-		if (n && !csv_has(c->supported, m, n) &&
+		if (n && !csv_list_has(c->supported, m, n) &&
 		    buf_printf(&b, "%s%.*s", b.len ? "," : "", (int)n, m) < 0)
 			goto nomem;
 		m += n;

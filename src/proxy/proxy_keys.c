@@ -10,6 +10,7 @@
 
 #include "base64.h"
 #include "buf.h"
+#include "csv_list.h"
 #include "log.h"
 #include "proxy_authorized_keys.h"
 
@@ -414,20 +415,8 @@ const char *proxy_keys_client_classes(const struct proxy_keys *k, int index)
 bool proxy_keys_client_may_use(const struct proxy_keys *k, int index, const char *class_user)
 {
 	const char *list = proxy_keys_client_classes(k, index);
-	size_t n = strlen(class_user);
 
-	if (!list)
-		return true;
-	for (const char *p = list; *p;) {
-		size_t l = strcspn(p, ",");
-
-		if (l == n && memcmp(p, class_user, n) == 0)
-			return true;
-		p += l;
-		if (*p == ',')
-			p++;
-	}
-	return false;
+	return !list || csv_list_has(list, class_user, strlen(class_user));
 }
 
 long proxy_keys_client_max_sessions(const struct proxy_keys *k, int index)

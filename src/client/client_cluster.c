@@ -15,7 +15,6 @@ static const struct kube_resource resource_services = {
 	.group = "", .version = "v1", .plural = "services", .kind = "Service", .namespaced = true,
 };
 
-
 struct client_cluster {
 	json_t *obj[OBJ_COUNT];
 	char *err;   /* the first failure */

@@ -368,7 +368,8 @@ def test_client_config_end_to_end(cluster, stack, nrbc_bin, nix_client, tmp_path
     key = stack.keys["user-key"]
     host_pub = open(stack.keys["host-key"] + ".pub").read().split()
     hk_line = "[%s]:%d %s %s" % (PROXY_ADDRESS, stack.proxy_port, host_pub[0], host_pub[1])
-    builders = "ssh-ng://nixbld@%s x86_64-linux %s 4 1 - - -" % (PROXY_ADDRESS, key)
+    # maxJobs 16: builder-slots 4 x builders-per-key 4 (the shipped ConfigMap).
+    builders = "ssh-ng://nixbld@%s x86_64-linux %s 16 1 - - -" % (PROXY_ADDRESS, key)
 
     # Printed, nothing written.
     rc, out, err = u.run("--identity", key)
@@ -384,7 +385,7 @@ def test_client_config_end_to_end(cluster, stack, nrbc_bin, nix_client, tmp_path
     rc, out, err = u.run("--identity", key, "--write", "--check")
     assert rc == 0, (out, err)
     assert out.count(": added\n") == 4, out
-    assert "check: ok" in out, out
+    assert "ok nixbld\n" in out, out
     assert "builders = %s\n" % builders in u.read(".config/nix/nix.conf")
     assert u.read(".ssh/known_hosts") == hk_line + "\n"
     assert "IdentityFile %s\n" % key in u.read(".ssh/config")
@@ -410,11 +411,11 @@ def test_client_config_end_to_end(cluster, stack, nrbc_bin, nix_client, tmp_path
     rc, out, err = u.run("--identity", key, "--write", "--check")
     assert rc == 1, (out, err)
     assert "known_hosts entry: NOT CHANGED, a different entry is there" in out, out
-    assert "check: host key mismatch" in out, out
+    assert "FAILED nixbld: host key mismatch" in out, out
     assert u.read(".ssh/known_hosts").endswith(stale)
     rc, out, err = u.run("--identity", key, "--write", "--force", "--check")
     assert rc == 0, (out, err)
-    assert "known_hosts entry: replaced" in out and "check: ok" in out, out
+    assert "known_hosts entry: replaced" in out and "ok nixbld\n" in out, out
     assert u.read(".ssh/known_hosts") == (
         "example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther\n" + hk_line + "\n")
 
@@ -423,7 +424,7 @@ def test_client_config_end_to_end(cluster, stack, nrbc_bin, nix_client, tmp_path
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", stranger], check=True)
     rc, out, err = u.run("--identity", stranger, "--check")
     assert rc == 1, (out, err)
-    assert "check: key refused" in out, out
+    assert "FAILED nixbld: key refused" in out, out
 
     # --address overrides the Service; nothing listens there: unreachable.
     s = socket.socket()
@@ -434,7 +435,7 @@ def test_client_config_end_to_end(cluster, stack, nrbc_bin, nix_client, tmp_path
                          "--check")
     assert rc == 1, (out, err)
     assert "  Port %d\n" % closed in out, out
-    assert "check: unreachable" in out, out
+    assert "FAILED nixbld: unreachable" in out, out
 
     # --system writes /etc's files (under --etc-dir here).
     etc = os.path.join(str(tmp_path), "etc")
@@ -444,6 +445,51 @@ def test_client_config_end_to_end(cluster, stack, nrbc_bin, nix_client, tmp_path
     assert open(os.path.join(etc, "ssh/ssh_known_hosts")).read() == hk_line + "\n"
     assert "Port %d" % stack.proxy_port in open(
         os.path.join(etc, "ssh/ssh_config.d/nrbc.conf")).read()
+    stack.wait_clean()
+
+
+def test_client_config_writes_a_line_per_class(cluster, stack, nrbc_bin, nix_client, tmp_path):
+    """With two NixBuilderClasses, the written builders setting has three
+    machines (default, big, arm), --check pings each, and one nix-build with
+    exactly what was written sends each derivation to the class that can
+    build it."""
+    classes = {"big": {"supportedFeatures": ["big-parallel"],
+                       "mandatoryFeatures": ["big-parallel"], "speedFactor": 2, "slots": 2,
+                       "maxBuildersPerIdentity": 3},
+               "arm": {"systems": ["aarch64-linux"]}}
+    for name, spec in classes.items():
+        cluster.apply(json.dumps({"apiVersion": "nix.io/v1alpha1", "kind": "NixBuilderClass",
+                                  "metadata": {"name": name, "namespace": NAMESPACE},
+                                  "spec": spec}))
+    try:
+        u = User(cluster, nrbc_bin, tmp_path, "carol")
+        key = stack.keys["user-key"]
+        rc, out, err = u.run("--identity", key, "--write", "--check")
+        assert rc == 0, (out, err)
+        for name in ("nixbld", "big", "arm"):
+            assert "ok %s\n" % name in out, out
+        conf = dict(line.split(" = ", 1) for line in
+                    u.read(".config/nix/nix.conf").splitlines() if " = " in line)
+        machines = [m.split() for m in conf["builders"].split(" ; ")]
+        by_user = {m[0].split("://", 1)[1].split("@", 1)[0]: m for m in machines}
+        assert set(by_user) == {"nixbld", "big", "arm"}, machines
+        # maxJobs: slots x builders per key; features with the mandatory ones.
+        assert by_user["big"][3:7] == ["6", "2", "big-parallel", "big-parallel"], by_user
+        assert by_user["arm"][1] == "aarch64-linux" and by_user["arm"][3] == "16", by_user
+        s = salt()
+        b = nix_client.build("classes.nix", builders=conf["builders"],
+                             sshopts="-F %s" % u.path(".ssh/config"), args={"salt": s})
+        assert nix_client.read(b.out).decode().split() == [
+            "plain-" + s, "big-" + s, "arm-" + s]
+        # Only big may be used by this key: the other lines are left out.
+        rc, out, err = u.run("--identity", key, "--classes", "big")
+        assert rc == 0, (out, err)
+        assert "ssh-ng://big@" in out and "ssh-ng://nixbld@" not in out, out
+        rc, out, err = u.run("--identity", key, "--classes", "nixbld,huge")
+        assert rc == 2 and "huge" in err, (out, err)
+    finally:
+        for name in classes:
+            cluster.kubectl("-n", NAMESPACE, "delete", "nixbuilderclass", name, check=False)
     stack.wait_clean()
 
 

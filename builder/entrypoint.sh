@@ -32,6 +32,13 @@
 #                                nix.conf system-features (instead of Nix's
 #                                defaults, so a class without big-parallel
 #                                does not take such builds)
+#   NRBC_BUILDER_SIBLING_PROXY   HOST:PORT of the nrbc proxy: nix-daemon
+#                                substitutes from this client key's other
+#                                builders through it, logged in as
+#                                nrbc-sibling with this builder's own host
+#                                key, pinning the proxy's host key
+#                                ($ROOT/etc/nrbc/proxy/host-key.pub); the
+#                                controller sets it on scale-out builders
 #   NRBC_BUILDER_MAX_STARTUPS    sshd MaxStartups (64:30:256): every connection
 #                                comes from the proxy, which already rations
 #                                unauthenticated clients; sshd's default
@@ -275,6 +282,30 @@ mv "$CONFIG.tmp" "$CONFIG"
 
 # --- nix-daemon --------------------------------------------------------------
 
+# What this client key's other builders hold, fetched from them inside the
+# cluster (through the proxy, which bridges "nrbc-sibling" logged in with a
+# builder's own host key to another builder of the same key) rather than
+# uploaded again by the client. Paths there are the key's own, unsigned:
+# trusted=true. fallback: a sibling that has gone is not a failed build.
+# HostKeyAlias: Nix's known_hosts line names the host without the port.
+sibling_substituter() {
+	proxy_key=$ROOT/etc/nrbc/proxy/host-key.pub
+	[ -n "${NRBC_BUILDER_SIBLING_PROXY:-}" ] || return 0
+	if [ ! -s "$SSH_DIR/host-key" ] || [ ! -s "$proxy_key" ]; then
+		log "no substituting from sibling builders: no own host key or no proxy host key"
+		return 0
+	fi
+	sib_host=${NRBC_BUILDER_SIBLING_PROXY%:*}
+	sib_port=${NRBC_BUILDER_SIBLING_PROXY##*:}
+	read -r sib_type sib_key _ <"$proxy_key"
+	sib_b64=$(printf '%s %s' "$sib_type" "$sib_key" | base64 | tr -d '\n')
+	export NIX_CONFIG="${NIX_CONFIG:+$NIX_CONFIG
+}extra-substituters = ssh-ng://nrbc-sibling@$sib_host?ssh-key=$HOST_KEY&base64-ssh-public-host-key=$sib_b64&trusted=true
+fallback = true"
+	export NIX_SSHOPTS="-p $sib_port -o HostKeyAlias=$sib_host -o ConnectTimeout=5 -o ServerAliveInterval=10 -o ServerAliveCountMax=3"
+	log "substituting from this client key's other builders through $NRBC_BUILDER_SIBLING_PROXY"
+}
+
 NIX_SOCKET=${NIX_DAEMON_SOCKET_PATH:-${NIX_STATE_DIR:-/nix/var/nix}/daemon-socket/socket}
 if [ "$NIX_DAEMON" = external ]; then
 	log "using the external nix-daemon"
@@ -301,6 +332,7 @@ sandbox-paths = /bin/sh=$ROOT/bin/busybox"
 }system-features = $NRBC_BUILDER_FEATURES"
 	[ -n "$class_config" ] && export NIX_CONFIG="${NIX_CONFIG:+$NIX_CONFIG
 }$class_config"
+	sibling_substituter
 	NIX_CONF_DIR=$NIX_DIR nix-daemon &
 	daemon=$!
 	# sshd (and so readiness) only once the daemon listens: a client let

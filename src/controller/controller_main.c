@@ -69,6 +69,8 @@ struct controller_flags {
 	long warm_pool_size;
 	long builder_slots;
 	long max_builders_per_identity;
+	char *builder_sibling_proxy;
+	char *proxy_host_key_config_map;
 	uint64_t builder_idle_timeout_ms;
 	uint64_t builder_scale_out_wait_ms;
 	uint64_t builder_drain_timeout_ms;
@@ -575,6 +577,8 @@ static int start_kube(struct controller *c)
 			    (long)(c->f.builder_drain_timeout_ms / 1000) : 1,
 			.sandbox = c->f.builder_sandbox,
 			.sandbox_seccomp_profile = c->f.builder_sandbox_seccomp,
+			.sibling_proxy = c->f.builder_sibling_proxy,
+			.proxy_host_key_config_map = c->f.proxy_host_key_config_map,
 		},
 		.unschedulable_timeout_ms = c->f.unschedulable_timeout_ms,
 		.warm_pool_size = c->f.warm_pool_size,
@@ -677,6 +681,17 @@ static int parse_flags(struct controller_flags *f, const struct flag *table, siz
 		                "out of range\n");
 		return 2;
 	}
+	if (f->builder_sibling_proxy && *f->builder_sibling_proxy) {
+		const char *colon = strrchr(f->builder_sibling_proxy, ':');
+		long port = 0;
+
+		if (!colon || colon == f->builder_sibling_proxy ||
+		    flags_parse_long(colon + 1, &port) < 0 || port < 1 || port > 65535 ||
+		    strpbrk(f->builder_sibling_proxy, " \t\n@/?&\"'$`\\")) {
+			fprintf(stderr, "nrbc controller: --builder-sibling-proxy wants HOST:PORT\n");
+			return 2;
+		}
+	}
 	if (f->builder_sandbox && (!f->builder_sandbox_seccomp || !*f->builder_sandbox_seccomp)) {
 		fprintf(stderr, "nrbc controller: --builder-sandbox needs a "
 		                "--builder-sandbox-seccomp profile\n");
@@ -766,6 +781,13 @@ int controller_main(int argc, char **argv)
 		    &f->max_builders_per_identity, "4", "builders of one class one client key may "
 		    "hold at once (0: no bound; the ConfigMap's builders-per-key; a class's "
 		    "maxBuildersPerIdentity overrides)", false },
+		{ "builder-sibling-proxy", "NRBC_CONTROLLER_BUILDER_SIBLING_PROXY", FLAG_STRING,
+		    &f->builder_sibling_proxy, "", "HOST:PORT of the proxy as builders reach it: a "
+		    "key's scale-out builders substitute from its other builders through it "
+		    "(empty: they do not)", false },
+		{ "proxy-host-key-config-map", "NRBC_CONTROLLER_PROXY_HOST_KEY_CONFIG_MAP",
+		    FLAG_STRING, &f->proxy_host_key_config_map, "nrbc-host-key", "ConfigMap with the "
+		    "proxy's public host key (host-key.pub), which such builders pin", false },
 		{ "builder-idle-timeout", "NRBC_CONTROLLER_BUILDER_IDLE_TIMEOUT", FLAG_DURATION,
 		    &f->builder_idle_timeout_ms, "5m",
 		    "delete an identity's builder after this long without a session", false },

@@ -537,6 +537,23 @@ int controller_pod_set_safe_to_evict(json_t *pod, bool safe)
 	    json_string(safe ? "true" : "false"));
 }
 
+int controller_pod_add_siblings(json_t *pod, const char *proxy_address,
+    const char *host_key_config_map)
+{
+	json_t *spec = json_object_get(pod, "spec");
+	json_t *c = json_array_get(json_object_get(spec, "containers"), 0);
+
+	if (json_array_append_new(json_object_get(c, "env"), json_pack("{s:s,s:s}", "name",
+	        "NRBC_BUILDER_SIBLING_PROXY", "value", proxy_address)) < 0 ||
+	    json_array_append_new(json_object_get(c, "volumeMounts"), json_pack("{s:s,s:s,s:b}",
+	        "name", "proxy-host-key", "mountPath", CONTROLLER_POD_PROXY_DIR, "readOnly", 1)) < 0)
+		return -1;
+	return json_array_append_new(json_object_get(spec, "volumes"),
+	    json_pack("{s:s,s:{s:s,s:b,s:[{s:s,s:s}],s:i}}", "name", "proxy-host-key",
+	        "configMap", "name", host_key_config_map, "optional", 1, "items", "key",
+	        "host-key.pub", "path", "host-key.pub", "defaultMode", 0444));
+}
+
 const char *controller_pod_host_key(const json_t *pod)
 {
 	return json_field_str(json_object_get(json_object_get(pod, "metadata"), "annotations"),

@@ -53,6 +53,11 @@ struct controller_pod_options {
 	 * turn the sandbox on and to fail at start if it cannot. */
 	bool sandbox;
 	const char *sandbox_seccomp_profile;
+	/* "host:port" of the proxy for builders of a key to substitute from
+	 * each other (controller_pod_add_siblings), and the ConfigMap with the
+	 * proxy's public host key; NULL or "": they do not. */
+	const char *sibling_proxy;
+	const char *proxy_host_key_config_map;
 };
 
 /* The pod name for a request: "nix-builder-<name>" when that is a valid
@@ -90,6 +95,15 @@ const char *controller_pod_safe_to_evict(const json_t *pod);
 json_t *controller_pod_build_for_builder(const json_t *builder,
     const struct controller_pod_options *opts, const char *host_key_secret,
     const char *host_key_public, char **err);
+/* Where a builder's nix-daemon substitutes from the other builders of its
+ * client key: through the proxy at proxy_address ("host:port"), logging in
+ * with its own host key, the proxy's public host key read from the
+ * ConfigMap host_key_config_map (key "host-key.pub", optional: without it
+ * the builder does without). Adds the env and the volume to a builder's
+ * pod. 0, or -1 when out of memory. */
+#define CONTROLLER_POD_PROXY_DIR "/etc/nrbc/proxy"
+int controller_pod_add_siblings(json_t *pod, const char *proxy_address,
+    const char *host_key_config_map);
 /* The pod's host-key annotation, or "". */
 const char *controller_pod_host_key(const json_t *pod);
 

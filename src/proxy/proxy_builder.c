@@ -1,3 +1,5 @@
+#include <stdlib.h>
+
 #include "proxy_builder_backend.h"
 
 int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity,
@@ -16,6 +18,22 @@ bool proxy_builder_flush(struct proxy_builder *b, void (*done)(void *data), void
 {
 	/* A backend that writes nothing anywhere has nothing to wait for. */
 	return b->ops->flush ? b->ops->flush(b, done, data) : true;
+}
+
+int proxy_builder_sibling(struct proxy_builder *b, const char *key_line,
+    struct proxy_sibling *out, const char **why)
+{
+	if (!b->ops->sibling) {
+		*why = "this proxy has no builders of its own";
+		return -1;
+	}
+	return b->ops->sibling(b, key_line, out, why);
+}
+
+void proxy_sibling_finish(struct proxy_sibling *s)
+{
+	free(s->host_key);
+	s->host_key = NULL;
 }
 
 bool proxy_builder_is_ready(const struct proxy_builder *b)

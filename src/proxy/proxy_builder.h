@@ -28,6 +28,17 @@ struct proxy_builder_events {
 
 struct proxy_builder;
 
+/* Where a builder that logged in as a sibling (proxy_siblings.h) goes. */
+struct proxy_sibling {
+	char identity[64];
+	char source[64]; /* the NixBuilder that logged in */
+	char name[64];   /* the NixBuilder it is bridged to */
+	char host[64];
+	int port;
+	char *host_key;  /* the target's "type base64", heap */
+};
+void proxy_sibling_finish(struct proxy_sibling *s);
+
 /* Every session gets host:port at once (on the next loop turn). */
 struct proxy_builder *proxy_builder_static_create(uv_loop_t *loop, const char *host, int port,
     const struct proxy_builder_events *events, void *data);
@@ -64,6 +75,12 @@ void proxy_builder_release(struct proxy_builder *b, uint64_t session_id, bool ok
  * call, nor from inside a reply: done may destroy the backend);
  * proxy_builder_destroy before then gives up on what is left. */
 bool proxy_builder_flush(struct proxy_builder *b, void (*done)(void *data), void *data);
+/* The builder whose host key is key_line ("type base64") and a Running
+ * builder of the same identity to bridge it to. 0 with *out filled
+ * (proxy_sibling_finish), or -1 with *why (static text): a backend without
+ * builders of its own has no siblings. */
+int proxy_builder_sibling(struct proxy_builder *b, const char *key_line,
+    struct proxy_sibling *out, const char **why);
 /* False until the backend can serve (e.g. its informer has synced). */
 bool proxy_builder_is_ready(const struct proxy_builder *b);
 /* Closes everything; pending sessions get no events. Accepts NULL. */

@@ -11,6 +11,8 @@ struct proxy_builder_ops {
 	void (*release)(struct proxy_builder *b, uint64_t session_id, bool ok, const char *message);
 	bool (*is_ready)(const struct proxy_builder *b);
 	bool (*flush)(struct proxy_builder *b, void (*done)(void *data), void *data); /* optional */
+	int (*sibling)(struct proxy_builder *b, const char *key_line, struct proxy_sibling *out,
+	    const char **why); /* optional */
 	void (*destroy)(struct proxy_builder *b);
 };
 

@@ -21,6 +21,7 @@
 #include "proxy_builder_backend.h"
 #include "proxy_endings.h"
 #include "proxy_keys.h"
+#include "proxy_siblings.h"
 #include "proxy_sweep.h"
 
 enum kube_wait_state {
@@ -71,6 +72,7 @@ struct proxy_builder_kube {
 	uv_loop_t *loop;
 	struct kube_client *client;
 	struct kube_informer *informer;
+	struct proxy_siblings *siblings;
 	char *namespace;
 	char *proxy_id;
 	char *owner_pod;
@@ -661,6 +663,8 @@ static void kube_destroy(struct proxy_builder *b)
 
 	kube_informer_destroy(k->informer);
 	k->informer = NULL;
+	proxy_siblings_destroy(k->siblings);
+	k->siblings = NULL;
 	if (k->retry_timer)
 		uv_close((uv_handle_t *)k->retry_timer, kube_free_handle);
 	k->retry_timer = NULL;
@@ -686,8 +690,17 @@ static void kube_destroy(struct proxy_builder *b)
 	free(k);
 }
 
+static int kube_sibling(struct proxy_builder *b, const char *key_line,
+    struct proxy_sibling *out, const char **why)
+{
+	struct proxy_builder_kube *k = (struct proxy_builder_kube *)b;
+
+	return proxy_siblings_find(k->siblings, key_line, out, why);
+}
+
 static const struct proxy_builder_ops kube_ops = {
 	.name = "kubernetes",
+	.sibling = kube_sibling,
 	.acquire = kube_acquire,
 	.release = kube_release,
 	.is_ready = kube_is_ready,
@@ -783,6 +796,9 @@ struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_cli
 	    selector, &kube_handlers, k);
 	free(selector);
 	if (!k->informer || kube_informer_start(k->informer) < 0)
+		goto fail;
+	k->siblings = proxy_siblings_create(client, k->namespace, k->remote_port);
+	if (!k->siblings)
 		goto fail;
 	log_info("builder backend: NixBuildRequests in namespace %s, proxy id %s, swept every "
 	    "%llu ms", k->namespace, k->proxy_id, (unsigned long long)k->sweep_interval_ms);

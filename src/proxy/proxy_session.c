@@ -139,6 +139,7 @@ static void session_on_handle_closed(uv_handle_t *h)
 		s->env->on_closed(s->env->data, s->id, &stats);
 	free(s->user);
 	free(s->builder_class);
+	proxy_sibling_finish(&s->sibling);
 	free(s->key_comment);
 	free(s->limit_refusal);
 	free(s->builder_status);
@@ -708,6 +709,14 @@ static void session_ask_builder(struct proxy_session *s)
 		return;
 	}
 	s->wait_started = uv_now(s->env->loop);
+	if (s->is_sibling) {
+		/* Its target was chosen at login; nothing to ask or release. */
+		session_set_state(s, SESSION_WAIT_BUILDER);
+		proxy_session_builder_ready(s, s->sibling.host, s->sibling.port, s->sibling.name,
+		    s->sibling.host_key);
+		s->again = true;
+		return;
+	}
 	session_set_hold(s, SESSION_HOLD_ASKED);
 	session_set_state(s, SESSION_WAIT_BUILDER);
 	if (proxy_builder_acquire(s->env->builder, s->id, s->identity,

@@ -11,6 +11,7 @@
 #include "metrics.h"
 #include "proxy_keys.h"
 #include "proxy_session_internal.h"
+#include "proxy_siblings.h"
 
 /* The first bytes of the key's SHA-256 in hex: stable for a key, says
  * nothing about it, short enough for a label value. */
@@ -100,6 +101,57 @@ static char *session_key_fingerprint(ssh_key key)
 	return fp;
 }
 
+/* "type base64" of a public key, or NULL. Heap. */
+static char *session_key_line(ssh_key key)
+{
+	char *b64 = NULL, *line;
+
+	if (ssh_pki_export_pubkey_base64(key, &b64) != SSH_OK)
+		return NULL;
+	line = str_printf("%s %s", ssh_key_type_to_char(ssh_key_type(key)), b64);
+	ssh_string_free_char(b64);
+	return line;
+}
+
+/* A builder logging in with its own host key to reach a sibling of its
+ * identity (proxy_siblings.h); not a client key, so it counts in no key's
+ * limits, only among all sessions. */
+static int session_auth_sibling(struct proxy_session *s, const char *user, ssh_key pubkey,
+    char signature_state, const char *fp)
+{
+	char *line = session_key_line(pubkey), *refusal = NULL;
+	struct proxy_sibling sib;
+	const char *why = "cannot read the key";
+	int rc = line ? proxy_builder_sibling(s->env->builder, line, &sib, &why) : -1;
+
+	free(line);
+	if (rc < 0) {
+		session_auth_failed(s, "publickey", user, fp, why);
+		return SSH_AUTH_DENIED;
+	}
+	if (signature_state == SSH_PUBLICKEY_STATE_NONE) {
+		proxy_sibling_finish(&sib);
+		return SSH_AUTH_SUCCESS;
+	}
+	if (s->env->on_authenticated &&
+	    s->env->on_authenticated(s->env->data, s->id, -1, &refusal) < 0)
+		s->limit_refusal = refusal ? refusal : strdup("the proxy is at a session limit");
+	session_auth_count(s, "publickey", s->limit_refusal ? "limited" : "sibling");
+	proxy_sibling_finish(&s->sibling);
+	s->sibling = sib;
+	s->is_sibling = true;
+	snprintf(s->identity, sizeof(s->identity), "%.*s", PROXY_SESSION_IDENTITY_LEN, sib.identity);
+	s->authenticated = true;
+	s->user = strdup(user);
+	s->builder_class = strdup("");
+	s->key_comment = strdup("");
+	log_info("session=%llu from %s: builder %s logged in with its host key %s; bridged to "
+	    "its sibling %s", (unsigned long long)s->id, s->peer, sib.source, fp ? fp : "?",
+	    sib.name);
+	s->again = true;
+	return SSH_AUTH_SUCCESS;
+}
+
 int proxy_session_auth_pubkey(ssh_session ssh, const char *user, struct ssh_key_struct *pubkey,
     char signature_state, void *userdata)
 {
@@ -112,6 +164,13 @@ int proxy_session_auth_pubkey(ssh_session ssh, const char *user, struct ssh_key_
 	if (s->authenticated || s->auth_failures >= s->env->max_auth_tries)
 		return SSH_AUTH_DENIED;
 	fp = session_key_fingerprint(pubkey);
+	if (strcmp(user, PROXY_SIBLING_USER) == 0 && (signature_state == SSH_PUBLICKEY_STATE_NONE ||
+	    signature_state == SSH_PUBLICKEY_STATE_VALID)) {
+		int rc = session_auth_sibling(s, user, pubkey, signature_state, fp);
+
+		ssh_string_free_char(fp);
+		return rc;
+	}
 	if (!session_user_ok(s, user)) {
 		char why[160];
 		snprintf(why, sizeof(why), "neither the user name clients log in as (\"%.64s\") "

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "proxy_session.h"
+#include "proxy_builder.h"
 
 /* Nix opens one session channel per SSH connection (it runs one command
  * per connection: nix-store --serve or nix-daemon --stdio). One spare, for
@@ -86,6 +87,10 @@ struct proxy_session {
 	unsigned refused_logged; /* SESSION_REFUSED_* bits: one log line each */
 	char *user;
 	char *builder_class;  /* "" for the default class; NULL until authenticated */
+	/* A builder logged in with its host key (proxy_siblings.h): the sibling
+	 * it is bridged to, instead of a builder asked for. */
+	bool is_sibling;
+	struct proxy_sibling sibling;
 	char *key_comment;
 	/* Hex SHA-256 prefix of the client's public key: which builders this
 	 * session may be served by (never the key itself). */

@@ -75,10 +75,14 @@ class RealStack(Stack):
         return list(c["args"])
 
     def controller_args(self):
+        # No cluster DNS here for the shipped "nrbc-proxy:22": scale-out
+        # builders substituting from each other is tested on the test
+        # kubelet (test_siblings.py).
         changed = {"--builder-image": BUILDER_IMAGE,
                    "--default-cpu-request": self.cpu_request,
                    "--builder-idle-timeout": self.builder_idle_timeout,
-                   "--default-memory-limit": "1Gi"}
+                   "--default-memory-limit": "1Gi",
+                   "--builder-sibling-proxy": ""}
         out, seen = [], set()
         for a in self._shipped_args("nrbc-controller"):
             name = a.split("=", 1)[0]

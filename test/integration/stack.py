@@ -262,7 +262,10 @@ class Stack:
                                 # The test kubelet runs builders as host
                                 # processes: no user namespace, no seccomp,
                                 # nothing of the sandbox's pod to test.
-                                "--builder-sandbox=false"]
+                                "--builder-sandbox=false",
+                                # Builders reach the proxy where clients do.
+                                "--builder-sibling-proxy=%s:%d" % (PROXY_ADDRESS,
+                                                                    self.proxy_port)]
                                + remote + self.controller_args)
         self.controller.health_port = controller_health
         self.proxy = Role(self, self.deployment("nrbc-proxy"),

@@ -14,7 +14,10 @@
 # the first line), the shape of a real input's closure (a program, its
 # libraries, theirs): a builder needs all of them. For test_cache.py and
 # the binary-cache benchmark, which serve that closure from a binary cache.
-{ salt ? "", n ? 10, size ? 67108864, parts ? 1 }:
+#
+# seconds > 0: each user also takes that long (sleep), so that a build with
+# a high maxJobs holds several builders' slots at once.
+{ salt ? "", n ? 10, size ? 67108864, parts ? 1, seconds ? 0 }:
 let
   partSize = size / parts;
   # part 0 refers to nothing; part i to part i-1; `big` is the last part.
@@ -48,6 +51,7 @@ let
       set -e
       sum=$(/usr/bin/sha256sum < "$big")
       size=$(/usr/bin/wc -c < "$big")
+      ${if seconds > 0 then "/bin/sleep ${toString seconds}" else ":"}
       echo "user ${toString i} $salt $size ''${sum%% *}" > "$out"
     '' ];
     inherit big salt;

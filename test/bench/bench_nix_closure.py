@@ -56,6 +56,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "test", "integration"))
 
 import conftest  # noqa: E402
+from nix_bench_common import BuilderWatch, written_max_jobs  # noqa: E402
 from proxy_bench_common import free_port  # noqa: E402
 from stack import NAMESPACE, PROXY_ADDRESS, Stack  # noqa: E402
 
@@ -216,6 +217,12 @@ def main():
     ap.add_argument("--size-mib", type=int, default=64, help="size of the shared input")
     ap.add_argument("--scheme", default="ssh-ng", choices=("ssh", "ssh-ng"))
     ap.add_argument("--max-jobs", type=int, default=4, help="per builder line, both paths")
+    ap.add_argument("--written-config", action="store_true",
+                    help="the nrbc path with what `nrbc client-config` writes: maxJobs "
+                         "builder-slots x builders-per-key, builders-use-substitutes = true "
+                         "(the direct path keeps --max-jobs)")
+    ap.add_argument("--seconds", type=int, default=0,
+                    help="each derivation also sleeps this long (holds its slot)")
     ap.add_argument("--pod-starts", type=int, default=5,
                     help="pods per variant for the start-time figure (0: skip)")
     args = ap.parse_args()
@@ -259,7 +266,8 @@ def main():
 
         results = {"direct": [], "nrbc": []}
         for i in range(args.runs):
-            bargs = {"salt": uuid.uuid4().hex, "n": args.n, "size": size}
+            bargs = {"salt": uuid.uuid4().hex, "n": args.n, "size": size,
+                     "seconds": args.seconds}
             ref = client_with_input(work, "local-%d" % i, bargs)
             local = ref.build("closure.nix", args=bargs, max_jobs=1,
                               extra=["--option", "sandbox-paths", sandbox_paths()])
@@ -270,21 +278,32 @@ def main():
                 c = client_with_input(work, "%s-%d" % (name, i), bargs)
                 up0, _, conns0 = fw.counts()
                 metric0 = proxy_bytes_up(stack) if name == "nrbc" else 0
+                jobs, extra = args.max_jobs, []
+                if name == "nrbc" and args.written_config:
+                    jobs, _ = written_max_jobs(cluster)
+                    extra = ["--option", "builders-use-substitutes", "true"]
+                watch = BuilderWatch(stack)
+                watch.start()
                 t0 = time.monotonic()
-                r = c.build("closure.nix", args=bargs, max_jobs=0, timeout=1800,
-                            builders=conftest.NixClient.builders(fw.ip, args.scheme,
-                                                                 max_jobs=args.max_jobs),
-                            sshopts=opts)
-                secs = time.monotonic() - t0
+                try:
+                    r = c.build("closure.nix", args=bargs, max_jobs=0, timeout=1800,
+                                builders=conftest.NixClient.builders(fw.ip, args.scheme,
+                                                                     max_jobs=jobs),
+                                sshopts=opts, extra=extra)
+                finally:
+                    secs = time.monotonic() - t0
+                    watch.stop.set()
+                    watch.join()
                 up, _, conns = fw.counts()
                 metric = proxy_bytes_up(stack) - metric0 if name == "nrbc" else None
                 same = r.out == local.out and outputs(c, c.store, r.out) == want
                 if not same:
                     raise SystemExit("%s: outputs differ from the local build" % name)
                 results[name].append((secs, up - up0, conns - conns0, metric))
-                line.append("%s %.2f s, up %.1f MiB on the wire, %d connections%s" % (
-                    name, secs, (up - up0) / MIB, conns - conns0,
-                    "" if metric is None else ", proxy payload up %.1f MiB" % (metric / MIB)))
+                line.append("%s (maxJobs %d) %.2f s, up %.1f MiB on the wire, %d connections%s" % (
+                    name, jobs, secs, (up - up0) / MIB, conns - conns0,
+                    "" if metric is None else ", proxy payload up %.1f MiB, %d builders" % (
+                        metric / MIB, len(watch.seen))))
             print("run %d: %s; outputs identical to a local build" % (i + 1, "; ".join(line)),
                   flush=True)
             # The next run starts clean (the direct builder pod stays).

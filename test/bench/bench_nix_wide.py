@@ -23,7 +23,6 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 
@@ -33,16 +32,8 @@ sys.path.insert(0, os.path.join(REPO, "test", "integration"))
 sys.path.insert(0, HERE)
 
 import conftest  # noqa: E402
-from stack import NAMESPACE  # noqa: E402
+from nix_bench_common import BuilderWatch, written_max_jobs  # noqa: E402
 from substrate import Substrate  # noqa: E402
-
-
-def written_max_jobs(cluster):
-    """maxJobs of the default class's line as client-config computes it."""
-    st, cm = cluster.api("GET", "/api/v1/namespaces/%s/configmaps/nrbc-client" % NAMESPACE)
-    assert st == 200, cm
-    d = cm["data"]
-    return int(d["builder-slots"]) * int(d.get("builders-per-key", "1")), int(d["builder-slots"])
 
 
 def build(client, builders, sshopts, n, seconds):
@@ -50,22 +41,6 @@ def build(client, builders, sshopts, n, seconds):
     client.build("parallel.nix", builders=builders, sshopts=sshopts,
                  args={"salt": uuid.uuid4().hex, "n": n, "seconds": seconds})
     return time.monotonic() - t0
-
-
-class BuilderWatch(threading.Thread):
-    """The NixBuilders that served requests while the build ran."""
-
-    def __init__(self, stack):
-        super().__init__()
-        self.stack, self.seen, self.stop = stack, set(), threading.Event()
-
-    def run(self):
-        while not self.stop.is_set():
-            for r in self.stack.requests():
-                b = (r.get("status") or {}).get("builder")
-                if b:
-                    self.seen.add(b)
-            time.sleep(0.2)
 
 
 def waits_ms(log_text):

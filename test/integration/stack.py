@@ -158,7 +158,7 @@ class Stack:
     def __init__(self, cluster, kubelet, nrbc_bin, workdir, builder_idle_timeout="10s",
                  cache=None, controller_args=(), key_options=None):
         self.builder_idle_timeout = builder_idle_timeout
-        self.controller_args = list(controller_args)
+        self.extra_controller_args = list(controller_args)
         # {user key name: authorized_keys options}, e.g. 'nrbc-classes="big"'.
         self.key_options = dict(key_options or {})
         self.cache = cache      # a binary_cache.BinaryCache the builders trust, or None
@@ -266,7 +266,7 @@ class Stack:
                                 # Builders reach the proxy where clients do.
                                 "--builder-sibling-proxy=%s:%d" % (PROXY_ADDRESS,
                                                                     self.proxy_port)]
-                               + remote + self.controller_args)
+                               + remote + self.extra_controller_args)
         self.controller.health_port = controller_health
         self.proxy = Role(self, self.deployment("nrbc-proxy"),
                           ["--listen-address=" + PROXY_ADDRESS, "--port=%d" % self.proxy_port,

@@ -503,7 +503,8 @@ int proxy_main(int argc, char **argv)
 		  &a->f.buffer_budget_mib, "64", "MiB all bridged channels may buffer together; "
 		  "over it the proxy stops reading from clients and builders (0: no limit)", false },
 		{ "client-user", "NRBC_PROXY_CLIENT_USER", FLAG_STRING, &a->f.client_user, "nixbld",
-		  "the user name clients log in as (ssh://nixbld@proxy); others are refused", false },
+		  "the user name of the default builder class (ssh-ng://nixbld@proxy); another DNS "
+		  "label names a NixBuilderClass (ssh-ng://big@proxy); others are refused", false },
 		{ "builder-timeout", "NRBC_PROXY_BUILDER_TIMEOUT", FLAG_DURATION,
 		  &a->f.builder_timeout_ms, "5m", "give up waiting for a builder after this", false },
 		{ "idle-timeout", "NRBC_PROXY_IDLE_TIMEOUT", FLAG_DURATION, &a->f.idle_timeout_ms,

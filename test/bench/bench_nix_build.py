@@ -24,13 +24,10 @@ Usage: test/bench/bench_nix_build.py [--nrbc build/src/nrbc] [--runs 3] [--n 10]
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -38,18 +35,12 @@ sys.path.insert(0, os.path.join(REPO, "test", "integration"))
 sys.path.insert(0, HERE)
 
 import conftest  # noqa: E402
+from nix_bench_common import timed_build, waits_ms  # noqa: E402
 from substrate import Substrate  # noqa: E402
 
 
 def build(client, builders, sshopts, n):
-    t0 = time.monotonic()
-    client.build("graph.nix", builders=builders, sshopts=sshopts,
-                 args={"salt": uuid.uuid4().hex, "n": n})
-    return time.monotonic() - t0
-
-
-def waits_ms(log_text):
-    return [int(m) for m in re.findall(r"ready after (\d+) ms", log_text)]
+    return timed_build(client, "graph.nix", builders, sshopts, n=n)
 
 
 def main():

@@ -19,12 +19,9 @@ Usage: test/bench/bench_nix_wide.py [--real-node] [--runs 2] [--n 24] [--seconds
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import tempfile
-import time
-import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -32,19 +29,12 @@ sys.path.insert(0, os.path.join(REPO, "test", "integration"))
 sys.path.insert(0, HERE)
 
 import conftest  # noqa: E402
-from nix_bench_common import BuilderWatch, written_max_jobs  # noqa: E402
+from nix_bench_common import BuilderWatch, timed_build, waits_ms, written_max_jobs  # noqa: E402
 from substrate import Substrate  # noqa: E402
 
 
 def build(client, builders, sshopts, n, seconds):
-    t0 = time.monotonic()
-    client.build("parallel.nix", builders=builders, sshopts=sshopts,
-                 args={"salt": uuid.uuid4().hex, "n": n, "seconds": seconds})
-    return time.monotonic() - t0
-
-
-def waits_ms(log_text):
-    return [int(m) for m in re.findall(r"ready after (\d+) ms", log_text)]
+    return timed_build(client, "parallel.nix", builders, sshopts, n=n, seconds=seconds)
 
 
 def main():

@@ -1,11 +1,13 @@
-"""What the Nix build benchmarks share: the maxJobs `nrbc client-config`
-writes for the default class, and a watch of which builders served a
-build."""
+"""What the Nix build benchmarks share: a timed build, the proxy's log
+of pod waits, the maxJobs `nrbc client-config` writes for the default
+class, and a watch of which builders served a build."""
 
 import os
+import re
 import sys
 import threading
 import time
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "test", "integration"))
@@ -36,3 +38,16 @@ class BuilderWatch(threading.Thread):
                 if b:
                     self.seen.add(b)
             time.sleep(0.2)
+
+
+def timed_build(client, expr, builders, sshopts, **args):
+    """Seconds a nix-build of expr (with a fresh salt and args) took."""
+    t0 = time.monotonic()
+    client.build(expr, builders=builders, sshopts=sshopts,
+                 args=dict(args, salt=uuid.uuid4().hex))
+    return time.monotonic() - t0
+
+
+def waits_ms(log_text):
+    """Each session's wait for its builder, from the proxy's log."""
+    return [int(m) for m in re.findall(r"ready after (\d+) ms", log_text)]

@@ -20,8 +20,18 @@ Library (stdlib only):
     c.stop()                                      # always kills every process
 
     Cluster(real_node=True)     # also a real node (node.py): pods really run
+    c.node                      # that node (node.RealNode); c.nodes: all of them
+    Cluster(real_node=True, extra_nodes=[{"labels": {"pool": "big"},
+                                          "taints": ["pool=big:NoSchedule"]}])
+                                # and one more real node per entry (node.py,
+                                # "More nodes"): own subnet, containerd,
+                                # kubelet, enforcer; registered with those
+                                # labels and taints (both optional; a taint
+                                # may also be {"key", "value", "effect"})
 
 CLI:  python3 test/cluster/cluster.py up DIR [--kubelet] [--real-node]
+      [--extra-node JSON]...   (with --real-node; JSON: an extra_nodes entry, e.g.
+      '{"labels": {"nrbc.test/pool": "big"}, "taints": ["nrbc.test/pool=big:NoSchedule"]}')
       starts a cluster (and the test kubelet, or a real node), prints `export KUBECONFIG=...`,
       runs until SIGINT/SIGTERM, then stops everything.
 """
@@ -216,16 +226,32 @@ atexit.register(_stop_all)
 
 
 class Cluster:
-    def __init__(self, bindir=None, log=None, real_node=False, node_subnet=None):
+    def __init__(self, bindir=None, log=None, real_node=False, node_subnet=None,
+                 extra_nodes=()):
         """real_node: also run a real node (node.py: containerd, kubelet,
         kube-scheduler, kube-network-policies enforcing NetworkPolicy; needs
         root), whose gateway address the API server
-        then binds instead of 127.0.0.1 so pods can reach it."""
+        then binds instead of 127.0.0.1 so pods can reach it.
+        extra_nodes (with real_node): one more real node per entry, a dict
+        with optional "labels" ({key: value}), "taints" (["key=value:Effect"
+        or {"key", "value", "effect"}]) and "subnet" ("127.x.y"); node.py,
+        "More nodes". Default: none, the one node as always."""
         self.bindir = bindir
         self.node = None
+        self.nodes = []
+        if extra_nodes and not real_node:
+            raise ValueError("extra_nodes needs real_node=True")
         if real_node:
             import node as node_mod
             self.node = node_mod.RealNode(self, node_subnet)
+            self.nodes = [self.node]
+            for i, spec in enumerate(extra_nodes, start=2):
+                unknown = set(spec) - {"labels", "taints", "subnet"}
+                if unknown:
+                    raise ValueError("extra_nodes: unknown keys %s" % sorted(unknown))
+                self.nodes.append(node_mod.RealNode(
+                    self, spec.get("subnet"), index=i, labels=spec.get("labels"),
+                    taints=spec.get("taints")))
         self.workdir = None
         self.server = None
         self.kubeconfig = None
@@ -263,8 +289,8 @@ class Cluster:
         wd = self.workdir
         pki = os.path.join(wd, "pki")
         make_pki(pki, [self.node.gateway] if self.node else [])
-        if self.node:
-            self.node.make_pki(pki)
+        for n in self.nodes:
+            n.make_pki(pki)
         self.ca_file = os.path.join(pki, "ca.crt")
         self.client_cert = os.path.join(pki, "admin.crt")
         self.client_key = os.path.join(pki, "admin.key")
@@ -352,9 +378,9 @@ class Cluster:
                 raise ClusterError("default service account never appeared")
             time.sleep(0.1)
         self._wait_gc(deadline)
-        if self.node:
-            self.node.start(deadline + 60)
-            self._log("node %s Ready in %.1f s" % (self.node.name, self.node.ready_seconds))
+        for n in self.nodes:
+            n.start(deadline + 60 * n.index)
+            self._log("node %s Ready in %.1f s" % (n.name, n.ready_seconds))
 
     # ---- outages ----------------------------------------------------------
 
@@ -462,11 +488,11 @@ class Cluster:
         """SIGTERM every process group, SIGKILL what is left after `grace`.
         A real node goes first (it removes its containers), then a kubelet
         started by the CLI, given time to stop its pods."""
-        if self.node is not None:
+        for n in reversed(self.nodes):
             try:
-                self.node.stop()
+                n.stop()
             except Exception as e:
-                self._log("stopping the node: %r" % e)
+                self._log("stopping the node %s: %r" % (n.name, e))
         k = self.procs.pop("kubelet", None)
         if k is not None and k.poll() is None:
             k.terminate()
@@ -622,9 +648,16 @@ def _main(argv):
     up.add_argument("--real-node", action="store_true",
                     help="also run a real node (node.py: containerd, kubelet, "
                          "kube-scheduler, kube-network-policies); needs root")
+    up.add_argument("--extra-node", action="append", default=[], metavar="JSON",
+                    help="with --real-node: one more real node, e.g. "
+                         "'{\"labels\": {\"pool\": \"big\"}, \"taints\": "
+                         "[\"pool=big:NoSchedule\"]}' (node.py, \"More nodes\")")
     args = ap.parse_args(argv[1:])
+    if args.extra_node and not args.real_node:
+        ap.error("--extra-node needs --real-node")
 
-    c = Cluster(real_node=args.real_node)
+    c = Cluster(real_node=args.real_node,
+                extra_nodes=[json.loads(x) for x in args.extra_node])
     stop = threading.Event()
 
     def on_signal(signum, frame):

@@ -49,10 +49,31 @@ run left behind must not drop the traffic of the next run (of older code,
 say) that claims the subnet; the cluster's liveness check sees a dead
 enforcer, and tests of denials fail without one. clean_stale() removes
 the chains of subnets nobody claims. Attribute netpol_queue.
+
+More nodes (Cluster(real_node=True, extra_nodes=[...])): node i >= 2 is
+another RealNode with its own subnet 127.203.M (claimed as the first's),
+dir <workdir>/node-<i>, containerd, kubelet (own client and serving certs,
+pki/node-<i>-kubelet*), enforcer (queue 100+M, chain NRBC-NETPOL-M) and
+process names node-<i>-*; labels and taints given are registered by its
+kubelet (--node-labels, --register-with-taints). Shared by all nodes: the
+API server (on the first node's gateway: pods route the pods' /16 and
+everything else to their own gateway, and every 127/8 address is local to
+the host, so a second node's pods reach it as the first's do), the
+kube-scheduler (started and stopped by the first node), the image cache,
+and the kubelet seccomp directory: node-<i>/kubelet/seccomp is a symlink
+to the first node's, so the seccomp DaemonSet's one hostPath serves every
+node, as /var/lib/kubelet/seccomp is one path on each node of a real
+cluster. A connection between pods of two nodes is judged by one enforcer
+(whichever node's FORWARD jump comes first); kube-network-policies looks
+both pods up cluster-wide, so the sender's egress and the receiver's
+ingress policies are both applied, as two enforcers would. Pods of all
+nodes share the host's processes, CPUs and memory: each node reports the
+whole machine as its capacity.
 """
 
 import glob
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -93,12 +114,22 @@ def runtime_dir():
 
 
 class RealNode:
-    def __init__(self, cluster, subnet=None):
+    def __init__(self, cluster, subnet=None, index=1, labels=None, taints=None):
         """subnet: the first three octets of the pods' /24 (127.x.y); .1 is
         the gateway. Default: the first free 127.203.N (see _claim_subnet),
-        so test runs on one machine at the same time do not clash."""
+        so test runs on one machine at the same time do not clash.
+        index: 1 for the cluster's first node (dir node/, process names
+        node-*, the kube-scheduler), 2.. for the others (node-<i>/,
+        node-<i>-*, files node-<i>-kubelet* in the pki); see "More nodes".
+        labels: {key: value} and taints: ["key=value:Effect" or {"key",
+        "value", "effect"}]: the kubelet registers its Node with them
+        (--node-labels, --register-with-taints)."""
         self.cluster = cluster
         self._claim = None
+        self.index = index
+        self.labels = dict(labels or {})
+        self.taints = [_taint_arg(t) for t in taints or ()]
+        self.prefix = "node" if index == 1 else "node-%d" % index
         if subnet is None:
             subnet = self._claim_subnet()
         self.gateway = subnet + ".1"
@@ -132,15 +163,18 @@ class RealNode:
     # ---- called by Cluster ------------------------------------------------
 
     def make_pki(self, pki):
-        """Kubelet client (system:node:<name>) and serving certs, and the
-        API server's client cert for the kubelet. After cluster.make_pki."""
+        """Kubelet client (system:node:<name>) and serving certs, this
+        node's own, and (first node only) the API server's client cert for
+        the kubelets. After cluster.make_pki."""
         import cluster as cm
-        cm.make_leaf(pki, "kubelet", "/O=system:nodes/CN=system:node:" + self.name,
+        self.kubelet_pki = "kubelet" if self.index == 1 else self.prefix + "-kubelet"
+        cm.make_leaf(pki, self.kubelet_pki, "/O=system:nodes/CN=system:node:" + self.name,
                      cm.CLIENT_EXT)
-        cm.make_leaf(pki, "kubelet-serving", "/CN=" + self.name,
+        cm.make_leaf(pki, self.kubelet_pki + "-serving", "/CN=" + self.name,
                      cm.server_ext("IP:" + self.gateway))
-        cm.make_leaf(pki, "apiserver-kubelet-client",
-                     "/O=system:masters/CN=kube-apiserver-kubelet-client", cm.CLIENT_EXT)
+        if self.index == 1:
+            cm.make_leaf(pki, "apiserver-kubelet-client",
+                         "/O=system:masters/CN=kube-apiserver-kubelet-client", cm.CLIENT_EXT)
         self.pki = pki
 
     def apiserver_args(self):
@@ -154,11 +188,19 @@ class RealNode:
     def start(self, deadline):
         t0 = time.monotonic()
         c = self.cluster
-        self.dir = os.path.join(c.workdir, "node")
-        for d in clean_stale():
-            c._log("cleaned up after a killed real node in %s" % d)
+        self.dir = os.path.join(c.workdir, self.prefix)
+        if self.index == 1:
+            for d in clean_stale():
+                c._log("cleaned up after a killed real node in %s" % d)
         for sub in ("containerd", "cni/bin", "cni/net.d", "cni/state", "kubelet", "pod-logs"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        if self.index != 1:
+            # One seccomp directory for all nodes (see "More nodes").
+            first = os.path.join(c.workdir, "node", "kubelet", "seccomp")
+            os.makedirs(first, exist_ok=True)
+            link = os.path.join(self.dir, "kubelet", "seccomp")
+            if not os.path.lexists(link):
+                os.symlink(first, link)
         # A user-namespaced pod's root is nobody on the node: runc, already
         # in the pod's namespace, must still walk down to its rootfs under
         # containerd's state (a workdir from mkdtemp is 0700).
@@ -169,7 +211,7 @@ class RealNode:
         self._write_containerd_config()
         # The shim is looked up on PATH.
         env = dict(os.environ, PATH=self.runtime + os.pathsep + os.environ.get("PATH", ""))
-        c._spawn("node-containerd", [os.path.join(self.runtime, "containerd"), "--config",
+        c._spawn(self.prefix + "-containerd", [os.path.join(self.runtime, "containerd"), "--config",
                                      os.path.join(self.dir, "containerd.toml")], env=env)
         while self._ctr("version", check=False).returncode != 0:
             c._check_alive()
@@ -180,7 +222,13 @@ class RealNode:
         self._start_netpol(deadline)
 
         self._write_kubelet_files()
-        c._spawn("node-kubelet", [
+        register = []
+        if self.labels:
+            register += ["--node-labels", ",".join(
+                "%s=%s" % kv for kv in sorted(self.labels.items()))]
+        if self.taints:
+            register += ["--register-with-taints", ",".join(self.taints)]
+        c._spawn(self.prefix + "-kubelet", [
             os.path.join(c.bindir, "kubelet"),
             "--config", os.path.join(self.dir, "kubelet.yaml"),
             "--kubeconfig", os.path.join(self.dir, "kubelet.kubeconfig"),
@@ -188,14 +236,16 @@ class RealNode:
             "--root-dir", os.path.join(self.dir, "kubelet"),
             "--cert-dir", os.path.join(self.dir, "kubelet", "pki"),
             "--v", "1",
-        ])
-        c._spawn("kube-scheduler", [
-            os.path.join(c.bindir, "kube-scheduler"),
-            "--kubeconfig", c.kubeconfig,
-            "--leader-elect=false",
-            "--bind-address", "127.0.0.1",
-            "--secure-port", "0",
-        ])
+        ] + register)
+        if self.index == 1:
+            # One scheduler for the cluster, whatever the number of nodes.
+            c._spawn("kube-scheduler", [
+                os.path.join(c.bindir, "kube-scheduler"),
+                "--kubeconfig", c.kubeconfig,
+                "--leader-elect=false",
+                "--bind-address", "127.0.0.1",
+                "--secure-port", "0",
+            ])
         while not self.ready():
             c._check_alive()
             if time.monotonic() > deadline:
@@ -224,7 +274,7 @@ class RealNode:
         out = subprocess.run([NETPOL_BUILD], check=True, stdout=subprocess.PIPE, text=True)
         binary = os.path.join(out.stdout.strip().splitlines()[-1], "kube-network-policies")
         self._steer(False)      # a killed run's rules for this subnet
-        c._spawn("node-netpol", [
+        c._spawn(self.prefix + "-netpol", [
             binary, "--kubeconfig", c.kubeconfig, "--hostname-override", self.name,
             "--nfqueue-id", str(self.netpol_queue),
             "--nftables-table", "nrbc-netpol-%d" % (self.netpol_queue - 100), "--v", "1"])
@@ -327,10 +377,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 
     def _write_kubelet_files(self):
         import cluster as cm
-        c, p = self.cluster, self.pki
+        c, p, k = self.cluster, self.pki, self.kubelet_pki
         cm.write_kubeconfig(os.path.join(self.dir, "kubelet.kubeconfig"), c.server,
-                            c.ca_file, {"client-certificate": os.path.join(p, "kubelet.crt"),
-                                        "client-key": os.path.join(p, "kubelet.key")})
+                            c.ca_file, {"client-certificate": os.path.join(p, k + ".crt"),
+                                        "client-key": os.path.join(p, k + ".key")})
         resolv = os.path.join(self.dir, "resolv.conf")
         with open(resolv, "w") as f:
             f.write("# nrbc test node: pods have no DNS\n")
@@ -342,8 +392,8 @@ address: {gw}
 port: {port}
 readOnlyPort: 0
 healthzPort: 0
-tlsCertFile: {p}/kubelet-serving.crt
-tlsPrivateKeyFile: {p}/kubelet-serving.key
+tlsCertFile: {p}/{k}-serving.crt
+tlsPrivateKeyFile: {p}/{k}-serving.key
 authentication:
   anonymous: {{enabled: false}}
   webhook: {{enabled: false}}
@@ -370,7 +420,7 @@ serializeImagePulls: false
 rotateCertificates: false
 nodeStatusReportFrequency: 10s
 featureGates: {{{gates}}}
-""".format(gw=self.gateway, port=self.kubelet_port, p=p, sock=self.sock,
+""".format(gw=self.gateway, port=self.kubelet_port, p=p, k=k, sock=self.sock,
            resolv=resolv, dir=self.dir,
            gates=", ".join("%s: true" % g.split("=")[0] for g in FEATURE_GATES.split(","))))
 
@@ -398,15 +448,16 @@ featureGates: {{{gates}}}
                 self._claim = None
 
     def _teardown(self):
-        c = self.cluster
-        c._stop_proc("node-kubelet", grace=5)
-        c._stop_proc("kube-scheduler", grace=1)
-        if c.procs.get("node-containerd") is not None and self.sock:
+        c, n = self.cluster, self.prefix
+        c._stop_proc(n + "-kubelet", grace=5)
+        if self.index == 1:
+            c._stop_proc("kube-scheduler", grace=1)
+        if c.procs.get(n + "-containerd") is not None and self.sock:
             self._remove_containers()
-        c._stop_proc("node-containerd", grace=5)
+        c._stop_proc(n + "-containerd", grace=5)
         clean_dir(self.dir)
         self._steer(False)
-        c._stop_proc("node-netpol", grace=3)
+        c._stop_proc(n + "-netpol", grace=3)
 
     def _remove_containers(self):
         ns = ("-n", "k8s.io")
@@ -421,6 +472,14 @@ featureGates: {{{gates}}}
                 self._ctr(*ns, "containers", "delete", *ids, check=False)
         except (subprocess.TimeoutExpired, OSError):
             pass
+
+
+def _taint_arg(t):
+    """"key=value:Effect" (the kubelet's --register-with-taints form) of a
+    taint given as that string or as {"key", "value", "effect"}."""
+    if isinstance(t, str):
+        return t
+    return "%s%s:%s" % (t["key"], "=" + t["value"] if t.get("value") else "", t["effect"])
 
 
 # ---- the enforcer's steering (RealNode._steer) --------------------------------
@@ -540,7 +599,8 @@ def clean_stale():
     containerd.sock, mounts under .../node/{containerd,kubelet}) whose
     containerd no longer answers. Returns the node dirs cleaned."""
     dirs = set()
-    suffix = "/node/containerd/containerd.sock"
+    sock_re = re.compile(r"^(.*/node(?:-\d+)?)/containerd/containerd\.sock$")
+    mount_re = re.compile(r"^(.*?/node(?:-\d+)?)/(?:containerd/|kubelet)")
     for e in os.listdir("/proc"):
         try:
             with open("/proc/%s/cmdline" % e, "rb") as f:
@@ -549,14 +609,14 @@ def clean_stale():
             continue
         if argv and argv[0].endswith("containerd-shim-runc-v2") and "-address" in argv:
             a = argv[argv.index("-address") + 1:][:1]
-            if a and a[0].endswith(suffix):
-                dirs.add(a[0][:-len(suffix)] + "/node")
+            m = sock_re.match(a[0]) if a else None
+            if m:
+                dirs.add(m.group(1))
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            mp = line.split()[4]
-            for mark in ("/node/containerd/", "/node/kubelet"):
-                if mark in mp:
-                    dirs.add(mp[:mp.index(mark)] + "/node")
+            m = mount_re.match(line.split()[4])
+            if m:
+                dirs.add(m.group(1))
     stale = sorted(d for d in dirs if not _alive(_node_sock(d)))
     for d in stale:
         clean_dir(d)

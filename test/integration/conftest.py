@@ -9,6 +9,8 @@ Fixtures
   real_cluster (module)  a second Cluster with a real node (kubelet, containerd:
                          test/cluster/node.py), the images of test/images/build.sh
                          loaded into its containerd
+  two_node_cluster (module)  the same with two real nodes; the second labelled
+                         nrbc.test/pool=big and tainted nrbc.test/pool=big:NoSchedule
   host_nix    (session)  HostNix: nix.conf, nix-daemon and user nixbld ready
   kubelet     (session)  KubeletProc: the test kubelet, Node Ready
   ssh_keys    (function) SSHKeys: client + host ed25519 key pairs, Secret helper
@@ -92,17 +94,18 @@ def image_archives():
 
 
 def load_images(cluster, archives=None):
-    """What a registry pull would do: the images into the node's containerd."""
-    for path in (archives or image_archives()).values():
-        subprocess.run(["ctr", "--address", cluster.node.sock, "-n", "k8s.io", "images",
-                        "import", path], check=True, stdout=subprocess.DEVNULL)
+    """What a registry pull would do: the images into every real node's
+    containerd."""
+    for node in cluster.nodes:
+        for path in (archives or image_archives()).values():
+            subprocess.run(["ctr", "--address", node.sock, "-n", "k8s.io", "images",
+                            "import", path], check=True, stdout=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="module")
-def real_cluster(tmp_path_factory):
+def _real_cluster(extra_nodes=()):
     archives = image_archives()
     bindir = os.environ.get("NRBC_CLUSTER_BIN") or cluster_mod.build_binaries()
-    c = cluster_mod.Cluster(bindir, real_node=True)
+    c = cluster_mod.Cluster(bindir, real_node=True, extra_nodes=extra_nodes)
     try:
         # Short: containerd's socket path must fit a unix socket address.
         c.start(tempfile.mkdtemp(prefix="nrbc-rn-", dir="/tmp"))
@@ -112,6 +115,26 @@ def real_cluster(tmp_path_factory):
         c.stop()
         if c.workdir:
             shutil.rmtree(c.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory):
+    yield from _real_cluster()
+
+
+# The second node of two_node_cluster: a separate pool, as a cloud's
+# node group of big machines would be.
+POOL_LABEL = "nrbc.test/pool"
+POOL = "big"
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory):
+    """A Cluster with two real nodes: nodes[0] as real_cluster's, and
+    nodes[1] labelled nrbc.test/pool=big and tainted
+    nrbc.test/pool=big:NoSchedule; the images in both."""
+    yield from _real_cluster([{"labels": {POOL_LABEL: POOL},
+                               "taints": ["%s=%s:NoSchedule" % (POOL_LABEL, POOL)]}])
 
 
 # ---- host Nix --------------------------------------------------------------------

@@ -3,7 +3,8 @@ NixBuilderClass, whose builders take its pod shape (resources, tolerations,
 nodeSelector), its systems and features; one nix-build uses three classes
 at once; an unknown class, a class no node can take and a class the key may
 not use each end with one clear line; a class's bound on builders per key
-holds. (The same routing on two real nodes is the real node's business.)"""
+holds. (The same routing done by a real scheduler and two real nodes:
+test_two_nodes.py.)"""
 
 import json
 import os

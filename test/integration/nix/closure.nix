@@ -51,7 +51,7 @@ let
       set -e
       sum=$(/usr/bin/sha256sum < "$big")
       size=$(/usr/bin/wc -c < "$big")
-      ${if seconds > 0 then "/bin/sleep ${toString seconds}" else ":"}
+      ${if seconds > 0 then "/usr/bin/sleep ${toString seconds}" else ":"}
       echo "user ${toString i} $salt $size ''${sum%% *}" > "$out"
     '' ];
     inherit big salt;

@@ -655,20 +655,6 @@ static void on_builder_pod_created(const struct kube_response *resp, void *data)
 	reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 }
 
-/* Whether b's pod should substitute from the other builders of its
- * identity: only a builder made while another one of the identity serves
- * (a scale-out); the first of a key, and a pool builder, have nobody to
- * ask, and would only make Nix print failed lookups. */
-static bool has_sibling(struct controller_reconciler *r, const struct controller_builder *b)
-{
-	const char *identity = controller_builder_identity_of(b);
-
-	if (!r->opts.pod.sibling_proxy || !*r->opts.pod.sibling_proxy || !*identity)
-		return false;
-	return controller_builders_identity_serving(r->builders, controller_builder_namespace(b),
-	    identity, controller_builder_key(b)) > 0;
-}
-
 /* The pod goes out after its host key Secret exists (a pod whose Secret
  * is missing would wait in ContainerCreating), with the public half in its
  * annotation. */
@@ -680,8 +666,11 @@ static void create_builder_pod(struct reconcile_op *op, struct controller_builde
 	json_t *pod = controller_pod_build_for_builder(op->nbr, &r->opts.pod, host_key_secret,
 	    op->host_key.public_line, &err);
 
+	/* Every builder, a pool one too: which key's builders it may fetch
+	 * from is the proxy's judgement when it logs in, not the pod's. */
 	if (pod && (controller_pod_set_safe_to_evict(pod, controller_builder_sessions(b) == 0) < 0 ||
-	    (has_sibling(r, b) && controller_pod_add_siblings(pod, r->opts.pod.sibling_proxy,
+	    (r->opts.pod.sibling_proxy && *r->opts.pod.sibling_proxy &&
+	     controller_pod_add_siblings(pod, r->opts.pod.sibling_proxy,
 	        r->opts.pod.proxy_host_key_config_map) < 0))) {
 		json_decref(pod);
 		pod = NULL;

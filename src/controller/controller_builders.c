@@ -276,20 +276,6 @@ size_t controller_builders_usable(struct controller_builders *t, const char *ns,
 	return n;
 }
 
-size_t controller_builders_identity_serving(struct controller_builders *t, const char *ns,
-    const char *identity, const char *except_key)
-{
-	size_t n = 0;
-
-	for (struct controller_builder *b = t->head; b; b = b->next) {
-		if ((b->state == BUILDER_READY || b->state == BUILDER_IDLE) &&
-		    strcmp(b->ns, ns) == 0 && strcmp(b->identity, identity) == 0 &&
-		    strcmp(b->key, except_key) != 0)
-			n++;
-	}
-	return n;
-}
-
 bool controller_builders_claim_pending(struct controller_builders *t, const char *ns,
     const char *identity, const char *class)
 {

@@ -78,10 +78,6 @@ struct controller_builder *controller_builders_pick(struct controller_builders *
 /* Builders of identity and class in ns that can still serve (full or not). */
 size_t controller_builders_usable(struct controller_builders *t, const char *ns,
     const char *identity, const char *class);
-/* Builders of identity in ns, of any class, other than the one with key
- * except_key, that are READY or IDLE (their pods serve). */
-size_t controller_builders_identity_serving(struct controller_builders *t, const char *ns,
-    const char *identity, const char *except_key);
 /* True while a pool claim for identity is in flight in ns/class: a new
  * request should wait for it rather than start another builder. */
 bool controller_builders_claim_pending(struct controller_builders *t, const char *ns,

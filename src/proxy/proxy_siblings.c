@@ -1,5 +1,6 @@
 #include "proxy_siblings.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,7 @@ struct proxy_siblings {
  * key (its identity), then the oldest other Running one of that identity. */
 struct sibling_scan {
 	const char *key_line;
-	const json_t *self;
+	json_t *self;   /* a reference, when it could be its own target */
 	char identity[64];
 	char self_name[64];
 	json_t *target; /* a reference */
@@ -42,6 +43,16 @@ static const char *builder_identity(const json_t *b)
 	return json_field_str(json_object_get(b, "spec"), "identity");
 }
 
+/* Running, reachable, its host key known, not going. */
+static bool usable_target(const json_t *b)
+{
+	const json_t *st = json_object_get(b, "status");
+
+	return strcmp(json_field_str(st, "phase"), "Running") == 0 &&
+	    *json_field_str(st, "podIP") && *json_field_str(st, "hostKey") &&
+	    !json_object_get(json_object_get(b, "metadata"), "deletionTimestamp");
+}
+
 static void scan_self(json_t *b, void *data)
 {
 	struct sibling_scan *sc = data;
@@ -55,6 +66,8 @@ static void scan_self(json_t *b, void *data)
 	}
 	snprintf(sc->identity, sizeof(sc->identity), "%s", builder_identity(b));
 	snprintf(sc->self_name, sizeof(sc->self_name), "%s", kube_object_name(b));
+	if (usable_target(b))
+		sc->self = json_incref(b);
 }
 
 static const char *created(const json_t *b)
@@ -65,13 +78,9 @@ static const char *created(const json_t *b)
 static void scan_target(json_t *b, void *data)
 {
 	struct sibling_scan *sc = data;
-	const json_t *st = json_object_get(b, "status");
 
 	if (strcmp(builder_identity(b), sc->identity) != 0 ||
-	    strcmp(kube_object_name(b), sc->self_name) == 0 ||
-	    strcmp(json_field_str(st, "phase"), "Running") != 0 ||
-	    !*json_field_str(st, "podIP") || !*json_field_str(st, "hostKey") ||
-	    json_object_get(json_object_get(b, "metadata"), "deletionTimestamp"))
+	    strcmp(kube_object_name(b), sc->self_name) == 0 || !usable_target(b))
 		return;
 	if (sc->target && strcmp(created(b), created(sc->target)) >= 0)
 		return;
@@ -82,13 +91,21 @@ static void scan_target(json_t *b, void *data)
 static int scan_result(struct sibling_scan *sc, int port, struct proxy_sibling *out,
     const char **why)
 {
-	const json_t *st = json_object_get(sc->target, "status");
+	const json_t *st;
 
 	memset(out, 0, sizeof(*out));
+	/* A key's only builder is its own sibling: asked for what it lacks,
+	 * it has none of it, and says so (an error would be printed on the
+	 * client's terminal for every lookup). */
+	if (!sc->target && sc->self)
+		sc->target = json_incref((json_t *)sc->self);
 	if (!sc->target) {
-		*why = "no other Running builder of this client key";
+		json_decref(sc->self);
+		sc->self = NULL;
+		*why = "this builder is not Running";
 		return -1;
 	}
+	st = json_object_get(sc->target, "status");
 	snprintf(out->identity, sizeof(out->identity), "%s", sc->identity);
 	snprintf(out->source, sizeof(out->source), "%s", sc->self_name);
 	snprintf(out->name, sizeof(out->name), "%s", kube_object_name(sc->target));
@@ -97,6 +114,8 @@ static int scan_result(struct sibling_scan *sc, int port, struct proxy_sibling *
 	out->host_key = strdup(json_field_str(st, "hostKey"));
 	json_decref(sc->target);
 	sc->target = NULL;
+	json_decref(sc->self);
+	sc->self = NULL;
 	if (!out->host_key) {
 		*why = "out of memory";
 		return -1;

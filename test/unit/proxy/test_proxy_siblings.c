@@ -79,10 +79,12 @@ static void test_who_reaches_nobody(void **state)
 	const char *why = NULL;
 
 	(void)state;
-	/* The only builder of its key. */
-	assert_int_equal(proxy_siblings_pick(a, KEY_B1, 22, &s, &why), -1);
-	assert_string_equal(why, "no other Running builder of this client key");
-	assert_null(s.host_key);
+	/* The only builder of its key is its own sibling (it has nothing it
+	 * lacks: lookups find nothing, quietly). */
+	assert_int_equal(proxy_siblings_pick(a, KEY_B1, 22, &s, &why), 0);
+	assert_string_equal(s.name, "nb-b-0");
+	assert_string_equal(s.host_key, KEY_B1);
+	proxy_sibling_finish(&s);
 	/* An unclaimed pool builder belongs to nobody. */
 	assert_int_equal(proxy_siblings_pick(a, KEY_P, 22, &s, &why), -1);
 	assert_string_equal(why, "this builder belongs to no client key yet");
@@ -93,10 +95,20 @@ static void test_who_reaches_nobody(void **state)
 	assert_int_equal(proxy_siblings_pick(a, "ecdsa-sha2-nistp256 AAAAa1x", 22, &s, &why), -1);
 	assert_int_equal(proxy_siblings_pick(a, "ssh-rsa AAAAa1", 22, &s, &why), -1);
 	assert_int_equal(proxy_siblings_pick(a, "", 22, &s, &why), -1);
-	/* A sibling that is being deleted is no target. */
+	/* A sibling that is being deleted is no target: a-1 is its own. */
 	json_object_set_new(json_object_get(json_array_get(a, 1), "metadata"),
 	    "deletionTimestamp", json_string("2026-12-07T11:00:00Z"));
-	assert_int_equal(proxy_siblings_pick(a, KEY_A2, 22, &s, &why), -1);
+	assert_int_equal(proxy_siblings_pick(a, KEY_A2, 22, &s, &why), 0);
+	assert_string_equal(s.name, "nb-a-1");
+	proxy_sibling_finish(&s);
+	/* A starting builder with nobody Running has no target at all. */
+	assert_int_equal(proxy_siblings_pick(a, KEY_A3, 22, &s, &why), 0);
+	assert_string_equal(s.name, "nb-a-1");
+	proxy_sibling_finish(&s);
+	json_object_set_new(json_object_get(json_array_get(a, 0), "status"), "phase",
+	    json_string("Failed"));
+	assert_int_equal(proxy_siblings_pick(a, KEY_A3, 22, &s, &why), -1);
+	assert_string_equal(why, "this builder is not Running");
 	json_decref(a);
 	/* Nothing at all. */
 	a = json_array();

@@ -38,7 +38,7 @@
 #                                nrbc-sibling with this builder's own host
 #                                key, pinning the proxy's host key
 #                                ($ROOT/etc/nrbc/proxy/host-key.pub); the
-#                                controller sets it on scale-out builders
+#                                controller sets it on every builder
 #   NRBC_BUILDER_MAX_STARTUPS    sshd MaxStartups (64:30:256): every connection
 #                                comes from the proxy, which already rations
 #                                unauthenticated clients; sshd's default

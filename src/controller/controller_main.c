@@ -783,7 +783,7 @@ int controller_main(int argc, char **argv)
 		    "maxBuildersPerIdentity overrides)", false },
 		{ "builder-sibling-proxy", "NRBC_CONTROLLER_BUILDER_SIBLING_PROXY", FLAG_STRING,
 		    &f->builder_sibling_proxy, "", "HOST:PORT of the proxy as builders reach it: a "
-		    "key's scale-out builders substitute from its other builders through it "
+		    "key's builders substitute from its other builders through it "
 		    "(empty: they do not)", false },
 		{ "proxy-host-key-config-map", "NRBC_CONTROLLER_PROXY_HOST_KEY_CONFIG_MAP",
 		    FLAG_STRING, &f->proxy_host_key_config_map, "nrbc-host-key", "ConfigMap with the "

@@ -126,14 +126,18 @@ def real_cluster(tmp_path_factory):
 # node group of big machines would be.
 POOL_LABEL = "nrbc.test/pool"
 POOL = "big"
+# Node 2 also stands for an arm64 pool (its label; the builds on it run as
+# x86_64 with aarch64-linux in extra-platforms: the routing is what counts).
+ARCH_LABEL = "nrbc.test/arch"
+ARCH = "arm64"
 
 
 @pytest.fixture(scope="module")
 def two_node_cluster(tmp_path_factory):
     """A Cluster with two real nodes: nodes[0] as real_cluster's, and
-    nodes[1] labelled nrbc.test/pool=big and tainted
+    nodes[1] labelled nrbc.test/pool=big and nrbc.test/arch=arm64 and tainted
     nrbc.test/pool=big:NoSchedule; the images in both."""
-    yield from _real_cluster([{"labels": {POOL_LABEL: POOL},
+    yield from _real_cluster([{"labels": {POOL_LABEL: POOL, ARCH_LABEL: ARCH},
                                "taints": ["%s=%s:NoSchedule" % (POOL_LABEL, POOL)]}])
 
 

@@ -19,8 +19,10 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import urllib.request
 import tempfile
+import threading
 import time
 
 from binary_cache import builders_nix_conf, set_nix_conf
@@ -325,8 +327,18 @@ class Stack:
         old = uids()
         st, body = self.cluster.api("DELETE", pods)
         assert st == 200, body
-        wait_for(lambda: not (old & uids()), 60,
-                 what="the builder pods of deleted builders to go")
+        try:
+            # A pod on a real node goes when its kubelet has stopped it.
+            wait_for(lambda: not (old & uids()), 120,
+                     what="the builder pods of deleted builders to go")
+        except Exception:
+            for p in self.cluster.api("GET", pods)[1]["items"]:
+                if p["metadata"]["uid"] in old:
+                    print("still there: %s phase %s node %s deleting since %s" % (
+                        p["metadata"]["name"], p["status"].get("phase"),
+                        p["spec"].get("nodeName"), p["metadata"].get("deletionTimestamp")),
+                        file=sys.stderr)
+            raise
 
     # -- what a Nix user needs
     def known_hosts(self):
@@ -384,3 +396,42 @@ class Stack:
         idle_s = float(idle[:-1]) * {"s": 1, "m": 60, "h": 3600}[idle[-1]]
         wait_for(lambda: not self.requests() and not self.builder_pods(), timeout + idle_s,
                  what="no NixBuildRequest and no builder pod left")
+
+
+class StackWatcher:
+    """While a build runs (a `with` block), the latest state of every
+    request's class, NixBuilder and builder pod seen on `stack`: builders
+    and their pods go after the idle timeout, before a test looks."""
+
+    def __init__(self, stack, period=0.2):
+        self.stack, self.period = stack, period
+        self.classes, self.builders, self.pods = set(), {}, {}
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run)
+
+    def run(self):
+        while not self.stop.is_set():
+            for r in self.stack.requests():
+                self.classes.add(r["spec"].get("builderClass", ""))
+            for b in self.stack.nixbuilders():
+                self.builders[b["metadata"]["name"]] = b
+            for p in self.stack.builder_pods():
+                self.pods[p["metadata"]["name"]] = p
+            time.sleep(self.period)
+
+    def by_class(self):
+        """{class name ("" default): [pods]} of builders that served a client."""
+        out = {}
+        for name, b in self.builders.items():
+            p = self.pods.get("nix-builder-" + name)
+            if b["spec"].get("identity") and p is not None:
+                out.setdefault(b["spec"].get("builderClass", ""), []).append(p)
+        return out
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.t.join()

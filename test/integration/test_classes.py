@@ -9,14 +9,13 @@ test_two_nodes.py.)"""
 import json
 import os
 import subprocess
-import threading
 import time
 
 import pytest
 
 from cluster import wait_for
 from conftest import salt
-from stack import NAMESPACE, Stack
+from stack import NAMESPACE, Stack, StackWatcher
 
 CLASSES = {
     "big": {"supportedFeatures": ["big-parallel"], "mandatoryFeatures": ["big-parallel"],
@@ -61,34 +60,6 @@ def all_builders(stack):
         stack.builders("ssh-ng", user="arm", max_jobs=4, system="aarch64-linux")))
 
 
-class Watcher:
-    """Records, while a build runs, each request's class and each builder
-    pod as first seen."""
-
-    def __init__(self, stack):
-        self.stack = stack
-        self.classes = set()
-        self.pods = {}
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self.run)
-
-    def run(self):
-        while not self.stop.is_set():
-            for r in self.stack.requests():
-                self.classes.add(r["spec"].get("builderClass", ""))
-            for p in self.stack.builder_pods():
-                self.pods.setdefault(p["metadata"]["name"], p)
-            time.sleep(0.2)
-
-    def __enter__(self):
-        self.t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.t.join()
-
-
 def env_of(pod):
     (c,) = pod["spec"]["containers"]
     return {e["name"]: e.get("value") for e in c.get("env") or []}
@@ -96,7 +67,7 @@ def env_of(pod):
 
 def test_one_build_uses_three_classes(stack, nix_client):
     s = salt()
-    with Watcher(stack) as w:
+    with StackWatcher(stack) as w:
         out = nix_client.build("classes.nix", builders=all_builders(stack),
                                sshopts=stack.sshopts(), args={"salt": s})
     assert nix_client.read(out.out).decode().split() == [

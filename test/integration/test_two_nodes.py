@@ -9,8 +9,9 @@ cut from 2m to 5s for this module.
 
 So the routing the classes ask for is done by the real kube-scheduler and
 kubelets: a `big` class whose nodeSelector and toleration put its builders
-on node 2, with the class's resources; the default class's builders stay
-on node 1 (they do not tolerate the taint); a class whose nodeSelector no
+on node 2, with the class's resources; an `arm` class (aarch64-linux)
+whose builders go to node 2 as the arm64 pool; the default class's builders
+stay on node 1 (they do not tolerate the taint); a class whose nodeSelector no
 node matches ends its session with a line naming Unschedulable. Needs root.
 """
 
@@ -19,14 +20,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from conftest import POOL, POOL_LABEL, salt, wait_for
+from conftest import ARCH, ARCH_LABEL, POOL, POOL_LABEL, salt, wait_for
 from real_stack import BUILDER_IMAGE, RealStack
-from stack import NAMESPACE
+from stack import NAMESPACE, StackWatcher
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="real nodes need root")
 
@@ -39,8 +39,9 @@ CLASSES = {
             "slots": 2, "nodeSelector": {POOL_LABEL: POOL},
             "tolerations": [BIG_TOLERATION], "resources": BIG_RESOURCES},
     # classes.nix's aarch64-linux derivation (extra-platforms on x86_64:
-    # the routing is what is tested); no nodeSelector, so node 1.
-    "arm": {"systems": ["aarch64-linux"]},
+    # the routing is what is tested), on the node labelled as the arm64 pool.
+    "arm": {"systems": ["aarch64-linux"], "nodeSelector": {ARCH_LABEL: ARCH},
+            "tolerations": [BIG_TOLERATION]},
     "nowhere": {"nodeSelector": {POOL_LABEL: "none"}},
 }
 UNSCHEDULABLE_TIMEOUT = "5s"
@@ -144,43 +145,6 @@ def test_second_node_is_a_pool_of_its_own(two_node_cluster):
 
 # ---- builder classes ---------------------------------------------------------------
 
-class Watcher:
-    """Keeps, while a build runs, the latest state of every builder pod and
-    NixBuilder seen (pods go after the idle timeout)."""
-
-    def __init__(self, stack):
-        self.stack = stack
-        self.pods = {}
-        self.builders = {}
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self.run)
-
-    def run(self):
-        while not self.stop.is_set():
-            for b in self.stack.nixbuilders():
-                self.builders[b["metadata"]["name"]] = b
-            for p in self.stack.builder_pods():
-                self.pods[p["metadata"]["name"]] = p
-            time.sleep(0.3)
-
-    def by_class(self):
-        """{class name ("" default): [pods]} of builders that served a client."""
-        out = {}
-        for name, b in self.builders.items():
-            p = self.pods.get("nix-builder-" + name)
-            if b["spec"].get("identity") and p is not None:
-                out.setdefault(b["spec"].get("builderClass", ""), []).append(p)
-        return out
-
-    def __enter__(self):
-        self.t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.t.join()
-
-
 def ran(pod):
     """The pod's container was started by its node's containerd."""
     statuses = pod["status"].get("containerStatuses") or []
@@ -197,7 +161,7 @@ def test_big_builders_run_on_the_big_pool(stack, nix_client):
                        mandatory="big-parallel"),
         stack.builders("ssh-ng", user="arm", system="aarch64-linux")])
     s = salt()
-    with Watcher(stack) as w:
+    with StackWatcher(stack, period=0.3) as w:
         out = nix_client.build("classes.nix", builders=builders, sshopts=stack.sshopts(),
                                args={"salt": s}, timeout=240)
         # The pods' last states (Running, with container IDs) are in.
@@ -219,12 +183,15 @@ def test_big_builders_run_on_the_big_pool(stack, nix_client):
         assert ct["resources"]["limits"]["memory"] == "1Gi", ct["resources"]
         assert BIG_TOLERATION in p["spec"]["tolerations"], p["spec"]["tolerations"]
         assert p["spec"]["nodeSelector"] == {POOL_LABEL: POOL}
-    for cls in ("", "arm"):
-        for p in pods[cls]:
-            assert p["spec"]["nodeName"] == n1.name, (cls, p["metadata"]["name"])
-            assert ran(p), p["status"]
-            assert not [t for t in p["spec"].get("tolerations") or []
-                        if t.get("key") == POOL_LABEL]
+    for p in pods["arm"]:
+        assert p["spec"]["nodeName"] == n2.name, (p["metadata"]["name"], p["spec"])
+        assert p["spec"]["nodeSelector"] == {ARCH_LABEL: ARCH}
+        assert ran(p), p["status"]
+    for p in pods[""]:
+        assert p["spec"]["nodeName"] == n1.name, p["metadata"]["name"]
+        assert ran(p), p["status"]
+        assert not [t for t in p["spec"].get("tolerations") or []
+                    if t.get("key") == POOL_LABEL]
     stack.wait_clean()
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""P9: a wide build, N independent derivations of S seconds of builder-bound
+"""P7: a wide build, N independent derivations of S seconds of builder-bound
 work (parallel.nix), with the builders line `nrbc client-config` writes
 (maxJobs = builder-slots x builders-per-key, from the nrbc-client
 ConfigMap), beside the same build on one builder reached directly with
@@ -88,7 +88,7 @@ def main():
                       100 * cold[-1], args.cold_ms), flush=True)
         d, t = statistics.median(direct), statistics.median(through)
         print()
-        print("P9 wide build, %d x %d s, median of %d: direct one builder %.2f s, through "
+        print("P7 wide build, %d x %d s, median of %d: direct one builder %.2f s, through "
               "nrbc %.2f s: %.2fx faster; builders used %s; cold sessions %s" % (
                   args.n, args.seconds, args.runs, d, t, d / t, used,
                   ["%.0f%%" % (100 * x) for x in cold]))

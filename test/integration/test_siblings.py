@@ -49,8 +49,8 @@ def sandbox_paths(nix_client):
 
 
 def test_scale_out_builders_substitute_from_each_other(stack, nix_client):
-    # Each user holds its slot 5 s, longer than --builder-scale-out-wait
-    # (2 s): sessions beyond the first builder's slots get builders of their own.
+    # Each user holds its slot 5 s, far longer than --builder-scale-out-wait
+    # (250 ms): sessions beyond the first builder's slots get builders of their own.
     args = {"salt": salt(), "n": 12, "size": SIZE, "seconds": 5}
     # The client builds the input itself: no cache has it.
     nix_client.build("closure.nix", args=args, max_jobs=1,

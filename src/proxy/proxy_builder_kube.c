@@ -51,6 +51,7 @@ struct kube_wait {
 	uint64_t retry_at;
 	uint64_t retry_delay;
 	unsigned attempts;
+	bool unanswered;  /* a try got no answer (or 429, 5xx): the API was away */
 	/* Set when the session ended before its create request answered. */
 	bool released;
 	bool release_ok;
@@ -202,6 +203,18 @@ static bool kube_status_transient(long status)
 	return status == 0 || status == 429 || status >= 500;
 }
 
+/* A kube-apiserver that has just come back answers 403 for a moment, until
+ * its authorizer has loaded the RBAC rules: a 403 after tries that got no
+ * answer is tried again, a few times, before it counts as a refusal. */
+#define KUBE_FORBIDDEN_AFTER_OUTAGE_TRIES 6
+
+static bool kube_create_transient(const struct kube_wait *w, long status)
+{
+	if (kube_status_transient(status))
+		return true;
+	return status == 403 && w->unanswered && w->attempts <= KUBE_FORBIDDEN_AFTER_OUTAGE_TRIES;
+}
+
 static void kube_progress(struct proxy_builder_kube *k, struct kube_wait *w, char *text)
 {
 	if (text && (!w->last_progress || strcmp(text, w->last_progress) != 0)) {
@@ -225,7 +238,9 @@ static void kube_on_create(struct proxy_builder_kube *k, struct kube_op *op,
 
 	if (!w || w->state != KUBE_WAIT_CREATING)
 		return;
-	if (!created && kube_status_transient(resp->status) && !w->released) {
+	if (!created && kube_status_transient(resp->status))
+		w->unanswered = true;
+	if (!created && kube_create_transient(w, resp->status) && !w->released) {
 		log_warnx("session=%llu nbr=%s/%s: the Kubernetes API did not answer the create "
 		    "(HTTP %ld %s); trying again in %llu ms", (unsigned long long)w->session_id,
 		    k->namespace, op->name, resp->status, resp->message,

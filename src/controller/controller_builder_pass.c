@@ -25,6 +25,8 @@
 #include "controller_reconcile_state.h"
 #include "controller_reconcile_write.h"
 #include "controller_slim.h"
+#include "controller_usage.h"
+#include "controller_usage_ledger.h"
 #include "json_field.h"
 #include "log.h"
 
@@ -575,6 +577,29 @@ static int add_builder_fields(json_t *status, const struct controller_builder *b
 	return 0;
 }
 
+/* status.usage: what the builder served (the ledger's totals, which start
+ * from what its cached status says). An identity's builders only. */
+static int add_usage_fields(struct controller_reconciler *r, json_t *status,
+    const struct controller_builder *b, const json_t *old)
+{
+	struct usage_counts seen, totals;
+	char *err = NULL;
+
+	if (!*controller_builder_identity_of(b)) {
+		json_object_del(status, "usage");
+		return 0;
+	}
+	if (controller_usage_counts_parse(json_object_get(old, "usage"), &seen, &err) < 0) {
+		log_error("builder=%s: status.usage: %s; counted from 0", controller_builder_key(b),
+		    err ? err : "malformed");
+		free(err);
+		memset(&seen, 0, sizeof(seen));
+	}
+	if (usage_ledger_builder_counts(r->ledger, controller_builder_key(b), &seen, &totals) < 0)
+		return -1;
+	return json_object_set_new(status, "usage", controller_usage_counts_json(&totals));
+}
+
 static void builder_status(struct reconcile_op *op, struct controller_builder *b,
     const json_t *pod, const char *pod_name)
 {
@@ -593,7 +618,8 @@ static void builder_status(struct reconcile_op *op, struct controller_builder *b
 	uint64_t now = uv_now(r->loop);
 
 	if (controller_status_compute(&in, &res) < 0 ||
-	    add_builder_fields(res.status, b, now, in.now_ms) < 0) {
+	    add_builder_fields(res.status, b, now, in.now_ms) < 0 ||
+	    add_usage_fields(r, res.status, b, old) < 0) {
 		controller_status_result_finish(&res);
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;

@@ -1,0 +1,149 @@
+"""Usage per identity (NixUsage), end to end on the shipped stack: two keys
+build different amounts through the proxy; the controller counts each
+key's sessions and builder time into its NixUsage and its builders'
+status.usage; the numbers survive a controller restart; `nrbc usage`
+prints them (with the shipped nrbc-usage Role) and maps a key file to its
+identity."""
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import NixClient, salt, wait_for
+from stack import NAMESPACE, Stack
+
+USAGES = "/apis/nix.io/v1alpha1/namespaces/%s/nixusages" % NAMESPACE
+
+
+def identity_of(pub_path):
+    """What the proxy writes: 128 bits of the SHA-256 of the key blob, hex."""
+    blob = base64.b64decode(open(pub_path).read().split()[1])
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+@pytest.fixture(scope="module")
+def stack(cluster, kubelet, nrbc_bin, tmp_path_factory):
+    s = Stack(cluster, kubelet, nrbc_bin, tmp_path_factory.mktemp("stack-usage"),
+              builder_idle_timeout="8s", controller_args=["--usage-interval=2s"])
+    s.install()
+    # Usage of earlier modules' identities (the same keys are made anew, but
+    # a leftover object would mix in): start from none.
+    st, body = cluster.api("DELETE", USAGES)
+    assert st == 200, body
+    s.start()
+    yield s
+    s.stop()
+
+
+def usages(stack):
+    st, body = stack.cluster.api("GET", USAGES)
+    assert st == 200, body
+    return {u["metadata"]["name"]: u for u in body["items"]}
+
+
+def usage_reader_kubeconfig(stack, path):
+    """A ServiceAccount bound to the shipped Role nrbc-usage, as an admin
+    binds a person to it."""
+    c = stack.cluster
+    c.kubectl("-n", NAMESPACE, "create", "serviceaccount", "usage-reader", check=False)
+    c.kubectl("-n", NAMESPACE, "create", "rolebinding", "usage-reader", "--role=nrbc-usage",
+              "--serviceaccount=%s:usage-reader" % NAMESPACE, check=False)
+    return c.sa_kubeconfig("usage-reader", NAMESPACE, path)
+
+
+def nrbc_usage(stack, kubeconfig, *args):
+    return subprocess.run([stack.nrbc_bin, "usage", "--kubeconfig", kubeconfig,
+                           "--namespace", NAMESPACE, *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=60)
+
+
+def test_two_keys_usage_counted_kept_and_printed(stack, tmp_path):
+    a_id = identity_of(stack.keys["user-key"] + ".pub")
+    b_id = identity_of(stack.keys["user-key-2"] + ".pub")
+    clients = [NixClient(tmp_path / "a"), NixClient(tmp_path / "b")]
+    for c in clients:
+        os.makedirs(c.dir, exist_ok=True)
+    # Key A: a graph of 8 derivations; key B: one derivation.
+    clients[0].build("graph.nix", builders=stack.builders("ssh-ng"), sshopts=stack.sshopts(0),
+                     args={"salt": salt(), "n": 8})
+    clients[1].build("simple.nix", builders=stack.builders("ssh-ng"), sshopts=stack.sshopts(1),
+                     args={"salt": salt()})
+    ids = {r["spec"]["identity"] for r in stack.requests()} | {a_id, b_id}
+    assert ids >= {a_id, b_id}
+
+    def counted():
+        u = usages(stack)
+        return (a_id in u and b_id in u and
+                u[a_id].get("status", {}).get("sessionsServed", 0) >= 8 and
+                u[b_id].get("status", {}).get("sessionsServed", 0) >= 1 and u)
+    u = wait_for(counted, 30, what="both identities' sessions in their NixUsage")
+    a, b = u[a_id]["status"], u[b_id]["status"]
+    print("A:", json.dumps(a), "\nB:", json.dumps(b))
+    assert u[a_id]["spec"]["identity"] == a_id
+    assert a["sessionsServed"] > b["sessionsServed"], (a, b)
+    assert a["sessionsFailed"] == 0 and b["sessionsFailed"] == 0, (a, b)
+    assert a["builders"] >= 1 and b["builders"] >= 1, (a, b)
+    # The key's builders show what they served.
+    served = {}
+    for nbd in stack.nixbuilders():
+        ident = nbd["spec"].get("identity")
+        if ident in (a_id, b_id):
+            served[ident] = served.get(ident, 0) + \
+                nbd.get("status", {}).get("usage", {}).get("sessionsServed", 0)
+    assert served.get(a_id, 0) == a["sessionsServed"], (served, a)
+    assert served.get(b_id, 0) == b["sessionsServed"], (served, b)
+
+    # Builder time runs while builders live (--usage-interval=2s).
+    first = a["builderSeconds"]
+    wait_for(lambda: usages(stack)[a_id]["status"]["builderSeconds"] >= first + 2, 15,
+             what="A's builder time to move on")
+
+    # A controller restart loses nothing: the counts are in the API.
+    before = usages(stack)[a_id]["status"]
+    assert stack.controller.stop() == 0
+    stack.controller.start()
+    wait_for(stack.controller.ready, 30, what="controller /readyz after the restart")
+    clients[0].build("simple.nix", builders=stack.builders("ssh-ng"),
+                     sshopts=stack.sshopts(0), args={"salt": salt()})
+    after = wait_for(lambda: (lambda s: s["sessionsServed"] > before["sessionsServed"] and s)(
+        usages(stack)[a_id]["status"]), 30, what="A's next session counted after the restart")
+    assert after["sessionsServed"] == before["sessionsServed"] + 1, (before, after)
+    assert after["builderSeconds"] >= before["builderSeconds"], (before, after)
+
+    # Idle builders go (8 s): their time is retired, counted once, and stays.
+    def retired():
+        s = usages(stack)[a_id]["status"]
+        return s["builders"] == 0 and not s.get("activeBuilders") and s
+    done = wait_for(retired, 60, what="A's builders retired in its NixUsage")
+    assert done["builderSeconds"] == done["retiredBuilderSeconds"], done
+    # Each builder of A lived at least its idle timeout.
+    assert done["builderSeconds"] >= 8, done
+    time.sleep(3)
+    assert usages(stack)[a_id]["status"]["builderSeconds"] == done["builderSeconds"]
+
+    # `nrbc usage` with the shipped Role: a row per identity, A first (more
+    # builder time); --key maps the key file to its identity and row.
+    kc = usage_reader_kubeconfig(stack, str(tmp_path / "reader.kubeconfig"))
+    r = nrbc_usage(stack, kc)
+    assert r.returncode == 0, r.stderr
+    print(r.stdout)
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["IDENTITY", "SERVED", "FAILED", "BUILDERS"], lines
+    rows = {l.split()[0]: l.split() for l in lines[1:]}
+    assert int(rows[a_id][1]) == done["sessionsServed"], rows
+    assert int(rows[b_id][1]) == usages(stack)[b_id]["status"]["sessionsServed"], rows
+    r = nrbc_usage(stack, kc, "--key", stack.keys["user-key-2"])
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0] == "key %s is identity %s" % (stack.keys["user-key-2"], b_id), out
+    assert len(out) == 3 and out[2].split()[0] == b_id, out
+    # Without the Role: a clear refusal, exit 1.
+    plain = stack.cluster.sa_kubeconfig("nrbc-proxy", NAMESPACE, str(tmp_path / "p.kubeconfig"))
+    r = nrbc_usage(stack, plain)
+    assert r.returncode == 1 and "403" in r.stderr and "nrbc-usage" in r.stderr, r.stderr
+    stack.wait_clean()

@@ -17,6 +17,7 @@
 #include "controller_pod.h"
 #include "controller_reconcile.h"
 #include "controller_slim.h"
+#include "controller_usage_metrics.h"
 #include "flags.h"
 #include "health.h"
 #include "kube/kube_client.h"
@@ -75,6 +76,7 @@ struct controller_flags {
 	uint64_t builder_scale_out_wait_ms;
 	uint64_t builder_drain_timeout_ms;
 	uint64_t usage_interval_ms;
+	long usage_metrics_identities;
 	bool builder_sandbox;
 	char *builder_sandbox_seccomp;
 };
@@ -118,6 +120,7 @@ struct controller {
 	struct kube_queue *old_queue; /* paused, of a lost term: passes in flight */
 	struct kube_lease *lease;
 	struct metrics *metrics;
+	struct usage_metrics *usage_metrics;
 	struct health_server *health;
 	struct signals *signals;
 	uv_timer_t drain_timer;
@@ -366,6 +369,21 @@ static void maybe_activate(struct controller *c)
 
 /* The usage cache is not part of readiness (usage never holds a build up);
  * once it is filled, every identity's usage gets a pass. */
+static void on_usage_add(json_t *obj, void *data)
+{
+	usage_metrics_update(((struct controller *)data)->usage_metrics, NULL, obj);
+}
+
+static void on_usage_update(json_t *old_obj, json_t *new_obj, void *data)
+{
+	usage_metrics_update(((struct controller *)data)->usage_metrics, old_obj, new_obj);
+}
+
+static void on_usage_delete(json_t *obj, void *data)
+{
+	usage_metrics_update(((struct controller *)data)->usage_metrics, obj, NULL);
+}
+
 static void on_usage_synced(void *data)
 {
 	struct controller *c = data;
@@ -540,6 +558,9 @@ static int start_health(struct controller *c)
 	    "NixBuildRequests in the informer cache.", NULL);
 	c->m_pods_cached = metrics_gauge(c->metrics, "nrbc_controller_pods_cached",
 	    "Builder pods in the informer cache.", NULL);
+	c->usage_metrics = usage_metrics_create(c->metrics, (size_t)c->f.usage_metrics_identities);
+	if (!c->usage_metrics)
+		return -1;
 	c->m_cache_bytes = metrics_gauge(c->metrics, "nrbc_controller_cache_bytes",
 	    "Bytes of object text the informer caches hold (requests, builders, pods).", NULL);
 	c->health = health_server_create(&c->loop, c->f.health_address, (int)c->f.health_port,
@@ -578,6 +599,9 @@ static int start_kube(struct controller *c)
 		.on_synced = on_synced,
 	};
 	static const struct kube_informer_handlers usage_handlers = {
+		.on_add = on_usage_add,
+		.on_update = on_usage_update,
+		.on_delete = on_usage_delete,
 		.on_synced = on_usage_synced,
 	};
 	static const struct kube_informer_handlers pod_handlers = {
@@ -707,10 +731,12 @@ static int parse_flags(struct controller_flags *f, const struct flag *table, siz
 	    f->health_port > 65535 || f->workers < 1 || f->workers > 10000 ||
 	    f->warm_pool_size < 0 || f->warm_pool_size > 1000 || f->builder_slots < 1 ||
 	    f->max_builders_per_identity < 0 || f->max_builders_per_identity > 1000 ||
-	    f->builder_slots > 1000 || f->usage_interval_ms < 1000) {
+	    f->builder_slots > 1000 || f->usage_interval_ms < 1000 ||
+	    f->usage_metrics_identities < 0 || f->usage_metrics_identities > 10000) {
 		fprintf(stderr, "nrbc controller: --remote-port, --health-port, --workers, "
 		                "--warm-pool-size, --builder-slots, --max-builders-per-identity "
-		                "or --usage-interval (at least 1s) out of range\n");
+		                "--usage-interval (at least 1s) or --usage-metrics-identities "
+		                "(0..10000) out of range\n");
 		return 2;
 	}
 	if (f->builder_sibling_proxy && *f->builder_sibling_proxy) {
@@ -835,6 +861,10 @@ int controller_main(int argc, char **argv)
 		    &f->usage_interval_ms, "30s",
 		    "how often an identity's NixUsage is brought up to date while it has "
 		    "builders (session ends are written at once)", false },
+		{ "usage-metrics-identities", "NRBC_CONTROLLER_USAGE_METRICS_IDENTITIES", FLAG_INT,
+		    &f->usage_metrics_identities, "100",
+		    "identities with /metrics series of their own (nrbc_usage_*); later ones "
+		    "are added into identity=\"other\"", false },
 		{ "builder-sandbox", "NRBC_CONTROLLER_BUILDER_SANDBOX", FLAG_BOOL,
 		    &f->builder_sandbox, "true",
 		    "builds run in Nix's sandbox (user-namespaced pods with an unmasked /proc "
@@ -873,6 +903,7 @@ int controller_main(int argc, char **argv)
 	if (uv_loop_close(&c->loop) != 0)
 		log_warnx("handles left open at exit");
 	kube_config_destroy(c->cfg);
+	usage_metrics_destroy(c->usage_metrics);
 	metrics_destroy(c->metrics);
 	rc = c->exit_code;
 	log_info("exit %d", rc);

@@ -88,6 +88,31 @@ def test_two_keys_usage_counted_kept_and_printed(stack, tmp_path):
     assert a["sessionsServed"] > b["sessionsServed"], (a, b)
     assert a["sessionsFailed"] == 0 and b["sessionsFailed"] == 0, (a, b)
     assert a["builders"] >= 1 and b["builders"] >= 1, (a, b)
+    # Bytes through the proxy, each way: more for the bigger build, and
+    # what the proxy counted in all (its own metric) is what was recorded.
+    assert a["bytesUp"] > b["bytesUp"] > 0, (a, b)
+    assert a["bytesDown"] > b["bytesDown"] > 0, (a, b)
+    # Builders' sessions to their siblings (substitution between a key's
+    # builders, no request of their own) are in the proxy's total only: here
+    # they find nothing to fetch, a few hundred bytes each.
+    pm = stack.proxy_metrics()
+    siblings = stack.proxy.log().count("bridged to its sibling")
+    for d, f in (("up", "bytesUp"), ("down", "bytesDown")):
+        total = pm['nrbc_proxy_bytes_total{direction="%s"}' % d]
+        recorded = sum(x.get("status", {}).get(f, 0) for x in usages(stack).values())
+        print("bytes %s: proxy %d, recorded %d, %d sibling sessions" % (d, total, recorded,
+                                                                        siblings))
+        assert recorded <= total <= recorded + 1000 * siblings, (d, recorded, total, siblings)
+    # Prometheus, by identity (every replica, from the API).
+    def metrics_caught_up():
+        m = stack.controller_metrics()
+        return (m.get('nrbc_usage_sessions_total{identity="%s",outcome="served"}' % a_id) ==
+                a["sessionsServed"] and
+                m.get('nrbc_usage_bytes_total{identity="%s",direction="up"}' % b_id) ==
+                b["bytesUp"] and m)
+    m = wait_for(metrics_caught_up, 10, what="nrbc_usage_* to show the NixUsages")
+    assert m['nrbc_usage_identities{labelled="true"}'] >= 2, m
+    assert m['nrbc_usage_identities{labelled="false"}'] == 0, m
     # The key's builders show what they served.
     served = {}
     for nbd in stack.nixbuilders():

@@ -15,6 +15,9 @@
 
 #include "controller/controller_usage.h"
 #include "controller/controller_usage_ledger.h"
+#include "controller/controller_usage_metrics.h"
+#include "buf.h"
+#include "metrics.h"
 #include "controller_test_fixtures.h"
 #include "json_field.h"
 #include "rfc3339.h"
@@ -309,6 +312,77 @@ static void test_ledger_builder_totals_seeded_once(void **state)
 	usage_ledger_destroy(l);
 }
 
+/* ---------- the metrics ---------- */
+
+static double series(struct metrics *reg, const char *line_start)
+{
+	struct buf b;
+	char *p;
+	double v = -1;
+
+	buf_init(&b, 1 << 20);
+	assert_int_equal(metrics_render(reg, &b), 0);
+	for (p = b.data; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+		if (strncmp(p, line_start, strlen(line_start)) == 0 && p[strlen(line_start)] == ' ') {
+			v = strtod(p + strlen(line_start) + 1, NULL);
+			break;
+		}
+	}
+	buf_finish(&b);
+	return v;
+}
+
+static json_t *usage_obj(const char *identity, int served, int bytes_up, int builders)
+{
+	return json_pack("{s:{s:s},s:{s:i,s:i,s:i}}", "spec", "identity", identity, "status",
+	    "sessionsServed", served, "bytesUp", bytes_up, "builders", builders);
+}
+
+static void test_metrics_follow_the_objects_with_a_bound(void **state)
+{
+	struct metrics *reg = metrics_create();
+	struct usage_metrics *u = usage_metrics_create(reg, 2);
+	json_t *a1 = usage_obj("aa", 3, 100, 1), *a2 = usage_obj("aa", 5, 150, 0);
+	json_t *b1 = usage_obj("bb", 1, 10, 2), *c1 = usage_obj("cc", 4, 40, 1);
+	json_t *d1 = usage_obj("dd", 6, 60, 2), *bad = usage_obj("NOT-HEX", 9, 9, 9);
+
+	(void)state;
+	usage_metrics_update(u, NULL, a1);
+	usage_metrics_update(u, a1, a2);
+	usage_metrics_update(u, NULL, b1);
+	usage_metrics_update(u, NULL, c1);
+	usage_metrics_update(u, NULL, d1);
+	usage_metrics_update(u, NULL, bad);
+	assert_true(series(reg, "nrbc_usage_sessions_total{identity=\"aa\",outcome=\"served\"}")
+	    == 5);
+	assert_true(series(reg, "nrbc_usage_bytes_total{identity=\"aa\",direction=\"up\"}") ==
+	    150);
+	assert_true(series(reg, "nrbc_usage_builders{identity=\"aa\"}") == 0);
+	assert_true(series(reg, "nrbc_usage_builders{identity=\"bb\"}") == 2);
+	/* Beyond 2 identities: into "other", summed. */
+	assert_true(series(reg, "nrbc_usage_sessions_total{identity=\"cc\",outcome=\"served\"}")
+	    == -1);
+	assert_true(series(reg,
+	    "nrbc_usage_sessions_total{identity=\"other\",outcome=\"served\"}") == 10);
+	assert_true(series(reg, "nrbc_usage_builders{identity=\"other\"}") == 3);
+	assert_true(series(reg, "nrbc_usage_identities{labelled=\"true\"}") == 2);
+	assert_true(series(reg, "nrbc_usage_identities{labelled=\"false\"}") == 2);
+	/* A deletion takes nothing back from counters, the gauge follows. */
+	usage_metrics_update(u, d1, NULL);
+	assert_true(series(reg,
+	    "nrbc_usage_sessions_total{identity=\"other\",outcome=\"served\"}") == 10);
+	assert_true(series(reg, "nrbc_usage_builders{identity=\"other\"}") == 1);
+	assert_true(series(reg, "nrbc_usage_identities{labelled=\"false\"}") == 1);
+	json_decref(a1);
+	json_decref(a2);
+	json_decref(b1);
+	json_decref(c1);
+	json_decref(d1);
+	json_decref(bad);
+	usage_metrics_destroy(u);
+	metrics_destroy(reg);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -323,6 +397,7 @@ int main(void)
 		cmocka_unit_test(test_ledger_write_lands_or_is_put_back),
 		cmocka_unit_test(test_ledger_builder_ends_settled_by_the_write),
 		cmocka_unit_test(test_ledger_builder_totals_seeded_once),
+		cmocka_unit_test(test_metrics_follow_the_objects_with_a_bound),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

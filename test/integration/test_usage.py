@@ -172,3 +172,59 @@ def test_two_keys_usage_counted_kept_and_printed(stack, tmp_path):
     r = nrbc_usage(stack, plain)
     assert r.returncode == 1 and "403" in r.stderr and "nrbc-usage" in r.stderr, r.stderr
     stack.wait_clean()
+
+
+def test_two_replicas_count_once_across_a_failover(stack, tmp_path):
+    """The shipped controller runs two replicas: only the leader counts,
+    and a failover neither loses nor repeats a session."""
+    from conftest import free_port
+    from stack import Role
+    c_id = identity_of(stack.keys["user-key-3"] + ".pub")
+    first = stack.controller
+    port = free_port()
+    overrides = [o for o in first.overrides if not o.startswith("--health-port=")]
+    second = Role(stack, stack.deployment("nrbc-controller"),
+                  overrides + ["--health-port=%d" % port])
+    second.health_port = port
+    second.log_path = os.path.join(stack.dir, "nrbc-controller-2.log")
+    second.start()
+    try:
+        wait_for(second.ready, 30, what="the second replica's /readyz")
+
+        def leader():
+            ms = [(r, r.metrics().get("nrbc_controller_leader")) for r in (first, second)]
+            lead = [r for r, v in ms if v == 1]
+            return len(lead) == 1 and lead[0]
+        lead = wait_for(leader, 30, what="one leader of two replicas")
+        client = NixClient(tmp_path / "c")
+        os.makedirs(client.dir, exist_ok=True)
+        client.build("graph.nix", builders=stack.builders("ssh-ng"), sshopts=stack.sshopts(2),
+                     args={"salt": salt(), "n": 3})
+
+        def served(n):
+            s = usages(stack).get(c_id, {}).get("status", {})
+            return s.get("sessionsServed") == n and s
+        wait_for(lambda: served(4), 30, what="4 sessions of key 3 counted")
+        # The leader goes (SIGTERM: it gives the Lease up); the other leads.
+        assert lead.stop() == 0
+        other = second if lead is first else first
+        wait_for(lambda: other.metrics().get("nrbc_controller_leader") == 1, 30,
+                 what="the other replica to lead")
+        client.build("simple.nix", builders=stack.builders("ssh-ng"), sshopts=stack.sshopts(2),
+                     args={"salt": salt()})
+        wait_for(lambda: served(5), 30, what="the 5th session counted by the new leader")
+        # Nothing counted twice (the standby saw every session end too).
+        time.sleep(4)
+        s = usages(stack)[c_id]["status"]
+        assert s["sessionsServed"] == 5 and s["sessionsFailed"] == 0, s
+        # Both replicas show the same numbers in /metrics.
+        m = other.metrics()
+        assert m['nrbc_usage_sessions_total{identity="%s",outcome="served"}' % c_id] == 5, m
+        if lead is first:
+            first.start()
+            wait_for(first.ready, 30, what="the first replica back")
+    finally:
+        second.stop()
+        if first.proc.poll() is not None:
+            first.start()
+            wait_for(first.ready, 30, what="the first replica back")

@@ -376,6 +376,39 @@ static bool at_builder_bound(struct reconcile_op *op, const char *identity, cons
 	return true;
 }
 
+static void count_holding(struct controller_builder *b, void *data)
+{
+	enum builder_state s = controller_builder_state(b);
+
+	if (s != BUILDER_DELETING && s != BUILDER_FAILED)
+		(*(size_t *)data)++;
+}
+
+/* The identity's builder quota (all classes) is reached and the request
+ * would need one more: it is refused with the one line the proxy relays.
+ * True when the pass is over. */
+static bool at_builder_quota(struct reconcile_op *op, const char *identity)
+{
+	struct controller_reconciler *r = op->r;
+	const char *ns = kube_object_namespace(op->nbr), *source;
+	const json_t *usage = r->usages ? kube_informer_get(r->usages, ns, identity) : NULL;
+	long max = controller_usage_max_builders(usage, r->opts.quota_max_builders, &source);
+	size_t have = 0;
+	char *msg;
+
+	if (max <= 0)
+		return false;
+	controller_builders_foreach_of(r->builders, ns, identity, count_holding, &have);
+	if (have < (size_t)max)
+		return false;
+	msg = controller_usage_quota_message(max, have, source);
+	log_info("nbr=%s: %s", op->key, msg ? msg : "builder quota reached");
+	reconcile_set_status(op, CONTROLLER_PHASE_FAILED, CONTROLLER_REASON_QUOTA,
+	    msg ? msg : "quota: builders at once reached", KUBE_QUEUE_FORGET);
+	free(msg);
+	return true;
+}
+
 void reconcile_identity_request(struct reconcile_op *op)
 {
 	struct controller_reconciler *r = op->r;
@@ -457,7 +490,7 @@ void reconcile_identity_request(struct reconcile_op *op)
 			return;
 		}
 	}
-	if (at_builder_bound(op, identity, class))
+	if (at_builder_bound(op, identity, class) || at_builder_quota(op, identity))
 		return;
 	if (try_claim(op, identity, class))
 		return;

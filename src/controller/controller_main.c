@@ -77,6 +77,7 @@ struct controller_flags {
 	uint64_t builder_drain_timeout_ms;
 	uint64_t usage_interval_ms;
 	long usage_metrics_identities;
+	long quota_max_builders;
 	bool builder_sandbox;
 	char *builder_sandbox_seccomp;
 };
@@ -640,6 +641,7 @@ static int start_kube(struct controller *c)
 		.builder_idle_timeout_ms = c->f.builder_idle_timeout_ms,
 		.builder_scale_out_wait_ms = c->f.builder_scale_out_wait_ms,
 		.usage_interval_ms = c->f.usage_interval_ms,
+		.quota_max_builders = c->f.quota_max_builders,
 	};
 
 	if (c->f.warm_pool_size > 0 && !ns) {
@@ -732,11 +734,12 @@ static int parse_flags(struct controller_flags *f, const struct flag *table, siz
 	    f->warm_pool_size < 0 || f->warm_pool_size > 1000 || f->builder_slots < 1 ||
 	    f->max_builders_per_identity < 0 || f->max_builders_per_identity > 1000 ||
 	    f->builder_slots > 1000 || f->usage_interval_ms < 1000 ||
-	    f->usage_metrics_identities < 0 || f->usage_metrics_identities > 10000) {
+	    f->usage_metrics_identities < 0 || f->usage_metrics_identities > 10000 ||
+	    f->quota_max_builders < 0 || f->quota_max_builders > 100000) {
 		fprintf(stderr, "nrbc controller: --remote-port, --health-port, --workers, "
 		                "--warm-pool-size, --builder-slots, --max-builders-per-identity "
-		                "--usage-interval (at least 1s) or --usage-metrics-identities "
-		                "(0..10000) out of range\n");
+		                "--usage-interval (at least 1s), --usage-metrics-identities "
+		                "(0..10000) or --quota-max-builders out of range\n");
 		return 2;
 	}
 	if (f->builder_sibling_proxy && *f->builder_sibling_proxy) {
@@ -865,6 +868,11 @@ int controller_main(int argc, char **argv)
 		    &f->usage_metrics_identities, "100",
 		    "identities with /metrics series of their own (nrbc_usage_*); later ones "
 		    "are added into identity=\"other\"", false },
+		{ "quota-max-builders", "NRBC_CONTROLLER_QUOTA_MAX_BUILDERS", FLAG_INT,
+		    &f->quota_max_builders, "0",
+		    "builders of all classes one client key may hold at once (0: no quota); a "
+		    "session that would need one more is refused, saying so; an identity's "
+		    "NixUsage spec.maxBuilders overrides", false },
 		{ "builder-sandbox", "NRBC_CONTROLLER_BUILDER_SANDBOX", FLAG_BOOL,
 		    &f->builder_sandbox, "true",
 		    "builds run in Nix's sandbox (user-namespaced pods with an unmasked /proc "

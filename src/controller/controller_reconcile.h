@@ -38,6 +38,10 @@ struct controller_reconcile_options {
 	/* While an identity has builders, its NixUsage is brought up to date
 	 * at least this often (their time runs). */
 	uint64_t usage_interval_ms;
+	/* Builders of all classes one identity may hold at once (0: no
+	 * quota); a NixUsage's spec.maxBuilders overrides. A session that
+	 * would need one more is refused (QuotaExceeded). */
+	long quota_max_builders;
 };
 
 /* The queue key of the pool pass (not a valid "ns/name"). */

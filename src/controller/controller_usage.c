@@ -112,6 +112,25 @@ void controller_usage_of_request(const json_t *nbr, bool completed, struct usage
 	c->bytes_down = request_bytes(st, "bytesDown");
 }
 
+long controller_usage_max_builders(const json_t *usage, long flag_default, const char **source)
+{
+	json_t *v = json_object_get(json_object_get(usage, "spec"), "maxBuilders");
+
+	if (json_is_integer(v) && json_integer_value(v) > 0) {
+		*source = "its NixUsage's spec.maxBuilders";
+		return (long)json_integer_value(v);
+	}
+	*source = "--quota-max-builders";
+	return flag_default > 0 ? flag_default : 0;
+}
+
+char *controller_usage_quota_message(long max, size_t have, const char *source)
+{
+	return str_printf("quota: this key may hold at most %ld builder%s at once (%s) and holds "
+	    "%zu, every slot busy: refused until one of its sessions ends", max,
+	    max == 1 ? "" : "s", source, have);
+}
+
 int64_t controller_usage_last_update(const json_t *status)
 {
 	return rfc3339_parse_ms(json_string_value(json_object_get(status, "lastUpdate")));

@@ -76,6 +76,14 @@ json_t *controller_usage_build(const char *ns, const char *identity);
  * the request's status (bytesUp, bytesDown; absent or malformed: 0). */
 void controller_usage_of_request(const json_t *nbr, bool completed, struct usage_counts *c);
 
+/* The builders one identity may hold at once, over all classes: its
+ * NixUsage's spec.maxBuilders (the admin's override; usage NULL or the
+ * field absent or 0: none), else flag_default (0: no quota). *source says
+ * which, for the refusal line. */
+long controller_usage_max_builders(const json_t *usage, long flag_default, const char **source);
+/* The one line a session refused by the builder quota gets. Heap. */
+char *controller_usage_quota_message(long max, size_t have, const char *source);
+
 /* status.lastUpdate in ms, or -1. */
 int64_t controller_usage_last_update(const json_t *status);
 

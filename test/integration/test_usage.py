@@ -228,3 +228,65 @@ def test_two_replicas_count_once_across_a_failover(stack, tmp_path):
         if first.proc.poll() is not None:
             first.start()
             wait_for(first.ready, 30, what="the first replica back")
+
+
+def test_builder_quota_refuses_with_one_line_then_serves_again(stack, tmp_path):
+    """An identity's quota of builders at once (its NixUsage's
+    spec.maxBuilders, the admin's override of --quota-max-builders): the
+    sessions its builder holds go on, the one that would need another
+    builder is refused with one line saying which quota and until when,
+    and once a session ends the next is served."""
+    a_id = identity_of(stack.keys["user-key"] + ".pub")
+    path = USAGES + "/" + a_id
+    st, body = stack.cluster.api("GET", path)
+    if st == 404:
+        st, body = stack.cluster.api("POST", USAGES, {
+            "apiVersion": "nix.io/v1alpha1", "kind": "NixUsage",
+            "metadata": {"name": a_id}, "spec": {"identity": a_id}})
+        assert st == 201, body
+    st, body = stack.cluster.api("PATCH", path, json.dumps({"spec": {"maxBuilders": 1}}).encode(),
+                                 headers={"Content-Type": "application/merge-patch+json"})
+    assert st == 200, body
+    before = usages(stack)[a_id].get("status", {})
+    ssh = ["ssh"] + stack.sshopts(0).split() + ["nixbld@" + stack.proxy_address]
+    held = []
+    try:
+        # Four sessions (the builder's 4 slots) held open on one builder.
+        for _ in range(4):
+            held.append(subprocess.Popen(ssh + ["nix-store", "--serve", "--write"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE))
+        wait_for(lambda: sum(1 for r in stack.requests() if r["spec"]["identity"] == a_id and
+                             (r.get("status") or {}).get("phase") == "Running") == 4, 30,
+                 what="4 sessions of key A running")
+        # The fifth would need a second builder: refused, one line, exit 1.
+        r = subprocess.run(ssh + ["nix-store", "--serve", "--write"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        print("refused:", r.stderr.strip())
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        lines = [l for l in r.stderr.splitlines() if "quota" in l]
+        assert len(lines) == 1, r.stderr
+        assert "at most 1 builder at once" in lines[0], lines
+        assert "spec.maxBuilders" in lines[0] and "until one of its sessions ends" in lines[0]
+        # The held sessions were not touched.
+        assert all(p.poll() is None for p in held)
+        # One ends: the next session is served (a real build).
+        held[0].stdin.close()
+        held[0].wait(30)
+        client = NixClient(tmp_path / "q")
+        os.makedirs(client.dir, exist_ok=True)
+        client.build("simple.nix", builders=stack.builders("ssh-ng", max_jobs=1),
+                     sshopts=stack.sshopts(0), args={"salt": salt()})
+    finally:
+        for p in held:
+            if p.poll() is None:
+                p.stdin.close()
+                p.wait(30)
+    after = wait_for(lambda: (lambda s: s.get("sessionsFailed", 0) > before.get(
+        "sessionsFailed", 0) and s)(usages(stack)[a_id].get("status", {})), 30,
+        what="the refused session counted as failed")
+    assert after["sessionsServed"] > before.get("sessionsServed", 0), (before, after)
+    st, body = stack.cluster.api("PATCH", path, json.dumps({"spec": {"maxBuilders": None}}).encode(),
+                                 headers={"Content-Type": "application/merge-patch+json"})
+    assert st == 200, body
+    stack.wait_clean()

@@ -212,6 +212,28 @@ static void test_build_object(void **state)
 	json_decref(o);
 }
 
+static void test_builder_quota_override_and_line(void **state)
+{
+	json_t *u = test_load_json("{\"spec\":{\"identity\":\"aa\",\"maxBuilders\":2}}");
+	json_t *zero = test_load_json("{\"spec\":{\"identity\":\"aa\",\"maxBuilders\":0}}");
+	const char *source;
+	char *msg;
+
+	(void)state;
+	assert_int_equal(controller_usage_max_builders(u, 5, &source), 2);
+	assert_non_null(strstr(source, "spec.maxBuilders"));
+	assert_int_equal(controller_usage_max_builders(zero, 5, &source), 5);
+	assert_string_equal(source, "--quota-max-builders");
+	assert_int_equal(controller_usage_max_builders(NULL, 0, &source), 0);
+	msg = controller_usage_quota_message(1, 1, "--quota-max-builders");
+	assert_string_equal(msg, "quota: this key may hold at most 1 builder at once "
+	    "(--quota-max-builders) and holds 1, every slot busy: refused until one of its "
+	    "sessions ends");
+	free(msg);
+	json_decref(u);
+	json_decref(zero);
+}
+
 /* ---------- the ledger ---------- */
 
 static void test_ledger_write_lands_or_is_put_back(void **state)
@@ -394,6 +416,7 @@ int main(void)
 		cmocka_unit_test(test_malformed_status_is_refused_with_the_field),
 		cmocka_unit_test(test_request_end_adds_phase_and_bytes),
 		cmocka_unit_test(test_build_object),
+		cmocka_unit_test(test_builder_quota_override_and_line),
 		cmocka_unit_test(test_ledger_write_lands_or_is_put_back),
 		cmocka_unit_test(test_ledger_builder_ends_settled_by_the_write),
 		cmocka_unit_test(test_ledger_builder_totals_seeded_once),

@@ -1,5 +1,6 @@
 #include "controller_usage.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include "buf.h"
@@ -22,12 +23,19 @@ static int64_t *count_slot(struct usage_counts *c, size_t i)
 
 #define COUNT_FIELDS (sizeof(count_fields) / sizeof(count_fields[0]))
 
+/* Counters stop at INT64_MAX rather than wrap (a hand-written status may
+ * start anywhere). Both are non-negative. */
+static int64_t sat_add(int64_t a, int64_t b)
+{
+	return a > INT64_MAX - b ? INT64_MAX : a + b;
+}
+
 void usage_counts_add(struct usage_counts *to, const struct usage_counts *d)
 {
-	to->served += d->served;
-	to->failed += d->failed;
-	to->bytes_up += d->bytes_up;
-	to->bytes_down += d->bytes_down;
+	to->served = sat_add(to->served, d->served);
+	to->failed = sat_add(to->failed, d->failed);
+	to->bytes_up = sat_add(to->bytes_up, d->bytes_up);
+	to->bytes_down = sat_add(to->bytes_down, d->bytes_down);
 }
 
 bool usage_counts_zero(const struct usage_counts *c)
@@ -223,16 +231,24 @@ static int fold_builders(const struct usage_input *in, const json_t *old_active,
 
 		if (parse_active(el, i, &a, err) < 0)
 			return -1;
-		if (!find_live(in, &a)) {
-			*retired += (end_of(in, &a) - a.since) / 1000;
+		if (listed(active, a.name, a.uid)) {
+			/* Listed twice (by hand): one builder, counted once. */
 			*changed = true;
 			continue;
 		}
+		if (!find_live(in, &a)) {
+			*retired = sat_add(*retired, (end_of(in, &a) - a.since) / 1000);
+			*changed = true;
+			continue;
+		}
+		if (a.since > in->now_ms)
+			a.since = in->now_ms; /* a clock ahead of ours: counted from now */
+		if (a.last_seen < in->now_ms)
+			a.last_seen = in->now_ms;
 		if (json_array_append_new(active, active_json(a.name, a.uid, a.since,
-		    in->now_ms > a.last_seen ? in->now_ms : a.last_seen)) < 0)
+		    a.last_seen)) < 0)
 			goto nomem;
-		*live_seconds += ((in->now_ms > a.last_seen ? in->now_ms : a.last_seen) - a.since) /
-		    1000;
+		*live_seconds = sat_add(*live_seconds, (a.last_seen - a.since) / 1000);
 	}
 	for (i = 0; i < in->n_live; i++) {
 		const struct usage_live *l = &in->live[i];
@@ -246,7 +262,7 @@ static int fold_builders(const struct usage_input *in, const json_t *old_active,
 		if (json_array_append_new(active, active_json(l->name, l->uid, since,
 		    in->now_ms)) < 0)
 			goto nomem;
-		*live_seconds += (in->now_ms - since) / 1000;
+		*live_seconds = sat_add(*live_seconds, (in->now_ms - since) / 1000);
 		*changed = true;
 	}
 	return 0;
@@ -292,7 +308,7 @@ int controller_usage_status(const struct usage_input *in, json_t **out, bool *ch
 		goto nomem;
 	}
 	active = NULL;
-	if (json_object_set_new(st, "builderSeconds", json_integer(retired + live_seconds)) < 0 ||
+	if (json_object_set_new(st, "builderSeconds", json_integer(sat_add(retired, live_seconds))) < 0 ||
 	    json_object_set_new(st, "retiredBuilderSeconds", json_integer(retired)) < 0 ||
 	    json_object_set_new(st, "lastUpdate", json_string(now)) < 0)
 		goto nomem;

@@ -150,6 +150,24 @@ static void test_same_name_new_uid_is_another_builder(void **state)
 	json_decref(st);
 }
 
+static void test_builder_listed_twice_counted_once(void **state)
+{
+	struct usage_live live[] = { { "nb-a-1", "u1", T0 } };
+	const char *twice = "{\"activeBuilders\":["
+	    "{\"name\":\"nb-a-1\",\"uid\":\"u1\",\"since\":\"2026-12-07T11:59:00Z\","
+	    "\"lastSeen\":\"2026-12-07T11:59:30Z\"},"
+	    "{\"name\":\"nb-a-1\",\"uid\":\"u1\",\"since\":\"2026-12-07T11:58:00Z\","
+	    "\"lastSeen\":\"2026-12-07T11:59:30Z\"}]}";
+	bool changed = false;
+	json_t *st = pass(twice, NULL, live, 1, NULL, 0, T0, &changed);
+
+	(void)state;
+	assert_true(changed);
+	assert_int_equal(int_of(st, "builders"), 1);
+	assert_int_equal(int_of(st, "builderSeconds"), 60);
+	json_decref(st);
+}
+
 static void malformed(const char *old_text, const char *field)
 {
 	json_t *old = test_load_json(old_text), *out = NULL;
@@ -413,6 +431,7 @@ int main(void)
 		cmocka_unit_test(test_gone_builder_retired_once_at_its_end),
 		cmocka_unit_test(test_gone_builder_without_seen_end_counts_to_last_seen),
 		cmocka_unit_test(test_same_name_new_uid_is_another_builder),
+		cmocka_unit_test(test_builder_listed_twice_counted_once),
 		cmocka_unit_test(test_malformed_status_is_refused_with_the_field),
 		cmocka_unit_test(test_request_end_adds_phase_and_bytes),
 		cmocka_unit_test(test_build_object),

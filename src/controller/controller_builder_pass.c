@@ -34,6 +34,9 @@
 #define CLAIM_WAIT_MS 5
 /* Waiting for a slot of a full builder: look again this often. */
 #define SLOT_WAIT_STEP_MS 20
+/* How long past the scale-out wait a request waits for a slot or for the
+ * builder started for it to be Ready, before it binds to that builder. */
+#define SPARE_PATIENCE_MS 3000
 /* How often a request of an identity at its builder bound looks for a slot. */
 #define BOUND_WAIT_STEP_MS 100
 
@@ -409,6 +412,120 @@ static bool at_builder_quota(struct reconcile_op *op, const char *identity)
 	return true;
 }
 
+static void on_spare_created(const struct kube_response *resp, void *data)
+{
+	struct reconcile_op *op = data;
+	struct controller_reconciler *r = op->r;
+
+	op->request = 0;
+	if (resp->status == 201 && json_is_object(resp->body)) {
+		metric_add(r->m.builders_created, 1);
+		log_info("nbr=%s: started builder %s for its key's next sessions", op->key,
+		    op->builder_key);
+		controller_builders_seen(r->builders, resp->body, uv_now(r->loop));
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, SLOT_WAIT_STEP_MS);
+		return;
+	}
+	{
+		struct controller_builder *b = controller_builders_get(r->builders, op->builder_key);
+
+		if (b && controller_builder_state(b) == BUILDER_CREATING)
+			controller_builders_remove(r->builders, op->builder_key);
+	}
+	if (resp->status != 409)
+		log_error("nbr=%s: cannot create builder %s: HTTP %ld %s", op->key,
+		    op->builder_key, resp->status, resp->message);
+	/* The next pass binds the request to a new builder of its own, which
+	 * says what is wrong in the request's status. */
+	reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+}
+
+/* A builder for identity that no request holds yet: the request waiting
+ * for a slot takes it once its pod is Ready, unless a slot on a busy
+ * builder frees first (then the next request of the identity takes it, or
+ * it goes after its idle timeout). */
+static void create_spare(struct reconcile_op *op, const char *identity, const char *class)
+{
+	struct controller_reconciler *r = op->r;
+	const char *ns = kube_object_namespace(op->nbr);
+	long slots = controller_class_slots(op->nbr, r->opts.builder_slots);
+	char *name = controller_builders_next_name(r->builders, ns, identity, class);
+	json_t *obj = name ? controller_builder_build(ns, name, identity, class, slots,
+	    op->nbr) : NULL;
+	struct controller_builder *b = obj ? controller_builders_add(r->builders, ns, name,
+	    identity, class, slots, uv_now(r->loop)) : NULL;
+
+	free(name);
+	if (!b || !(op->builder_key = strdup(controller_builder_key(b)))) {
+		if (b)
+			controller_builders_remove(r->builders, controller_builder_key(b));
+		json_decref(obj);
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return;
+	}
+	op->request = kube_create(r->client, &kube_resource_nixbuilders, ns, obj,
+	    on_spare_created, op);
+	json_decref(obj);
+	if (!op->request) {
+		controller_builders_remove(r->builders, op->builder_key);
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+	}
+}
+
+/* A request not bound yet: the first place that can serve it. A Ready
+ * builder of its identity with a free slot first. When every builder is
+ * full, Nix has usually just ended a session whose end is a few ms from
+ * reaching us, so the request waits --builder-scale-out-wait for a slot;
+ * then it scales out (a warm pool builder, else a new one) but takes
+ * whichever comes first, a freed slot or the new builder Ready: Nix opens
+ * its sessions one at a time, so every ms a session waits, the whole build
+ * waits. */
+static void next_builder(struct reconcile_op *op, const char *identity, const char *class)
+{
+	struct controller_reconciler *r = op->r;
+	const char *ns = kube_object_namespace(op->nbr);
+	size_t usable = controller_builders_usable(r->builders, ns, identity, class);
+	size_t ready = controller_builders_ready(r->builders, ns, identity, class);
+	uint64_t age = reconcile_state_age_ms(r->states, op->key, uv_now(r->loop));
+	uint64_t wait = r->opts.builder_scale_out_wait_ms;
+	struct controller_builder *b = controller_builders_pick_ready(r->builders, ns, identity,
+	    class);
+
+	if (b) {
+		bind_request(op, b, controller_builder_bound_once(b) ? r->m.binds_reused :
+		    r->m.binds_new);
+		return;
+	}
+	/* One on its way with a free slot: nothing Ready could free a slot
+	 * sooner, or it has been waited for long enough (its pod may never
+	 * start: bound, the request says why). */
+	b = controller_builders_pick(r->builders, ns, identity, class);
+	if (b && (!ready || age >= wait + SPARE_PATIENCE_MS)) {
+		bind_request(op, b, controller_builder_bound_once(b) ? r->m.binds_reused :
+		    r->m.binds_new);
+		return;
+	}
+	if (controller_builders_claim_pending(r->builders, ns, identity, class)) {
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, CLAIM_WAIT_MS);
+		return;
+	}
+	if (b || (usable > 0 && age < wait)) {
+		uint64_t left = age < wait ? wait - age : SLOT_WAIT_STEP_MS;
+
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET,
+		    left < SLOT_WAIT_STEP_MS ? left : SLOT_WAIT_STEP_MS);
+		return;
+	}
+	if (at_builder_bound(op, identity, class) || at_builder_quota(op, identity))
+		return;
+	if (try_claim(op, identity, class))
+		return;
+	if (ready)
+		create_spare(op, identity, class);
+	else
+		create_builder(op, identity, class);
+}
+
 void reconcile_identity_request(struct reconcile_op *op)
 {
 	struct controller_reconciler *r = op->r;
@@ -465,36 +582,7 @@ void reconcile_identity_request(struct reconcile_op *op)
 		mirror_builder(op, b);
 		return;
 	}
-	b = controller_builders_pick(r->builders, ns, identity, class);
-	if (b) {
-		bind_request(op, b, r->m.binds_reused);
-		return;
-	}
-	if (controller_builders_claim_pending(r->builders, ns, identity, class)) {
-		reconcile_op_finish(op, KUBE_QUEUE_FORGET, CLAIM_WAIT_MS);
-		return;
-	}
-	/* Every builder of the identity is full. Nix opens the next session
-	 * the moment one ends, a few ms before the ended request reaches us:
-	 * a new builder then would upload the whole input closure again, so
-	 * wait a moment for a slot first (a real scale-out waits for a pod
-	 * anyway). */
-	if (controller_builders_usable(r->builders, ns, identity, class) > 0) {
-		uint64_t age = reconcile_state_age_ms(r->states, op->key, uv_now(r->loop));
-
-		if (age < r->opts.builder_scale_out_wait_ms) {
-			uint64_t left = r->opts.builder_scale_out_wait_ms - age;
-
-			reconcile_op_finish(op, KUBE_QUEUE_FORGET,
-			    left < SLOT_WAIT_STEP_MS ? left : SLOT_WAIT_STEP_MS);
-			return;
-		}
-	}
-	if (at_builder_bound(op, identity, class) || at_builder_quota(op, identity))
-		return;
-	if (try_claim(op, identity, class))
-		return;
-	create_builder(op, identity, class);
+	next_builder(op, identity, class);
 }
 
 /* ---------- a builder ---------- */

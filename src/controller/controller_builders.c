@@ -22,6 +22,7 @@ struct controller_builder {
 	enum builder_state state;
 	char **requests;    /* bound request keys */
 	size_t nrequests, cap;
+	bool bound_once;    /* has served, or may have (made before the table knew it) */
 	uint64_t added_at;
 	uint64_t idle_since;
 	json_t *expected_pod;
@@ -204,8 +205,12 @@ struct controller_builder *controller_builders_seen(struct controller_builders *
 	struct controller_builder *b = key ? controller_builders_get(t, key) : NULL;
 
 	free(key);
-	if (!b)
+	if (!b) {
+		/* Made before this table knew it: it may have served. */
 		b = entry_new(t, ns, name, now_ms);
+		if (b)
+			b->bound_once = true;
+	}
 	if (!b)
 		return NULL;
 	/* An identity is given once (a pool builder's "" becomes a client's)
@@ -246,8 +251,14 @@ static bool matches(const struct controller_builder *b, const char *ns, const ch
 	    strcmp(b->class, class) == 0;
 }
 
-struct controller_builder *controller_builders_pick(struct controller_builders *t,
-    const char *ns, const char *identity, const char *class)
+/* Its pod is Ready: a session bound now is served now. */
+static bool serving_now(const struct controller_builder *b)
+{
+	return b->state == BUILDER_READY || b->state == BUILDER_IDLE;
+}
+
+static struct controller_builder *pick(struct controller_builders *t, const char *ns,
+    const char *identity, const char *class, bool ready_only)
 {
 	struct controller_builder *best = NULL;
 
@@ -255,13 +266,37 @@ struct controller_builder *controller_builders_pick(struct controller_builders *
 		return NULL;
 	for (struct controller_builder *b = t->head; b; b = b->next) {
 		if (!usable(b) || b->claiming || !matches(b, ns, identity, class) ||
-		    b->nrequests >= (size_t)b->slots)
+		    b->nrequests >= (size_t)b->slots || (ready_only && !serving_now(b)))
 			continue;
 		if (!best || b->nrequests > best->nrequests ||
 		    (b->nrequests == best->nrequests && b->added_at < best->added_at))
 			best = b;
 	}
 	return best;
+}
+
+struct controller_builder *controller_builders_pick(struct controller_builders *t,
+    const char *ns, const char *identity, const char *class)
+{
+	return pick(t, ns, identity, class, false);
+}
+
+struct controller_builder *controller_builders_pick_ready(struct controller_builders *t,
+    const char *ns, const char *identity, const char *class)
+{
+	return pick(t, ns, identity, class, true);
+}
+
+size_t controller_builders_ready(struct controller_builders *t, const char *ns,
+    const char *identity, const char *class)
+{
+	size_t n = 0;
+
+	for (struct controller_builder *b = t->head; b; b = b->next) {
+		if (serving_now(b) && matches(b, ns, identity, class))
+			n++;
+	}
+	return n;
 }
 
 size_t controller_builders_usable(struct controller_builders *t, const char *ns,
@@ -388,6 +423,7 @@ int controller_builders_bind(struct controller_builders *t, struct controller_bu
 	if (!copy)
 		return -1;
 	b->requests[b->nrequests++] = copy;
+	b->bound_once = true;
 	settle_idle(b, now_ms);
 	return 0;
 }
@@ -515,6 +551,11 @@ size_t controller_builder_sessions(const struct controller_builder *b)
 const char *controller_builder_request(const struct controller_builder *b, size_t i)
 {
 	return i < b->nrequests ? b->requests[i] : NULL;
+}
+
+bool controller_builder_bound_once(const struct controller_builder *b)
+{
+	return b->bound_once;
 }
 
 uint64_t controller_builder_idle_since(const struct controller_builder *b)

@@ -75,6 +75,13 @@ void controller_builders_remove(struct controller_builders *t, const char *key);
  * starts cold), then the oldest. NULL when every one is full. */
 struct controller_builder *controller_builders_pick(struct controller_builders *t,
     const char *ns, const char *identity, const char *class);
+/* As controller_builders_pick, among builders whose pod is Ready only. */
+struct controller_builder *controller_builders_pick_ready(struct controller_builders *t,
+    const char *ns, const char *identity, const char *class);
+/* Builders of identity and class in ns whose pod is Ready (READY or IDLE),
+ * full or not. */
+size_t controller_builders_ready(struct controller_builders *t, const char *ns,
+    const char *identity, const char *class);
 /* Builders of identity and class in ns that can still serve (full or not). */
 size_t controller_builders_usable(struct controller_builders *t, const char *ns,
     const char *identity, const char *class);
@@ -145,6 +152,9 @@ size_t controller_builder_sessions(const struct controller_builder *b);
 /* The i-th request bound to b (i < sessions). */
 const char *controller_builder_request(const struct controller_builder *b, size_t i);
 /* Loop ms since which the builder has had no session; 0 while it has one. */
+/* Has served a request, or may have: false only for a builder this table
+ * added (controller_builders_add) that no request was bound to yet. */
+bool controller_builder_bound_once(const struct controller_builder *b);
 uint64_t controller_builder_idle_since(const struct controller_builder *b);
 /* Loop ms the entry was added (CREATING entries expire). */
 uint64_t controller_builder_added_at(const struct controller_builder *b);

@@ -853,9 +853,10 @@ int controller_main(int argc, char **argv)
 		    &f->builder_idle_timeout_ms, "5m",
 		    "delete an identity's builder after this long without a session", false },
 		{ "builder-scale-out-wait", "NRBC_CONTROLLER_BUILDER_SCALE_OUT_WAIT", FLAG_DURATION,
-		    &f->builder_scale_out_wait_ms, "2s",
+		    &f->builder_scale_out_wait_ms, "250ms",
 		    "how long a session waits for a slot on its key's full builders before "
-		    "another builder starts", false },
+		    "another builder starts (it then takes whichever is first: a slot or the "
+		    "new builder)", false },
 		{ "builder-drain-timeout", "NRBC_CONTROLLER_BUILDER_DRAIN_TIMEOUT", FLAG_DURATION,
 		    &f->builder_drain_timeout_ms, "10m",
 		    "how long a builder asked to stop (eviction, drain, deletion) lets its "

@@ -58,6 +58,7 @@ struct proxy_flags {
 	uint64_t shutdown_timeout_ms;
 	uint64_t sweep_interval_ms;
 	long max_auth_tries;
+	long builder_spares;
 	char *allow_command;
 	bool allow_any_command;
 	char *log_format;
@@ -399,6 +400,7 @@ static int proxy_setup(struct proxy_app *a)
 	so.keepalive_interval_ms = a->f.keepalive_interval_ms;
 	so.keepalive_count = (int)a->f.keepalive_count;
 	so.max_auth_tries = (int)a->f.max_auth_tries;
+	so.builder_spares = a->f.builder_spares > 0 ? (size_t)a->f.builder_spares : 0;
 	so.remote_user = a->f.remote_user;
 	a->server = proxy_server_create(&a->loop, &so, a->keys, a->policy, a->metrics, &err);
 	if (!a->server)
@@ -521,6 +523,10 @@ int proxy_main(int argc, char **argv)
 		  "the other side is told why", false },
 		{ "login-grace-time", "NRBC_PROXY_LOGIN_GRACE_TIME", FLAG_DURATION,
 		  &a->f.login_grace_ms, "20s", "time a client has to authenticate", false },
+		{ "builder-spares", "NRBC_PROXY_BUILDER_SPARES", FLAG_INT, &a->f.builder_spares, "32",
+		  "authenticated builder connections kept ready, at most one per builder that "
+		  "sessions reach in a burst (two within 5 s), for the next session (0: none)",
+		  false },
 		{ "max-auth-tries", "NRBC_PROXY_MAX_AUTH_TRIES", FLAG_INT, &a->f.max_auth_tries, "6",
 		  "failed authentication attempts (any method) before the connection is dropped",
 		  false },

@@ -17,11 +17,15 @@
 #include "proxy_keys.h"
 #include "proxy_pipebuf.h"
 #include "proxy_session.h"
+#include "proxy_spares.h"
 
 #define SERVER_ACCEPTS_PER_WAKEUP 64
 #define SERVER_BACKLOG 511
 /* After EMFILE/ENFILE the listener rests instead of spinning. */
 #define SERVER_ACCEPT_PAUSE_MS 500
+/* Builder connections made ahead live this long unused (below the
+ * builders' sshd ClientAliveInterval of 15 s: they need no keepalives). */
+#define SERVER_SPARE_LIFETIME_MS 5000
 /* --max-startups and --max-startups-per-source defaults. A real client
  * authenticates in tens of milliseconds, so even a burst of CI jobs holds
  * few unauthenticated connections at once. */
@@ -91,6 +95,7 @@ static struct server_entry *server_find(struct proxy_server *srv, uint64_t id)
  * and of a destroy once the handles have closed. */
 static void server_free(struct proxy_server *srv)
 {
+	proxy_spares_destroy(srv->env.spares);
 	if (srv->lfd >= 0)
 		close(srv->lfd);
 	if (srv->bind)
@@ -547,6 +552,21 @@ struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_ser
 	srv->env.keepalive_count = opts->keepalive_count;
 	srv->env.max_auth_tries = opts->max_auth_tries > 0 ? opts->max_auth_tries : 6;
 	srv->env.client_user = srv->client_user;
+	if (opts->builder_spares) {
+		struct metric *made = metrics ? metrics_counter(metrics,
+		    "nrbc_proxy_builder_spares_total", "Builder connections made ahead for a "
+		    "session to come, and taken by one, by outcome.", "outcome=\"made\"") : NULL;
+		struct metric *taken = metrics ? metrics_counter(metrics,
+		    "nrbc_proxy_builder_spares_total", "Builder connections made ahead for a "
+		    "session to come, and taken by one, by outcome.", "outcome=\"taken\"") : NULL;
+
+		srv->env.spares = proxy_spares_create(loop, SERVER_SPARE_LIFETIME_MS,
+		    opts->builder_spares, made, taken);
+		if (!srv->env.spares) {
+			*err = str_printf("out of memory");
+			goto bad;
+		}
+	}
 	srv->env.metrics = metrics;
 	srv->env.on_authenticated = server_on_authenticated;
 	srv->env.on_closed = server_on_session_closed;
@@ -732,6 +752,8 @@ void proxy_server_destroy(struct proxy_server *srv)
 		return;
 	srv->drained_cb = NULL;
 	srv->destroying = true;
+	proxy_spares_destroy(srv->env.spares);
+	srv->env.spares = NULL;
 	server_close_listener(srv);
 	proxy_server_close_all(srv, "proxy stopped");
 	server_maybe_free(srv);

@@ -44,6 +44,7 @@ struct proxy_server_options {
 	int keepalive_count;
 	int max_auth_tries;
 	const char *remote_user;
+	size_t builder_spares;       /* connections made ahead (proxy_spares.h); 0: none */
 };
 
 /* Parses "start:rate:full" (or "full") into opts; -1 when malformed. */

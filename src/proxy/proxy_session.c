@@ -13,6 +13,7 @@
 #include "proxy_bridge.h"
 #include "proxy_builder.h"
 #include "proxy_session_internal.h"
+#include "proxy_spares.h"
 #include "proxy_upstream.h"
 #include "sockopt.h"
 
@@ -624,6 +625,8 @@ void proxy_session_builder_progress(struct proxy_session *s, const char *message
 void proxy_session_builder_ready(struct proxy_session *s, const char *host, int port,
     const char *name, const char *host_key)
 {
+	struct proxy_upstream_options opts;
+
 	if (s->state != SESSION_WAIT_BUILDER) {
 		log_debug("session=%llu builder ready in state %s: ignored",
 		    (unsigned long long)s->id, session_state_names[s->state]);
@@ -635,10 +638,21 @@ void proxy_session_builder_ready(struct proxy_session *s, const char *host, int 
 	    port);
 	free(s->builder_name);
 	s->builder_name = strdup(name);
-	s->upstream = proxy_upstream_create(s->env->loop, s->id, &(struct proxy_upstream_options){
-	    .host = host, .port = port, .user = s->env->remote_user, .keys = s->env->keys,
-	    .host_key = host_key, .keepalive_interval_ms = s->env->keepalive_interval_ms,
-	    .keepalive_count = s->env->keepalive_count }, &session_upstream_events, s);
+	opts = (struct proxy_upstream_options){ .host = host, .port = port,
+	    .user = s->env->remote_user, .keys = s->env->keys, .host_key = host_key,
+	    .keepalive_interval_ms = s->env->keepalive_interval_ms,
+	    .keepalive_count = s->env->keepalive_count };
+	s->upstream = proxy_spares_take(s->env->spares, s->id, &opts, &session_upstream_events, s);
+	if (s->upstream) {
+		log_info("session=%llu connected to the builder (a connection made ahead)",
+		    (unsigned long long)s->id);
+		session_set_state(s, SESSION_CONNECTING);
+		session_set_state(s, SESSION_BRIDGING);
+		session_run(s);
+		return;
+	}
+	s->upstream = proxy_upstream_create(s->env->loop, s->id, &opts, &session_upstream_events,
+	    s);
 	if (!s->upstream) {
 		session_fail(s, "cannot connect to the builder (see the proxy's log)");
 		session_run(s);

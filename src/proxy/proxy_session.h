@@ -37,6 +37,7 @@ struct proxy_session_stats {
 	bool failed;        /* the proxy could not serve it */
 };
 
+struct proxy_spares;
 struct proxy_session_env {
 	uv_loop_t *loop;
 	ssh_bind bind;
@@ -55,6 +56,8 @@ struct proxy_session_env {
 	uint64_t keepalive_interval_ms;
 	int keepalive_count;
 	int max_auth_tries;
+	/* Builder connections made ahead (NULL: none). */
+	struct proxy_spares *spares;
 	/* The user name of the default builder class. Another user name that
 	 * is a DNS label names a builder class (ssh-ng://big@proxy); any other
 	 * is refused. Empty: any user name, always the default class. */

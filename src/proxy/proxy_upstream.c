@@ -112,6 +112,7 @@ static void upstream_set_state(struct proxy_upstream *u, enum upstream_state sta
 }
 
 static void upstream_on_poll(uv_poll_t *h, int status, int events);
+static void upstream_set_keepalive(struct proxy_upstream *u, uint64_t interval_ms, int count);
 static void upstream_close_conn(struct proxy_upstream *u);
 static void upstream_handshake_lost(struct proxy_upstream *u, const char *why);
 
@@ -634,10 +635,7 @@ struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_i
 	u->keys = opts->keys;
 	u->events = *events;
 	u->data = data;
-	u->keepalive_interval_ms = opts->keepalive_interval_ms;
-	if (u->keepalive_interval_ms && u->keepalive_interval_ms < UPSTREAM_KEEPALIVE_MIN_MS)
-		u->keepalive_interval_ms = UPSTREAM_KEEPALIVE_MIN_MS;
-	u->keepalive_count = opts->keepalive_count > 0 ? opts->keepalive_count : 1;
+	upstream_set_keepalive(u, opts->keepalive_interval_ms, opts->keepalive_count);
 	if (uv_timer_init(loop, &u->timer) < 0) {
 		free(u);
 		return NULL;
@@ -699,9 +697,51 @@ void proxy_upstream_destroy(struct proxy_upstream *u)
 	uv_close((uv_handle_t *)&u->timer, upstream_timer_on_close);
 }
 
+static void upstream_set_keepalive(struct proxy_upstream *u, uint64_t interval_ms, int count)
+{
+	u->keepalive_interval_ms = interval_ms;
+	if (u->keepalive_interval_ms && u->keepalive_interval_ms < UPSTREAM_KEEPALIVE_MIN_MS)
+		u->keepalive_interval_ms = UPSTREAM_KEEPALIVE_MIN_MS;
+	u->keepalive_count = count > 0 ? count : 1;
+}
+
+void proxy_upstream_adopt(struct proxy_upstream *u, uint64_t session_id,
+    const struct proxy_upstream_events *events, void *data, uint64_t keepalive_interval_ms,
+    int keepalive_count)
+{
+	log_debug("session=%llu upstream %s:%d: made ahead as session=%llu, taken",
+	    (unsigned long long)session_id, u->host, u->port,
+	    (unsigned long long)u->session_id);
+	u->session_id = session_id;
+	u->events = *events;
+	u->data = data;
+	upstream_set_keepalive(u, keepalive_interval_ms, keepalive_count);
+	if (u->state == UPSTREAM_READY) {
+		uv_timer_stop(&u->timer);
+		upstream_set_events(u, UV_READABLE);
+		upstream_start_keepalive(u);
+	}
+}
+
 bool proxy_upstream_is_ready(const struct proxy_upstream *u)
 {
 	return u && u->state == UPSTREAM_READY;
+}
+
+bool proxy_upstream_is_open(const struct proxy_upstream *u)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	int err = 0;
+	socklen_t elen = sizeof(err);
+
+	if (!proxy_upstream_is_ready(u) || !u->conn)
+		return false;
+	if (getsockopt(u->conn->fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0 || err)
+		return false;
+	if (getsockopt(u->conn->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+		return false;
+	return ti.tcpi_state == TCP_ESTABLISHED;
 }
 
 LIBSSH2_SESSION *proxy_upstream_session(const struct proxy_upstream *u)

@@ -57,7 +57,18 @@ struct proxy_upstream *proxy_upstream_create(uv_loop_t *loop, uint64_t session_i
 /* Best-effort disconnect; memory goes after the uv close callback. Accepts NULL. */
 void proxy_upstream_destroy(struct proxy_upstream *u);
 
+/* Hands a connection made for nobody in particular (proxy_spares) to its
+ * owner: events and data are the owner's from now on, the log names
+ * session_id, and keepalives start as the owner's options say. */
+void proxy_upstream_adopt(struct proxy_upstream *u, uint64_t session_id,
+    const struct proxy_upstream_events *events, void *data, uint64_t keepalive_interval_ms,
+    int keepalive_count);
+
 bool proxy_upstream_is_ready(const struct proxy_upstream *u);
+/* READY and its TCP connection still established as far as this kernel
+ * knows (no FIN or RST from the builder): for a connection nobody has
+ * read for a while. */
+bool proxy_upstream_is_open(const struct proxy_upstream *u);
 LIBSSH2_SESSION *proxy_upstream_session(const struct proxy_upstream *u);
 
 /* May op call libssh2 now? False while another op has a half-sent packet. */

@@ -4,13 +4,16 @@ and never anyone else's. The stack is the shipped manifests (warm pool of
 2, 4 slots), with a short idle timeout so clean-up can be seen."""
 
 import os
+import signal
+import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import NixClient, salt
-from stack import Stack
+from conftest import NixClient, salt, wait_for
+from nix_wire import NixWire
+from stack import PROXY_ADDRESS, Stack
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +152,71 @@ def test_shared_input_crosses_the_proxy_once_per_builder(stack, tmp_path):
     assert remote.out == local.out
     assert client.read(remote.out) == client.read(local.out, store=local.store)
     stack.wait_clean()
+
+
+def kubelet_sshd_sessions(kubelet):
+    """Pids of the sshd processes under the test kubelet that hold one
+    connection each ("sshd: nixbld ..."), not the builders' listeners."""
+    parent = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                parent[int(pid), "cmd"] = f.read().decode(errors="replace")
+        except OSError:
+            continue
+
+    def under_kubelet(pid):
+        while pid > 1:
+            if pid == kubelet.proc.pid:
+                return True
+            pid = parent.get(pid, 1)
+        return False
+    return [p for p in parent if isinstance(p, int) and
+            parent.get((p, "cmd"), "").startswith("sshd: nixbld") and under_kubelet(p)]
+
+
+def spares(stack):
+    m = stack.proxy.metrics()
+    return (m.get('nrbc_proxy_builder_spares_total{outcome="made"}', 0),
+            m.get('nrbc_proxy_builder_spares_total{outcome="taken"}', 0))
+
+
+def one_session(stack):
+    """One ssh-ng session that the builder's nix-daemon answers (the
+    handshake done: NixWire asserts it), then ends."""
+    argv = ["ssh"] + stack.sshopts(0).split() + ["nixbld@" + PROXY_ADDRESS,
+                                                 "nix-daemon", "--stdio"]
+    w = NixWire(argv)
+    w.close()
+    assert w.p.returncode == 0, w.p.stderr.read()
+
+
+def test_a_burst_of_sessions_takes_builder_connections_made_ahead(stack):
+    # Sessions one after another, as Nix's build hook opens them: from the
+    # second on the proxy keeps an authenticated connection to the builder
+    # ready, and the next session takes it instead of connecting.
+    made0, taken0 = spares(stack)
+    mark = len(stack.proxy.log())
+    for _ in range(4):
+        one_session(stack)
+    made, taken = spares(stack)
+    assert made - made0 >= 2 and taken - taken0 >= 2, (made0, made, taken0, taken)
+    assert "connected to the builder (a connection made ahead)" in stack.proxy.log()[mark:]
+    # A spare the builder closed while nobody read it (here: its sshd
+    # killed) is never handed out: the next session connects afresh.
+    time.sleep(0.5)
+    pids = kubelet_sshd_sessions(stack.kubelet)
+    assert pids, "no spare connection's sshd under the test kubelet"
+    for p in pids:
+        os.kill(p, signal.SIGTERM)
+    time.sleep(0.5)
+    made1, taken1 = spares(stack)
+    one_session(stack)
+    assert spares(stack)[1] == taken1, "a closed spare was taken"
+    # Unused, spares go after their lifetime (5 s), and their sshd with them.
+    wait_for(lambda: not kubelet_sshd_sessions(stack.kubelet), 20,
+             what="the spare connections closed after their lifetime")

@@ -8,6 +8,7 @@ its own key."""
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ from stack import NAMESPACE, PROXY_ADDRESS, Stack
 
 MIB = 1024 * 1024
 SIZE = 32 * MIB
+SQLITE_BUSY = re.compile(r"^\s*warning: error: SQLite database '[^']+' is busy\s*$")
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,8 @@ def sandbox_paths(nix_client):
 
 
 def test_scale_out_builders_substitute_from_each_other(stack, nix_client):
-    # Each user holds its slot 5 s, longer than --builder-scale-out-wait
-    # (2 s): sessions beyond the first builder's slots get builders of their own.
+    # Each user holds its slot 5 s, far longer than --builder-scale-out-wait
+    # (250 ms): sessions beyond the first builder's slots get builders of their own.
     args = {"salt": salt(), "n": 12, "size": SIZE, "seconds": 5}
     # The client builds the input itself: no cache has it.
     nix_client.build("closure.nix", args=args, max_jobs=1,
@@ -79,7 +81,12 @@ def test_scale_out_builders_substitute_from_each_other(stack, nix_client):
     assert len(lines) == 12 and all(" %d " % SIZE in l for l in lines), lines
     assert len(served) >= 2, served
     # Lookups on a sibling that lacks a path (or on itself) print nothing.
-    assert "error" not in b.stderr and "warning" not in b.stderr, b.stderr[-3000:]
+    # Nix's own SQLite retry is not one: with a dozen copies at once a
+    # store's write transaction can meet SQLITE_BUSY, which Nix logs once
+    # ("warning: error: SQLite database ... is busy") and retries.
+    noise = [l for l in b.stderr.splitlines()
+             if ("error" in l or "warning" in l) and not SQLITE_BUSY.search(l)]
+    assert not noise, "\n".join(noise[-20:])
     log = stack.proxy.log()
     assert "bridged to its sibling" in log, log[-3000:]
     print("builders %d, up %.1f MiB for a %d MiB input" % (len(served), up / MIB, SIZE // MIB))
@@ -89,6 +96,10 @@ def test_scale_out_builders_substitute_from_each_other(stack, nix_client):
 
 
 def test_a_builder_host_key_reaches_only_its_own_keys_builders(stack, tmp_path):
+    # The first test's builders (its key is user 0's) must be gone, whether
+    # it passed or not: else user 0's builder has a sibling.
+    stack.wait_clean()
+    wait_for(lambda: not stack.nixbuilders(), 60, what="no NixBuilder left")
     # One builder each for two keys, held by sessions.
     procs = []
     try:

@@ -235,6 +235,50 @@ static void test_bind_fills_then_scales_out(void **state)
 	controller_builders_destroy(t);
 }
 
+/* Scale-out takes whichever is first: a Ready builder's freed slot, or the
+ * builder started ahead of the key's next session once its pod is Ready. */
+static void test_ready_first_and_the_builder_started_ahead(void **state)
+{
+	struct controller_builders *t = controller_builders_create();
+	struct controller_builder *busy, *ahead;
+
+	(void)state;
+	busy = seen(t, "nb-busy", ID_A, 1, 1000);
+	/* Learnt from the cache: it may have served before. */
+	assert_true(controller_builder_bound_once(busy));
+	controller_builder_observe_pod(busy, true, false, 1001);
+	assert_int_equal(controller_builders_bind(t, busy, "ns/r1", 1002), 0);
+	assert_int_equal(controller_builders_ready(t, "ns", ID_A, "c"), 1);
+	assert_null(controller_builders_pick_ready(t, "ns", ID_A, "c"));
+	/* Started ahead: added by us, no request on it yet. */
+	ahead = controller_builders_add(t, "ns", "nb-ahead", ID_A, "c", 1, 1003);
+	assert_false(controller_builder_bound_once(ahead));
+	/* On its way: picked only by those that wait for anything... */
+	assert_ptr_equal(controller_builders_pick(t, "ns", ID_A, "c"), ahead);
+	assert_null(controller_builders_pick_ready(t, "ns", ID_A, "c"));
+	assert_int_equal(controller_builders_ready(t, "ns", ID_A, "c"), 1);
+	/* ...until its pod is Ready (seen, then observed Ready: an idle one). */
+	{
+		json_t *o = builder_obj("nb-ahead", ID_A, 1, false);
+
+		controller_builders_seen(t, o, 1004);
+		json_decref(o);
+	}
+	controller_builder_observe_pod(ahead, true, false, 1005);
+	assert_int_equal(controller_builder_state(ahead), BUILDER_IDLE);
+	assert_ptr_equal(controller_builders_pick_ready(t, "ns", ID_A, "c"), ahead);
+	assert_int_equal(controller_builders_ready(t, "ns", ID_A, "c"), 2);
+	assert_int_equal(controller_builders_bind(t, ahead, "ns/r2", 1006), 0);
+	assert_true(controller_builder_bound_once(ahead));
+	/* A freed slot on a Ready builder is as good. */
+	assert_null(controller_builders_pick_ready(t, "ns", ID_A, "c"));
+	assert_ptr_equal(controller_builders_unbind(t, "ns/r1", 1007), busy);
+	assert_ptr_equal(controller_builders_pick_ready(t, "ns", ID_A, "c"), busy);
+	/* Other identities count none of these. */
+	assert_int_equal(controller_builders_ready(t, "ns", ID_B, "c"), 0);
+	controller_builders_destroy(t);
+}
+
 static void test_idle_and_states(void **state)
 {
 	struct controller_builders *t = controller_builders_create();
@@ -361,6 +405,7 @@ int main(void)
 		cmocka_unit_test(test_builder_object_and_pod),
 		cmocka_unit_test(test_claim_patch),
 		cmocka_unit_test(test_bind_fills_then_scales_out),
+		cmocka_unit_test(test_ready_first_and_the_builder_started_ahead),
 		cmocka_unit_test(test_idle_and_states),
 		cmocka_unit_test(test_pool_claim),
 		cmocka_unit_test(test_draining),

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "client/client.h"
+#include "client/client_usage.h"
 #include "controller/controller.h"
 #include "nrbc_version.h"
 #include "proxy/proxy.h"
@@ -18,6 +19,7 @@ static const struct command {
 	{ "proxy", proxy_main, "SSH front door: one builder pod per Nix connection" },
 	{ "controller", controller_main, "turn NixBuildRequests into builder pods" },
 	{ "client-config", client_config_main, "set up this machine's Nix to build through the proxy" },
+	{ "usage", client_usage_main, "what each client identity used (sessions, builder time, bytes)" },
 	{ "version", version_main, "print the version" },
 	{ "help", help_main, "show this help" },
 };

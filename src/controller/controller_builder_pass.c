@@ -25,6 +25,8 @@
 #include "controller_reconcile_state.h"
 #include "controller_reconcile_write.h"
 #include "controller_slim.h"
+#include "controller_usage.h"
+#include "controller_usage_ledger.h"
 #include "json_field.h"
 #include "log.h"
 
@@ -377,6 +379,39 @@ static bool at_builder_bound(struct reconcile_op *op, const char *identity, cons
 	return true;
 }
 
+static void count_holding(struct controller_builder *b, void *data)
+{
+	enum builder_state s = controller_builder_state(b);
+
+	if (s != BUILDER_DELETING && s != BUILDER_FAILED)
+		(*(size_t *)data)++;
+}
+
+/* The identity's builder quota (all classes) is reached and the request
+ * would need one more: it is refused with the one line the proxy relays.
+ * True when the pass is over. */
+static bool at_builder_quota(struct reconcile_op *op, const char *identity)
+{
+	struct controller_reconciler *r = op->r;
+	const char *ns = kube_object_namespace(op->nbr), *source;
+	const json_t *usage = r->usages ? kube_informer_get(r->usages, ns, identity) : NULL;
+	long max = controller_usage_max_builders(usage, r->opts.quota_max_builders, &source);
+	size_t have = 0;
+	char *msg;
+
+	if (max <= 0)
+		return false;
+	controller_builders_foreach_of(r->builders, ns, identity, count_holding, &have);
+	if (have < (size_t)max)
+		return false;
+	msg = controller_usage_quota_message(max, have, source);
+	log_info("nbr=%s: %s", op->key, msg ? msg : "builder quota reached");
+	reconcile_set_status(op, CONTROLLER_PHASE_FAILED, CONTROLLER_REASON_QUOTA,
+	    msg ? msg : "quota: builders at once reached", KUBE_QUEUE_FORGET);
+	free(msg);
+	return true;
+}
+
 static void on_spare_created(const struct kube_response *resp, void *data)
 {
 	struct reconcile_op *op = data;
@@ -481,7 +516,7 @@ static void next_builder(struct reconcile_op *op, const char *identity, const ch
 		    left < SLOT_WAIT_STEP_MS ? left : SLOT_WAIT_STEP_MS);
 		return;
 	}
-	if (at_builder_bound(op, identity, class))
+	if (at_builder_bound(op, identity, class) || at_builder_quota(op, identity))
 		return;
 	if (try_claim(op, identity, class))
 		return;
@@ -663,6 +698,29 @@ static int add_builder_fields(json_t *status, const struct controller_builder *b
 	return 0;
 }
 
+/* status.usage: what the builder served (the ledger's totals, which start
+ * from what its cached status says). An identity's builders only. */
+static int add_usage_fields(struct controller_reconciler *r, json_t *status,
+    const struct controller_builder *b, const json_t *old)
+{
+	struct usage_counts seen, totals;
+	char *err = NULL;
+
+	if (!*controller_builder_identity_of(b)) {
+		json_object_del(status, "usage");
+		return 0;
+	}
+	if (controller_usage_counts_parse(json_object_get(old, "usage"), &seen, &err) < 0) {
+		log_error("builder=%s: status.usage: %s; counted from 0", controller_builder_key(b),
+		    err ? err : "malformed");
+		free(err);
+		memset(&seen, 0, sizeof(seen));
+	}
+	if (usage_ledger_builder_counts(r->ledger, controller_builder_key(b), &seen, &totals) < 0)
+		return -1;
+	return json_object_set_new(status, "usage", controller_usage_counts_json(&totals));
+}
+
 static void builder_status(struct reconcile_op *op, struct controller_builder *b,
     const json_t *pod, const char *pod_name)
 {
@@ -681,7 +739,8 @@ static void builder_status(struct reconcile_op *op, struct controller_builder *b
 	uint64_t now = uv_now(r->loop);
 
 	if (controller_status_compute(&in, &res) < 0 ||
-	    add_builder_fields(res.status, b, now, in.now_ms) < 0) {
+	    add_builder_fields(res.status, b, now, in.now_ms) < 0 ||
+	    add_usage_fields(r, res.status, b, old) < 0) {
 		controller_status_result_finish(&res);
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;

@@ -311,6 +311,15 @@ size_t controller_builders_usable(struct controller_builders *t, const char *ns,
 	return n;
 }
 
+void controller_builders_foreach_of(struct controller_builders *t, const char *ns,
+    const char *identity, void (*fn)(struct controller_builder *b, void *data), void *data)
+{
+	for (struct controller_builder *b = t->head; b; b = b->next) {
+		if (!b->claiming && strcmp(b->ns, ns) == 0 && strcmp(b->identity, identity) == 0)
+			fn(b, data);
+	}
+}
+
 bool controller_builders_claim_pending(struct controller_builders *t, const char *ns,
     const char *identity, const char *class)
 {

@@ -85,6 +85,10 @@ size_t controller_builders_ready(struct controller_builders *t, const char *ns,
 /* Builders of identity and class in ns that can still serve (full or not). */
 size_t controller_builders_usable(struct controller_builders *t, const char *ns,
     const char *identity, const char *class);
+/* fn for each builder of identity in ns (any state; claims in flight not
+ * yet). fn must not add or remove builders. */
+void controller_builders_foreach_of(struct controller_builders *t, const char *ns,
+    const char *identity, void (*fn)(struct controller_builder *b, void *data), void *data);
 /* True while a pool claim for identity is in flight in ns/class: a new
  * request should wait for it rather than start another builder. */
 bool controller_builders_claim_pending(struct controller_builders *t, const char *ns,

@@ -17,6 +17,7 @@
 #include "controller_pod.h"
 #include "controller_reconcile.h"
 #include "controller_slim.h"
+#include "controller_usage_metrics.h"
 #include "flags.h"
 #include "health.h"
 #include "kube/kube_client.h"
@@ -74,6 +75,9 @@ struct controller_flags {
 	uint64_t builder_idle_timeout_ms;
 	uint64_t builder_scale_out_wait_ms;
 	uint64_t builder_drain_timeout_ms;
+	uint64_t usage_interval_ms;
+	long usage_metrics_identities;
+	long quota_max_builders;
 	bool builder_sandbox;
 	char *builder_sandbox_seccomp;
 };
@@ -110,12 +114,14 @@ struct controller {
 	struct kube_informer *pods;
 	struct kube_informer *builders;
 	struct kube_informer *classes;
+	struct kube_informer *usages;
 	struct kube_event_recorder *events;
 	struct controller_reconciler *rec;
 	struct kube_queue *queue;
 	struct kube_queue *old_queue; /* paused, of a lost term: passes in flight */
 	struct kube_lease *lease;
 	struct metrics *metrics;
+	struct usage_metrics *usage_metrics;
 	struct health_server *health;
 	struct signals *signals;
 	uv_timer_t drain_timer;
@@ -182,15 +188,24 @@ static void on_request_add(json_t *obj, void *data)
 	enqueue_object(c, obj);
 }
 
+static void enqueue_key(const char *key, void *data);
+
 static void on_request_update(json_t *old_obj, json_t *new_obj, void *data)
 {
-	enqueue_object(data, new_obj);
+	struct controller *c = data;
+
+	/* Only the leader counts: it is the one that writes what it counted. */
+	if (c->state == CONTROLLER_ACTIVE)
+		controller_reconciler_request_ended(c->rec, old_obj, new_obj, false, enqueue_key, c);
+	enqueue_object(c, new_obj);
 }
 
 static void on_request_delete(json_t *obj, void *data)
 {
 	struct controller *c = data;
 
+	if (c->state == CONTROLLER_ACTIVE)
+		controller_reconciler_request_ended(c->rec, NULL, obj, true, enqueue_key, c);
 	controller_reconciler_request_gone(c->rec, obj);
 	/* The pass on a missing request deletes its pod at once. */
 	enqueue_object(c, obj);
@@ -349,6 +364,33 @@ static void maybe_activate(struct controller *c)
 	kube_informer_foreach(c->builders, add_builder_keys, c);
 	kube_informer_foreach(c->pods, add_pod_owner_key, c);
 	enqueue(c, CONTROLLER_POOL_KEY);
+	/* After the builders: their passes know who is live. */
+	controller_reconciler_usage_keys(c->rec, true, enqueue_key, c);
+}
+
+/* The usage cache is not part of readiness (usage never holds a build up);
+ * once it is filled, every identity's usage gets a pass. */
+static void on_usage_add(json_t *obj, void *data)
+{
+	usage_metrics_update(((struct controller *)data)->usage_metrics, NULL, obj);
+}
+
+static void on_usage_update(json_t *old_obj, json_t *new_obj, void *data)
+{
+	usage_metrics_update(((struct controller *)data)->usage_metrics, old_obj, new_obj);
+}
+
+static void on_usage_delete(json_t *obj, void *data)
+{
+	usage_metrics_update(((struct controller *)data)->usage_metrics, obj, NULL);
+}
+
+static void on_usage_synced(void *data)
+{
+	struct controller *c = data;
+
+	if (c->state == CONTROLLER_ACTIVE)
+		controller_reconciler_usage_keys(c->rec, false, enqueue_key, c);
 }
 
 static void on_synced(void *data)
@@ -430,6 +472,8 @@ static void teardown(uv_timer_t *t)
 	c->builders = NULL;
 	kube_informer_destroy(c->classes);
 	c->classes = NULL;
+	kube_informer_destroy(c->usages);
+	c->usages = NULL;
 	kube_event_recorder_destroy(c->events);
 	c->events = NULL;
 	kube_client_destroy(c->client);
@@ -515,6 +559,9 @@ static int start_health(struct controller *c)
 	    "NixBuildRequests in the informer cache.", NULL);
 	c->m_pods_cached = metrics_gauge(c->metrics, "nrbc_controller_pods_cached",
 	    "Builder pods in the informer cache.", NULL);
+	c->usage_metrics = usage_metrics_create(c->metrics, (size_t)c->f.usage_metrics_identities);
+	if (!c->usage_metrics)
+		return -1;
 	c->m_cache_bytes = metrics_gauge(c->metrics, "nrbc_controller_cache_bytes",
 	    "Bytes of object text the informer caches hold (requests, builders, pods).", NULL);
 	c->health = health_server_create(&c->loop, c->f.health_address, (int)c->f.health_port,
@@ -552,6 +599,12 @@ static int start_kube(struct controller *c)
 	static const struct kube_informer_handlers class_handlers = {
 		.on_synced = on_synced,
 	};
+	static const struct kube_informer_handlers usage_handlers = {
+		.on_add = on_usage_add,
+		.on_update = on_usage_update,
+		.on_delete = on_usage_delete,
+		.on_synced = on_usage_synced,
+	};
 	static const struct kube_informer_handlers pod_handlers = {
 		.on_add = on_pod_add,
 		.on_update = on_pod_update,
@@ -587,6 +640,8 @@ static int start_kube(struct controller *c)
 		.max_builders_per_identity = c->f.max_builders_per_identity,
 		.builder_idle_timeout_ms = c->f.builder_idle_timeout_ms,
 		.builder_scale_out_wait_ms = c->f.builder_scale_out_wait_ms,
+		.usage_interval_ms = c->f.usage_interval_ms,
+		.quota_max_builders = c->f.quota_max_builders,
 	};
 
 	if (c->f.warm_pool_size > 0 && !ns) {
@@ -616,10 +671,12 @@ static int start_kube(struct controller *c)
 	    &builder_handlers, c);
 	c->classes = kube_informer_create(c->client, &kube_resource_nixbuilderclasses, ns, NULL,
 	    &class_handlers, c);
-	if (!c->events || !c->requests || !c->pods || !c->builders || !c->classes)
+	c->usages = kube_informer_create(c->client, &kube_resource_nixusages, ns, NULL,
+	    &usage_handlers, c);
+	if (!c->events || !c->requests || !c->pods || !c->builders || !c->classes || !c->usages)
 		return -1;
 	caches = (struct controller_reconcile_caches){ .requests = c->requests, .pods = c->pods,
-		.builders = c->builders, .classes = c->classes };
+		.builders = c->builders, .classes = c->classes, .usages = c->usages };
 	c->rec = controller_reconciler_create(c->client, &caches, c->events, &ro, c->metrics);
 	if (!c->rec)
 		return -1;
@@ -646,7 +703,8 @@ static int start_kube(struct controller *c)
 			return -1;
 	}
 	if (kube_informer_start(c->requests) < 0 || kube_informer_start(c->pods) < 0 ||
-	    kube_informer_start(c->builders) < 0 || kube_informer_start(c->classes) < 0)
+	    kube_informer_start(c->builders) < 0 || kube_informer_start(c->classes) < 0 ||
+	    kube_informer_start(c->usages) < 0)
 		return -1;
 	log_info("watching NixBuildRequests, NixBuilders, NixBuilderClasses and builder pods in %s",
 	    ns ? ns : "all namespaces");
@@ -675,10 +733,13 @@ static int parse_flags(struct controller_flags *f, const struct flag *table, siz
 	    f->health_port > 65535 || f->workers < 1 || f->workers > 10000 ||
 	    f->warm_pool_size < 0 || f->warm_pool_size > 1000 || f->builder_slots < 1 ||
 	    f->max_builders_per_identity < 0 || f->max_builders_per_identity > 1000 ||
-	    f->builder_slots > 1000) {
+	    f->builder_slots > 1000 || f->usage_interval_ms < 1000 ||
+	    f->usage_metrics_identities < 0 || f->usage_metrics_identities > 10000 ||
+	    f->quota_max_builders < 0 || f->quota_max_builders > 100000) {
 		fprintf(stderr, "nrbc controller: --remote-port, --health-port, --workers, "
-		                "--warm-pool-size, --builder-slots or --max-builders-per-identity "
-		                "out of range\n");
+		                "--warm-pool-size, --builder-slots, --max-builders-per-identity "
+		                "--usage-interval (at least 1s), --usage-metrics-identities "
+		                "(0..10000) or --quota-max-builders out of range\n");
 		return 2;
 	}
 	if (f->builder_sibling_proxy && *f->builder_sibling_proxy) {
@@ -800,6 +861,19 @@ int controller_main(int argc, char **argv)
 		    &f->builder_drain_timeout_ms, "10m",
 		    "how long a builder asked to stop (eviction, drain, deletion) lets its "
 		    "sessions finish: its pod's terminationGracePeriodSeconds", false },
+		{ "usage-interval", "NRBC_CONTROLLER_USAGE_INTERVAL", FLAG_DURATION,
+		    &f->usage_interval_ms, "30s",
+		    "how often an identity's NixUsage is brought up to date while it has "
+		    "builders (session ends are written at once)", false },
+		{ "usage-metrics-identities", "NRBC_CONTROLLER_USAGE_METRICS_IDENTITIES", FLAG_INT,
+		    &f->usage_metrics_identities, "100",
+		    "identities with /metrics series of their own (nrbc_usage_*); later ones "
+		    "are added into identity=\"other\"", false },
+		{ "quota-max-builders", "NRBC_CONTROLLER_QUOTA_MAX_BUILDERS", FLAG_INT,
+		    &f->quota_max_builders, "0",
+		    "builders of all classes one client key may hold at once (0: no quota); a "
+		    "session that would need one more is refused, saying so; an identity's "
+		    "NixUsage spec.maxBuilders overrides", false },
 		{ "builder-sandbox", "NRBC_CONTROLLER_BUILDER_SANDBOX", FLAG_BOOL,
 		    &f->builder_sandbox, "true",
 		    "builds run in Nix's sandbox (user-namespaced pods with an unmasked /proc "
@@ -838,6 +912,7 @@ int controller_main(int argc, char **argv)
 	if (uv_loop_close(&c->loop) != 0)
 		log_warnx("handles left open at exit");
 	kube_config_destroy(c->cfg);
+	usage_metrics_destroy(c->usage_metrics);
 	metrics_destroy(c->metrics);
 	rc = c->exit_code;
 	log_info("exit %d", rc);

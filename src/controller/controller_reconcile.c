@@ -24,6 +24,9 @@
 #include "controller_reconcile_write.h"
 #include "controller_slim.h"
 #include "controller_status.h"
+#include "controller_usage.h"
+#include "controller_usage_ledger.h"
+#include "controller_usage_pass.h"
 #include "log.h"
 #include "json_field.h"
 
@@ -88,6 +91,14 @@ void controller_reconciler_keys_for_builder_key(struct controller_reconciler *r,
 	if (qkey)
 		add(qkey, data);
 	free(qkey);
+	/* Made, claimed or gone: its identity's builder time changes. */
+	if (b && *controller_builder_identity_of(b)) {
+		qkey = reconcile_usage_queue_key(controller_builder_namespace(b),
+		    controller_builder_identity_of(b));
+		if (qkey)
+			add(qkey, data);
+		free(qkey);
+	}
 	for (size_t i = 0; b && i < controller_builder_sessions(b); i++)
 		add(controller_builder_request(b, i), data);
 }
@@ -121,7 +132,107 @@ void controller_reconciler_builder_seen(struct controller_reconciler *r, const j
 		controller_builders_seen(r->builders, obj, uv_now(r->loop));
 	else if (b)
 		controller_builder_deleting(b);
+	if (deleted && key) {
+		const char *identity = controller_builder_identity(obj);
+
+		/* Its time ends now (the usage pass retires it). */
+		if (*identity && usage_ledger_builder_ended(r->ledger, kube_object_namespace(obj),
+		    identity, kube_object_name(obj), kube_object_uid(obj), reconcile_wall_ms()) < 0)
+			log_warnx("builder=%s: out of memory noting its end; its last sighting counts",
+			    key);
+		usage_ledger_builder_forget(r->ledger, key);
+	}
 	free(key);
+}
+
+/* ---------- usage ---------- */
+
+static void add_usage_key(struct controller_reconciler *r, const char *ns, const char *identity,
+    void (*add)(const char *key, void *data), void *data)
+{
+	char *qkey = reconcile_usage_queue_key(ns, identity);
+
+	if (qkey)
+		add(qkey, data);
+	free(qkey);
+}
+
+void controller_reconciler_request_ended(struct controller_reconciler *r, const json_t *old_obj,
+    const json_t *obj, bool deleted, void (*add)(const char *key, void *data), void *data)
+{
+	const char *identity = controller_builder_identity(obj);
+	enum controller_phase was = old_obj ? controller_phase_of(old_obj) : CONTROLLER_PHASE_PENDING;
+	enum controller_phase now = controller_phase_of(obj);
+	const char *ns = kube_object_namespace(obj);
+	struct controller_builder *b;
+	struct usage_counts c, seen;
+	const json_t *bobj = NULL;
+	char *key, *err = NULL;
+
+	if (!controller_builder_identity_valid(identity))
+		return;
+	/* Counted once: at the move into a final phase; a deletion only when
+	 * no final phase was seen (the watch missed it). */
+	if (deleted ? controller_phase_terminal(now) :
+	    controller_phase_terminal(was) || !controller_phase_terminal(now))
+		return;
+	if (deleted)
+		metric_add(r->m.usage_sessions_unseen, 1);
+	controller_usage_of_request(obj, !deleted && now == CONTROLLER_PHASE_COMPLETED, &c);
+	key = kube_object_key(obj);
+	b = key ? controller_builders_serving(r->builders, key) : NULL;
+	free(key);
+	if (b)
+		bobj = kube_informer_get(r->builder_cache, controller_builder_namespace(b),
+		    controller_builder_name(b));
+	if (controller_usage_counts_parse(json_object_get(json_object_get(bobj, "status"),
+	    "usage"), &seen, &err) < 0) {
+		log_error("builder=%s: status.usage: %s; counted from 0", controller_builder_key(b),
+		    err ? err : "malformed");
+		free(err);
+		memset(&seen, 0, sizeof(seen));
+	}
+	if (usage_ledger_session_ended(r->ledger, ns, identity, b ? controller_builder_key(b) :
+	    NULL, &seen, &c) < 0) {
+		log_error("nbr=%s/%s: out of memory counting its usage", ns, kube_object_name(obj));
+		return;
+	}
+	add_usage_key(r, ns, identity, add, data);
+}
+
+struct usage_keys {
+	struct controller_reconciler *r;
+	void (*add)(const char *key, void *data);
+	void *data;
+};
+
+static void add_cached_usage(json_t *obj, void *data)
+{
+	struct usage_keys *k = data;
+	const char *identity = json_string_value(json_object_get(json_object_get(obj, "spec"),
+	    "identity"));
+
+	if (identity && controller_builder_identity_valid(identity))
+		add_usage_key(k->r, kube_object_namespace(obj), identity, k->add, k->data);
+}
+
+static void add_pending_usage(const char *ns, const char *identity, void *data)
+{
+	struct usage_keys *k = data;
+
+	add_usage_key(k->r, ns, identity, k->add, k->data);
+}
+
+void controller_reconciler_usage_keys(struct controller_reconciler *r, bool reseed,
+    void (*add)(const char *key, void *data), void *data)
+{
+	struct usage_keys k = { r, add, data };
+
+	if (reseed)
+		usage_ledger_reseed_builders(r->ledger);
+	if (r->usages)
+		kube_informer_foreach(r->usages, add_cached_usage, &k);
+	usage_ledger_foreach_pending(r->ledger, add_pending_usage, &k);
 }
 
 /* ---------- metrics ---------- */
@@ -177,6 +288,11 @@ static void metrics_init(struct controller_metrics *m, struct metrics *reg)
 	    "NixBuilders known to the controller.", NULL);
 	m->sessions = metrics_gauge(reg, "nrbc_controller_builder_sessions",
 	    "NixBuildRequests bound to builders now.", NULL);
+	m->usage_writes = metrics_counter(reg, "nrbc_controller_usage_writes_total",
+	    "NixUsage status updates written.", NULL);
+	m->usage_sessions_unseen = metrics_counter(reg,
+	    "nrbc_controller_usage_sessions_unseen_total",
+	    "Sessions whose request went before its outcome was seen (counted as failed).", NULL);
 }
 
 /* ---------- the request's own pod ---------- */
@@ -424,6 +540,23 @@ void controller_reconcile(struct kube_queue *q, const char *key, void *data)
 	struct reconcile_op *op;
 
 	metric_add(r->m.reconciles, 1);
+	if (strncmp(key, USAGE_KEY_PREFIX, strlen(USAGE_KEY_PREFIX)) == 0) {
+		const char *rest = key + strlen(USAGE_KEY_PREFIX), *slash = strchr(rest, '/');
+
+		if (slash && (size_t)(slash - rest) < sizeof(ns)) {
+			memcpy(ns, rest, (size_t)(slash - rest));
+			ns[slash - rest] = '\0';
+		}
+		obj = slash && (size_t)(slash - rest) < sizeof(ns) && r->usages ?
+		    kube_informer_get(r->usages, ns, slash + 1) : NULL;
+		op = reconcile_op_create(r, q, key, obj, &kube_resource_nixusages);
+		if (!op) {
+			kube_queue_done(q, key, KUBE_QUEUE_RETRY);
+			return;
+		}
+		reconcile_usage(op);
+		return;
+	}
 	if (strcmp(key, CONTROLLER_POOL_KEY) == 0) {
 		op = reconcile_op_create(r, q, key, NULL, &kube_resource_nixbuilders);
 		if (!op) {
@@ -478,7 +611,10 @@ struct controller_reconciler *controller_reconciler_create(struct kube_client *c
 		return NULL;
 	r->states = reconcile_state_table_create();
 	r->builders = controller_builders_create();
-	if (!r->states || !r->builders || controller_builder_class(NULL, r->default_class) < 0) {
+	r->ledger = usage_ledger_create();
+	if (!r->states || !r->builders || !r->ledger ||
+	    controller_builder_class(NULL, r->default_class) < 0) {
+		usage_ledger_destroy(r->ledger);
 		controller_builders_destroy(r->builders);
 		reconcile_state_table_destroy(r->states);
 		free(r);
@@ -490,6 +626,7 @@ struct controller_reconciler *controller_reconciler_create(struct kube_client *c
 	r->requests = caches->requests;
 	r->pods = caches->pods;
 	r->classes = caches->classes;
+	r->usages = caches->usages;
 	r->events = events;
 	r->opts = *o;
 	metrics_init(&r->m, metrics);
@@ -503,6 +640,7 @@ void controller_reconciler_destroy(struct controller_reconciler *r)
 	reconcile_ops_cancel(r);
 	reconcile_state_table_destroy(r->states);
 	controller_builders_destroy(r->builders);
+	usage_ledger_destroy(r->ledger);
 	free(r);
 }
 

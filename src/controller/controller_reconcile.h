@@ -35,6 +35,13 @@ struct controller_reconcile_options {
 	/* A request whose identity's builders are all full waits this long
 	 * for a slot before another builder is started. */
 	uint64_t builder_scale_out_wait_ms;
+	/* While an identity has builders, its NixUsage is brought up to date
+	 * at least this often (their time runs). */
+	uint64_t usage_interval_ms;
+	/* Builders of all classes one identity may hold at once (0: no
+	 * quota); a NixUsage's spec.maxBuilders overrides. A session that
+	 * would need one more is refused (QuotaExceeded). */
+	long quota_max_builders;
 };
 
 /* The queue key of the pool pass (not a valid "ns/name"). */
@@ -48,6 +55,7 @@ struct controller_reconcile_caches {
 	struct kube_informer *pods;
 	struct kube_informer *builders;
 	struct kube_informer *classes; /* NixBuilderClasses; NULL: every class is unknown */
+	struct kube_informer *usages;  /* NixUsages; NULL: usage is counted, never written */
 };
 
 /* events may be NULL; metrics may be NULL. The informers, events and
@@ -79,6 +87,18 @@ void controller_reconciler_keys_for_pod(struct controller_reconciler *r, const j
 /* The same for a builder given as "ns/name". */
 void controller_reconciler_keys_for_builder_key(struct controller_reconciler *r,
     const char *builder_key, void (*add)(const char *key, void *data), void *data);
+
+/* Usage (controller_usage_pass.h). Call only while reconciling (the
+ * leader): a request's update or delete; a session that ends (a move into
+ * Completed or Failed, or a deletion before either was seen) is counted
+ * for its identity and builder, and add gets the usage key to queue. */
+void controller_reconciler_request_ended(struct controller_reconciler *r, const json_t *old_obj,
+    const json_t *obj, bool deleted, void (*add)(const char *key, void *data), void *data);
+/* The usage keys of every cached NixUsage and of every identity with
+ * something unwritten. reseed (leadership won): the builders' totals are
+ * read again from the cache, where another leader may have written. */
+void controller_reconciler_usage_keys(struct controller_reconciler *r, bool reseed,
+    void (*add)(const char *key, void *data), void *data);
 
 /* "ns/name" of the NixBuildRequest that controls pod, or NULL. Heap. */
 char *controller_reconciler_pod_key(const json_t *pod);

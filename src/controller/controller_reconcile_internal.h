@@ -34,9 +34,12 @@ struct controller_metrics {
 	struct metric *binds_new;
 	struct metric *builders;
 	struct metric *sessions;
+	struct metric *usage_writes;
+	struct metric *usage_sessions_unseen;
 };
 
 struct controller_builders;
+struct usage_ledger;
 struct reconcile_op;
 struct reconcile_state_table;
 
@@ -47,6 +50,8 @@ struct controller_reconciler {
 	struct kube_informer *pods;
 	struct kube_informer *builder_cache;
 	struct kube_informer *classes;
+	struct kube_informer *usages;   /* NixUsages; NULL: no usage written */
+	struct usage_ledger *ledger;
 	struct kube_event_recorder *events;
 	struct controller_reconcile_options opts;
 	struct controller_metrics m;

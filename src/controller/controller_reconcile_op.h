@@ -35,6 +35,7 @@ struct reconcile_op {
 	json_t *nbr;
 	const struct kube_resource *resource;
 	char *builder_key;      /* a builder create or claim: which one */
+	size_t usage_live;      /* a usage pass: the identity's live builders */
 	/* A builder pod's host key: the key pair the Secret and then the pod get. */
 	struct controller_hostkey host_key;
 	struct reconcile_op *prev, *next;

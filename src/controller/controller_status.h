@@ -36,6 +36,7 @@ bool controller_phase_terminal(enum controller_phase p);
 #define CONTROLLER_REASON_INVALID "InvalidSpec"
 #define CONTROLLER_REASON_CREATE_FAILED "PodCreateFailed"
 #define CONTROLLER_REASON_DRAINING "BuilderDraining"
+#define CONTROLLER_REASON_QUOTA "QuotaExceeded"
 
 struct controller_status_input {
 	const json_t *request;   /* the NixBuildRequest as cached */

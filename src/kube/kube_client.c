@@ -36,6 +36,9 @@ const struct kube_resource kube_resource_nixbuilders = {
 const struct kube_resource kube_resource_nixbuilderclasses = {
 	"nix.io", "v1alpha1", "nixbuilderclasses", "NixBuilderClass", true
 };
+const struct kube_resource kube_resource_nixusages = {
+	"nix.io", "v1alpha1", "nixusages", "NixUsage", true
+};
 
 struct kube_request {
 	struct kube_request *prev, *next;

@@ -35,6 +35,7 @@ extern const struct kube_resource kube_resource_leases;
 extern const struct kube_resource kube_resource_nixbuildrequests;
 extern const struct kube_resource kube_resource_nixbuilders;
 extern const struct kube_resource kube_resource_nixbuilderclasses;
+extern const struct kube_resource kube_resource_nixusages;
 
 struct kube_response {
 	long status;         /* HTTP status; 0 when the request never got one */

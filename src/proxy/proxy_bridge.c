@@ -642,6 +642,8 @@ static size_t bridge_pump_up(struct proxy_bridge *b, struct proxy_upstream *u)
 			proxy_pipebuf_consume(&b->up, (size_t)n);
 			moved += (size_t)n;
 			metric_add(b->env.bytes_up, (double)n);
+			if (b->env.session_bytes_up)
+				*b->env.session_bytes_up += (uint64_t)n;
 			continue;
 		}
 		if (n == 0 || n == LIBSSH2_ERROR_EAGAIN)
@@ -689,6 +691,8 @@ static size_t bridge_flush_down(struct proxy_bridge *b, int stream)
 			proxy_pipebuf_consume(d, (size_t)w);
 			moved += (size_t)w;
 			metric_add(b->env.bytes_down, (double)w);
+			if (b->env.session_bytes_down)
+				*b->env.session_bytes_down += (uint64_t)w;
 		}
 		if ((uint32_t)w < chunk)
 			break;

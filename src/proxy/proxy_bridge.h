@@ -44,6 +44,9 @@ struct proxy_bridge_env {
 	/* Payload bytes client -> builder and builder -> client; may be NULL. */
 	struct metric *bytes_up;
 	struct metric *bytes_down;
+	/* The same, added up for the session (its usage); may be NULL. */
+	uint64_t *session_bytes_up;
+	uint64_t *session_bytes_down;
 	/* What every bridge's buffers hold together (may be NULL: no limit).
 	 * While it is full a bridge takes no more from either side: client
 	 * data stays in libssh, which then grows the client's window no

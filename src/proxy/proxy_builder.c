@@ -9,9 +9,9 @@ int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id, const ch
 }
 
 void proxy_builder_release(struct proxy_builder *b, uint64_t session_id, bool ok,
-    const char *message)
+    const char *message, uint64_t bytes_up, uint64_t bytes_down)
 {
-	b->ops->release(b, session_id, ok, message);
+	b->ops->release(b, session_id, ok, message, bytes_up, bytes_down);
 }
 
 bool proxy_builder_flush(struct proxy_builder *b, void (*done)(void *data), void *data)

@@ -66,9 +66,10 @@ struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_cli
 int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity,
     const char *builder_class);
 /* The session is over (or gave up waiting): ok tells Completed from Failed,
- * message says why. No event for session_id follows. */
+ * message says why, bytes_up and bytes_down are the payload it moved each
+ * way (recorded for the identity's usage). No event for session_id follows. */
 void proxy_builder_release(struct proxy_builder *b, uint64_t session_id, bool ok,
-    const char *message);
+    const char *message, uint64_t bytes_up, uint64_t bytes_down);
 /* Whether everything the backend still had to tell the cluster (the ends
  * of finished sessions' requests: status, delete) has landed. If not,
  * done(data) follows from the loop once it has (never from inside this

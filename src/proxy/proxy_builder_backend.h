@@ -8,7 +8,8 @@ struct proxy_builder_ops {
 	const char *name;
 	int (*acquire)(struct proxy_builder *b, uint64_t session_id, const char *identity,
 	    const char *builder_class);
-	void (*release)(struct proxy_builder *b, uint64_t session_id, bool ok, const char *message);
+	void (*release)(struct proxy_builder *b, uint64_t session_id, bool ok, const char *message,
+	    uint64_t bytes_up, uint64_t bytes_down);
 	bool (*is_ready)(const struct proxy_builder *b);
 	bool (*flush)(struct proxy_builder *b, void (*done)(void *data), void *data); /* optional */
 	int (*sibling)(struct proxy_builder *b, const char *key_line, struct proxy_sibling *out,

@@ -181,9 +181,9 @@ static void kube_delete_request(struct proxy_builder_kube *k, const char *name)
 /* Records the outcome on the request (for `kubectl get nbr` and the
  * controller, which then frees the builder slot), then deletes it. */
 static void kube_finish_request(struct proxy_builder_kube *k, const char *name, bool ok,
-    const char *message)
+    const char *message, uint64_t bytes_up, uint64_t bytes_down)
 {
-	if (proxy_endings_finish(k->endings, name, ok, message) < 0)
+	if (proxy_endings_finish_bytes(k->endings, name, ok, message, bytes_up, bytes_down) < 0)
 		log_error("nbr=%s/%s: out of memory: cannot finish the request", k->namespace, name);
 }
 
@@ -273,7 +273,8 @@ static void kube_on_create(struct proxy_builder_kube *k, struct kube_op *op,
 	json_decref(w->create_body);
 	w->create_body = NULL;
 	if (w->released) {
-		kube_finish_request(k, w->name, w->release_ok, w->release_message);
+		/* Released before it had a builder: nothing was moved. */
+		kube_finish_request(k, w->name, w->release_ok, w->release_message, 0, 0);
 		kube_wait_remove(k, w);
 		return;
 	}
@@ -641,7 +642,7 @@ fail:
 }
 
 static void kube_release(struct proxy_builder *b, uint64_t session_id, bool ok,
-    const char *message)
+    const char *message, uint64_t bytes_up, uint64_t bytes_down)
 {
 	struct proxy_builder_kube *k = (struct proxy_builder_kube *)b;
 	struct kube_wait *w = kube_wait_by_session(k, session_id);
@@ -663,7 +664,7 @@ static void kube_release(struct proxy_builder *b, uint64_t session_id, bool ok,
 		w->release_message = message ? strdup(message) : NULL;
 		return;
 	}
-	kube_finish_request(k, w->name, ok, message);
+	kube_finish_request(k, w->name, ok, message, bytes_up, bytes_down);
 	kube_wait_remove(k, w);
 }
 

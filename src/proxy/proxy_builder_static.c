@@ -64,8 +64,9 @@ static int static_acquire(struct proxy_builder *b, uint64_t session_id, const ch
 	return 0;
 }
 
+/* Nothing is recorded anywhere: the bytes are only the proxy's metrics'. */
 static void static_release(struct proxy_builder *b, uint64_t session_id, bool ok,
-    const char *message)
+    const char *message, uint64_t bytes_up, uint64_t bytes_down)
 {
 	struct proxy_builder_static *s = (struct proxy_builder_static *)b;
 

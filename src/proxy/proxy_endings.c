@@ -270,13 +270,22 @@ static int endings_add(struct proxy_endings *e, const char *name, json_t *patch)
 int proxy_endings_finish(struct proxy_endings *e, const char *name, bool ok,
     const char *message)
 {
+	return proxy_endings_finish_bytes(e, name, ok, message, 0, 0);
+}
+
+int proxy_endings_finish_bytes(struct proxy_endings *e, const char *name, bool ok,
+    const char *message, uint64_t bytes_up, uint64_t bytes_down)
+{
 	char ts[32];
 	json_t *patch;
 
-	/* When the session ended, not when a retry landed. */
+	/* When the session ended, not when a retry landed. The bytes are what
+	 * the controller counts into the identity's usage. */
 	rfc3339_format_ms((int64_t)time(NULL) * 1000, ts);
-	patch = json_pack("{s:{s:s, s:s, s:s}}", "status", "phase", ok ? "Completed" : "Failed",
-	    "message", message ? message : "", "completionTime", ts);
+	patch = json_pack("{s:{s:s, s:s, s:s, s:I, s:I}}", "status", "phase",
+	    ok ? "Completed" : "Failed", "message", message ? message : "", "completionTime", ts,
+	    "bytesUp", (json_int_t)(bytes_up > INT64_MAX ? INT64_MAX : bytes_up),
+	    "bytesDown", (json_int_t)(bytes_down > INT64_MAX ? INT64_MAX : bytes_down));
 	if (!patch)
 		return proxy_endings_delete(e, name);
 	return endings_add(e, name, patch);

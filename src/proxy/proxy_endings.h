@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <uv.h>
 
@@ -25,6 +26,10 @@ struct proxy_endings *proxy_endings_create(uv_loop_t *loop, struct kube_client *
  * already queued keeps its first end. */
 int proxy_endings_finish(struct proxy_endings *e, const char *name, bool ok,
     const char *message);
+/* The same, with the payload bytes the session moved each way (status
+ * bytesUp, bytesDown). */
+int proxy_endings_finish_bytes(struct proxy_endings *e, const char *name, bool ok,
+    const char *message, uint64_t bytes_up, uint64_t bytes_down);
 /* Deletes name, with no outcome to record (nothing ran there, or nobody
  * holds it). 0 or -1 as above. */
 int proxy_endings_delete(struct proxy_endings *e, const char *name);

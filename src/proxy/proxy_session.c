@@ -156,7 +156,7 @@ static void session_release_builder(struct proxy_session *s, bool ok, const char
 	if (s->hold != SESSION_HOLD_ASKED)
 		return;
 	session_set_hold(s, SESSION_HOLD_RELEASED);
-	proxy_builder_release(s->env->builder, s->id, ok, message);
+	proxy_builder_release(s->env->builder, s->id, ok, message, s->bytes_up, s->bytes_down);
 }
 
 /* The builder connection goes: every channel lets go of its channel on it
@@ -554,6 +554,8 @@ static ssh_channel session_on_channel_open(ssh_session ssh, void *userdata)
 	env.data = s;
 	env.bytes_up = s->env->bytes_up;
 	env.bytes_down = s->env->bytes_down;
+	env.session_bytes_up = &s->bytes_up;
+	env.session_bytes_down = &s->bytes_down;
 	env.budget = s->env->budget;
 	env.early_data = s->env->early_data;
 	b = proxy_bridge_create(ssh, &env);

@@ -7,29 +7,18 @@
 
 #include "buf.h"
 #include "dns_label.h"
+#include "key_identity.h"
 #include "log.h"
 #include "metrics.h"
 #include "proxy_keys.h"
 #include "proxy_session_internal.h"
 #include "proxy_siblings.h"
 
-/* The first bytes of the key's SHA-256 in hex: stable for a key, says
- * nothing about it, short enough for a label value. */
+_Static_assert(PROXY_SESSION_IDENTITY_LEN == KEY_IDENTITY_LEN, "one identity");
+
 static int session_identity_of(ssh_key pubkey, char out[PROXY_SESSION_IDENTITY_LEN + 1])
 {
-	unsigned char *hash = NULL;
-	size_t hlen = 0;
-
-	if (ssh_get_publickey_hash(pubkey, SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) < 0 ||
-	    hlen * 2 < PROXY_SESSION_IDENTITY_LEN) {
-		ssh_clean_pubkey_hash(&hash);
-		return -1;
-	}
-	for (int i = 0; i < PROXY_SESSION_IDENTITY_LEN / 2; i++)
-		snprintf(out + 2 * i, 3, "%02x", hash[i]);
-	out[PROXY_SESSION_IDENTITY_LEN] = '\0';
-	ssh_clean_pubkey_hash(&hash);
-	return 0;
+	return key_identity_of(pubkey, out);
 }
 
 /* Every authentication attempt, of every method, goes through here: counted

@@ -95,6 +95,10 @@ struct proxy_session {
 	/* Hex SHA-256 prefix of the client's public key: which builders this
 	 * session may be served by (never the key itself). */
 	char identity[PROXY_SESSION_IDENTITY_LEN + 1];
+	/* Payload its channels moved (client -> builder, builder -> client):
+	 * recorded with its end for the identity's usage. */
+	uint64_t bytes_up;
+	uint64_t bytes_down;
 	/* channels */
 	struct proxy_bridge *bridges[SESSION_MAX_CHANNELS];
 	int n_bridges;

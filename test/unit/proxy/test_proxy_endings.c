@@ -26,6 +26,7 @@ struct fake_request {
 	enum fake_kind kind;
 	char name[64];
 	char phase[16];
+	json_int_t bytes_up, bytes_down;
 	kube_response_cb cb;
 	void *data;
 	uint64_t id;
@@ -68,6 +69,10 @@ uint64_t kube_patch_merge(struct kube_client *c, const struct kube_resource *r,
 	fake_patches++;
 	fake_record(FAKE_PATCH, name, cb, data);
 	snprintf(fake.phase, sizeof(fake.phase), "%s", phase ? phase : "");
+	fake.bytes_up = json_integer_value(json_object_get(json_object_get(patch, "status"),
+	    "bytesUp"));
+	fake.bytes_down = json_integer_value(json_object_get(json_object_get(patch, "status"),
+	    "bytesDown"));
 	return fake.id;
 }
 
@@ -162,6 +167,21 @@ static void test_status_then_delete(void **state)
 	assert_false(proxy_endings_holds(f->e, "build-1"));
 	assert_int_equal(proxy_endings_count(f->e), 0);
 	assert_int_equal(empties, 1);
+}
+
+/* The payload the session moved goes into the status, for its usage. */
+static void test_status_carries_the_bytes(void **state)
+{
+	struct fixture *f = *state;
+
+	assert_int_equal(proxy_endings_finish_bytes(f->e, "build-7", true, "done", 12345,
+	    678), 0);
+	assert_int_equal(fake.kind, FAKE_PATCH);
+	assert_int_equal(fake.bytes_up, 12345);
+	assert_int_equal(fake.bytes_down, 678);
+	answer(200);
+	answer(200);
+	assert_int_equal(proxy_endings_count(f->e), 0);
 }
 
 static void test_failures_are_tried_again_with_backoff(void **state)
@@ -262,6 +282,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_status_then_delete, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_status_carries_the_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failures_are_tried_again_with_backoff, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_a_refused_status_still_deletes, setup, teardown),

@@ -242,18 +242,36 @@ static void on_builder_created(const struct kube_response *resp, void *data)
 	}
 }
 
-static void create_builder(struct reconcile_op *op, const char *identity, const char *class)
+/* The next builder of identity and class: its object (*obj, the caller's)
+ * and its entry in the table, CREATING. NULL (and *obj NULL) when out of
+ * memory. */
+static struct controller_builder *new_builder(struct reconcile_op *op, const char *identity,
+    const char *class, json_t **obj)
 {
 	struct controller_reconciler *r = op->r;
 	const char *ns = kube_object_namespace(op->nbr);
 	long slots = controller_class_slots(op->nbr, r->opts.builder_slots);
 	char *name = controller_builders_next_name(r->builders, ns, identity, class);
-	json_t *obj = name ? controller_builder_build(ns, name, identity, class, slots,
-	    op->nbr) : NULL;
-	struct controller_builder *b = obj ? controller_builders_add(r->builders, ns, name,
-	    identity, class, slots, uv_now(r->loop)) : NULL;
+	struct controller_builder *b;
 
+	*obj = name ? controller_builder_build(ns, name, identity, class, slots, op->nbr) : NULL;
+	b = *obj ? controller_builders_add(r->builders, ns, name, identity, class, slots,
+	    uv_now(r->loop)) : NULL;
 	free(name);
+	if (!b) {
+		json_decref(*obj);
+		*obj = NULL;
+	}
+	return b;
+}
+
+static void create_builder(struct reconcile_op *op, const char *identity, const char *class)
+{
+	struct controller_reconciler *r = op->r;
+	const char *ns = kube_object_namespace(op->nbr);
+	json_t *obj;
+	struct controller_builder *b = new_builder(op, identity, class, &obj);
+
 	/* Bound at once: a pass for the next request of this identity sees the
 	 * slot taken and the builder on its way. */
 	if (!b || controller_builders_bind(r->builders, b, op->key, uv_now(r->loop)) < 0 ||
@@ -448,14 +466,9 @@ static void create_spare(struct reconcile_op *op, const char *identity, const ch
 {
 	struct controller_reconciler *r = op->r;
 	const char *ns = kube_object_namespace(op->nbr);
-	long slots = controller_class_slots(op->nbr, r->opts.builder_slots);
-	char *name = controller_builders_next_name(r->builders, ns, identity, class);
-	json_t *obj = name ? controller_builder_build(ns, name, identity, class, slots,
-	    op->nbr) : NULL;
-	struct controller_builder *b = obj ? controller_builders_add(r->builders, ns, name,
-	    identity, class, slots, uv_now(r->loop)) : NULL;
+	json_t *obj;
+	struct controller_builder *b = new_builder(op, identity, class, &obj);
 
-	free(name);
 	if (!b || !(op->builder_key = strdup(controller_builder_key(b)))) {
 		if (b)
 			controller_builders_remove(r->builders, controller_builder_key(b));

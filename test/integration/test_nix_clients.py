@@ -190,3 +190,30 @@ def _path_info(text, path):
     (entry,) = [e for e in info if e["path"] == path]
     return entry
 
+
+def test_nix_2_26_remote_program_and_remote_store(builders, new_nix):
+    """What current clients send when users set remote-program (an absolute
+    path) and remote-store (`nix-daemon --stdio --store daemon`) goes
+    through; another store is refused with one line saying why."""
+    name, stack, want = builders
+    opts = chroot_sshopts(new_nix, stack)
+    base = "ssh-ng://nixbld@" + stack.proxy_address
+    # The test kubelet's builders run the host's Nix, in /usr/bin; the
+    # image also has an installer's profile path.
+    programs = ["/usr/bin/nix-daemon"]
+    if name == "real-node":
+        programs.append("/nix/var/nix/profiles/default/bin/nix-daemon")
+    for program in programs:
+        url = base + "?remote-program=%s&remote-store=daemon" % program
+        r = new_nix.run(["nix", "store", "info", "--json", "--store", url], sshopts=opts,
+                        timeout=120)
+        assert r.returncode == 0, (url, r.stderr)
+        assert json.loads(r.stdout)["version"].startswith(want), r.stdout
+    r = new_nix.run(["nix", "store", "info", "--store",
+                     base + "?remote-store=/home/nixbld/store"], sshopts=opts, timeout=120)
+    assert r.returncode != 0, r.stdout
+    assert "remote-store may be daemon or auto" in r.stderr, r.stderr
+    r = new_nix.run(["nix", "store", "info", "--store",
+                     base + "?remote-program=/tmp/nix-daemon"], sshopts=opts, timeout=120)
+    assert r.returncode != 0, r.stdout
+    assert "remote-program may name them only bare" in r.stderr, r.stderr

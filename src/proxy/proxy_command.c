@@ -263,13 +263,14 @@ enum proxy_command_verdict proxy_command_check(const struct proxy_command_policy
 	if (p->allow_any)
 		return PROXY_COMMAND_ALLOWED;
 	v = nix_command_check(cmd, len);
-	if (v != PROXY_COMMAND_DENIED)
+	if (v == PROXY_COMMAND_ALLOWED)
 		return v;
+	/* An --allow-command line wins over the store refusal too. */
 	for (size_t i = 0; i < p->n_extra; i++) {
 		if (words_equal(cmd, len, p->extra[i], strlen(p->extra[i])))
 			return PROXY_COMMAND_ALLOWED;
 	}
-	return PROXY_COMMAND_DENIED;
+	return v;
 }
 
 const char *proxy_command_refusal(enum proxy_command_verdict v)

@@ -99,6 +99,15 @@ static void test_remote_program_and_store(void **state)
 	assert_int_equal(check(p, "nix-daemon --stdio --store daemon --force-trusted"),
 	    PROXY_COMMAND_DENIED);
 	assert_non_null(strstr(proxy_command_refusal(PROXY_COMMAND_DENIED_STORE), "remote-store"));
+	proxy_command_policy_destroy(p);
+
+	/* An operator's --allow-command wins over the store refusal (found by
+	 * the fuzzer). */
+	p = proxy_command_policy_create("nix-daemon --stdio --store /srv/store", false, &err);
+	assert_non_null(p);
+	assert_int_equal(check(p, "nix-daemon --stdio --store /srv/store"), PROXY_COMMAND_ALLOWED);
+	assert_int_equal(check(p, "nix-daemon --stdio --store /srv/other"),
+	    PROXY_COMMAND_DENIED_STORE);
 	assert_non_null(strstr(proxy_command_refusal(PROXY_COMMAND_DENIED),
 	    "/nix/var/nix/profiles/default/bin/"));
 	proxy_command_policy_destroy(p);

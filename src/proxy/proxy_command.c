@@ -7,11 +7,43 @@
 #include "buf.h"
 #include "log.h"
 
-static const char *const default_commands[] = {
-	"nix-store --serve",
-	"nix-store --serve --write",
-	"nix-daemon --stdio",
+/*
+ * What Nix clients send (Nix 2.3 to 2.32, Lix 2.93): REMOTE-PROGRAM then its
+ * arguments, then "--store STORE" when the client sets remote-store (Nix
+ * shell-quotes it: 'daemon'). REMOTE-PROGRAM is nix-store (ssh://) or
+ * nix-daemon (ssh-ng://) unless the client sets remote-program, which users
+ * of installer-made Nix set to where their own machines keep it, since a
+ * non-interactive shell's PATH there lacks it.
+ */
+struct nix_program {
+	const char *name;
+	const char *const args[3]; /* one allowed argument list each */
 };
+
+static const struct nix_program nix_programs[] = {
+	{ "nix-store", { "--serve", "--serve --write", NULL } },
+	{ "nix-daemon", { "--stdio", NULL, NULL } },
+};
+
+/* Absolute remote-program directories accepted: the builder image has the
+ * programs in both (builder/Containerfile links the first). Any other path
+ * names a program the builder does not have. */
+static const char *const program_dirs[] = {
+	"/nix/var/nix/profiles/default/bin/",
+	"/usr/bin/",
+};
+
+/* --store values that mean the builder's own nix-daemon, the only store of a
+ * builder: another (a local store in a directory, say) would have the SSH
+ * user build as itself, outside the daemon's build users and sandbox. */
+static const char *const own_stores[] = {
+	"daemon",
+	"auto",
+	"'daemon'",
+	"'auto'",
+};
+
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 struct proxy_command_policy {
 	bool allow_any;
@@ -153,22 +185,92 @@ void proxy_command_policy_destroy(struct proxy_command_policy *p)
 	free(p);
 }
 
+/* The program of words[0], bare or in one of program_dirs; NULL if neither. */
+static const struct nix_program *nix_program_of(const char *word)
+{
+	const char *name = word;
+
+	if (word[0] == '/') {
+		name = NULL;
+		for (size_t i = 0; i < N_OF(program_dirs); i++) {
+			size_t n = strlen(program_dirs[i]);
+
+			if (strncmp(word, program_dirs[i], n) == 0) {
+				name = word + n;
+				break;
+			}
+		}
+		if (!name)
+			return NULL;
+	}
+	for (size_t i = 0; i < N_OF(nix_programs); i++) {
+		if (strcmp(name, nix_programs[i].name) == 0)
+			return &nix_programs[i];
+	}
+	return NULL;
+}
+
+/* Whether words[from..n) are exactly the words of args. */
+static bool words_are(const char *const *words, int from, int n, const char *args)
+{
+	char buf[PROXY_COMMAND_MAX_LEN + 1];
+	const char *aw[PROXY_COMMAND_MAX_WORDS];
+	int an = proxy_command_split(args, strlen(args), buf, sizeof(buf), aw,
+	    PROXY_COMMAND_MAX_WORDS);
+
+	if (an < 0 || an != n - from)
+		return false;
+	for (int i = 0; i < an; i++) {
+		if (strcmp(words[from + i], aw[i]) != 0)
+			return false;
+	}
+	return true;
+}
+
+/* A Nix client's command line (see nix_programs): ALLOWED, DENIED_STORE
+ * (right program and arguments, another store), or DENIED. */
+static enum proxy_command_verdict nix_command_check(const char *cmd, size_t len)
+{
+	char buf[PROXY_COMMAND_MAX_LEN + 1];
+	const char *words[PROXY_COMMAND_MAX_WORDS];
+	const struct nix_program *prog;
+	int n = proxy_command_split(cmd, len, buf, sizeof(buf), words, PROXY_COMMAND_MAX_WORDS);
+
+	if (n < 1 || !(prog = nix_program_of(words[0])))
+		return PROXY_COMMAND_DENIED;
+	for (size_t a = 0; a < N_OF(prog->args) && prog->args[a]; a++) {
+		if (words_are(words, 1, n, prog->args[a]))
+			return PROXY_COMMAND_ALLOWED;
+		if (n < 3 || strcmp(words[n - 2], "--store") != 0 ||
+		    !words_are(words, 1, n - 2, prog->args[a]))
+			continue;
+		for (size_t i = 0; i < N_OF(own_stores); i++) {
+			if (strcmp(words[n - 1], own_stores[i]) == 0)
+				return PROXY_COMMAND_ALLOWED;
+		}
+		return PROXY_COMMAND_DENIED_STORE;
+	}
+	return PROXY_COMMAND_DENIED;
+}
+
 enum proxy_command_verdict proxy_command_check(const struct proxy_command_policy *p,
     const char *cmd, size_t len)
 {
+	enum proxy_command_verdict v;
+
 	if (is_malformed(cmd, len))
 		return PROXY_COMMAND_MALFORMED;
 	if (p->allow_any)
 		return PROXY_COMMAND_ALLOWED;
-	for (size_t i = 0; i < sizeof(default_commands) / sizeof(default_commands[0]); i++) {
-		if (words_equal(cmd, len, default_commands[i], strlen(default_commands[i])))
-			return PROXY_COMMAND_ALLOWED;
-	}
+	v = nix_command_check(cmd, len);
+	if (v == PROXY_COMMAND_ALLOWED)
+		return v;
+	/* An --allow-command line wins over the store refusal too. */
 	for (size_t i = 0; i < p->n_extra; i++) {
 		if (words_equal(cmd, len, p->extra[i], strlen(p->extra[i])))
 			return PROXY_COMMAND_ALLOWED;
 	}
-	return PROXY_COMMAND_DENIED;
+	return v;
 }
 
 const char *proxy_command_refusal(enum proxy_command_verdict v)
@@ -178,7 +280,12 @@ const char *proxy_command_refusal(enum proxy_command_verdict v)
 		return "allowed";
 	case PROXY_COMMAND_DENIED:
 		return "this proxy only runs the commands Nix uses for remote builds "
-		       "(nix-store --serve [--write], nix-daemon --stdio)";
+		       "(nix-store --serve [--write], nix-daemon --stdio; remote-program may "
+		       "name them only bare or under /nix/var/nix/profiles/default/bin/ or "
+		       "/usr/bin/)";
+	case PROXY_COMMAND_DENIED_STORE:
+		return "a builder's only store is its own nix-daemon: remote-store may be "
+		       "daemon or auto, or unset";
 	case PROXY_COMMAND_MALFORMED:
 		return "the command is empty, too long or contains control characters";
 	}

@@ -1,8 +1,12 @@
 /* Which exec command lines the proxy passes on to a builder. By default only
  * what Nix sends: "nix-store --serve", "nix-store --serve --write" (ssh://)
- * and "nix-daemon --stdio" (ssh-ng://). A command is compared word by word
- * after splitting on blanks, so spacing does not matter but nothing else may
- * differ: no paths, no extra arguments, no shell syntax. Pure. */
+ * and "nix-daemon --stdio" (ssh-ng://); the program may also be named by an
+ * absolute path in /nix/var/nix/profiles/default/bin/ or /usr/bin/ (a
+ * client's remote-program), and "--store daemon" or "--store auto" may
+ * follow (a client's remote-store: the builder's own daemon; any other store
+ * is refused). A command is compared word by word after splitting on blanks,
+ * so spacing does not matter but nothing else may differ: no other paths, no
+ * extra arguments, no shell syntax. Pure. */
 #ifndef NRBC_PROXY_COMMAND_H
 #define NRBC_PROXY_COMMAND_H
 
@@ -28,6 +32,7 @@ void proxy_command_policy_destroy(struct proxy_command_policy *p);
 enum proxy_command_verdict {
 	PROXY_COMMAND_ALLOWED,
 	PROXY_COMMAND_DENIED,    /* well-formed, not on the list */
+	PROXY_COMMAND_DENIED_STORE, /* Nix's command, with a --store not the builder's own */
 	PROXY_COMMAND_MALFORMED, /* empty, too long, NUL or control bytes */
 };
 

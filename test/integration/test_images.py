@@ -26,6 +26,8 @@ BUILD = os.path.join(REPO, "test", "images", "build.sh")
 # OCI default set that ctr gives minus these.
 DROP = ["CAP_FSETID", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETFCAP", "CAP_SETPCAP",
         "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"]
+# Nix in the builder image by Debian release (test/images/build.sh).
+BUILDER_NIX = {"12": "2.8.", "13": "2.26."}
 POD_CAPS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "KILL": 5, "SETGID": 6,
             "SETUID": 7, "SYS_CHROOT": 18}
 
@@ -185,6 +187,9 @@ def test_builder_ssh_login_and_store_ping(builder):
     r = subprocess.run(keys.ssh_argv(host, port, known_hosts=kh) + ["nix-store", "--version"],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
     assert r.returncode == 0 and "Nix" in r.stdout, r.stderr
+    # The image's Nix is the Debian release's (build.sh, NRBC_BUILDER_DEBIAN).
+    want = BUILDER_NIX[os.environ.get("NRBC_BUILDER_DEBIAN", "13")]
+    assert r.stdout.split()[-1].startswith(want), (want, r.stdout)
     env = dict(os.environ, NIX_SSHOPTS=NixClient.sshopts(port, keys.private, kh))
     env.pop("NIX_REMOTE", None)
     # Nix 2.8 store URIs take no port: it comes from NIX_SSHOPTS.

@@ -411,7 +411,7 @@ def strict(world):
 
 
 @pytest.mark.parametrize("cmd", ["sh -c id", "nix-store --serve; sh", "/tmp/nix-store --serve",
-                                 "nix-daemon --stdio --store /tmp/x"])
+                                 "nix-daemon --stdio --store daemon; sh"])
 def test_default_policy_refuses_other_commands(strict, cmd):
     r = strict.ssh(cmd)
     assert r.returncode == 1
@@ -420,10 +420,24 @@ def test_default_policy_refuses_other_commands(strict, cmd):
     assert r.stdout == b""
 
 
+@pytest.mark.parametrize("cmd", ["nix-daemon --stdio --store /tmp/x",
+                                 "nix-store --serve --write --store 'local?root=/tmp/x'"])
+def test_default_policy_refuses_another_store(strict, cmd):
+    """A client's remote-store other than the builder's own daemon."""
+    r = strict.ssh(cmd)
+    assert r.returncode == 1
+    assert b"nrbc: refused" in r.stderr, r.stderr
+    assert b"remote-store may be daemon or auto" in r.stderr, r.stderr
+    assert r.stdout == b""
+
+
 def test_default_policy_lets_nix_through(strict):
     r = strict.ssh("nix-store --serve --write", input=b"")
     assert b"nrbc: refused" not in r.stderr, r.stderr
     r = strict.ssh("nix-daemon  --stdio", input=b"")
+    assert b"nrbc: refused" not in r.stderr, r.stderr
+    # A client's remote-program and remote-store (the builder's own).
+    r = strict.ssh("/usr/bin/nix-daemon --stdio --store 'daemon'", input=b"")
     assert b"nrbc: refused" not in r.stderr, r.stderr
 
 

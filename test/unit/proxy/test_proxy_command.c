@@ -24,7 +24,7 @@ static void test_default_policy(void **state)
 	assert_int_equal(check(p, "nix-store --serve --write"), PROXY_COMMAND_ALLOWED);
 	assert_int_equal(check(p, "  nix-store\t--serve   --write "), PROXY_COMMAND_ALLOWED);
 	assert_int_equal(check(p, "nix-daemon --stdio"), PROXY_COMMAND_ALLOWED);
-	assert_int_equal(check(p, "nix-daemon --stdio --store /tmp"), PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "nix-daemon --stdio --store /tmp"), PROXY_COMMAND_DENIED_STORE);
 	assert_int_equal(check(p, "nix-store --write --serve"), PROXY_COMMAND_DENIED);
 	assert_int_equal(check(p, "/tmp/x/nix-store --serve"), PROXY_COMMAND_DENIED);
 	assert_int_equal(check(p, "nix-store --serve; sh"), PROXY_COMMAND_DENIED);
@@ -45,6 +45,71 @@ static void test_default_policy(void **state)
 	assert_int_equal(check(p, "nix-store --serve caf\xc3\xa9 \xe2\x80\xa6 \xf0\x9f\x98\x80"),
 	    PROXY_COMMAND_DENIED);
 	assert_non_null(strstr(proxy_command_refusal(PROXY_COMMAND_DENIED), "nix-daemon --stdio"));
+	proxy_command_policy_destroy(p);
+}
+
+/* What current clients send: remote-program as an absolute path, and
+ * remote-store (Nix 2.18+ on ssh-ng, shell-quoted by older clients). */
+static void test_remote_program_and_store(void **state)
+{
+	char *err = NULL;
+	struct proxy_command_policy *p = proxy_command_policy_create(NULL, false, &err);
+
+	assert_non_null(p);
+	assert_int_equal(check(p, "/nix/var/nix/profiles/default/bin/nix-daemon --stdio"),
+	    PROXY_COMMAND_ALLOWED);
+	assert_int_equal(check(p, "/nix/var/nix/profiles/default/bin/nix-store --serve --write"),
+	    PROXY_COMMAND_ALLOWED);
+	assert_int_equal(check(p, "/usr/bin/nix-store --serve"), PROXY_COMMAND_ALLOWED);
+	assert_int_equal(check(p, "/usr/bin/nix-daemon --stdio"), PROXY_COMMAND_ALLOWED);
+	/* Other directories, look-alikes and relative paths. */
+	assert_int_equal(check(p, "/run/current-system/sw/bin/nix-daemon --stdio"),
+	    PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "/usr/bin/../../tmp/nix-daemon --stdio"), PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "/usr/bin//nix-daemon --stdio"), PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "/usr/bin/nix-daemonx --stdio"), PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "/usr/bin/ --stdio"), PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "bin/nix-daemon --stdio"), PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "/usr/bin/sh --stdio"), PROXY_COMMAND_DENIED);
+	/* A program with the other's arguments. */
+	assert_int_equal(check(p, "nix-daemon --serve --write"), PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "nix-store --stdio"), PROXY_COMMAND_DENIED);
+
+	/* The builder's own store, however the client spells it. */
+	assert_int_equal(check(p, "nix-daemon --stdio --store daemon"), PROXY_COMMAND_ALLOWED);
+	assert_int_equal(check(p, "nix-daemon --stdio --store 'daemon'"), PROXY_COMMAND_ALLOWED);
+	assert_int_equal(check(p, "nix-daemon --stdio --store auto"), PROXY_COMMAND_ALLOWED);
+	assert_int_equal(check(p, "nix-store --serve --write --store 'auto'"),
+	    PROXY_COMMAND_ALLOWED);
+	assert_int_equal(check(p, "/nix/var/nix/profiles/default/bin/nix-daemon --stdio --store "
+	    "daemon"), PROXY_COMMAND_ALLOWED);
+	/* Any other store: refused, saying why. */
+	assert_int_equal(check(p, "nix-daemon --stdio --store /home/nixbld/store"),
+	    PROXY_COMMAND_DENIED_STORE);
+	assert_int_equal(check(p, "nix-daemon --stdio --store 'local?root=/tmp/s'"),
+	    PROXY_COMMAND_DENIED_STORE);
+	assert_int_equal(check(p, "nix-store --serve --store ssh://elsewhere"),
+	    PROXY_COMMAND_DENIED_STORE);
+	assert_int_equal(check(p, "nix-daemon --stdio --store daemon' ; sh '"),
+	    PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "nix-daemon --stdio --store"), PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "nix-daemon --stdio --store daemon --store auto"),
+	    PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "nix-daemon --store daemon --stdio"), PROXY_COMMAND_DENIED);
+	assert_int_equal(check(p, "nix-daemon --stdio --store daemon --force-trusted"),
+	    PROXY_COMMAND_DENIED);
+	assert_non_null(strstr(proxy_command_refusal(PROXY_COMMAND_DENIED_STORE), "remote-store"));
+	proxy_command_policy_destroy(p);
+
+	/* An operator's --allow-command wins over the store refusal (found by
+	 * the fuzzer). */
+	p = proxy_command_policy_create("nix-daemon --stdio --store /srv/store", false, &err);
+	assert_non_null(p);
+	assert_int_equal(check(p, "nix-daemon --stdio --store /srv/store"), PROXY_COMMAND_ALLOWED);
+	assert_int_equal(check(p, "nix-daemon --stdio --store /srv/other"),
+	    PROXY_COMMAND_DENIED_STORE);
+	assert_non_null(strstr(proxy_command_refusal(PROXY_COMMAND_DENIED),
+	    "/nix/var/nix/profiles/default/bin/"));
 	proxy_command_policy_destroy(p);
 }
 
@@ -101,6 +166,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_default_policy),
+		cmocka_unit_test(test_remote_program_and_store),
 		cmocka_unit_test(test_extra_and_any),
 		cmocka_unit_test(test_split),
 	};

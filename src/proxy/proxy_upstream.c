@@ -381,6 +381,11 @@ static void upstream_step_connecting(struct proxy_upstream *u)
 		return;
 	}
 	libssh2_session_set_blocking(u->ssh, 0);
+#if LIBSSH2_VERSION_NUM >= 0x010b01
+	/* 1.11.1 takes a function pointer, and deprecates the void * setter. */
+	libssh2_session_callback_set2(u->ssh, LIBSSH2_CALLBACK_RECV,
+	    (libssh2_cb_generic *)upstream_recv);
+#else
 	{
 		union {
 			LIBSSH2_RECV_FUNC((*fn));
@@ -389,6 +394,7 @@ static void upstream_step_connecting(struct proxy_upstream *u)
 
 		libssh2_session_callback_set(u->ssh, LIBSSH2_CALLBACK_RECV, recv_cb.ptr);
 	}
+#endif
 	libssh2_session_flag(u->ssh, LIBSSH2_FLAG_COMPRESS, 0);
 	/* The builder is known: ask for the host key type it must have, and for
 	 * the cheapest strong cipher libssh2 1.10 has (no AES-GCM, chacha20 or

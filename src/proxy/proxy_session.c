@@ -145,6 +145,8 @@ static void session_on_handle_closed(uv_handle_t *h)
 	free(s->limit_refusal);
 	free(s->builder_status);
 	free(s->builder_name);
+	free(s->builder_host);
+	free(s->builder_host_key);
 	free(s->upstream_failure);
 	free(s->lost_reason);
 	free(s->failure);
@@ -570,6 +572,16 @@ static ssh_channel session_on_channel_open(ssh_session ssh, void *userdata)
 
 /* ---- builder connection events ---- */
 
+/* Connected: counted towards the builder's burst of sessions (proxy_spares). */
+static void session_note_connected(struct proxy_session *s)
+{
+	if (!s->builder_host)
+		return;
+	proxy_spares_connected(s->env->spares, &(struct proxy_upstream_options){
+	    .host = s->builder_host, .port = s->builder_port, .user = s->env->remote_user,
+	    .keys = s->env->keys, .host_key = s->builder_host_key });
+}
+
 static void session_upstream_ready(void *data)
 {
 	struct proxy_session *s = data;
@@ -577,6 +589,7 @@ static void session_upstream_ready(void *data)
 	if (s->state == SESSION_CONNECTING) {
 		log_info("session=%llu connected to the builder", (unsigned long long)s->id);
 		session_set_state(s, SESSION_BRIDGING);
+		session_note_connected(s);
 	}
 	session_run(s);
 }
@@ -638,6 +651,11 @@ void proxy_session_builder_ready(struct proxy_session *s, const char *host, int 
 	    port);
 	free(s->builder_name);
 	s->builder_name = strdup(name);
+	free(s->builder_host);
+	free(s->builder_host_key);
+	s->builder_host = strdup(host);
+	s->builder_host_key = host_key ? strdup(host_key) : NULL;
+	s->builder_port = port;
 	opts = (struct proxy_upstream_options){ .host = host, .port = port,
 	    .user = s->env->remote_user, .keys = s->env->keys, .host_key = host_key,
 	    .keepalive_interval_ms = s->env->keepalive_interval_ms,
@@ -648,6 +666,7 @@ void proxy_session_builder_ready(struct proxy_session *s, const char *host, int 
 		    (unsigned long long)s->id);
 		session_set_state(s, SESSION_CONNECTING);
 		session_set_state(s, SESSION_BRIDGING);
+		session_note_connected(s);
 		session_run(s);
 		return;
 	}

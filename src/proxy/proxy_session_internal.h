@@ -110,6 +110,10 @@ struct proxy_session {
 	char *builder_status;   /* the wait's last progress text */
 	bool status_withheld;   /* builder_status not shown to the client yet */
 	char *builder_name;     /* the pod (or address) it was bound to */
+	/* Where that builder is and the host key it must show (NULL: the
+	 * shared one), for a connection made ahead to it. */
+	char *builder_host, *builder_host_key;
+	int builder_port;
 	struct proxy_upstream *upstream;
 	char *upstream_failure; /* reported by the upstream, handled by the run loop */
 	char *lost_reason;      /* why the builder connection broke (BUILDER_LOST) */

@@ -260,50 +260,68 @@ static struct spare *spare_add(struct proxy_spares *sp, char *key,
 	return e;
 }
 
+/* The entry of the builder of opts, made if need be; NULL when out of memory. */
+static struct spare *spare_get(struct proxy_spares *sp, const struct proxy_upstream_options *opts)
+{
+	char *key = spare_key(opts);
+	struct spare *e;
+
+	if (!key)
+		return NULL;
+	e = spare_find(sp, key);
+	if (e) {
+		free(key);
+		return e;
+	}
+	e = spare_add(sp, key, opts);
+	if (e) {
+		/* Never connected: the first connect is no burst. */
+		e->last_connect = uv_now(sp->loop) - sp->lifetime_ms;
+		spares_arm_sweep(sp, sp->lifetime_ms);
+	}
+	return e;
+}
+
 struct proxy_upstream *proxy_spares_take(struct proxy_spares *sp, uint64_t session_id,
     const struct proxy_upstream_options *opts, const struct proxy_upstream_events *events,
     void *data)
 {
-	char *key;
 	struct spare *e;
-	struct proxy_upstream *u = NULL;
-	uint64_t now;
-	bool burst;
+	struct proxy_upstream *u;
 
 	if (!sp || !sp->max)
 		return NULL;
-	key = spare_key(opts);
-	if (!key)
+	e = spare_get(sp, opts);
+	if (!e || e->state != SPARE_READY)
 		return NULL;
-	now = uv_now(sp->loop);
-	e = spare_find(sp, key);
-	if (e) {
-		free(key);
-	} else {
-		e = spare_add(sp, key, opts);
-		if (!e)
-			return NULL;
-		/* A first connect is no burst. */
-		e->last_connect = now - sp->lifetime_ms;
-	}
-	burst = now - e->last_connect < sp->lifetime_ms;
-	e->last_connect = now;
-	if (e->state == SPARE_READY && !proxy_upstream_is_open(e->u)) {
+	if (!proxy_upstream_is_open(e->u)) {
 		/* The builder closed it (restarted, drained, gone) while nobody
 		 * read it: never hand a session a dead connection. */
 		log_debug("spare %s:%d: closed by the builder", e->host, e->port);
 		spare_release(e, true);
+		return NULL;
 	}
-	if (e->state == SPARE_READY) {
-		u = e->u;
-		spare_release(e, false);
-		proxy_upstream_adopt(u, session_id, events, data, opts->keepalive_interval_ms,
-		    opts->keepalive_count);
-		metric_add(sp->taken, 1);
-	}
-	if (burst || u)
-		spare_make(e);
-	spares_arm_sweep(sp, sp->lifetime_ms);
+	u = e->u;
+	spare_release(e, false);
+	proxy_upstream_adopt(u, session_id, events, data, opts->keepalive_interval_ms,
+	    opts->keepalive_count);
+	metric_add(sp->taken, 1);
 	return u;
 }
 
+void proxy_spares_connected(struct proxy_spares *sp, const struct proxy_upstream_options *opts)
+{
+	struct spare *e;
+	uint64_t now;
+
+	if (!sp || !sp->max)
+		return;
+	e = spare_get(sp, opts);
+	if (!e)
+		return;
+	now = uv_now(sp->loop);
+	if (now - e->last_connect < sp->lifetime_ms)
+		spare_make(e);
+	e->last_connect = now;
+	spares_arm_sweep(sp, sp->lifetime_ms);
+}

@@ -33,10 +33,15 @@ struct proxy_spares *proxy_spares_create(uv_loop_t *loop, uint64_t lifetime_ms, 
 void proxy_spares_destroy(struct proxy_spares *sp);
 
 /* A READY connection to the builder of opts, now the caller's (with
- * events, data and opts' keepalives), or NULL when there is none. Either
- * way the connect is counted towards the builder's burst. Accepts NULL. */
+ * events, data and opts' keepalives), or NULL when there is none. Accepts
+ * NULL. */
 struct proxy_upstream *proxy_spares_take(struct proxy_spares *sp, uint64_t session_id,
     const struct proxy_upstream_options *opts, const struct proxy_upstream_events *events,
     void *data);
+/* A session is connected to the builder of opts (with a spare or its own
+ * connection): the second within the lifetime makes a spare for the next.
+ * Only connections that worked count, so a builder that takes none is never
+ * connected to more than the sessions do. Accepts NULL. */
+void proxy_spares_connected(struct proxy_spares *sp, const struct proxy_upstream_options *opts);
 
 #endif

@@ -28,6 +28,7 @@ import pytest
 
 from conftest import salt
 from nix_root import ChrootNix, root_path
+from nix_wire import NixWire
 from real_stack import RealStack
 from stack import Stack
 from test_e2e import closure
@@ -169,13 +170,22 @@ def test_nix_2_26_copy_to_the_builder(builders, new_nix):
 
     url = "ssh-ng://nixbld@" + stack.proxy_address
     opts = chroot_sshopts(new_nix, stack)
-    r = new_nix.run(["nix", "copy", "--to", url] + store + [path], sshopts=opts, timeout=120)
-    assert r.returncode == 0, r.stderr
-    # The next session of this key goes to the same builder (it is kept
-    # for the idle timeout): the path is there.
-    r = new_nix.run(["nix", "path-info", "--json", "--store", url, path], sshopts=opts,
-                    timeout=120)
-    assert r.returncode == 0, r.stderr
+    # A session held open makes its builder the key's fullest, which is the
+    # one the key's next sessions join: the copy and the look-up after it
+    # reach the same builder even if the key holds others from earlier
+    # tests.
+    held = NixWire(["ssh"] + stack.sshopts().split() + [
+        "nixbld@" + stack.proxy_address, "nix-daemon", "--stdio"])
+    try:
+        r = new_nix.run(["nix", "copy", "--to", url] + store + [path], sshopts=opts,
+                        timeout=120)
+        assert r.returncode == 0, r.stderr
+        r = new_nix.run(["nix", "path-info", "--json", "--store", url, path], sshopts=opts,
+                        timeout=120)
+        assert r.returncode == 0, (r.stderr, [(b["metadata"]["name"], b.get("status"))
+                                              for b in stack.nixbuilders()])
+    finally:
+        held.close()
     remote = _path_info(r.stdout, path)
     assert remote["narHash"] == local["narHash"] and remote["narSize"] == local["narSize"], \
         (remote, local)

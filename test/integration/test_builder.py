@@ -384,7 +384,9 @@ def containerfile_lines(path):
 
 
 @pytest.mark.parametrize("name,base", [
-    ("Containerfile", r"debian:12-slim"),
+    # Debian 13 by default; NRBC_BUILDER_DEBIAN=12 (test/images/build.sh)
+    # builds the Debian 12 one from the same file.
+    ("Containerfile", r"debian:\$\{DEBIAN\}-slim"),
     ("Containerfile.nixos", r"\S*nixos/nix:\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?"),
 ])
 def test_builder_containerfile_structure(name, base):
@@ -392,6 +394,8 @@ def test_builder_containerfile_structure(name, base):
     from_ = [line for line in lines if line.upper().startswith("FROM ")]
     assert len(from_) == 1
     assert re.fullmatch(r"FROM\s+" + base, from_[0]), from_[0]
+    if "DEBIAN" in base:
+        assert "ARG DEBIAN=13" in lines, [ln for ln in lines if ln.startswith("ARG")]
     assert any(re.fullmatch(r"COPY\s+(--chmod=\d+\s+)?entrypoint\.sh\s+\S+", ln) for ln in lines)
     assert "EXPOSE 22" in lines
     entry = [ln for ln in lines if ln.startswith("ENTRYPOINT")]
@@ -405,7 +409,7 @@ def test_builder_containerfile_structure(name, base):
 def test_nrbc_containerfile_structure():
     lines = containerfile_lines(os.path.join(REPO, "Containerfile"))
     from_ = [line for line in lines if line.upper().startswith("FROM ")]
-    assert from_ == ["FROM debian:12-slim AS build", "FROM debian:12-slim"], from_
+    assert from_ == ["FROM debian:13-slim AS build", "FROM debian:13-slim"], from_
     # The final stage runs as the non-root uid the manifests expect.
     assert lines[-2:] == ["USER 65532:65532", 'ENTRYPOINT ["/usr/local/bin/nrbc"]'], lines[-2:]
     for ln in lines:

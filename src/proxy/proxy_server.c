@@ -15,6 +15,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy_keys.h"
+#include "proxy_linger.h"
 #include "proxy_pipebuf.h"
 #include "proxy_session.h"
 #include "proxy_spares.h"
@@ -26,6 +27,10 @@
 /* Builder connections made ahead live this long unused (below the
  * builders' sshd ClientAliveInterval of 15 s: they need no keepalives). */
 #define SERVER_SPARE_LIFETIME_MS 5000
+/* A closed session's socket waits this long for its client to close too
+ * (a client answers in milliseconds), and at most this many wait at once. */
+#define SERVER_LINGER_MS 2000
+#define SERVER_LINGERS_MAX 256
 /* --max-startups and --max-startups-per-source defaults. A real client
  * authenticates in tens of milliseconds, so even a burst of CI jobs holds
  * few unauthenticated connections at once. */
@@ -96,6 +101,7 @@ static struct server_entry *server_find(struct proxy_server *srv, uint64_t id)
 static void server_free(struct proxy_server *srv)
 {
 	proxy_spares_destroy(srv->env.spares);
+	proxy_lingers_destroy(srv->env.lingers);
 	if (srv->lfd >= 0)
 		close(srv->lfd);
 	if (srv->bind)
@@ -552,6 +558,11 @@ struct proxy_server *proxy_server_create(uv_loop_t *loop, const struct proxy_ser
 	srv->env.keepalive_count = opts->keepalive_count;
 	srv->env.max_auth_tries = opts->max_auth_tries > 0 ? opts->max_auth_tries : 6;
 	srv->env.client_user = srv->client_user;
+	srv->env.lingers = proxy_lingers_create(loop, SERVER_LINGERS_MAX, SERVER_LINGER_MS);
+	if (!srv->env.lingers) {
+		*err = str_printf("out of memory");
+		goto bad;
+	}
 	if (opts->builder_spares) {
 		struct metric *made = metrics ? metrics_counter(metrics,
 		    "nrbc_proxy_builder_spares_total", "Builder connections made ahead for a "

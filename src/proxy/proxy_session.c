@@ -12,6 +12,7 @@
 #include "metrics.h"
 #include "proxy_bridge.h"
 #include "proxy_builder.h"
+#include "proxy_linger.h"
 #include "proxy_session_internal.h"
 #include "proxy_spares.h"
 #include "proxy_upstream.h"
@@ -129,12 +130,16 @@ static void session_on_handle_closed(uv_handle_t *h)
 		ssh_event_remove_session(s->event, s->ssh);
 		ssh_event_free(s->event);
 	}
-	/* Sends SSH_MSG_DISCONNECT if it can, and closes the socket. */
-	ssh_disconnect(s->ssh);
+	/* Sends SSH_MSG_DISCONNECT if it can, and closes libssh's descriptor.
+	 * Not after channels were told why they end: a client that reads the
+	 * disconnect with their close exits 255 on it, not with the exit status
+	 * it was sent; the end of the stream tells it as much. */
+	if (!s->channels_told)
+		ssh_disconnect(s->ssh);
 	ssh_free(s->ssh);
-	/* The poll handle is closed: its descriptor may go now. */
-	if (s->poll_fd >= 0)
-		close(s->poll_fd);
+	/* The poll handle is closed: the socket goes now, without a reset that
+	 * would cost the client the last bytes sent to it. */
+	proxy_lingers_close(s->env->lingers, s->poll_fd);
 	/* A session whose create failed was never handed out. */
 	if (s->created)
 		s->env->on_closed(s->env->data, s->id, &stats);
@@ -217,6 +222,7 @@ static void session_tell_channels(struct proxy_session *s, const char *why)
 	/* A few hundred bytes into a socket that is normally writable. */
 	if (told)
 		ssh_blocking_flush(s->ssh, 100);
+	s->channels_told = told;
 }
 
 void proxy_session_close(struct proxy_session *s, enum proxy_session_end cause,

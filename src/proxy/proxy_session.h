@@ -56,6 +56,8 @@ struct proxy_session_env {
 	uint64_t keepalive_interval_ms;
 	int keepalive_count;
 	int max_auth_tries;
+	/* Where a session's client socket goes to close (NULL: at once). */
+	struct proxy_lingers *lingers;
 	/* Builder connections made ahead (NULL: none). */
 	struct proxy_spares *spares;
 	/* The user name of the default builder class. Another user name that

@@ -82,6 +82,7 @@ struct proxy_session {
 	int auth_failures;
 	int auth_nones;       /* "none" attempts: the first is free */
 	char *limit_refusal;  /* admitted by the key but over a session limit */
+	bool channels_told;   /* closing: the channels in use were told why */
 	bool limit_told;      /* the refusal went to the client's channels: close */
 	struct ssh_channel_callbacks_struct guard_cb; /* env/subsystem, before the bridge's */
 	unsigned refused_logged; /* SESSION_REFUSED_* bits: one log line each */

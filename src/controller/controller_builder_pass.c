@@ -19,6 +19,7 @@
 #include "controller_builder.h"
 #include "controller_builders.h"
 #include "controller_class.h"
+#include "controller_hostkey_write.h"
 #include "controller_pod.h"
 #include "controller_reconcile_internal.h"
 #include "controller_reconcile_op.h"
@@ -848,89 +849,31 @@ static void create_builder_pod(struct reconcile_op *op, struct controller_builde
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 }
 
-static void create_host_key(struct reconcile_op *op, struct controller_builder *b);
-
-static void on_host_key_deleted(const struct kube_response *resp, void *data)
+static void on_builder_host_key(struct reconcile_op *op, const char *secret)
 {
-	struct reconcile_op *op = data;
 	struct controller_builder *b = controller_builders_get(op->r->builders,
 	    builder_key_of(op));
 
-	op->request = 0;
-	if ((resp->status >= 300 && resp->status != 404) || !b) {
-		if (b)
-			log_error("%s: cannot delete the stale host key Secret: HTTP %ld %s",
-			    op->key, resp->status, resp->message);
-		reconcile_op_finish(op, b ? KUBE_QUEUE_RETRY : KUBE_QUEUE_FORGET, 0);
-		return;
-	}
-	create_host_key(op, b);
-}
-
-static void on_host_key_created(const struct kube_response *resp, void *data)
-{
-	struct reconcile_op *op = data;
-	struct controller_builder *b = controller_builders_get(op->r->builders,
-	    builder_key_of(op));
-	char *pod_name = controller_pod_name(kube_object_name(op->nbr));
-	char *secret = pod_name ? controller_hostkey_secret_name(pod_name) : NULL;
-
-	op->request = 0;
-	free(pod_name);
-	if (!b || !secret) {
-		free(secret);
-		reconcile_op_finish(op, b ? KUBE_QUEUE_RETRY : KUBE_QUEUE_FORGET, 0);
-		return;
-	}
-	if (resp->status == 409) {
-		/* An earlier try made it and its pod never came: the key in it is
-		 * one nobody knows the public half of (the controller may not read
-		 * Secrets). Replace it. */
-		log_info("%s: host key Secret %s exists without a pod; making a new one",
-		    op->key, secret);
-		op->request = kube_delete(op->r->client, &kube_resource_secrets,
-		    controller_builder_namespace(b), secret, NULL, NULL, on_host_key_deleted, op);
-		free(secret);
-		if (!op->request)
-			reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
-		return;
-	}
-	if (resp->status != 201) {
-		log_error("%s: cannot create its host key Secret %s: HTTP %ld %s", op->key, secret,
-		    resp->status, resp->message);
-		free(secret);
-		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+	if (!b) {
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
 		return;
 	}
 	create_builder_pod(op, b, secret);
-	free(secret);
 }
 
 /* A host key of the builder's own, so what its tenant (root there) can
  * read is worth nothing elsewhere. */
 static void create_host_key(struct reconcile_op *op, struct controller_builder *b)
 {
-	struct controller_reconciler *r = op->r;
 	char *pod_name = controller_pod_name(kube_object_name(op->nbr));
-	char *name = pod_name ? controller_hostkey_secret_name(pod_name) : NULL;
-	json_t *secret = NULL;
 
-	controller_hostkey_finish(&op->host_key);
-	if (name && controller_hostkey_generate(&op->host_key) == 0)
-		secret = controller_hostkey_secret(controller_builder_namespace(b), name, op->nbr,
-		    &op->host_key);
-	free(pod_name);
-	free(name);
-	if (!secret) {
-		log_error("%s: cannot make its host key", op->key);
+	if (!pod_name) {
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	op->request = kube_create(r->client, &kube_resource_secrets,
-	    controller_builder_namespace(b), secret, on_host_key_created, op);
-	json_decref(secret);
-	if (!op->request)
-		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+	reconcile_create_host_key(op, controller_builder_namespace(b), pod_name, "NixBuilder",
+	    on_builder_host_key);
+	free(pod_name);
 }
 
 void reconcile_builder(struct reconcile_op *op)

@@ -100,7 +100,7 @@ void controller_hostkey_finish(struct controller_hostkey *k)
 }
 
 json_t *controller_hostkey_secret(const char *ns, const char *name, const json_t *owner,
-    const struct controller_hostkey *k)
+    const char *owner_kind, const struct controller_hostkey *k)
 {
 	const json_t *meta = json_object_get(owner, "metadata");
 	const char *owner_name = json_field_str(meta, "name");
@@ -118,7 +118,7 @@ json_t *controller_hostkey_secret(const char *ns, const char *name, const json_t
 	    "apiVersion", "v1", "kind", "Secret",
 	    "metadata", "name", name, "namespace", ns,
 	    "labels", "app.kubernetes.io/managed-by", "nrbc-controller",
-	    "ownerReferences", "apiVersion", "nix.io/v1alpha1", "kind", "NixBuilder",
+	    "ownerReferences", "apiVersion", "nix.io/v1alpha1", "kind", owner_kind,
 	    "name", owner_name, "uid", owner_uid, "controller", 1, "blockOwnerDeletion", 1,
 	    "type", "Opaque",
 	    "data", "host-key", b64);

@@ -22,11 +22,12 @@ int controller_hostkey_generate(struct controller_hostkey *k);
 void controller_hostkey_finish(struct controller_hostkey *k);
 
 /* The Secret "name" in namespace ns holding the private key under
- * "host-key", controlled by the NixBuilder owner (so it goes with the
- * builder), labelled for the builder. New reference, NULL when out of
- * memory or when owner lacks name or uid. */
+ * "host-key", controlled by owner, a nix.io object of owner_kind (a
+ * NixBuilder, or the NixBuildRequest of a request's own pod), so it goes
+ * with it. New reference, NULL when out of memory or when owner lacks name
+ * or uid. */
 json_t *controller_hostkey_secret(const char *ns, const char *name, const json_t *owner,
-    const struct controller_hostkey *k);
+    const char *owner_kind, const struct controller_hostkey *k);
 
 /* The Secret name of a builder pod's host key: "<pod name>-host-key"
  * (pod names are at most 63 characters, Secret names may have 253). */

@@ -307,19 +307,13 @@ fail:
 	return NULL;
 }
 
-/* Only the public key (authorized_keys) and the builder's host key: the
- * shared private key the proxy logs in with never reaches a builder. The
- * shared Secret's host-key is also the proxy's own host key, so it goes
- * only into pods that have no Secret of their own (host_key_secret NULL:
- * a request's own pod, which the proxy verifies against the shared key). */
+/* Only the public key (authorized_keys) from the shared Secret, and the
+ * pod's own host key from its own Secret: neither the shared private key
+ * the proxy logs in with nor the shared host key (the proxy's own) ever
+ * reaches a builder, where its tenant is root. */
 static json_t *pod_ssh_keys_volume(const struct controller_pod_options *o,
     const char *host_key_secret)
 {
-	if (!host_key_secret)
-		return json_pack("{s:s,s:{s:s,s:[{s:s,s:s},{s:s,s:s}],s:i}}",
-		    "name", "ssh-keys", "secret", "secretName", o->ssh_key_secret,
-		    "items", "key", "public", "path", "public", "key", "host-key",
-		    "path", "host-key", "defaultMode", 0400);
 	return json_pack("{s:s,s:{s:[{s:{s:s,s:[{s:s,s:s}]}},{s:{s:s,s:[{s:s,s:s}]}}],s:i}}",
 	    "name", "ssh-keys", "projected", "sources",
 	    "secret", "name", o->ssh_key_secret, "items", "key", "public", "path", "public",
@@ -406,7 +400,8 @@ static json_t *pod_build(const json_t *request, const struct controller_pod_opti
 		return NULL;
 	}
 	if (str_empty(o->builder_image) || str_empty(o->nix_config) ||
-	    str_empty(o->ssh_key_secret) || o->remote_port < 1 || o->remote_port > 65535) {
+	    str_empty(o->ssh_key_secret) || str_empty(host_key_secret) ||
+	    o->remote_port < 1 || o->remote_port > 65535) {
 		*err = str_printf("incomplete builder pod options");
 		return NULL;
 	}
@@ -436,9 +431,19 @@ nomem:
 }
 
 json_t *controller_pod_build(const json_t *request, const struct controller_pod_options *o,
-    char **err)
+    const char *host_key_secret, const char *host_key_public, char **err)
 {
-	return pod_build(request, o, NULL, err);
+	json_t *pod = pod_build(request, o, host_key_secret, err);
+	json_t *meta = json_object_get(pod, "metadata");
+
+	if (pod && host_key_public && json_object_set_new(json_object_get(meta, "annotations"),
+	    CONTROLLER_POD_HOST_KEY_ANNOTATION, json_string(host_key_public)) < 0) {
+		json_decref(pod);
+		*err = str_printf("out of memory building the pod of request %s",
+		    json_field_str(json_object_get(request, "metadata"), "name"));
+		return NULL;
+	}
+	return pod;
 }
 
 static const json_t *controller_owner_of_kind(const json_t *pod, const char *kind)

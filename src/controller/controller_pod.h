@@ -71,11 +71,14 @@ char *controller_pod_name(const char *request_name);
  * a valid label value, else a shortened name plus hash. Heap string. */
 char *controller_pod_request_label(const char *request_name);
 
-/* Builds the builder Pod for a NixBuildRequest. Returns a new reference,
- * or NULL with *err (heap string) when the request lacks a name, namespace
- * or uid, or the options are incomplete. */
+/* Builds the builder Pod for a NixBuildRequest (a request's own pod). Its
+ * host key comes from the Secret host_key_secret (key "host-key"), and
+ * host_key_public (may be NULL) goes into its host-key annotation. Returns
+ * a new reference, or NULL with *err (heap string) when the request lacks
+ * a name, namespace or uid, or the options or the host key Secret are
+ * missing. */
 json_t *controller_pod_build(const json_t *request, const struct controller_pod_options *opts,
-    char **err);
+    const char *host_key_secret, const char *host_key_public, char **err);
 
 /* Running, Ready and with an IP. */
 bool controller_pod_ready(const json_t *pod);
@@ -89,9 +92,8 @@ const char *controller_pod_safe_to_evict(const json_t *pod);
  * spec (image, resources, nodeSelector), controlled by the builder (so it
  * lives as long as the builder, not as long as one request), labelled with
  * the builder's name. Its host key comes from the Secret host_key_secret
- * (key "host-key") and host_key_public goes into its host-key annotation;
- * NULL for both mounts the shared Secret's host-key as a request's pod
- * does. NULL with *err (heap) on failure. */
+ * (key "host-key") and host_key_public goes into its host-key annotation.
+ * NULL with *err (heap) on failure. */
 json_t *controller_pod_build_for_builder(const json_t *builder,
     const struct controller_pod_options *opts, const char *host_key_secret,
     const char *host_key_public, char **err);

@@ -18,6 +18,7 @@
 #include "controller_builder_pass.h"
 #include "controller_builders.h"
 #include "controller_class.h"
+#include "controller_hostkey_write.h"
 #include "controller_reconcile_internal.h"
 #include "controller_reconcile_op.h"
 #include "controller_reconcile_state.h"
@@ -304,6 +305,7 @@ static void compute_and_apply(struct reconcile_op *op, const json_t *pod, const 
 		.request = op->nbr,
 		.pod = pod,
 		.pod_name = pod_name,
+		.host_key_field = "builderHostKey",
 		.now_ms = reconcile_wall_ms(),
 		.unschedulable_timeout_ms = op->r->opts.unschedulable_timeout_ms,
 	};
@@ -376,11 +378,12 @@ static void on_pod_created(const struct kube_response *resp, void *data)
 	free(pod_name);
 }
 
-static void create_pod(struct reconcile_op *op)
+static void on_own_host_key(struct reconcile_op *op, const char *secret)
 {
 	struct controller_reconciler *r = op->r;
 	char *err = NULL;
-	json_t *pod = controller_pod_build(op->nbr, &r->opts.pod, &err);
+	json_t *pod = controller_pod_build(op->nbr, &r->opts.pod, secret,
+	    op->host_key.public_line, &err);
 
 	if (!pod) {
 		log_error("nbr=%s: %s", op->key, err ? err : "cannot build pod");
@@ -393,6 +396,15 @@ static void create_pod(struct reconcile_op *op)
 	json_decref(pod);
 	if (!op->request)
 		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+}
+
+/* A request's own pod gets a host key of its own too, controlled by the
+ * request (so it goes with it); the proxy pins it from the request's
+ * status.builderHostKey. */
+static void create_pod(struct reconcile_op *op, const char *pod_name)
+{
+	reconcile_create_host_key(op, kube_object_namespace(op->nbr), pod_name,
+	    "NixBuildRequest", on_own_host_key);
 }
 
 /* ---------- the pass ---------- */
@@ -479,8 +491,8 @@ static void reconcile_request(struct reconcile_op *op)
 		return;
 	}
 	if (!pod && (phase == CONTROLLER_PHASE_PENDING || !*status_pod)) {
+		create_pod(op, pod_name);
 		free(pod_name);
-		create_pod(op);
 		return;
 	}
 	compute_and_apply(op, pod, pod_name);

@@ -56,6 +56,8 @@ static void op_free(struct reconcile_op *op)
 	r->in_flight--;
 	json_decref(op->nbr);
 	controller_hostkey_finish(&op->host_key);
+	free(op->host_key_write.ns);
+	free(op->host_key_write.secret);
 	free(op->builder_key);
 	free(op->key);
 	free(op);

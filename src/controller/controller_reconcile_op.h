@@ -38,6 +38,11 @@ struct reconcile_op {
 	size_t usage_live;      /* a usage pass: the identity's live builders */
 	/* A builder pod's host key: the key pair the Secret and then the pod get. */
 	struct controller_hostkey host_key;
+	struct reconcile_host_key_write {    /* controller_hostkey_write's step */
+		char *ns, *secret;
+		const char *owner_kind;
+		void (*then)(struct reconcile_op *op, const char *secret);
+	} host_key_write;
 	struct reconcile_op *prev, *next;
 };
 

@@ -96,18 +96,33 @@ def test_request_gets_one_running_pod(setup, controller):
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     vols = {v["name"]: v for v in spec["volumes"]}
-    assert vols["ssh-keys"]["secret"]["secretName"] == SECRET
-    assert [i["key"] for i in vols["ssh-keys"]["secret"]["items"]] == ["public", "host-key"]
+    # The shared Secret gives the public key only; the host key is the pod's
+    # own (the shared one is the proxy's), in a Secret the request controls.
+    srcs = [s["secret"] for s in vols["ssh-keys"]["projected"]["sources"]]
+    assert [(s["name"], [i["key"] for i in s["items"]]) for s in srcs] == [
+        (SECRET, ["public"]), ("nix-builder-build-1-host-key", ["host-key"])], srcs
+    st_code, hk = cluster.api("GET", "/api/v1/namespaces/%s/secrets/nix-builder-build-1-host-key"
+                              % ns)
+    assert st_code == 200, hk
+    assert [(r["kind"], r["uid"]) for r in hk["metadata"]["ownerReferences"]] == [
+        ("NixBuildRequest", created["metadata"]["uid"])]
+    assert st["builderHostKey"].startswith("ecdsa-sha2-nistp256 ")
+    assert st["builderHostKey"] == meta["annotations"]["nix.io/host-key"]
     assert vols["nix-config"]["configMap"]["name"] == CONFIGMAP
     # The shared private key never reaches the builder's files.
     root = os.path.join(setup["kubelet"].pod_dir(meta["uid"]), "root")
     assert not os.path.exists(os.path.join(root, "etc/nrbc/ssh/private"))
     assert open(os.path.join(root, "etc/nrbc/ssh/public")).read() == keys.public_text
 
-    # The builder is usable with the shared key, and its host key verifies.
-    r = ssh(keys, st["podIP"], "echo", "builder-ok")
+    # The builder is usable with the shared key, and presents the host key
+    # in the request's status, not the proxy's.
+    r = subprocess.run(keys.ssh_argv(st["podIP"], REMOTE_PORT, host_key=st["builderHostKey"])
+                       + ["echo", "builder-ok"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "builder-ok"
+    r = ssh(keys, st["podIP"], "echo", "builder-ok")
+    assert r.returncode == 255 and "Host key verification failed" in r.stderr, r.stderr
 
     reasons = [e["reason"] for e in events_for(cluster, ns, "build-1")]
     assert "PodCreated" in reasons and "BuilderReady" in reasons, reasons

@@ -77,7 +77,7 @@ static void test_secret(void **state)
 	(void)state;
 	assert_string_equal(name, "nix-builder-nb-1-host-key");
 	assert_int_equal(controller_hostkey_generate(&k), 0);
-	s = controller_hostkey_secret("ns", name, owner, &k);
+	s = controller_hostkey_secret("ns", name, owner, "NixBuilder", &k);
 	assert_non_null(s);
 	assert_string_equal(json_field_str(json_object_get(s, "metadata"), "name"), name);
 	assert_string_equal(json_field_str(json_object_get(s, "metadata"), "namespace"), "ns");
@@ -93,7 +93,7 @@ static void test_secret(void **state)
 	assert_non_null(pem);
 	assert_int_equal(n, strlen(k.private_pem));
 	assert_memory_equal(pem, k.private_pem, n);
-	assert_null(controller_hostkey_secret("ns", name, nameless, &k));
+	assert_null(controller_hostkey_secret("ns", name, nameless, "NixBuilder", &k));
 	free(pem);
 	json_decref(s);
 	json_decref(owner);

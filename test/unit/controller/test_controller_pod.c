@@ -30,7 +30,7 @@ static json_t *request(const char *spec_json)
 static json_t *build(const json_t *req, const struct controller_pod_options *o)
 {
 	char *err = NULL;
-	json_t *pod = controller_pod_build(req, o, &err);
+	json_t *pod = controller_pod_build(req, o, "hk-secret", "ecdsa-sha2-nistp256 AAAA", &err);
 
 	if (!pod)
 		fail_msg("controller_pod_build: %s", err ? err : "(no message)");
@@ -297,15 +297,26 @@ static void test_volumes_never_private_key(void **state)
 
 	assert_int_equal(json_array_size(vols), 2);
 	assert_string_equal(str_at(vols, "0.name"), "ssh-keys");
-	assert_string_equal(str_at(vols, "0.secret.secretName"), "nix-builder-ssh-keys");
-	assert_int_equal(int_at(vols, "0.secret.defaultMode"), 0400);
-	assert_int_equal(json_array_size(at(vols, "0.secret.items")), 2);
-	assert_string_equal(str_at(vols, "0.secret.items.0.key"), "public");
-	assert_string_equal(str_at(vols, "0.secret.items.0.path"), "public");
-	assert_string_equal(str_at(vols, "0.secret.items.1.key"), "host-key");
-	assert_string_equal(str_at(vols, "0.secret.items.1.path"), "host-key");
-	json_array_foreach(at(vols, "0.secret.items"), i, item)
-		assert_string_not_equal(str_at(item, "key"), "private");
+	assert_null(at(vols, "0.secret"));
+	assert_int_equal(int_at(vols, "0.projected.defaultMode"), 0400);
+	/* The shared Secret gives the public key only; the host key is the
+	 * pod's own, never the shared one (the proxy's). */
+	assert_int_equal(json_array_size(at(vols, "0.projected.sources")), 2);
+	assert_string_equal(str_at(vols, "0.projected.sources.0.secret.name"),
+	    "nix-builder-ssh-keys");
+	assert_int_equal(json_array_size(at(vols, "0.projected.sources.0.secret.items")), 1);
+	assert_string_equal(str_at(vols, "0.projected.sources.0.secret.items.0.key"), "public");
+	assert_string_equal(str_at(vols, "0.projected.sources.0.secret.items.0.path"), "public");
+	assert_string_equal(str_at(vols, "0.projected.sources.1.secret.name"), "hk-secret");
+	assert_string_equal(str_at(vols, "0.projected.sources.1.secret.items.0.key"), "host-key");
+	assert_string_equal(str_at(vols, "0.projected.sources.1.secret.items.0.path"),
+	    "host-key");
+	for (int src = 0; src < 2; src++) {
+		json_array_foreach(json_object_get(json_object_get(json_array_get(
+		    at(vols, "0.projected.sources"), (size_t)src), "secret"), "items"), i, item)
+			assert_string_not_equal(str_at(item, "key"), "private");
+	}
+	assert_string_equal(controller_pod_host_key(pod), "ecdsa-sha2-nistp256 AAAA");
 	assert_string_equal(str_at(vols, "1.name"), "nix-config");
 	assert_string_equal(str_at(vols, "1.configMap.name"), "nix-config");
 
@@ -384,7 +395,7 @@ static void test_sandbox(void **state)
 
 	/* No profile named: no pod, rather than one the node cannot run. */
 	o.sandbox_seccomp_profile = "";
-	assert_null(controller_pod_build(req, &o, &err));
+	assert_null(controller_pod_build(req, &o, "hk-secret", NULL, &err));
 	free(err);
 	json_decref(req);
 	json_decref(plain);
@@ -482,23 +493,31 @@ static void test_bad_input(void **state)
 	char *err = NULL;
 
 	json_object_del(json_object_get(req, "metadata"), "uid");
-	assert_null(controller_pod_build(req, &o, &err));
+	assert_null(controller_pod_build(req, &o, "hk-secret", NULL, &err));
 	assert_non_null(err);
 	free(err);
 	json_decref(req);
 
 	req = request(NULL);
 	o.builder_image = "";
-	assert_null(controller_pod_build(req, &o, &err));
+	assert_null(controller_pod_build(req, &o, "hk-secret", NULL, &err));
 	assert_non_null(err);
 	free(err);
 	o = test_pod_options;
 	o.remote_port = 0;
-	assert_null(controller_pod_build(req, &o, &err));
+	assert_null(controller_pod_build(req, &o, "hk-secret", NULL, &err));
 	free(err);
 	o = test_pod_options;
 	o.ssh_key_secret = NULL;
-	assert_null(controller_pod_build(req, &o, &err));
+	assert_null(controller_pod_build(req, &o, "hk-secret", NULL, &err));
+	free(err);
+	/* No host key Secret of its own: no pod (the shared host key is the
+	 * proxy's, and no pod gets it). */
+	o = test_pod_options;
+	assert_null(controller_pod_build(req, &o, NULL, NULL, &err));
+	assert_non_null(err);
+	free(err);
+	assert_null(controller_pod_build(req, &o, "", NULL, &err));
 	free(err);
 	json_decref(req);
 

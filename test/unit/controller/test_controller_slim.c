@@ -143,8 +143,8 @@ static void test_pod_template_from_slim_request(void **state)
 	json_t *req = load(full_request);
 	json_t *slim = controller_slim_request(req);
 	char *err = NULL;
-	json_t *a = controller_pod_build(req, &o, &err);
-	json_t *b = controller_pod_build(slim, &o, &err);
+	json_t *a = controller_pod_build(req, &o, "hk", NULL, &err);
+	json_t *b = controller_pod_build(slim, &o, "hk", NULL, &err);
 
 	assert_non_null(a);
 	assert_non_null(b);

@@ -16,19 +16,81 @@ prints where its CPU went by leg (libssh2 to the builder, libssh to the
 client) and by what it did (proxy_profile.py); DIR keeps perf-up.data and
 perf-down.data for `perf report`.
 
+--real-node runs both legs on a real node instead (kubelet, containerd):
+the proxy is the shipped Deployment's pod (the nrbc image, its libssh2;
+`--allow-any-command` added to its arguments), its builder a pod the
+controller made, and the baseline OpenSSH straight to a copy of that
+builder pod at its pod IP. The proxy's CPU is its container's cgroup's.
+
 Usage: test/bench/bench_proxy_throughput.py [--nrbc build/src/nrbc]
        [--size-mib 1024] [--runs 3] [--pinned] [--profile DIR [--profile-mib 256]]
+       [--real-node]
 """
 
 import argparse
 import os
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import proxy_bench_common as common
 import proxy_profile
+
+
+class RealNodeSetup:
+    """The same interface as proxy_bench_common.Setup, on the real node."""
+
+    def __init__(self, nrbc):
+        import substrate   # starts nothing until asked
+        self.work = tempfile.mkdtemp(prefix="nrbc-bench-p1-")
+        os.chmod(self.work, 0o755)
+        self.sub = None
+        try:
+            self.sub = substrate.Substrate(True, nrbc, self.work, builder_idle_timeout="5m",
+                                           proxy_args=["--allow-any-command"])
+            ip, opts, _ = self.sub.builder_pod("direct-builder")
+        except BaseException:
+            self.close()
+            raise
+        stack = self.sub.stack
+        self.direct = shlex.split(opts) + ["nixbld@" + ip]
+        self.through = shlex.split(stack.sshopts()) + ["nixbld@" + stack.proxy_address]
+        (self.proxy_pod,) = [p["metadata"]["name"] for p in stack.pods("nrbc-proxy")
+                             if p["status"].get("podIP") == stack.proxy_address]
+
+    def ssh(self, via_proxy, cmd, cpus=None):
+        base = self.through if via_proxy else self.direct
+        return ["ssh", "-c", common.CIPHER, "-o", "LogLevel=ERROR"] + base + [cmd]
+
+    def proxy_cpu_seconds(self):
+        # cgroup v1 (this machine) counts nanoseconds; v2's cpu.stat microseconds.
+        r = self.sub.stack.exec(self.proxy_pod, "sh", "-c",
+                                "f=/sys/fs/cgroup/cpuacct/cpuacct.usage; if [ -r $f ]; "
+                                "then echo ns $(cat $f); else echo us $(sed -n "
+                                "'s/^usage_usec //p' /sys/fs/cgroup/cpu.stat); fi")
+        unit, v = r.stdout.split()
+        return int(v) / (1e9 if unit == "ns" else 1e6)
+
+    def proxy_rss_kib(self):
+        r = self.sub.stack.exec(self.proxy_pod, "awk", "/^VmRSS/ { print $2 }", "/proc/1/status")
+        return int(r.stdout.strip() or 0)
+
+    def libssh2_version(self):
+        r = self.sub.stack.exec(self.proxy_pod, "dpkg-query", "-W", "-f",
+                                "${Package} ${Version}, ", "libssh2-1*", "libssh-4*")
+        return r.stdout.strip().rstrip(",")
+
+    def proxy_log_tail(self, n=30):
+        return "\n".join(self.sub.proxy_log().splitlines()[-n:])
+
+    def close(self):
+        if self.sub:
+            self.sub.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def transfer(setup, via_proxy, direction, size, cpus):
@@ -48,8 +110,9 @@ def transfer(setup, via_proxy, direction, size, cpus):
                            stderr=subprocess.PIPE)
         took = time.monotonic() - t0
     if p.returncode != 0:
-        sys.exit("ssh failed (%s, %s): %s" % ("proxy" if via_proxy else "direct", direction,
-                                              p.stderr.decode(errors="replace")))
+        sys.exit("ssh failed (%s, %s, %.1f s): %s\nthe proxy's log ends:\n%s"
+                 % ("proxy" if via_proxy else "direct", direction, took,
+                    p.stderr.decode(errors="replace"), setup.proxy_log_tail()))
     return took
 
 
@@ -75,10 +138,18 @@ def main():
                     help="perf record the proxy during one more transfer each way")
     ap.add_argument("--profile-mib", type=int, default=256,
                     help="size of the profiled transfers (DWARF stacks are big)")
+    ap.add_argument("--real-node", action="store_true",
+                    help="the proxy's Deployment and builder pods on a real node")
     args = ap.parse_args()
     size = args.size_mib * 1024 * 1024
     proxy_cpus, other_cpus = ("0", "1") if args.pinned else (None, None)
-    setup = common.Setup(args.nrbc, proxy_cpus=proxy_cpus, builder_cpus=other_cpus)
+    if args.real_node and (args.pinned or args.profile):
+        sys.exit("--real-node: no --pinned or --profile")
+    if args.real_node:
+        setup = RealNodeSetup(args.nrbc)
+        print("real node: proxy pod %s with %s" % (setup.proxy_pod, setup.libssh2_version()))
+    else:
+        setup = common.Setup(args.nrbc, proxy_cpus=proxy_cpus, builder_cpus=other_cpus)
     try:
         # Warm-up: first connections pay for key loading and page-ins.
         transfer(setup, False, "down", 16 << 20, other_cpus)

@@ -111,6 +111,10 @@ class Setup:
         argv += ["nixbld@" + ip, cmd]
         return self.pin(argv, cpus)
 
+    def proxy_log_tail(self, n=30):
+        with open(self.proxy_log, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+
     def proxy_rss_kib(self):
         return rss_kib(self.proxy.pid)
 

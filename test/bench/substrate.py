@@ -43,9 +43,10 @@ class _RealStack(RealStack):
 
 class Substrate:
     def __init__(self, real_node, nrbc, work, builder_idle_timeout, warm_pool_size=None,
-                 sandbox=True):
+                 sandbox=True, proxy_args=()):
         """sandbox: on the real node, builders sandbox builds (as shipped);
-        the test kubelet's never do."""
+        the test kubelet's never do. proxy_args: added to the proxy's
+        arguments (real node only)."""
         self.real_node = real_node
         self.name = "real node" if real_node else "test kubelet"
         if real_node and not sandbox:
@@ -61,6 +62,7 @@ class Substrate:
             api_port = int(self.cluster.server.rsplit(":", 1)[1])
             _RealStack.warm_pool_size = warm_pool_size
             _RealStack.sandbox = sandbox
+            _RealStack.proxy_extra_args = tuple(proxy_args)
             self.stack = _RealStack(self.cluster, work, self.cluster.node.gateway, api_port,
                                     builder_idle_timeout=builder_idle_timeout)
             self.stack.install().start()

@@ -50,6 +50,10 @@ PROXY_PORT = 2222           # the proxy Deployment's --port
 
 
 class RealStack(Stack):
+    # Appended to the proxy Deployment's shipped arguments (a benchmark's
+    # --allow-any-command); a class attribute, read while the overlay is made.
+    proxy_extra_args = ()
+
     def __init__(self, cluster, workdir, api_host, api_port, builder_idle_timeout="10s",
                  cpu_request="100m", cache=None):
         super().__init__(cluster, None, None, workdir, builder_idle_timeout=builder_idle_timeout,
@@ -104,6 +108,8 @@ class RealStack(Stack):
             spec = {"name": container, "env": env}
             if name == "nrbc-controller":
                 spec["args"] = self.controller_args()
+            elif self.proxy_extra_args:
+                spec["args"] = self._shipped_args(name) + list(self.proxy_extra_args)
             patches.append({"target": {"kind": "Deployment", "name": name},
                             "patch": json.dumps({
                                 "apiVersion": "apps/v1", "kind": "Deployment",

@@ -336,8 +336,8 @@ static bool try_claim(struct reconcile_op *op, const char *identity, const char 
 	const json_t *obj;
 	json_t *patch;
 
-	if (r->opts.warm_pool_size <= 0 || !r->opts.pool_namespace ||
-	    strcmp(ns, r->opts.pool_namespace) != 0 || strcmp(class, r->default_class) != 0)
+	/* The pool's builders, of every class, are in the pool's namespace. */
+	if (!r->opts.pool_namespace || strcmp(ns, r->opts.pool_namespace) != 0)
 		return false;
 	b = controller_builders_pick_pool(r->builders, ns, class);
 	obj = b ? kube_informer_get(r->builder_cache, ns, controller_builder_name(b)) : NULL;
@@ -985,8 +985,85 @@ static void on_pool_builder_created(const struct kube_response *resp, void *data
 	reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 }
 
+/* One class's part of the warm pool: the default class's size is
+ * --warm-pool-size, a NixBuilderClass's its spec.warmPoolSize. Builders
+ * are told apart by class hash (controller_builder_class): a class whose
+ * spec changed is a new hash, and its old unclaimed builders are strays. */
+struct pool_target {
+	char class[CONTROLLER_CLASS_LEN + 1];
+	json_t *shape;   /* a request of the class as it shapes it; NULL: default */
+	size_t want;
+};
+
+struct pool_targets {
+	struct pool_target *items;
+	size_t n, cap;
+	bool failed;
+};
+
+static void pool_targets_finish(struct pool_targets *ts)
+{
+	for (size_t i = 0; i < ts->n; i++)
+		json_decref(ts->items[i].shape);
+	free(ts->items);
+}
+
+static struct pool_target *pool_targets_add(struct pool_targets *ts)
+{
+	if (ts->n == ts->cap) {
+		size_t cap = ts->cap ? ts->cap * 2 : 8;
+		struct pool_target *items = realloc(ts->items, cap * sizeof(*items));
+
+		if (!items) {
+			ts->failed = true;
+			return NULL;
+		}
+		ts->items = items;
+		ts->cap = cap;
+	}
+	memset(&ts->items[ts->n], 0, sizeof(ts->items[0]));
+	return &ts->items[ts->n++];
+}
+
+struct pool_classes {
+	struct controller_reconciler *r;
+	struct pool_targets *ts;
+};
+
+static void pool_add_class(json_t *cls, void *data)
+{
+	struct pool_classes *pc = data;
+	const char *name = kube_object_name(cls);
+	struct pool_target *t;
+	json_t *req;
+
+	if (pc->ts->failed || strcmp(kube_object_namespace(cls), pc->r->opts.pool_namespace) != 0 ||
+	    !controller_class_name_valid(name))
+		return;
+	t = pool_targets_add(pc->ts);
+	if (!t)
+		return;
+	t->want = (size_t)controller_class_warm_pool_size(cls);
+	req = json_pack("{s:{s:s}}", "spec", "builderClass", name);
+	t->shape = req ? controller_class_apply(req, cls) : NULL;
+	json_decref(req);
+	if (!t->shape || controller_builder_class(t->shape, t->class) < 0)
+		pc->ts->failed = true;
+}
+
+static bool pool_has_class(const struct pool_targets *ts, const char *class)
+{
+	for (size_t i = 0; i < ts->n; i++) {
+		if (strcmp(ts->items[i].class, class) == 0)
+			return true;
+	}
+	return false;
+}
+
 struct pool_scan {
 	struct controller_reconciler *r;
+	const char *class;                 /* NULL: a class no target has */
+	const struct pool_targets *ts;
 	json_t *surplus; /* a reference: foreach lends each object for one call */
 };
 
@@ -996,11 +1073,15 @@ static void scan_surplus(json_t *obj, void *data)
 	struct controller_reconciler *r = ps->r;
 	char *key = kube_object_key(obj);
 	struct controller_builder *b = key ? controller_builders_get(r->builders, key) : NULL;
+	const char *class;
 
 	free(key);
 	if (!b || *controller_builder_identity_of(b) || strcmp(controller_builder_namespace(b),
 	    r->opts.pool_namespace) != 0 || controller_builder_state(b) == BUILDER_DELETING ||
 	    controller_builder_state(b) == BUILDER_FAILED)
+		return;
+	class = controller_builder_class_of(b);
+	if (ps->class ? strcmp(class, ps->class) != 0 : pool_has_class(ps->ts, class))
 		return;
 	/* Not-ready ones first: they have cost least so far. */
 	if (!ps->surplus || controller_builder_state(b) != BUILDER_READY) {
@@ -1009,55 +1090,98 @@ static void scan_surplus(json_t *obj, void *data)
 	}
 }
 
-/* Keeps warm_pool_size unclaimed builders: makes one when short, removes
- * one beyond the size (also when the size was lowered, or set to 0); one
- * API call per pass, the next pass comes at once or with the event. */
-void reconcile_pool(struct reconcile_op *op)
+/* Deletes one unclaimed builder of class (NULL: of no target's class);
+ * false when there is none. */
+static bool pool_delete_one(struct reconcile_op *op, const struct pool_targets *ts,
+    const char *class, const char *why)
+{
+	struct controller_reconciler *r = op->r;
+	struct pool_scan ps = { .r = r, .class = class, .ts = ts };
+	struct controller_builder *b;
+	char *key;
+
+	kube_informer_foreach(r->builder_cache, scan_surplus, &ps);
+	key = ps.surplus ? kube_object_key(ps.surplus) : NULL;
+	b = key ? controller_builders_get(r->builders, key) : NULL;
+	free(key);
+	if (!b) {
+		json_decref(ps.surplus);
+		return false;
+	}
+	json_decref(op->nbr);
+	op->nbr = ps.surplus;
+	delete_builder(op, b, why);
+	return true;
+}
+
+/* One API call towards target, or false when it has what it wants. */
+static bool pool_step(struct reconcile_op *op, const struct pool_targets *ts,
+    const struct pool_target *t)
 {
 	struct controller_reconciler *r = op->r;
 	const char *ns = r->opts.pool_namespace;
-	size_t have = ns ? controller_builders_pool_size(r->builders, ns, r->default_class) : 0;
-	size_t want = r->opts.warm_pool_size > 0 ? (size_t)r->opts.warm_pool_size : 0;
+	size_t have = controller_builders_pool_size(r->builders, ns, t->class);
 	json_t *obj;
 
+	if (have > t->want)
+		return pool_delete_one(op, ts, t->class, t->shape ? "more unclaimed pool builders "
+		    "than its class's warmPoolSize" : "more unclaimed pool builders than "
+		    "--warm-pool-size");
+	if (have + r->pool_creating >= t->want)
+		return false;
+	obj = controller_builder_build(ns, NULL, "", t->class,
+	    controller_class_slots(t->shape, r->opts.builder_slots), t->shape);
+	if (!obj) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return true;
+	}
+	op->request = kube_create(r->client, &kube_resource_nixbuilders, ns, obj,
+	    on_pool_builder_created, op);
+	json_decref(obj);
+	if (!op->request) {
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
+		return true;
+	}
+	r->pool_creating++;
+	return true;
+}
+
+/* Keeps each class's unclaimed builders at its size: makes one when short,
+ * removes one beyond the size (also when the size was lowered, or set to
+ * 0), then removes those of a class that is gone or changed (no idle
+ * timeout ends an unclaimed builder); one API call per pass, the next pass
+ * comes at once or with the event. */
+void reconcile_pool(struct reconcile_op *op)
+{
+	struct controller_reconciler *r = op->r;
+	struct pool_targets ts = { 0 };
+	struct pool_classes pc = { .r = r, .ts = &ts };
+	struct pool_target *def;
+	bool sent = false;
+
 	update_gauges(r);
-	if (!ns) {
+	if (!r->opts.pool_namespace) {
 		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
 		return;
 	}
-	if (have + r->pool_creating < want) {
-		obj = controller_builder_build(ns, NULL, "", r->default_class, r->opts.builder_slots,
-		    NULL);
-		if (!obj) {
-			reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
-			return;
-		}
-		op->request = kube_create(r->client, &kube_resource_nixbuilders, ns, obj,
-		    on_pool_builder_created, op);
-		json_decref(obj);
-		if (!op->request) {
-			reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
-			return;
-		}
-		r->pool_creating++;
+	def = pool_targets_add(&ts);
+	if (def) {
+		memcpy(def->class, r->default_class, sizeof(def->class));
+		def->want = r->opts.warm_pool_size > 0 ? (size_t)r->opts.warm_pool_size : 0;
+	}
+	if (r->classes)
+		kube_informer_foreach(r->classes, pool_add_class, &pc);
+	if (ts.failed) {
+		pool_targets_finish(&ts);
+		reconcile_op_finish(op, KUBE_QUEUE_RETRY, 0);
 		return;
 	}
-	if (have > want) {
-		struct pool_scan ps = { .r = r };
-		struct controller_builder *b;
-		char *key;
-
-		kube_informer_foreach(r->builder_cache, scan_surplus, &ps);
-		key = ps.surplus ? kube_object_key(ps.surplus) : NULL;
-		b = key ? controller_builders_get(r->builders, key) : NULL;
-		free(key);
-		if (b) {
-			json_decref(op->nbr);
-			op->nbr = ps.surplus;
-			delete_builder(op, b, "more unclaimed pool builders than --warm-pool-size");
-			return;
-		}
-		json_decref(ps.surplus);
-	}
-	reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
+	for (size_t i = 0; i < ts.n && !sent; i++)
+		sent = pool_step(op, &ts, &ts.items[i]);
+	if (!sent)
+		sent = pool_delete_one(op, &ts, NULL, "unclaimed, and its builder class is gone or "
+		    "changed");
+	pool_targets_finish(&ts);
+	if (!sent)
+		reconcile_op_finish(op, KUBE_QUEUE_FORGET, 0);
 }

@@ -522,6 +522,11 @@ const char *controller_builder_namespace(const struct controller_builder *b)
 	return b->ns;
 }
 
+const char *controller_builder_class_of(const struct controller_builder *b)
+{
+	return b->class;
+}
+
 const char *controller_builder_identity_of(const struct controller_builder *b)
 {
 	return b->identity;

@@ -141,6 +141,8 @@ const char *controller_builder_key(const struct controller_builder *b);
 const char *controller_builder_name(const struct controller_builder *b);
 const char *controller_builder_namespace(const struct controller_builder *b);
 const char *controller_builder_identity_of(const struct controller_builder *b);
+/* Its builder class ("" for the default class). */
+const char *controller_builder_class_of(const struct controller_builder *b);
 /* b is a builder of exactly this identity and class in ns: the only kind a
  * request of them may be bound to (a claimed pool builder's identity counts
  * once the claim is done; an unclaimed one serves no identity). */

@@ -108,6 +108,11 @@ long controller_class_max_builders(const json_t *request, long def)
 	return spec_long(request, "maxBuildersPerIdentity", def);
 }
 
+long controller_class_warm_pool_size(const json_t *cls)
+{
+	return spec_long(cls, "warmPoolSize", 0);
+}
+
 uint64_t controller_class_idle_timeout_ms(const json_t *builder, uint64_t def)
 {
 	long s = spec_long(builder, "idleTimeoutSeconds", 0);

@@ -31,6 +31,9 @@ json_t *controller_class_apply(const json_t *request, const json_t *cls);
  * does not say. */
 long controller_class_slots(const json_t *request, long def);
 long controller_class_max_builders(const json_t *request, long def);
+/* Of a NixBuilderClass: how many unclaimed builders of it the warm pool
+ * keeps (spec.warmPoolSize; 0 when it does not say). */
+long controller_class_warm_pool_size(const json_t *cls);
 /* Of a NixBuilder: its idle timeout, def when it has none of its own. */
 uint64_t controller_class_idle_timeout_ms(const json_t *builder, uint64_t def);
 

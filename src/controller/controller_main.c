@@ -249,6 +249,23 @@ static void on_builder_event(struct controller *c, json_t *obj, bool deleted)
 	enqueue(c, CONTROLLER_POOL_KEY);
 }
 
+static void on_class_add(json_t *obj, void *data)
+{
+	(void)obj;
+	enqueue(data, CONTROLLER_POOL_KEY);
+}
+
+static void on_class_update(json_t *old, json_t *obj, void *data)
+{
+	(void)old;
+	on_class_add(obj, data);
+}
+
+static void on_class_delete(json_t *obj, void *data)
+{
+	on_class_add(obj, data);
+}
+
 static void on_builder_add(json_t *obj, void *data)
 {
 	on_builder_event(data, obj, false);
@@ -595,8 +612,11 @@ static int start_kube(struct controller *c)
 		.transform = controller_slim_request_transform,
 	};
 	/* Classes are read where a request names one; a change reaches the
-	 * builders made after it (the class hash tells them apart). */
+	 * builders made after it. Each class's warm pool follows its class. */
 	static const struct kube_informer_handlers class_handlers = {
+		.on_add = on_class_add,
+		.on_update = on_class_update,
+		.on_delete = on_class_delete,
 		.on_synced = on_synced,
 	};
 	static const struct kube_informer_handlers usage_handlers = {

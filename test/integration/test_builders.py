@@ -3,6 +3,7 @@ that carry a client identity (as the proxy writes them) to builders of that
 identity, against the real kube-apiserver and the test kubelet, with the
 controller's own ServiceAccount and the shipped Role."""
 
+import json
 import subprocess
 import threading
 import time
@@ -173,6 +174,66 @@ def test_pool_builder_claimed_replaced_and_shrunk(setup, controllers):
     assert st["builder"] in builders(cluster, ns)
     assert get_nbr(cluster, ns, "warm-1")["status"]["phase"] == "Running"
     assert c2.metrics()["nrbc_controller_builder_sessions"] == 2
+
+
+def test_a_class_keeps_a_warm_pool_of_its_own(setup, controllers):
+    """A NixBuilderClass's warmPoolSize: that many unclaimed builders of the
+    class, Ready, beside the default class's --warm-pool-size; a request
+    of the class claims one (and the pool makes another); a change to the
+    class replaces its unclaimed builders; warmPoolSize 0 removes them."""
+    cluster, ns = setup["cluster"], setup["ns"]
+    cls_path = "/apis/nix.io/v1alpha1/namespaces/%s/nixbuilderclasses" % ns
+
+    def put_class(spec):
+        cluster.apply(json.dumps({"apiVersion": "nix.io/v1alpha1", "kind": "NixBuilderClass",
+                                  "metadata": {"name": "warm", "namespace": ns},
+                                  "spec": spec}))
+
+    def unclaimed(cls):
+        return {n: b for n, b in builders(cluster, ns).items()
+                if not b["spec"].get("identity") and b["spec"].get("builderClass", "") == cls}
+
+    def ready(b):
+        return (b.get("status") or {}).get("phase") == "Running"
+    put_class({"warmPoolSize": 2, "slots": 2, "systems": ["x86_64-linux"]})
+    try:
+        c = controllers().start("--warm-pool-size", "1", "--builder-idle-timeout", "1h")
+        wait_for(lambda: len(unclaimed("warm")) == 2 and len(unclaimed("")) == 1 and
+                 all(ready(b) for b in list(unclaimed("warm").values()) +
+                     list(unclaimed("").values())),
+                 30, what="2 Ready pool builders of class warm, 1 of the default class")
+        pool = set(unclaimed("warm"))
+        assert all(b["spec"]["slots"] == 2 for b in unclaimed("warm").values())
+        time.sleep(1)
+        assert len(builders(cluster, ns)) == 3, "the pool grew without a claim"
+
+        create_nbr(cluster, ns, "warm-1", identity=ID_C, builderClass="warm")
+        st = running(cluster, ns, "warm-1", timeout=15)["status"]
+        assert st["builder"] in pool, st
+        assert builders(cluster, ns)[st["builder"]]["spec"]["identity"] == ID_C
+        wait_for(lambda: len(unclaimed("warm")) == 2 and st["builder"] not in unclaimed("warm"),
+                 30, what="a replacement pool builder of class warm")
+        assert c.metrics()["nrbc_controller_pool_claims_total"] == 1
+        assert len(unclaimed("")) == 1, "the default class's pool was touched"
+
+        # The class changes: its unclaimed builders are of the old kind.
+        old = set(unclaimed("warm"))
+        put_class({"warmPoolSize": 1, "slots": 3, "systems": ["x86_64-linux"],
+                   "resources": {"requests": {"memory": "32Mi"}}})
+        wait_for(lambda: len(unclaimed("warm")) == 1 and not (set(unclaimed("warm")) & old),
+                 30, what="the class's pool remade after the class changed")
+        (b,) = unclaimed("warm").values()
+        assert b["spec"]["slots"] == 3 and b["spec"]["resources"]["requests"]["memory"] == "32Mi"
+
+        # warmPoolSize 0: none left unclaimed; the claimed one stays.
+        put_class({"warmPoolSize": 0, "slots": 3, "systems": ["x86_64-linux"],
+                   "resources": {"requests": {"memory": "32Mi"}}})
+        wait_for(lambda: not unclaimed("warm"), 30, what="the class's pool emptied")
+        assert st["builder"] in builders(cluster, ns)
+        assert get_nbr(cluster, ns, "warm-1")["status"]["phase"] == "Running"
+        assert len(unclaimed("")) == 1
+    finally:
+        cluster.api("DELETE", cls_path + "/warm")
 
 
 def test_builder_pod_deleted_fails_its_requests(setup, controllers):

@@ -80,6 +80,13 @@ static void test_apply(void **state)
 	assert_null(json_object_get(json_object_get(req, "spec"), "tolerations"));
 	assert_int_equal(controller_class_slots(req, 4), 4);
 	assert_int_equal(controller_class_max_builders(req, 0), 0);
+	/* The warm pool is the class's, not a request's: absent, none. */
+	assert_int_equal(controller_class_warm_pool_size(cls), 0);
+	json_object_set_new(json_object_get(cls, "spec"), "warmPoolSize", json_integer(3));
+	assert_int_equal(controller_class_warm_pool_size(cls), 3);
+	json_object_set_new(json_object_get(cls, "spec"), "warmPoolSize", json_string("3"));
+	assert_int_equal(controller_class_warm_pool_size(cls), 0);
+	json_object_del(json_object_get(cls, "spec"), "warmPoolSize");
 
 	/* A class that sets the image wins over the request's. */
 	json_object_set_new(json_object_get(cls, "spec"), "image", json_string("admin:2"));

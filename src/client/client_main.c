@@ -14,6 +14,7 @@
 #include "client_check.h"
 #include "client_cluster.h"
 #include "client_edit.h"
+#include "client_nix_version.h"
 #include "client_nixos.h"
 #include "client_render.h"
 #include "flags.h"
@@ -36,6 +37,7 @@ struct client_flags {
 	bool check;
 	bool nixos;
 	char *classes;
+	char *store_port;
 	char *log_level;
 };
 
@@ -397,6 +399,30 @@ static int pick_classes(struct client_cluster *cc, const struct client_flags *f)
 	return 0;
 }
 
+/* Whether the store URIs carry the port: --store-port yes or no, or auto,
+ * from the local `nix --version`. -1 on a bad flag. */
+static int store_port(const struct client_flags *f, bool *uri_port)
+{
+	struct client_nix_version v;
+
+	*uri_port = false;
+	if (strcmp(f->store_port, "yes") == 0) {
+		*uri_port = true;
+	} else if (strcmp(f->store_port, "auto") == 0) {
+		if (client_nix_version_local(&v) == 0) {
+			*uri_port = client_nix_version_takes_port(&v);
+			log_info("local nix: %s %ld.%ld.%ld: store URIs %s a port", v.lix ? "Lix" :
+			    "Nix", v.major, v.minor, v.patch, *uri_port ? "take" : "take no");
+		} else {
+			log_info("no local nix --version: store URIs without a port");
+		}
+	} else if (strcmp(f->store_port, "no") != 0) {
+		fprintf(stderr, "nrbc client-config: --store-port must be auto, yes or no\n");
+		return -1;
+	}
+	return 0;
+}
+
 static int run(struct client_flags *f)
 {
 	struct client_cluster_names names = { f->namespace, f->service, f->config_map,
@@ -408,9 +434,12 @@ static int run(struct client_flags *f)
 	struct client_paths paths;
 	struct client_output out;
 	char *err = NULL, *identity = NULL;
+	bool uri_port;
 	int rc = 1;
 
 	if (f->address && parse_address(f->address, &names.port) < 0)
+		return 2;
+	if (store_port(f, &uri_port) < 0)
 		return 2;
 	if (f->nixos && f->write) {
 		fprintf(stderr, "nrbc client-config: --nixos prints a module for your "
@@ -435,6 +464,7 @@ static int run(struct client_flags *f)
 		goto out_cfg;
 	}
 	facts = *client_cluster_facts(cc);
+	facts.uri_port = uri_port;
 	rc = pick_classes(cc, f);
 	if (rc != 0)
 		goto out_cc;
@@ -446,8 +476,9 @@ static int run(struct client_flags *f)
 	if (render(&facts, classes, f->nixos, identity, paths.known_hosts, &out) < 0)
 		goto out_cc;
 	printf("# nrbc client-config: proxy %s port %ld (Service %s/%s), builder classes: %zu, "
-	    "maxJobs %ld in all\n", facts.address, facts.port, f->namespace, f->service,
-	    classes->n, client_class_list_max_jobs(classes));
+	    "maxJobs %ld in all%s\n", facts.address, facts.port, f->namespace, f->service,
+	    classes->n, client_class_list_max_jobs(classes), facts.uri_port && facts.port != 22 ?
+	    "; the port in the store URIs (--store-port)" : "");
 	if (f->write)
 		rc = write_all(&paths, &out, f->force);
 	else {
@@ -515,6 +546,10 @@ int client_config_main(int argc, char **argv)
 		{ "check", NULL, FLAG_BOOL, &f.check, "false",
 		  "connect through the proxy once per class written (nix store ping) and say "
 		  "what works", false },
+		{ "store-port", NULL, FLAG_STRING, &f.store_port, "auto",
+		  "put a port other than 22 in the store URIs (ssh-ng://CLASS@HOST:PORT): yes, "
+		  "no, or auto (when the local nix is Nix 2.31 / Lix 2.93 or later); the "
+		  "ssh_config block is written either way", false },
 		{ "log-level", NULL, FLAG_STRING, &f.log_level, "warn", "error, warn, info, debug",
 		  false },
 	};

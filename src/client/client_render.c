@@ -78,9 +78,15 @@ static int builders_entry(struct buf *b, const struct client_facts *f,
     const struct client_class *c, const char *features, const char *identity,
     const char *b64)
 {
-	return buf_printf(b, "%sssh-ng://%s@%s %s %s %ld %ld %s %s %s", b->len ? " ; " : "",
-	    c->name, f->address, c->systems, identity, client_class_max_jobs(c), c->speed_factor,
-	    or_dash(features), or_dash(c->mandatory), or_dash(b64));
+	bool port = f->uri_port && f->port != 22, v6 = strchr(f->address, ':') != NULL;
+
+	if (buf_printf(b, "%sssh-ng://%s@%s%s%s", b->len ? " ; " : "", c->name,
+	    port && v6 ? "[" : "", f->address, port && v6 ? "]" : "") < 0 ||
+	    (port && buf_printf(b, ":%ld", f->port) < 0))
+		return -1;
+	return buf_printf(b, " %s %s %ld %ld %s %s %s", c->systems, identity,
+	    client_class_max_jobs(c), c->speed_factor, or_dash(features), or_dash(c->mandatory),
+	    or_dash(b64));
 }
 
 char *client_render_builders(const struct client_facts *f, const struct client_class_list *l,

@@ -19,15 +19,18 @@ struct client_facts {
 	long slots;            /* the controller's --builder-slots */
 	long per_key;          /* its --max-builders-per-identity (builders-per-key; 1) */
 	long sessions_per_key; /* the proxy's --max-sessions-per-key (sessions-per-key; 16) */
+	bool uri_port;         /* the client's Nix takes a port in a store URI */
 };
 
 /* The value of nix.conf's `builders`: one entry per class, joined by
  * " ; " (Nix takes ';' or a newline between machines), each
  * "ssh-ng://CLASS@ADDRESS SYSTEMS IDENTITY MAXJOBS SPEED SUPPORTED
  * MANDATORY HOSTKEY" with MAXJOBS slots times builders per key, SUPPORTED
- * including the mandatory features and "-" for an empty field. Nix (2.8
- * and later) store URIs take no port, so the port comes from the
- * ssh_config block; the base64 host key is pinned only on port 22,
+ * including the mandatory features and "-" for an empty field. Store URIs
+ * before Nix 2.31 (Lix 2.93) take no port, so the port comes from the
+ * ssh_config block; with uri_port a port other than 22 is in the URI too
+ * (ADDRESS:PORT, [ADDRESS]:PORT for IPv6); the base64 host key is pinned
+ * only on port 22,
  * because Nix writes it to a known_hosts file under the bare address,
  * which ssh does not consult for any other port. Heap string; NULL when
  * the host key is not one key line, or out of memory. */

@@ -487,6 +487,14 @@ def test_client_config_writes_a_line_per_class(cluster, stack, nrbc_bin, nix_cli
         assert "ssh-ng://big@" in out and "ssh-ng://nixbld@" not in out, out
         rc, out, err = u.run("--identity", key, "--classes", "nixbld,huge")
         assert rc == 2 and "huge" in err, (out, err)
+        # This host's Nix (2.8) takes no port in a store URI: with auto (as
+        # above) the URIs have none; a Nix 2.31 / Lix 2.93 gets it there.
+        assert all("@%s " % stack.proxy_address in "%s " % m[0] for m in machines), machines
+        rc, out, err = u.run("--identity", key, "--store-port", "yes")
+        assert rc == 0, (out, err)
+        assert "ssh-ng://big@%s:%d " % (stack.proxy_address, stack.proxy_port) in out, out
+        rc, out, err = u.run("--identity", key, "--store-port", "maybe")
+        assert rc == 2 and "--store-port must be auto, yes or no" in err, (out, err)
     finally:
         for name in classes:
             cluster.kubectl("-n", NAMESPACE, "delete", "nixbuilderclass", name, check=False)

@@ -13,6 +13,7 @@
 #include "base64.h"
 #include "client/client_check.h"
 #include "client/client_cluster.h"
+#include "client/client_nix_version.h"
 #include "client/client_render.h"
 #include "client_test_fixtures.h"
 
@@ -40,6 +41,64 @@ static void test_builders_pins_host_key_on_port_22(void **state)
 	assert_string_equal(b, "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 kvm,big-parallel - -");
 	free(b);
 	client_class_list_finish(&l);
+}
+
+/* A Nix that takes a port in a store URI (2.31, Lix 2.93) gets it there
+ * too; on port 22 nothing changes. */
+static void test_builders_port_in_the_uri(void **state)
+{
+	struct client_facts f = facts(2222);
+	struct client_class_list l;
+	char *b;
+
+	f.uri_port = true;
+	l = default_only(&f);
+	b = client_render_builders(&f, &l, "/k");
+	assert_string_equal(b, "ssh-ng://nixbld@203.0.113.7:2222 x86_64-linux /k 4 1 - - -");
+	free(b);
+	client_class_list_finish(&l);
+	f.address = "2001:db8::7";
+	l = default_only(&f);
+	b = client_render_builders(&f, &l, "/k");
+	assert_string_equal(b, "ssh-ng://nixbld@[2001:db8::7]:2222 x86_64-linux /k 4 1 - - -");
+	free(b);
+	client_class_list_finish(&l);
+	f = facts(22);
+	f.uri_port = true;
+	l = default_only(&f);
+	b = client_render_builders(&f, &l, "/k");
+	assert_true(strncmp(b, "ssh-ng://nixbld@203.0.113.7 x86_64-linux /k 4 1 - - ", 52) == 0);
+	free(b);
+	client_class_list_finish(&l);
+}
+
+static void test_nix_versions(void **state)
+{
+	static const struct { const char *text; int rc; bool port; } cases[] = {
+		{ "nix (Nix) 2.8.0", 0, false },
+		{ "nix (Nix) 2.26.3", 0, false },
+		{ "nix (Nix) 2.30.9", 0, false },
+		{ "nix (Nix) 2.31.0", 0, true },
+		{ "nix (Nix) 2.32.0pre20251101_dirty", 0, true },
+		{ "nix (Nix) 3.0", 0, true },
+		{ "nix (Lix, like Nix) 2.91.1", 0, false },
+		{ "nix (Lix, like Nix) 2.93.0", 0, true },
+		{ "nix (Nix) two", -1, false },
+		{ "nix (Nix) 2.", -1, false },
+		{ "Nix 2.31.0", -1, false },
+		{ "", -1, false },
+	};
+	struct client_nix_version v;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(client_nix_version_parse(cases[i].text, &v), cases[i].rc);
+		if (cases[i].rc == 0)
+			assert_int_equal(client_nix_version_takes_port(&v), cases[i].port);
+	}
+	assert_int_equal(client_nix_version_parse("nix (Lix, like Nix) 2.93.0", &v), 0);
+	assert_true(v.lix);
+	assert_int_equal(v.minor, 93);
 }
 
 static void test_builders_default_max_jobs_is_slots_times_per_key(void **state)
@@ -242,6 +301,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_builders_pins_host_key_on_port_22),
+		cmocka_unit_test(test_builders_port_in_the_uri),
+		cmocka_unit_test(test_nix_versions),
 		cmocka_unit_test(test_builders_default_max_jobs_is_slots_times_per_key),
 		cmocka_unit_test(test_builders_classes),
 		cmocka_unit_test(test_builders_pin_the_host_key_on_every_entry),

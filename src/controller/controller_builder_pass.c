@@ -1076,8 +1076,11 @@ static void scan_surplus(json_t *obj, void *data)
 	const char *class;
 
 	free(key);
-	if (!b || *controller_builder_identity_of(b) || strcmp(controller_builder_namespace(b),
-	    r->opts.pool_namespace) != 0 || controller_builder_state(b) == BUILDER_DELETING ||
+	/* Never one a request is claiming: the claim would land on a builder
+	 * on its way out. */
+	if (!b || *controller_builder_identity_of(b) || controller_builder_claiming(b) ||
+	    strcmp(controller_builder_namespace(b), r->opts.pool_namespace) != 0 ||
+	    controller_builder_state(b) == BUILDER_DELETING ||
 	    controller_builder_state(b) == BUILDER_FAILED)
 		return;
 	class = controller_builder_class_of(b);

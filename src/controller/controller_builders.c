@@ -493,6 +493,11 @@ void controller_builder_claim_start(struct controller_builder *b, const char *id
 	b->claiming = strdup(identity);
 }
 
+bool controller_builder_claiming(const struct controller_builder *b)
+{
+	return b->claiming != NULL;
+}
+
 void controller_builder_claim_done(struct controller_builder *b, bool ok, uint64_t now_ms)
 {
 	if (ok && b->claiming && replace(&b->identity, b->claiming) == 0)

@@ -135,6 +135,8 @@ void controller_builder_deleting(struct controller_builder *b);
  * identity's; on failure it is unclaimed again. */
 void controller_builder_claim_start(struct controller_builder *b, const char *identity);
 void controller_builder_claim_done(struct controller_builder *b, bool ok, uint64_t now_ms);
+/* A claim was sent and not answered yet. */
+bool controller_builder_claiming(const struct controller_builder *b);
 
 enum builder_state controller_builder_state(const struct controller_builder *b);
 const char *controller_builder_key(const struct controller_builder *b);

@@ -414,7 +414,8 @@ static bool at_builder_quota(struct reconcile_op *op, const char *identity)
 	struct controller_reconciler *r = op->r;
 	const char *ns = kube_object_namespace(op->nbr), *source;
 	const json_t *usage = r->usages ? kube_informer_get(r->usages, ns, identity) : NULL;
-	long max = controller_usage_max_builders(usage, r->opts.quota_max_builders, &source);
+	long max = controller_usage_max_builders(usage, op->nbr, r->opts.quota_max_builders,
+	    &source);
 	size_t have = 0;
 	char *msg;
 

@@ -120,12 +120,18 @@ void controller_usage_of_request(const json_t *nbr, bool completed, struct usage
 	c->bytes_down = request_bytes(st, "bytesDown");
 }
 
-long controller_usage_max_builders(const json_t *usage, long flag_default, const char **source)
+long controller_usage_max_builders(const json_t *usage, const json_t *request,
+    long flag_default, const char **source)
 {
 	json_t *v = json_object_get(json_object_get(usage, "spec"), "maxBuilders");
 
 	if (json_is_integer(v) && json_integer_value(v) > 0) {
 		*source = "its NixUsage's spec.maxBuilders";
+		return (long)json_integer_value(v);
+	}
+	v = json_object_get(json_object_get(request, "spec"), "maxBuilders");
+	if (json_is_integer(v) && json_integer_value(v) > 0) {
+		*source = "its authorized_keys option nrbc-max-builders";
 		return (long)json_integer_value(v);
 	}
 	*source = "--quota-max-builders";

@@ -77,10 +77,12 @@ json_t *controller_usage_build(const char *ns, const char *identity);
 void controller_usage_of_request(const json_t *nbr, bool completed, struct usage_counts *c);
 
 /* The builders one identity may hold at once, over all classes: its
- * NixUsage's spec.maxBuilders (the admin's override; usage NULL or the
- * field absent or 0: none), else flag_default (0: no quota). *source says
- * which, for the refusal line. */
-long controller_usage_max_builders(const json_t *usage, long flag_default, const char **source);
+ * NixUsage's spec.maxBuilders (the admin's override in the cluster; usage
+ * NULL or the field absent or 0: none), else the request's spec.maxBuilders
+ * (the key's authorized_keys option, written by the proxy), else
+ * flag_default (0: no quota). *source says which, for the refusal line. */
+long controller_usage_max_builders(const json_t *usage, const json_t *request,
+    long flag_default, const char **source);
 /* The one line a session refused by the builder quota gets. Heap. */
 char *controller_usage_quota_message(long max, size_t have, const char *source);
 

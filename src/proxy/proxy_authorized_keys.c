@@ -97,6 +97,7 @@ static int has_control_chars(const char *s, const char *end)
 
 #define OPTION_PREFIX "nrbc-"
 #define MAX_SESSIONS_OPT "nrbc-max-sessions="
+#define MAX_BUILDERS_OPT "nrbc-max-builders="
 #define CLASSES_OPT "nrbc-classes="
 
 /* The value of one option at [*p, end) up to the next comma outside quotes
@@ -125,7 +126,7 @@ static int option_value(const char **p, const char *end, const char **v, size_t 
 	return 0;
 }
 
-static int parse_max_sessions(const char *v, size_t len, long *out)
+static int parse_count(const char *v, size_t len, long *out)
 {
 	long n = 0;
 
@@ -165,7 +166,8 @@ static int parse_classes(const char *v, size_t len, char **out)
 }
 
 /* The proxy's options, comma-separated before the key type (OpenSSH's
- * form): nrbc-max-sessions=N and nrbc-classes="a,b". 0, -1 with *why (a
+ * form): nrbc-max-sessions=N, nrbc-max-builders=N and nrbc-classes="a,b".
+ * 0, -1 with *why (a
  * static string) for a bad list, -2 when out of memory. */
 static int parse_options(const char *s, size_t len, struct proxy_authorized_key *k,
     const char **why)
@@ -181,8 +183,16 @@ static int parse_options(const char *s, size_t len, struct proxy_authorized_key 
 		    memcmp(p, MAX_SESSIONS_OPT, sizeof(MAX_SESSIONS_OPT) - 1) == 0) {
 			p += sizeof(MAX_SESSIONS_OPT) - 1;
 			if (k->max_sessions || option_value(&p, end, &v, &vlen) < 0 ||
-			    parse_max_sessions(v, vlen, &k->max_sessions) < 0) {
+			    parse_count(v, vlen, &k->max_sessions) < 0) {
 				*why = "nrbc-max-sessions= wants a number from 1 to 10000; line ignored";
+				return -1;
+			}
+		} else if ((size_t)(end - p) >= sizeof(MAX_BUILDERS_OPT) - 1 &&
+		    memcmp(p, MAX_BUILDERS_OPT, sizeof(MAX_BUILDERS_OPT) - 1) == 0) {
+			p += sizeof(MAX_BUILDERS_OPT) - 1;
+			if (k->max_builders || option_value(&p, end, &v, &vlen) < 0 ||
+			    parse_count(v, vlen, &k->max_builders) < 0) {
+				*why = "nrbc-max-builders= wants a number from 1 to 10000; line ignored";
 				return -1;
 			}
 		} else if ((size_t)(end - p) >= sizeof(CLASSES_OPT) - 1 &&
@@ -197,8 +207,8 @@ static int parse_options(const char *s, size_t len, struct proxy_authorized_key 
 			if (rc == -2)
 				return -2;
 		} else {
-			*why = "options other than nrbc-max-sessions= and nrbc-classes= are not "
-			    "supported; line ignored";
+			*why = "options other than nrbc-max-sessions=, nrbc-max-builders= and "
+			    "nrbc-classes= are not supported; line ignored";
 			return -1;
 		}
 	}
@@ -270,6 +280,7 @@ static int parse_line(struct proxy_authorized_keys *out, struct buf *w, const ch
 	k->blob_len = blob_len;
 	k->line = line;
 	k->max_sessions = opts.max_sessions;
+	k->max_builders = opts.max_builders;
 	k->classes = opts.classes;
 	out->n++;
 	if (!k->type || !k->base64 || !k->comment)

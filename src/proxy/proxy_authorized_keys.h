@@ -4,7 +4,9 @@
  * half-honoured: the proxy has no use for them and ignoring a restriction
  * would widen access. The options understood are the proxy's own, comma-
  * separated before the type as OpenSSH writes options:
- * "nrbc-max-sessions=N" (1..10000), this key's concurrent sessions, and
+ * "nrbc-max-sessions=N" (1..10000), this key's concurrent sessions,
+ * "nrbc-max-builders=N" (1..10000), the builders it may hold at once (its
+ * builder quota, over the controller's --quota-max-builders), and
  * nrbc-classes="a,b", the builder classes (SSH user names) it may use; a
  * line with any other option is skipped with a warning. */
 #ifndef NRBC_PROXY_AUTHORIZED_KEYS_H
@@ -25,6 +27,7 @@ struct proxy_authorized_key {
 	size_t blob_len;
 	char *comment;       /* "" when absent */
 	long max_sessions;   /* nrbc-max-sessions=N option; 0 when absent */
+	long max_builders;   /* nrbc-max-builders=N option; 0 when absent */
 	char *classes;       /* nrbc-classes= option, "a,b"; NULL when absent (any) */
 	int line;            /* 1-based line number in the text */
 };

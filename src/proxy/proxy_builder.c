@@ -2,10 +2,10 @@
 
 #include "proxy_builder_backend.h"
 
-int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity,
-    const char *builder_class)
+int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id,
+    const struct proxy_builder_want *want)
 {
-	return b->ops->acquire(b, session_id, identity, builder_class);
+	return b->ops->acquire(b, session_id, want);
 }
 
 void proxy_builder_release(struct proxy_builder *b, uint64_t session_id, bool ok,

@@ -58,13 +58,22 @@ struct proxy_builder *proxy_builder_kube_create(uv_loop_t *loop, struct kube_cli
     const struct proxy_builder_kube_options *opts, const struct proxy_builder_events *events,
     void *data);
 
-/* Starts getting a builder of builder_class ("" for the default; the
- * user name the client logged in as) for session_id of the client
- * identity (a hash of the key it logged in with: builders are reused
- * across the sessions of one identity and never shared between two); 0,
- * or -1 when it cannot start (no event follows then). */
-int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity,
-    const char *builder_class);
+/* What a session asks a builder for. */
+struct proxy_builder_want {
+	/* The client identity (a hash of the key it logged in with: builders
+	 * are reused across the sessions of one identity and never shared
+	 * between two). */
+	const char *identity;
+	/* "" for the default class; else the user name the client logged in as. */
+	const char *builder_class;
+	/* The key's own builder quota (nrbc-max-builders=); 0: the controller's. */
+	long max_builders;
+};
+
+/* Starts getting a builder as want says for session_id; 0, or -1 when it
+ * cannot start (no event follows then). */
+int proxy_builder_acquire(struct proxy_builder *b, uint64_t session_id,
+    const struct proxy_builder_want *want);
 /* The session is over (or gave up waiting): ok tells Completed from Failed,
  * message says why, bytes_up and bytes_down are the payload it moved each
  * way (recorded for the identity's usage). No event for session_id follows. */

@@ -6,8 +6,8 @@
 
 struct proxy_builder_ops {
 	const char *name;
-	int (*acquire)(struct proxy_builder *b, uint64_t session_id, const char *identity,
-	    const char *builder_class);
+	int (*acquire)(struct proxy_builder *b, uint64_t session_id,
+	    const struct proxy_builder_want *want);
 	void (*release)(struct proxy_builder *b, uint64_t session_id, bool ok, const char *message,
 	    uint64_t bytes_up, uint64_t bytes_down);
 	bool (*is_ready)(const struct proxy_builder *b);

@@ -515,8 +515,9 @@ static bool kube_flush(struct proxy_builder *b, void (*done)(void *data), void *
 }
 
 static json_t *kube_request_object(struct proxy_builder_kube *k, const char *name,
-    const char *session, const char *identity, const char *builder_class)
+    const char *session, const struct proxy_builder_want *want)
 {
+	const char *identity = want->identity, *builder_class = want->builder_class;
 	json_t *obj = json_pack("{s:s, s:s, s:{s:s, s:s, s:{s:s, s:s, s:s, s:s}}, s:{s:s, s:s}}",
 	    "apiVersion", "nix.io/v1alpha1", "kind", "NixBuildRequest",
 	    "metadata", "name", name, "namespace", k->namespace,
@@ -536,6 +537,12 @@ static json_t *kube_request_object(struct proxy_builder_kube *k, const char *nam
 	}
 	if (k->timeout_seconds > 0)
 		json_object_set_new(spec, "timeoutSeconds", json_integer(k->timeout_seconds));
+	/* The key's own quota; the controller prefers the NixUsage's. */
+	if (want->max_builders > 0 &&
+	    json_object_set_new(spec, "maxBuilders", json_integer(want->max_builders)) < 0) {
+		json_decref(obj);
+		return NULL;
+	}
 	/* Owned by the proxy's Pod: if the proxy goes for good, the garbage
 	 * collector removes its requests and so their builder pods. */
 	if (k->owner_pod && k->owner_uid) {
@@ -606,9 +613,10 @@ static void kube_free_handle(uv_handle_t *h)
 	free(h);
 }
 
-static int kube_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity,
-    const char *builder_class)
+static int kube_acquire(struct proxy_builder *b, uint64_t session_id,
+    const struct proxy_builder_want *want)
 {
+	const char *builder_class = want->builder_class;
 	struct proxy_builder_kube *k = (struct proxy_builder_kube *)b;
 	unsigned char rnd[6];
 	char session[16];
@@ -625,7 +633,7 @@ static int kube_acquire(struct proxy_builder *b, uint64_t session_id, const char
 	w->started_ms = kube_now_ms(k);
 	w->state = KUBE_WAIT_CREATING;
 	snprintf(w->name, sizeof(w->name), "build-%s", session);
-	w->create_body = kube_request_object(k, w->name, session, identity, builder_class);
+	w->create_body = kube_request_object(k, w->name, session, want);
 	if (!w->create_body || kube_send_create(k, w) < 0)
 		goto fail;
 	w->next = k->waits;

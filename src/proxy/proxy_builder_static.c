@@ -45,18 +45,18 @@ static void static_on_idle(uv_idle_t *h)
 	}
 }
 
-static int static_acquire(struct proxy_builder *b, uint64_t session_id, const char *identity,
-    const char *builder_class)
+static int static_acquire(struct proxy_builder *b, uint64_t session_id,
+    const struct proxy_builder_want *want)
 {
 	struct proxy_builder_static *s = (struct proxy_builder_static *)b;
 	struct static_pending *p = calloc(1, sizeof(*p));
 	struct static_pending **tail = &s->pending;
 
-	(void)identity; /* one fixed builder serves every client */
+	/* One fixed builder serves every client, whatever its quota. */
 	if (!p)
 		return -1;
 	p->session_id = session_id;
-	p->other_class = builder_class && *builder_class;
+	p->other_class = want->builder_class && *want->builder_class;
 	while (*tail)
 		tail = &(*tail)->next;
 	*tail = p;

@@ -18,6 +18,7 @@ struct proxy_client_key {
 	ssh_key key;
 	char *comment;
 	long max_sessions; /* nrbc-max-sessions=; 0: the default */
+	long max_builders; /* nrbc-max-builders=; 0: the controller's */
 	char *classes;     /* nrbc-classes=, "a,b"; NULL: any */
 };
 
@@ -226,6 +227,7 @@ static int load_clients(struct proxy_keys *k, const char *text, char **err)
 		}
 		k->clients[k->n_clients].key = key;
 		k->clients[k->n_clients].max_sessions = a->max_sessions;
+		k->clients[k->n_clients].max_builders = a->max_builders;
 		k->clients[k->n_clients].comment = strdup(a->comment);
 		k->clients[k->n_clients].classes = a->classes ? strdup(a->classes) : NULL;
 		if (!k->clients[k->n_clients].comment ||
@@ -424,6 +426,13 @@ long proxy_keys_client_max_sessions(const struct proxy_keys *k, int index)
 	if (!k || index < 0 || (size_t)index >= k->n_clients)
 		return 0;
 	return k->clients[index].max_sessions;
+}
+
+long proxy_keys_client_max_builders(const struct proxy_keys *k, int index)
+{
+	if (!k || index < 0 || (size_t)index >= k->n_clients)
+		return 0;
+	return k->clients[index].max_builders;
 }
 
 size_t proxy_keys_client_count(const struct proxy_keys *k)

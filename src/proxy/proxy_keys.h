@@ -64,6 +64,9 @@ const char *proxy_keys_client_classes(const struct proxy_keys *k, int index);
 bool proxy_keys_client_may_use(const struct proxy_keys *k, int index, const char *class_user);
 /* The key's nrbc-max-sessions= option; 0 when it has none. */
 long proxy_keys_client_max_sessions(const struct proxy_keys *k, int index);
+/* The key's nrbc-max-builders= option (its builder quota); 0 when it has
+ * none. */
+long proxy_keys_client_max_builders(const struct proxy_keys *k, int index);
 
 /* Upstream credentials in the text forms libssh2 takes. */
 const char *proxy_keys_upstream_private(const struct proxy_keys *k, size_t *len);

@@ -744,6 +744,8 @@ static void session_take_upstream_failure(struct proxy_session *s)
 
 static void session_ask_builder(struct proxy_session *s)
 {
+	struct proxy_builder_want want;
+
 	if (s->limit_refusal) {
 		s->limit_told = true; /* before the state change arms the timer */
 		session_fail(s, s->limit_refusal);
@@ -760,8 +762,10 @@ static void session_ask_builder(struct proxy_session *s)
 	}
 	session_set_hold(s, SESSION_HOLD_ASKED);
 	session_set_state(s, SESSION_WAIT_BUILDER);
-	if (proxy_builder_acquire(s->env->builder, s->id, s->identity,
-	    s->builder_class ? s->builder_class : "") < 0) {
+	want.identity = s->identity;
+	want.builder_class = s->builder_class ? s->builder_class : "";
+	want.max_builders = s->max_builders;
+	if (proxy_builder_acquire(s->env->builder, s->id, &want) < 0) {
 		session_set_hold(s, SESSION_HOLD_RELEASED); /* no event will follow */
 		session_fail(s, "cannot request a builder (see the proxy's log)");
 	}

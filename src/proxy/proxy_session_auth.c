@@ -193,6 +193,7 @@ int proxy_session_auth_pubkey(ssh_session ssh, const char *user, struct ssh_key_
 	if (!s->limit_refusal)
 		s->limit_refusal = session_class_refusal(s, idx, user);
 	s->authenticated = true;
+	s->max_builders = proxy_keys_client_max_builders(s->env->keys, idx);
 	s->user = strdup(user);
 	s->builder_class = strdup(session_class_of(s, user));
 	s->key_comment = strdup(comment ? comment : "");

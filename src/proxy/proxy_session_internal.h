@@ -96,6 +96,7 @@ struct proxy_session {
 	/* Hex SHA-256 prefix of the client's public key: which builders this
 	 * session may be served by (never the key itself). */
 	char identity[PROXY_SESSION_IDENTITY_LEN + 1];
+	long max_builders;     /* the key's nrbc-max-builders=; 0: none */
 	/* Payload its channels moved (client -> builder, builder -> client):
 	 * recorded with its end for the identity's usage. */
 	uint64_t bytes_up;

@@ -29,7 +29,8 @@ def identity_of(pub_path):
 @pytest.fixture(scope="module")
 def stack(cluster, kubelet, nrbc_bin, tmp_path_factory):
     s = Stack(cluster, kubelet, nrbc_bin, tmp_path_factory.mktemp("stack-usage"),
-              builder_idle_timeout="8s", controller_args=["--usage-interval=2s"])
+              builder_idle_timeout="8s", controller_args=["--usage-interval=2s"],
+              key_options={"user-key-2": "nrbc-max-builders=1"})
     s.install()
     # Usage of earlier modules' identities (the same keys are made anew, but
     # a leftover object would mix in): start from none.
@@ -230,6 +231,51 @@ def test_two_replicas_count_once_across_a_failover(stack, tmp_path):
             wait_for(first.ready, 30, what="the first replica back")
 
 
+def quota_refuses_then_serves(stack, tmp_path, user, source):
+    """The key's 4 sessions on its one builder go on; a fifth, which would
+    need a second builder, is refused with one line naming the quota's
+    source; once a session ends the next is served (a real build)."""
+    ident = identity_of(stack.keys[stack.USERS[user]] + ".pub")
+    before = usages(stack).get(ident, {}).get("status", {})
+    ssh = ["ssh"] + stack.sshopts(user).split() + ["nixbld@" + stack.proxy_address]
+    held = []
+    try:
+        for _ in range(4):
+            held.append(subprocess.Popen(ssh + ["nix-store", "--serve", "--write"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE))
+        wait_for(lambda: sum(1 for r in stack.requests() if r["spec"]["identity"] == ident and
+                             (r.get("status") or {}).get("phase") == "Running") == 4, 30,
+                 what="4 sessions of the key running")
+        seen = [r for r in stack.requests() if r["spec"]["identity"] == ident]
+        r = subprocess.run(ssh + ["nix-store", "--serve", "--write"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        print("refused:", r.stderr.strip())
+        assert r.returncode == 1, (r.returncode, r.stderr)
+        lines = [l for l in r.stderr.splitlines() if "quota" in l]
+        assert len(lines) == 1, r.stderr
+        assert "at most 1 builder at once" in lines[0], lines
+        assert source in lines[0] and "until one of its sessions ends" in lines[0], lines
+        # The held sessions were not touched.
+        assert all(p.poll() is None for p in held)
+        held[0].stdin.close()
+        held[0].wait(30)
+        client = NixClient(tmp_path / ("q%d" % user))
+        os.makedirs(client.dir, exist_ok=True)
+        client.build("simple.nix", builders=stack.builders("ssh-ng", max_jobs=1),
+                     sshopts=stack.sshopts(user), args={"salt": salt()})
+    finally:
+        for p in held:
+            if p.poll() is None:
+                p.stdin.close()
+                p.wait(30)
+    after = wait_for(lambda: (lambda s: s.get("sessionsFailed", 0) > before.get(
+        "sessionsFailed", 0) and s)(usages(stack)[ident].get("status", {})), 30,
+        what="the refused session counted as failed")
+    assert after["sessionsServed"] > before.get("sessionsServed", 0), (before, after)
+    return seen
+
+
 def test_builder_quota_refuses_with_one_line_then_serves_again(stack, tmp_path):
     """An identity's quota of builders at once (its NixUsage's
     spec.maxBuilders, the admin's override of --quota-max-builders): the
@@ -247,46 +293,23 @@ def test_builder_quota_refuses_with_one_line_then_serves_again(stack, tmp_path):
     st, body = stack.cluster.api("PATCH", path, json.dumps({"spec": {"maxBuilders": 1}}).encode(),
                                  headers={"Content-Type": "application/merge-patch+json"})
     assert st == 200, body
-    before = usages(stack)[a_id].get("status", {})
-    ssh = ["ssh"] + stack.sshopts(0).split() + ["nixbld@" + stack.proxy_address]
-    held = []
     try:
-        # Four sessions (the builder's 4 slots) held open on one builder.
-        for _ in range(4):
-            held.append(subprocess.Popen(ssh + ["nix-store", "--serve", "--write"],
-                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE))
-        wait_for(lambda: sum(1 for r in stack.requests() if r["spec"]["identity"] == a_id and
-                             (r.get("status") or {}).get("phase") == "Running") == 4, 30,
-                 what="4 sessions of key A running")
-        # The fifth would need a second builder: refused, one line, exit 1.
-        r = subprocess.run(ssh + ["nix-store", "--serve", "--write"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
-        print("refused:", r.stderr.strip())
-        assert r.returncode == 1, (r.returncode, r.stderr)
-        lines = [l for l in r.stderr.splitlines() if "quota" in l]
-        assert len(lines) == 1, r.stderr
-        assert "at most 1 builder at once" in lines[0], lines
-        assert "spec.maxBuilders" in lines[0] and "until one of its sessions ends" in lines[0]
-        # The held sessions were not touched.
-        assert all(p.poll() is None for p in held)
-        # One ends: the next session is served (a real build).
-        held[0].stdin.close()
-        held[0].wait(30)
-        client = NixClient(tmp_path / "q")
-        os.makedirs(client.dir, exist_ok=True)
-        client.build("simple.nix", builders=stack.builders("ssh-ng", max_jobs=1),
-                     sshopts=stack.sshopts(0), args={"salt": salt()})
+        seen = quota_refuses_then_serves(stack, tmp_path, 0, "spec.maxBuilders")
+        # This key has no option of its own: its requests carry none.
+        assert seen and all("maxBuilders" not in r["spec"] for r in seen), seen
     finally:
-        for p in held:
-            if p.poll() is None:
-                p.stdin.close()
-                p.wait(30)
-    after = wait_for(lambda: (lambda s: s.get("sessionsFailed", 0) > before.get(
-        "sessionsFailed", 0) and s)(usages(stack)[a_id].get("status", {})), 30,
-        what="the refused session counted as failed")
-    assert after["sessionsServed"] > before.get("sessionsServed", 0), (before, after)
-    st, body = stack.cluster.api("PATCH", path, json.dumps({"spec": {"maxBuilders": None}}).encode(),
-                                 headers={"Content-Type": "application/merge-patch+json"})
-    assert st == 200, body
+        st, body = stack.cluster.api("PATCH", path, json.dumps(
+            {"spec": {"maxBuilders": None}}).encode(),
+            headers={"Content-Type": "application/merge-patch+json"})
+        assert st == 200, body
+    stack.wait_clean()
+
+
+def test_builder_quota_from_the_keys_authorized_keys_option(stack, tmp_path):
+    """The same quota set per key where its other limits are: the
+    authorized_keys option nrbc-max-builders=1, which the proxy writes into
+    each request (spec.maxBuilders) for the controller."""
+    seen = quota_refuses_then_serves(stack, tmp_path, 1,
+                                     "authorized_keys option nrbc-max-builders")
+    assert seen and all(r["spec"].get("maxBuilders") == 1 for r in seen), seen
     stack.wait_clean()

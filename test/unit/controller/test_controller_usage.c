@@ -238,11 +238,20 @@ static void test_builder_quota_override_and_line(void **state)
 	char *msg;
 
 	(void)state;
-	assert_int_equal(controller_usage_max_builders(u, 5, &source), 2);
+	json_t *req = test_load_json("{\"spec\":{\"identity\":\"aa\",\"maxBuilders\":3}}");
+
+	assert_int_equal(controller_usage_max_builders(u, NULL, 5, &source), 2);
 	assert_non_null(strstr(source, "spec.maxBuilders"));
-	assert_int_equal(controller_usage_max_builders(zero, 5, &source), 5);
+	assert_int_equal(controller_usage_max_builders(zero, NULL, 5, &source), 5);
 	assert_string_equal(source, "--quota-max-builders");
-	assert_int_equal(controller_usage_max_builders(NULL, 0, &source), 0);
+	assert_int_equal(controller_usage_max_builders(NULL, NULL, 0, &source), 0);
+	/* The key's option (in the request) over the flag; the NixUsage over both. */
+	assert_int_equal(controller_usage_max_builders(NULL, req, 5, &source), 3);
+	assert_string_equal(source, "its authorized_keys option nrbc-max-builders");
+	assert_int_equal(controller_usage_max_builders(zero, req, 0, &source), 3);
+	assert_int_equal(controller_usage_max_builders(u, req, 5, &source), 2);
+	assert_non_null(strstr(source, "NixUsage"));
+	json_decref(req);
 	msg = controller_usage_quota_message(1, 1, "--quota-max-builders");
 	assert_string_equal(msg, "quota: this key may hold at most 1 builder at once "
 	    "(--quota-max-builders) and holds 1, every slot busy: refused until one of its "

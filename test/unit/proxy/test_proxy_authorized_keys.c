@@ -90,6 +90,32 @@ static void test_max_sessions_option(void **state)
 	proxy_authorized_keys_finish(&k);
 }
 
+static void test_max_builders_option(void **state)
+{
+	struct proxy_authorized_keys k;
+
+	(void)state;
+	parse_ok("nrbc-max-builders=2 ssh-ed25519 " KEY_A " two\n"
+	         "nrbc-max-sessions=8,nrbc-max-builders=\"1\" ssh-ed25519 " KEY_B " both\n"
+	         "ssh-ed25519 " KEY_B " default\n"
+	         "nrbc-max-builders=0 ssh-ed25519 " KEY_A " zero\n"
+	         "nrbc-max-builders=10001 ssh-ed25519 " KEY_A " big\n"
+	         "nrbc-max-builders=1,nrbc-max-builders=2 ssh-ed25519 " KEY_A " twice\n"
+	         "nrbc-max-builders=x ssh-ed25519 " KEY_A " word\n", &k);
+	assert_int_equal(k.n, 3);
+	assert_int_equal(k.keys[0].max_builders, 2);
+	assert_int_equal(k.keys[0].max_sessions, 0);
+	assert_int_equal(k.keys[1].max_builders, 1);
+	assert_int_equal(k.keys[1].max_sessions, 8);
+	assert_int_equal(k.keys[2].max_builders, 0);
+	assert_int_equal(k.skipped, 4);
+	assert_non_null(strstr(k.warnings, "line 4: nrbc-max-builders="));
+	assert_non_null(strstr(k.warnings, "line 5: nrbc-max-builders="));
+	assert_non_null(strstr(k.warnings, "line 6: nrbc-max-builders="));
+	assert_non_null(strstr(k.warnings, "line 7: nrbc-max-builders="));
+	proxy_authorized_keys_finish(&k);
+}
+
 static void test_classes_option(void **state)
 {
 	struct proxy_authorized_keys k;
@@ -183,6 +209,7 @@ int main(void)
 		cmocka_unit_test(test_plain_lines),
 		cmocka_unit_test(test_bad_lines_are_skipped_with_warnings),
 		cmocka_unit_test(test_max_sessions_option),
+		cmocka_unit_test(test_max_builders_option),
 		cmocka_unit_test(test_classes_option),
 		cmocka_unit_test(test_whole_text_errors),
 		cmocka_unit_test(test_too_many_keys),
